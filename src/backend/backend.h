@@ -1,0 +1,114 @@
+/* The backend interface: a small fixed set of ops on backend buffers.
+ *
+ * Models call these in order to build their forward pass; a backend knows
+ * nothing of models. Buffers come from ops->alloc (host memory for the CPU
+ * backend, device memory for CUDA); activations are float32 rows, weights
+ * stay in their GGUF format (exsa_tensor points into the mapped file).
+ *
+ * Every op works on n_rows rows at once (the batch); ops are synchronous from
+ * the caller's view. Sizes are trusted here: the model layer validated them
+ * at load.
+ */
+#ifndef EXSA_BACKEND_H
+#define EXSA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exsa.h"
+
+/* A 2-D weight: n_out rows of n_in elements of `type`, row_bytes apart. */
+typedef struct exsa_tensor {
+    const char *name;
+    int type;
+    int64_t n_in, n_out;
+    size_t row_bytes;
+    const void *data;
+} exsa_tensor;
+
+/* One layer's slice of the paged KV pool. A token's K (and V) row holds
+ * n_kv_head * head_dim elements of `type` (F32, F16 or Q8_0), token_bytes
+ * long; slot s (= block * block_size + offset) starts at s * token_bytes. */
+typedef struct exsa_kv_layer {
+    void *k, *v;
+    int type;
+    int block_size;
+    int n_kv_head, head_dim;
+    size_t token_bytes;
+} exsa_kv_layer;
+
+/* Paged causal attention for n_rows query rows. Row r attends to the first
+ * n_ctx[r] tokens of its sequence, whose blocks are block_table[r][0..]. */
+typedef struct exsa_attn_args {
+    int n_rows;
+    int n_head;                 /* query heads; n_head % kv->n_kv_head == 0 */
+    const float *q;             /* [n_rows][n_head * head_dim] */
+    float *out;                 /* [n_rows][n_head * head_dim] */
+    const int32_t *n_ctx;       /* [n_rows] */
+    const int32_t *const *block_table; /* [n_rows] -> block ids */
+    const exsa_kv_layer *kv;
+    float scale;                /* usually 1/sqrt(head_dim) */
+} exsa_attn_args;
+
+enum exsa_rope_mode {
+    EXSA_ROPE_NORMAL = 0, /* rotate pairs (x[2i], x[2i+1]) : llama */
+    EXSA_ROPE_NEOX = 2,   /* rotate pairs (x[i], x[i + n_rot/2]) : qwen, gpt-neox */
+};
+
+typedef struct exsa_rope_args {
+    int n_rows, n_heads, head_dim;
+    int n_rot;                  /* rotated dims per head (<= head_dim, even) */
+    int mode;                   /* exsa_rope_mode */
+    float freq_base;            /* theta_i = pos * freq_scale * base^(-2i/n_rot) */
+    float freq_scale;           /* 1 / linear scaling factor */
+    const float *freq_factors;  /* [n_rot/2] divisors of theta (llama 3.1), or NULL */
+} exsa_rope_args;
+
+typedef struct exsa_backend exsa_backend;
+
+typedef struct exsa_backend_ops {
+    const char *name;
+    void (*destroy)(exsa_backend *b);          /* frees b itself */
+    const char *(*describe)(const exsa_backend *b);
+    /* 64-byte aligned, zeroed; NULL on failure. */
+    void *(*alloc)(exsa_backend *b, size_t bytes);
+    void (*free)(exsa_backend *b, void *p);
+
+    /* out[i] = row ids[i] of emb as float32 (any weight type). */
+    void (*get_rows)(exsa_backend *b, const exsa_tensor *emb, const int32_t *ids, int n,
+                     float *out);
+    /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w (w NULL: no weight). y may be x. */
+    void (*rms_norm)(exsa_backend *b, const float *x, const float *w, float *y, int n_rows,
+                     int dim, float eps);
+    /* y[r][o] = sum_i W[o][i] * x[r][i]; x is [n_rows][n_in], y [n_rows][n_out]. */
+    void (*matmul)(exsa_backend *b, const exsa_tensor *w, const float *x, float *y, int n_rows);
+    /* y[r][i] += bias[i] for each of n_rows rows of dim. */
+    void (*add_bias)(exsa_backend *b, float *y, const float *bias, int n_rows, int dim);
+    /* y[i] += x[i]. */
+    void (*add)(exsa_backend *b, float *y, const float *x, int64_t n);
+    /* x[i] *= s. */
+    void (*scale)(exsa_backend *b, float *x, float s, int64_t n);
+    /* In place on x [n_rows][n_heads*head_dim] at positions pos[n_rows]. */
+    void (*rope)(exsa_backend *b, float *x, const int32_t *pos, const exsa_rope_args *a);
+    /* Row-wise softmax in place on x [n_rows][n]. */
+    void (*softmax)(exsa_backend *b, float *x, int n_rows, int n);
+    /* out[i] = silu(gate[i]) * up[i]; out may alias gate. */
+    void (*swiglu)(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
+    /* Writes K and V rows r (each n_kv_head*head_dim floats) to slot slots[r]. */
+    void (*kv_store)(exsa_backend *b, const exsa_kv_layer *kv, const float *k, const float *v,
+                     const int32_t *slots, int n_rows);
+    void (*attention)(exsa_backend *b, const exsa_attn_args *a);
+} exsa_backend_ops;
+
+struct exsa_backend {
+    const exsa_backend_ops *ops;
+    void *impl;
+};
+
+/* CPU backend with n_threads workers (<= 0: physical cores). */
+exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err);
+void exsa_backend_free(exsa_backend *b);
+/* Threads and ISA in use, e.g. "cpu avx2 x2". */
+const char *exsa_backend_describe(const exsa_backend *b);
+
+#endif

@@ -1,0 +1,49 @@
+/* CPU inner kernels, one table per instruction set.
+ *
+ * kernels_scalar.c is the reference: plain C, the definition every SIMD
+ * variant (kernels_avx2.c, kernels_avx512.c) is tested against. The table is
+ * chosen once at start-up from the CPU's features; EXSA_CPU=scalar|avx2|avx512
+ * in the environment caps the choice (tests and benchmarks use it).
+ *
+ * Matmul convention: weights W are [n_out][n] rows of type T; activations are
+ * rows already converted to exsa_type_traits_get(T)->vec_dot_type (F32 for
+ * F32/F16/BF16 weights, Q8_0 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K for K-quants).
+ */
+#ifndef EXSA_CPU_KERNELS_H
+#define EXSA_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "quant/quant.h"
+
+/* For one weight row w (n elements of type T) and n_act activation rows
+ * (act + j*act_stride bytes, j < n_act):  out[j*out_stride] = dot(w, act_j).
+ * The weight row is read once for all activation rows: this is the batched
+ * path of matmul (n_act > 1 during prefill). */
+typedef void (*exsa_dot_fn)(int n, const void *w, const void *act, size_t act_stride,
+                            int n_act, float *out, size_t out_stride);
+
+typedef struct exsa_cpu_kernels {
+    const char *isa; /* "scalar", "avx2", "avx512" */
+    exsa_dot_fn dot[EXSA_TYPE_COUNT]; /* NULL where the type has no kernel */
+    /* Activation quantizers (n multiple of the block size). */
+    void (*quantize_q8_0)(const float *x, void *y, int64_t n);
+    void (*quantize_q8_K)(const float *x, void *y, int64_t n);
+    /* Float helpers used by attention and norms. */
+    float (*dot_f32)(int n, const float *x, const float *y);
+    float (*dot_f16_f32)(int n, const exsa_fp16 *x, const float *y);
+    void (*axpy_f32)(int n, float a, const float *x, float *y);     /* y += a*x */
+    void (*axpy_f16)(int n, float a, const exsa_fp16 *x, float *y); /* y += a*x */
+    void (*f32_to_f16)(const float *x, exsa_fp16 *y, int64_t n);
+    void (*f16_to_f32)(const exsa_fp16 *x, float *y, int64_t n);
+} exsa_cpu_kernels;
+
+const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);
+/* NULL when the binary was built without that ISA or the CPU lacks it. */
+const exsa_cpu_kernels *exsa_cpu_kernels_avx2(void);
+const exsa_cpu_kernels *exsa_cpu_kernels_avx512(void);
+/* Best table for this CPU, honouring EXSA_CPU; never NULL. */
+const exsa_cpu_kernels *exsa_cpu_kernels_best(void);
+
+#endif

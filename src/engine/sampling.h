@@ -1,0 +1,62 @@
+/* Token sampling: a per-request chain over the logits of one position.
+ *
+ * Chain order (DESIGN.md): penalties (repeat, presence, frequency over the
+ * last repeat_last_n accepted tokens) -> logit bias -> top-k -> tail-free
+ * (tfs_z) -> typical-p -> top-p -> min-p -> temperature -> draw; or, with
+ * mirostat 1/2, penalties -> bias -> temperature -> mirostat in place of the
+ * truncations. temperature <= 0 means greedy (argmax after penalties/bias).
+ *
+ * A sampler owns its working memory (sized for n_vocab at create) and a
+ * seeded RNG, so the same params + seed + logits give the same tokens.
+ * Not thread safe: one sampler per sequence.
+ */
+#ifndef EXSA_SAMPLING_H
+#define EXSA_SAMPLING_H
+
+#include <stdint.h>
+
+#include "exsa.h"
+
+typedef struct exsa_logit_bias {
+    int32_t token;
+    float bias; /* added to the logit; -INFINITY bans the token */
+} exsa_logit_bias;
+
+typedef struct exsa_sampling_params {
+    float temperature;       /* 0.8; <= 0 greedy */
+    int32_t top_k;           /* 40; <= 0 disabled */
+    float top_p;             /* 0.95; 1 disabled */
+    float min_p;             /* 0.05; 0 disabled */
+    float typical_p;         /* 1.0 disabled */
+    float tfs_z;             /* 1.0 disabled */
+    float repeat_penalty;    /* 1.0 disabled */
+    int32_t repeat_last_n;   /* 64; 0 disabled, -1 = whole history */
+    float presence_penalty;  /* 0 */
+    float frequency_penalty; /* 0 */
+    int32_t mirostat;        /* 0 off, 1 or 2 */
+    float mirostat_tau;      /* 5.0 */
+    float mirostat_eta;      /* 0.1 */
+    uint64_t seed;           /* EXSA_SEED_RANDOM: from the clock */
+    int32_t n_logit_bias;
+    const exsa_logit_bias *logit_bias; /* copied at create */
+} exsa_sampling_params;
+
+#define EXSA_SEED_RANDOM UINT64_MAX
+
+void exsa_sampling_params_default(exsa_sampling_params *p);
+/* Range checks; the message names the parameter ("top_p must be in [0, 1],
+ * got 1.5"). n_vocab bounds logit_bias token ids. */
+int exsa_sampling_params_check(const exsa_sampling_params *p, int32_t n_vocab, exsa_err *err);
+
+typedef struct exsa_sampler exsa_sampler;
+
+exsa_sampler *exsa_sampler_create(const exsa_sampling_params *p, int32_t n_vocab, exsa_err *err);
+void exsa_sampler_free(exsa_sampler *s);
+/* Picks a token from logits[n_vocab] (not modified). */
+int32_t exsa_sampler_sample(exsa_sampler *s, const float *logits);
+/* Records a token in the penalty history (prompt tokens and sampled ones). */
+void exsa_sampler_accept(exsa_sampler *s, int32_t token);
+/* Clears history and mirostat state; reseeds from the params' seed. */
+void exsa_sampler_reset(exsa_sampler *s);
+
+#endif
