@@ -26,7 +26,16 @@ int exsa_err_prefix(exsa_err *e, const char *fmt, ...)
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
     memcpy(old, e->msg, sizeof old);
-    snprintf(e->msg, sizeof e->msg, "%s: %s", pre, old);
+    size_t np = strlen(pre), no = strnlen(old, sizeof old - 1);
+    if (np > sizeof e->msg - 3)
+        np = sizeof e->msg - 3;
+    memcpy(e->msg, pre, np);
+    memcpy(e->msg + np, ": ", 2);
+    size_t room = sizeof e->msg - np - 3;
+    if (no > room)
+        no = room;
+    memcpy(e->msg + np + 2, old, no);
+    e->msg[np + 2 + no] = '\0';
     return e->code;
 }
 
