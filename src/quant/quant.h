@@ -114,7 +114,9 @@ typedef struct exsa_type_traits {
 const exsa_type_traits *exsa_type_traits_get(int type);
 /* Type by name, case-insensitive ("q4_k", "F16"); -1 if unknown. */
 int exsa_type_from_name(const char *name);
-/* Bytes of a row of n elements (n must be a multiple of the block size). */
+/* Bytes of a row of n elements (n must be a multiple of the block size);
+ * 0 for an unknown type, a negative n or one that is not a whole number of
+ * blocks, or a size beyond PTRDIFF_MAX. */
 size_t exsa_type_row_size(int type, int64_t n);
 
 /* Scalar conversions (IEEE half with round-to-nearest-even; bf16 rounds to
