@@ -96,6 +96,10 @@ double exsa_gguf_arr_float(const exsa_gguf *g, int64_t i, uint64_t j);
 const char *exsa_gguf_arr_str(const exsa_gguf *g, int64_t i, uint64_t j, size_t *len);
 /* Raw little-endian element bytes of a numeric array (may be unaligned). */
 const void *exsa_gguf_arr_data(const exsa_gguf *g, int64_t i);
+/* The value of key/value i exactly as stored in the file (the bytes after its
+ * type field; for an array: element type, count, elements). For copying a
+ * value without interpreting it (writer_copy_kv). NULL if i is out of range. */
+const void *exsa_gguf_kv_raw(const exsa_gguf *g, int64_t i, uint64_t *size);
 
 /* Convenience by key name: return EXSA_OK, or EXSA_EINVAL if absent
  * (err says "missing key"), or EXSA_EFORMAT on a wrong type. */
