@@ -1,7 +1,42 @@
+/* exsa: one binary for every command. */
 #include <stdio.h>
+#include <string.h>
 
-int main(void)
+#include "cli/cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"run", exsa_cmd_run, "generate tokens from a prompt"},
+    {"info", exsa_cmd_info, "show a model's metadata, tensors and memory needs"},
+    {"quantize", exsa_cmd_quantize, "convert a model's weights to another format"},
+    {"bench", exsa_cmd_bench, "measure prompt processing and generation speed"},
+    {"gen-model", exsa_cmd_gen_model, "write a random-weight model of any shape"},
+};
+
+static void usage(FILE *f)
 {
-    fprintf(stderr, "exsa: no commands yet\n");
+    fprintf(f, "usage: exsa <command> [options]   (exsa <command> --help for details)\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "exsa: unknown command '%s'\n", argv[1]);
+    usage(stderr);
     return 1;
 }

@@ -1,0 +1,32 @@
+/* The `exsa` command line: one function per command, shared flag parsing. */
+#ifndef EXSA_CLI_H
+#define EXSA_CLI_H
+
+#include <stdint.h>
+
+/* Commands: argv[0] is the command name; return the process exit status. */
+int exsa_cmd_info(int argc, char **argv);
+int exsa_cmd_run(int argc, char **argv);
+int exsa_cmd_quantize(int argc, char **argv);
+int exsa_cmd_bench(int argc, char **argv);
+int exsa_cmd_gen_model(int argc, char **argv);
+
+/* Prints "exsa <cmd>: message" to stderr; returns 1 (the exit status). */
+int exsa_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Flag value parsing with range checks; on error print one line naming the
+ * flag and return nonzero. */
+int exsa_cli_int(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,
+                 int64_t *out);
+int exsa_cli_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                   double *out);
+/* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */
+const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i);
+
+/* A terminal progress bar on stderr (only when stderr is a tty). */
+void exsa_cli_progress(void *ud, int64_t done, int64_t total);
+
+/* Model path default from the environment (MODEL_PATH / EXSA_MODEL_PATH). */
+const char *exsa_cli_env_model(void);
+
+#endif

@@ -1,0 +1,78 @@
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+int exsa_cli_fail(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "exsa %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int exsa_cli_int(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,
+                 int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s || *end)
+        return exsa_cli_fail(cmd, "%s expects an integer, got '%s'", flag, s);
+    if (v < lo || v > hi)
+        return exsa_cli_fail(cmd, "%s must be in [%lld, %lld], got %lld", flag, (long long)lo,
+                             (long long)hi, v);
+    *out = v;
+    return 0;
+}
+
+int exsa_cli_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                   double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || isnan(v))
+        return exsa_cli_fail(cmd, "%s expects a number, got '%s'", flag, s);
+    if (v < lo || v > hi)
+        return exsa_cli_fail(cmd, "%s must be in [%g, %g], got %g", flag, lo, hi, v);
+    *out = v;
+    return 0;
+}
+
+const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i)
+{
+    if (*i + 1 >= argc) {
+        exsa_cli_fail(cmd, "%s needs a value", argv[*i]);
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+void exsa_cli_progress(void *ud, int64_t done, int64_t total)
+{
+    (void)ud;
+    if (!isatty(2) || total <= 0)
+        return;
+    int width = 40, fill = (int)(done * width / total);
+    fprintf(stderr, "\r[%.*s%*s] %3d%% (%lld/%lld)", fill,
+            "########################################", width - fill, "",
+            (int)(done * 100 / total), (long long)done, (long long)total);
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+const char *exsa_cli_env_model(void)
+{
+    const char *m = getenv("EXSA_MODEL_PATH");
+    if (!m || !*m)
+        m = getenv("MODEL_PATH");
+    return m && *m ? m : NULL;
+}

@@ -1,0 +1,200 @@
+/* exsa bench: prompt processing (pp) and token generation (tg) speed, in the
+ * manner of llama-bench: pp runs the whole prompt as one batch from an empty
+ * cache; tg decodes n tokens one at a time from an empty cache. Each test
+ * runs -r times after one warm-up; mean and standard deviation of t/s. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "model/model.h"
+#include "quant/quant.h"
+#include "util/hash.h"
+#include "util/timer.h"
+
+static const char *usage =
+    "usage: exsa bench -m MODEL [-p 512] [-n 128] [-t THREADS] [-r 3] [-b 512]\n"
+    "                  [--kv-type f16|f32|q8_0] [--json]\n"
+    "pp<P>: the P-token prompt as batches of -b rows; tg<N>: N single-token steps.\n"
+    "-p 0 or -n 0 skips that test. Reports tokens/s, mean and standard deviation.\n";
+
+typedef struct bench_ctx {
+    exsa_model_ctx *c;
+    int32_t *tok, *pos, *seq;
+    uint8_t *want;
+    float *logits;
+    int batch;
+} bench_ctx;
+
+/* Runs n tokens from position 0 of sequence 0 in chunks of `chunk` rows;
+ * returns seconds, or -1 on error. */
+static double run_tokens(bench_ctx *b, int n, int chunk, exsa_err *err)
+{
+    exsa_kv_seq_free(exsa_model_ctx_kv(b->c), 0);
+    int64_t t0 = exsa_time_ns();
+    for (int s = 0; s < n; s += chunk) {
+        int k = n - s < chunk ? n - s : chunk;
+        for (int i = 0; i < k; i++) {
+            b->pos[i] = s + i;
+            b->want[i] = i == k - 1;
+        }
+        exsa_batch bt = {.n = k, .token = b->tok + s, .pos = b->pos, .seq = b->seq,
+                         .logits = b->want};
+        if (exsa_model_forward(b->c, &bt, b->logits, err))
+            return -1;
+    }
+    return (double)(exsa_time_ns() - t0) / 1e9;
+}
+
+int exsa_cmd_bench(int argc, char **argv)
+{
+    const char *cmd = "bench", *path = exsa_cli_env_model();
+    int64_t n_p = 512, n_g = 128, threads = 0, reps = 3, batch = 512;
+    int json = 0, kv_type = EXSA_TYPE_F16;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
+            {"-p", &n_p, 0, 1 << 20}, {"-n", &n_g, 0, 1 << 20}, {"-t", &threads, 1, 1024},
+            {"-r", &reps, 1, 1000},   {"-b", &batch, 1, 65536},
+        };
+        int matched = 0;
+        for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+            if (!strcmp(a, ints[k].flag)) {
+                if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
+                    exsa_cli_int(cmd, a, v, ints[k].lo, ints[k].hi, ints[k].dst))
+                    return 1;
+                matched = 1;
+            }
+        if (matched)
+            continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            return 0;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+            if (!(path = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strcmp(a, "--kv-type")) {
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
+            kv_type = exsa_type_from_name(v);
+            if (kv_type != EXSA_TYPE_F16 && kv_type != EXSA_TYPE_F32 && kv_type != EXSA_TYPE_Q8_0)
+                return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", v);
+        } else {
+            return exsa_cli_fail(cmd, "unknown option '%s' (see --help)", a);
+        }
+    }
+    if (!path)
+        return exsa_cli_fail(cmd, "missing -m MODEL (see --help)");
+    if (n_p == 0 && n_g == 0)
+        return exsa_cli_fail(cmd, "nothing to do: -p and -n are both 0");
+
+    int rc = 1;
+    exsa_err err = {0};
+    bench_ctx b = {0};
+    exsa_model *m = exsa_model_load(path, &err);
+    if (!m)
+        return exsa_cli_fail(cmd, "%s", err.msg);
+    const exsa_hparams *hp = exsa_model_hparams(m);
+    exsa_model_ctx_params cp;
+    exsa_model_ctx_params_default(&cp);
+    cp.n_threads = (int)threads;
+    int need = (int)(n_p > n_g ? n_p : n_g);
+    cp.n_ctx = need > 16 ? need : 16;
+    b.batch = (int)(batch < n_p ? batch : (n_p > 0 ? n_p : 1));
+    cp.max_batch = b.batch;
+    cp.kv_type = kv_type;
+    if (!(b.c = exsa_model_ctx_create(m, &cp, &err))) {
+        exsa_cli_fail(cmd, "%s", err.msg);
+        goto done;
+    }
+    b.tok = malloc((size_t)need * sizeof *b.tok);
+    b.pos = malloc((size_t)b.batch * sizeof *b.pos);
+    b.seq = calloc((size_t)b.batch, sizeof *b.seq);
+    b.want = calloc((size_t)b.batch, 1);
+    b.logits = malloc((size_t)hp->n_vocab * sizeof(float));
+    if (!b.tok || !b.pos || !b.seq || !b.want || !b.logits) {
+        exsa_cli_fail(cmd, "out of memory");
+        goto done;
+    }
+    uint64_t rs = 1234;
+    for (int i = 0; i < need; i++)
+        b.tok[i] = (int32_t)(exsa_splitmix64(&rs) % (uint64_t)hp->n_vocab);
+
+    char model_type[96];
+    double params = (double)exsa_model_n_params(m);
+    const exsa_type_traits *wt = exsa_type_traits_get(hp->weight_type);
+    snprintf(model_type, sizeof model_type, "%s %.0f%s %s", hp->arch_name,
+             params >= 1e9 ? params / 1e9 : params / 1e6, params >= 1e9 ? "B" : "M",
+             wt ? wt->name : "?");
+    const char *backend = exsa_model_ctx_describe(b.c);
+    int n_threads = exsa_model_ctx_params_get(b.c)->n_threads;
+    if (!json)
+        printf("| model | size | params | backend | test | t/s |\n"
+               "| --- | ---: | ---: | --- | --- | ---: |\n");
+    else
+        printf("[\n");
+    int first = 1;
+    for (int test = 0; test < 2; test++) {
+        int n = (int)(test == 0 ? n_p : n_g);
+        if (n == 0)
+            continue;
+        int chunk = test == 0 ? b.batch : 1;
+        double *ts = calloc((size_t)reps, sizeof *ts), sum = 0, sq = 0;
+        if (!ts) {
+            exsa_cli_fail(cmd, "out of memory");
+            goto done;
+        }
+        /* warm-up: pages weights in and settles the thread pool */
+        if (run_tokens(&b, test == 0 ? n : (n < 4 ? n : 4), chunk, &err) < 0) {
+            free(ts);
+            exsa_cli_fail(cmd, "%s", err.msg);
+            goto done;
+        }
+        for (int r = 0; r < reps; r++) {
+            double sec = run_tokens(&b, n, chunk, &err);
+            if (sec < 0) {
+                free(ts);
+                exsa_cli_fail(cmd, "%s", err.msg);
+                goto done;
+            }
+            ts[r] = n / sec;
+            sum += ts[r];
+        }
+        double avg = sum / (double)reps;
+        for (int r = 0; r < reps; r++)
+            sq += (ts[r] - avg) * (ts[r] - avg);
+        double sd = reps > 1 ? sqrt(sq / (double)(reps - 1)) : 0.0;
+        free(ts);
+        char name[32];
+        snprintf(name, sizeof name, "%s%d", test == 0 ? "pp" : "tg", n);
+        if (json) {
+            printf("%s  {\"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %d, "
+                   "\"avg_ts\": %.3f, \"stddev_ts\": %.3f, \"model_type\": \"%s\", "
+                   "\"model_size\": %llu, \"model_n_params\": %llu, \"backend\": \"%s\"}",
+                   first ? "" : ",\n", name, test == 0 ? n : 0, test == 0 ? 0 : n, n_threads,
+                   avg, sd, model_type, (unsigned long long)exsa_model_weight_bytes(m),
+                   (unsigned long long)exsa_model_n_params(m), backend);
+        } else {
+            printf("| %s | %.2f MiB | %.2f M | %s | %s | %.2f ± %.2f |\n", model_type,
+                   (double)exsa_model_weight_bytes(m) / 1048576.0, params / 1e6, backend, name,
+                   avg, sd);
+        }
+        fflush(stdout);
+        first = 0;
+    }
+    if (json)
+        printf("\n]\n");
+    rc = 0;
+done:
+    free(b.tok);
+    free(b.pos);
+    free(b.seq);
+    free(b.want);
+    free(b.logits);
+    exsa_model_ctx_free(b.c);
+    exsa_model_free(m);
+    return rc;
+}

@@ -1,0 +1,324 @@
+/* The llama family: Llama 2/3.x, TinyLlama, Mistral (dense), and the Qwen
+ * variants that differ only in small ways: qwen2 adds biases to q/k/v, qwen3
+ * adds a per-head RMS norm on q and k (and may have head_dim != embd/heads).
+ * They share one forward pass; the flags in exsa_hparams switch the extras. */
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "quant/quant.h"
+#include "util/err.h"
+
+typedef struct layer_weights {
+    const float *attn_norm, *ffn_norm;
+    exsa_tensor wq, wk, wv, wo;
+    const float *bq, *bk, *bv;         /* qwen2 */
+    const float *q_norm, *k_norm;      /* qwen3 */
+    exsa_tensor w_gate, w_up, w_down;
+} layer_weights;
+
+typedef struct llama_weights {
+    exsa_tensor tok_embd, output;
+    const float *output_norm;
+    const float *rope_freqs;           /* optional (llama 3.1 long context) */
+    layer_weights *layers;
+} llama_weights;
+
+/* Activations for max_batch rows, allocated once per context. */
+typedef struct llama_scratch {
+    float *x;      /* [B][embd] residual stream */
+    float *xb;     /* [B][embd] normed input / projections back */
+    float *q;      /* [B][n_head*head_dim] */
+    float *k, *v;  /* [B][n_head_kv*head_dim] */
+    float *att;    /* [B][n_head*head_dim] */
+    float *ff1, *ff2; /* [B][n_ff] */
+    int32_t *out_ids;
+} llama_scratch;
+
+static int load_hparams(exsa_model *m, exsa_err *err)
+{
+    exsa_hparams *hp = &m->hp;
+    int64_t v, zero = 0;
+    double f;
+    const double eps_default = 1e-5, base_default = 10000.0;
+    if (exsa_model_key_int(m, "embedding_length", NULL, &v, err)) return err->code;
+    hp->n_embd = (int)v;
+    if (v <= 0 || v > (1 << 16)) goto range;
+    if (exsa_model_key_int(m, "block_count", NULL, &v, err)) return err->code;
+    hp->n_layer = (int)v;
+    if (v <= 0 || v > 1024) goto range;
+    if (exsa_model_key_int(m, "feed_forward_length", NULL, &v, err)) return err->code;
+    hp->n_ff = (int)v;
+    if (v <= 0 || v > (1 << 20)) goto range;
+    if (exsa_model_key_int(m, "attention.head_count", NULL, &v, err)) return err->code;
+    hp->n_head = (int)v;
+    if (v <= 0 || v > 4096) goto range;
+    int64_t dflt_kv = hp->n_head;
+    if (exsa_model_key_int(m, "attention.head_count_kv", &dflt_kv, &v, err)) return err->code;
+    hp->n_head_kv = (int)v;
+    if (v <= 0 || v > hp->n_head || hp->n_head % v != 0) {
+        return exsa_err_set(err, EXSA_EFORMAT,
+                            "model: %s.attention.head_count_kv = %lld must divide head_count = %d",
+                            hp->arch_name, (long long)v, hp->n_head);
+    }
+    int64_t dflt_hd = hp->n_embd / hp->n_head;
+    if (exsa_model_key_int(m, "attention.key_length", &dflt_hd, &v, err)) return err->code;
+    hp->head_dim = (int)v;
+    if (v <= 0 || v > 1024 || v % 2) goto range;
+    if (exsa_model_key_int(m, "attention.value_length", &dflt_hd, &v, err)) return err->code;
+    if (v != hp->head_dim)
+        return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: value_length != key_length");
+    if (exsa_model_key_int(m, "context_length", &zero, &v, err)) return err->code;
+    hp->n_ctx_train = v > 0 && v < (1 << 24) ? (int)v : 0;
+    if (exsa_model_key_float(m, "attention.layer_norm_rms_epsilon", &eps_default, &f, err))
+        return err->code;
+    if (!(f > 0 && f < 1))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rms epsilon %g out of range", f);
+    hp->norm_eps = (float)f;
+    if (exsa_model_key_float(m, "rope.freq_base", &base_default, &f, err)) return err->code;
+    if (!(f > 1))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.freq_base %g out of range", f);
+    hp->rope_freq_base = (float)f;
+    int64_t dflt_rot = hp->head_dim;
+    if (exsa_model_key_int(m, "rope.dimension_count", &dflt_rot, &v, err)) return err->code;
+    if (v <= 0 || v > hp->head_dim || v % 2)
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.dimension_count %lld out of range",
+                            (long long)v);
+    hp->n_rot = (int)v;
+    /* Linear scaling: positions are divided by the factor. */
+    hp->rope_freq_scale = 1.0f;
+    const double one = 1.0;
+    char key[160];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch_name);
+    int64_t ti = exsa_gguf_find_key(m->gguf, key);
+    const char *st = NULL;
+    size_t stl = 0;
+    if (ti >= 0 && exsa_gguf_kv_str(m->gguf, ti, &st, &stl) == 0 &&
+        !(stl == 6 && memcmp(st, "linear", 6) == 0) && !(stl == 4 && memcmp(st, "none", 4) == 0))
+        return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: rope scaling '%.*s' not supported",
+                            (int)(stl > 32 ? 32 : stl), st);
+    if (exsa_model_key_float(m, "rope.scaling.factor", &one, &f, err)) return err->code;
+    if (f > 0 && (ti < 0 || (stl == 6)))
+        hp->rope_freq_scale = (float)(1.0 / f);
+    hp->rope_mode = hp->arch == EXSA_ARCH_LLAMA ? EXSA_ROPE_NORMAL : EXSA_ROPE_NEOX;
+    hp->has_qkv_bias = hp->arch == EXSA_ARCH_QWEN2;
+    hp->has_qk_norm = hp->arch == EXSA_ARCH_QWEN3;
+
+    const exsa_gguf_tensor *emb = exsa_gguf_find_tensor(m->gguf, "token_embd.weight");
+    if (!emb)
+        return exsa_err_set(err, EXSA_EFORMAT, "model: missing tensor 'token_embd.weight'");
+    if (emb->ne[1] <= 0 || emb->ne[1] > (1 << 24))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: vocabulary size %lld out of range",
+                            (long long)emb->ne[1]);
+    hp->n_vocab = (int)emb->ne[1];
+    return 0;
+range:
+    return exsa_err_set(err, EXSA_EFORMAT, "model: %s hyperparameter %lld out of range",
+                        hp->arch_name, (long long)v);
+}
+
+static int load(exsa_model *m, exsa_err *err)
+{
+    int rc = load_hparams(m, err);
+    if (rc)
+        return rc;
+    exsa_hparams *hp = &m->hp;
+    llama_weights *w = calloc(1, sizeof *w);
+    if (!w)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    m->weights = w;
+    w->layers = calloc((size_t)hp->n_layer, sizeof *w->layers);
+    if (!w->layers)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
+                  KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+
+    if ((rc = exsa_model_bind_matrix(m, &w->tok_embd, "token_embd.weight", E, V, 1, err)))
+        return rc;
+    if ((rc = exsa_model_bind_matrix(m, &w->output, "output.weight", E, V, 0, err)))
+        return rc;
+    hp->tied_output = w->output.data == NULL;
+    if (hp->tied_output)
+        w->output = w->tok_embd;
+    if (!(w->output_norm = exsa_model_bind_vector(m, "output_norm.weight", E, 1, err)))
+        return err->code;
+    err->code = 0;
+    w->rope_freqs = exsa_model_bind_vector(m, "rope_freqs.weight", hp->n_rot / 2, 0, err);
+    if (err->code)
+        return err->code;
+    hp->weight_type = w->tok_embd.type;
+
+    /* Per-layer tensors: name suffix, where it goes, shape, required. */
+    const struct {
+        const char *suffix;
+        size_t field;
+        int is_matrix;
+        int64_t n_in, n_out; /* vectors: n_in elements */
+        int required;
+    } spec[] = {
+        {"attn_norm.weight", offsetof(layer_weights, attn_norm), 0, E, 1, 1},
+        {"ffn_norm.weight", offsetof(layer_weights, ffn_norm), 0, E, 1, 1},
+        {"attn_q.weight", offsetof(layer_weights, wq), 1, E, Q, 1},
+        {"attn_k.weight", offsetof(layer_weights, wk), 1, E, KV, 1},
+        {"attn_v.weight", offsetof(layer_weights, wv), 1, E, KV, 1},
+        {"attn_output.weight", offsetof(layer_weights, wo), 1, Q, E, 1},
+        {"ffn_gate.weight", offsetof(layer_weights, w_gate), 1, E, F, 1},
+        {"ffn_up.weight", offsetof(layer_weights, w_up), 1, E, F, 1},
+        {"ffn_down.weight", offsetof(layer_weights, w_down), 1, F, E, 1},
+        {"attn_q.bias", offsetof(layer_weights, bq), 0, Q, 1, hp->has_qkv_bias},
+        {"attn_k.bias", offsetof(layer_weights, bk), 0, KV, 1, hp->has_qkv_bias},
+        {"attn_v.bias", offsetof(layer_weights, bv), 0, KV, 1, hp->has_qkv_bias},
+        {"attn_q_norm.weight", offsetof(layer_weights, q_norm), 0, hp->head_dim, 1,
+         hp->has_qk_norm},
+        {"attn_k_norm.weight", offsetof(layer_weights, k_norm), 0, hp->head_dim, 1,
+         hp->has_qk_norm},
+    };
+    for (int l = 0; l < hp->n_layer; l++) {
+        char *L = (char *)&w->layers[l];
+        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].suffix);
+            if (spec[i].is_matrix) {
+                rc = exsa_model_bind_matrix(m, (exsa_tensor *)(L + spec[i].field), name,
+                                            spec[i].n_in, spec[i].n_out, spec[i].required, err);
+            } else {
+                err->code = 0;
+                *(const float **)(L + spec[i].field) =
+                    exsa_model_bind_vector(m, name, spec[i].n_in, spec[i].required, err);
+                rc = err->code;
+            }
+            if (rc)
+                return rc;
+        }
+    }
+    hp->weight_type = w->layers[0].wq.type;
+    return 0;
+}
+
+static void unload(exsa_model *m)
+{
+    llama_weights *w = m->weights;
+    free(w->layers);
+    free(w);
+    m->weights = NULL;
+}
+
+static int ctx_init(exsa_model_ctx *c, exsa_err *err)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    exsa_backend *be = c->be;
+    size_t B = (size_t)c->p.max_batch;
+    size_t Q = (size_t)hp->n_head * hp->head_dim, KV = (size_t)hp->n_head_kv * hp->head_dim;
+    llama_scratch *s = calloc(1, sizeof *s);
+    if (!s)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    c->scratch = s;
+    s->x = be->ops->alloc(be, B * hp->n_embd * sizeof(float));
+    size_t E = (size_t)hp->n_embd;
+    s->xb = be->ops->alloc(be, B * (Q > E ? Q : E) * sizeof(float));
+    s->q = be->ops->alloc(be, B * Q * sizeof(float));
+    s->k = be->ops->alloc(be, B * KV * sizeof(float));
+    s->v = be->ops->alloc(be, B * KV * sizeof(float));
+    s->att = be->ops->alloc(be, B * Q * sizeof(float));
+    s->ff1 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
+    s->ff2 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
+    s->out_ids = calloc(B, sizeof *s->out_ids);
+    if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->ff1 || !s->ff2 ||
+        !s->out_ids)
+        return exsa_err_set(err, EXSA_ENOMEM,
+                            "model: cannot allocate activations for a batch of %zu rows", B);
+    return 0;
+}
+
+static void ctx_free(exsa_model_ctx *c)
+{
+    llama_scratch *s = c->scratch;
+    exsa_backend *be = c->be;
+    float *bufs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->ff1, s->ff2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            be->ops->free(be, bufs[i]);
+    free(s->out_ids);
+    free(s);
+    c->scratch = NULL;
+}
+
+static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    const llama_weights *w = c->m->weights;
+    llama_scratch *s = c->scratch;
+    exsa_backend *be = c->be;
+    const exsa_backend_ops *op = be->ops;
+    const int n = batch->n, E = hp->n_embd, F = hp->n_ff, hd = hp->head_dim;
+    const int Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
+    exsa_rope_args rq = {
+        .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
+        .mode = hp->rope_mode, .freq_base = hp->rope_freq_base,
+        .freq_scale = hp->rope_freq_scale, .freq_factors = w->rope_freqs,
+    };
+    exsa_rope_args rk = rq;
+    rk.n_heads = hp->n_head_kv;
+
+    op->get_rows(be, &w->tok_embd, batch->token, n, s->x);
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer_weights *L = &w->layers[l];
+        const exsa_kv_layer *kvl = exsa_kv_layer_at(c->kv, l);
+
+        /* attention */
+        op->rms_norm(be, s->x, L->attn_norm, s->xb, n, E, hp->norm_eps);
+        op->matmul(be, &L->wq, s->xb, s->q, n);
+        op->matmul(be, &L->wk, s->xb, s->k, n);
+        op->matmul(be, &L->wv, s->xb, s->v, n);
+        if (hp->has_qkv_bias) {
+            op->add_bias(be, s->q, L->bq, n, Q);
+            op->add_bias(be, s->k, L->bk, n, KV);
+            op->add_bias(be, s->v, L->bv, n, KV);
+        }
+        if (hp->has_qk_norm) {
+            op->rms_norm(be, s->q, L->q_norm, s->q, n * hp->n_head, hd, hp->norm_eps);
+            op->rms_norm(be, s->k, L->k_norm, s->k, n * hp->n_head_kv, hd, hp->norm_eps);
+        }
+        op->rope(be, s->q, batch->pos, &rq);
+        op->rope(be, s->k, batch->pos, &rk);
+        op->kv_store(be, kvl, s->k, s->v, c->slots, n);
+        exsa_attn_args aa = {
+            .n_rows = n, .n_head = hp->n_head, .q = s->q, .out = s->att, .n_ctx = c->n_ctx,
+            .block_table = c->btab, .kv = kvl, .scale = 1.0f / sqrtf((float)hd),
+        };
+        op->attention(be, &aa);
+        op->matmul(be, &L->wo, s->att, s->xb, n);
+        op->add(be, s->x, s->xb, (int64_t)n * E);
+
+        /* feed-forward (SwiGLU) */
+        op->rms_norm(be, s->x, L->ffn_norm, s->xb, n, E, hp->norm_eps);
+        op->matmul(be, &L->w_gate, s->xb, s->ff1, n);
+        op->matmul(be, &L->w_up, s->xb, s->ff2, n);
+        op->swiglu(be, s->ff1, s->ff2, s->ff1, (int64_t)n * F);
+        op->matmul(be, &L->w_down, s->ff1, s->xb, n);
+        op->add(be, s->x, s->xb, (int64_t)n * E);
+    }
+
+    if (c->n_out == 0)
+        return;
+    /* Only rows that want logits go through the output head: gather them
+     * with get_rows over the residual stream viewed as an f32 matrix. */
+    exsa_tensor xs = {.name = "x", .type = EXSA_TYPE_F32, .n_in = E, .n_out = n,
+                      .row_bytes = (size_t)E * sizeof(float), .data = s->x};
+    op->get_rows(be, &xs, c->out_rows, c->n_out, s->xb);
+    op->rms_norm(be, s->xb, w->output_norm, s->xb, c->n_out, E, hp->norm_eps);
+    op->matmul(be, &w->output, s->xb, logits_out, c->n_out);
+}
+
+#define LLAMA_FAMILY(ident, str, id)                                                 \
+    const exsa_arch_ops ident = {                                                    \
+        .name = str, .arch = id, .load = load, .unload = unload,                     \
+        .ctx_init = ctx_init, .ctx_free = ctx_free, .forward = forward,              \
+    }
+LLAMA_FAMILY(exsa_arch_llama, "llama", EXSA_ARCH_LLAMA);
+LLAMA_FAMILY(exsa_arch_qwen2, "qwen2", EXSA_ARCH_QWEN2);
+LLAMA_FAMILY(exsa_arch_qwen3, "qwen3", EXSA_ARCH_QWEN3);

@@ -1,0 +1,350 @@
+#include "model/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "quant/quant.h"
+#include "util/err.h"
+
+static const exsa_arch_ops *const archs[] = {&exsa_arch_llama, &exsa_arch_qwen2,
+                                             &exsa_arch_qwen3};
+
+int exsa_model_key_int(const exsa_model *m, const char *suffix, const int64_t *dflt,
+                       int64_t *out, exsa_err *err)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", m->hp.arch_name, suffix);
+    int64_t i = exsa_gguf_find_key(m->gguf, key);
+    if (i < 0) {
+        if (!dflt)
+            return exsa_err_set(err, EXSA_EFORMAT, "model: missing key '%s'", key);
+        *out = *dflt;
+        return 0;
+    }
+    return exsa_gguf_kv_int(m->gguf, i, out) == 0
+               ? 0
+               : exsa_err_set(err, EXSA_EFORMAT, "model: key '%s' is not an integer", key);
+}
+
+int exsa_model_key_float(const exsa_model *m, const char *suffix, const double *dflt,
+                         double *out, exsa_err *err)
+{
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", m->hp.arch_name, suffix);
+    int64_t i = exsa_gguf_find_key(m->gguf, key);
+    if (i < 0) {
+        if (!dflt)
+            return exsa_err_set(err, EXSA_EFORMAT, "model: missing key '%s'", key);
+        *out = *dflt;
+        return 0;
+    }
+    return exsa_gguf_kv_float(m->gguf, i, out) == 0
+               ? 0
+               : exsa_err_set(err, EXSA_EFORMAT, "model: key '%s' is not a number", key);
+}
+
+int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
+                           int64_t n_out, int required, exsa_err *err)
+{
+    memset(t, 0, sizeof *t);
+    const exsa_gguf_tensor *gt = exsa_gguf_find_tensor(m->gguf, name);
+    if (!gt)
+        return required ? exsa_err_set(err, EXSA_EFORMAT, "model: missing tensor '%s'", name)
+                        : 0;
+    if (gt->n_dims > 2 || gt->ne[0] != n_in || gt->ne[1] != n_out)
+        return exsa_err_set(err, EXSA_EFORMAT,
+                            "model: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]",
+                            name, (long long)gt->ne[0], (long long)gt->ne[1],
+                            (long long)n_in, (long long)n_out);
+    const exsa_type_traits *tr = exsa_type_traits_get(gt->type);
+    if (!tr || gt->type == EXSA_TYPE_Q8_K || gt->type == EXSA_TYPE_Q8_1) {
+        const char *tn = exsa_gguf_type_name(gt->type);
+        return exsa_err_set(err, EXSA_EUNSUPPORTED,
+                            "model: tensor '%s' has type %s, which Exsa cannot compute with",
+                            name, tn ? tn : "unknown");
+    }
+    t->name = gt->name;
+    t->type = gt->type;
+    t->n_in = n_in;
+    t->n_out = n_out;
+    t->row_bytes = exsa_type_row_size(gt->type, n_in);
+    t->data = gt->data;
+    return 0;
+}
+
+const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
+                                    exsa_err *err)
+{
+    const exsa_gguf_tensor *gt = exsa_gguf_find_tensor(m->gguf, name);
+    if (!gt) {
+        if (required)
+            exsa_err_set(err, EXSA_EFORMAT, "model: missing tensor '%s'", name);
+        return NULL;
+    }
+    int64_t ne = gt->ne[0] * gt->ne[1] * gt->ne[2] * gt->ne[3];
+    if (ne != n) {
+        exsa_err_set(err, EXSA_EFORMAT, "model: tensor '%s' has %lld elements, expected %lld",
+                     name, (long long)ne, (long long)n);
+        return NULL;
+    }
+    /* Float32 in the file: use in place when aligned (GGUF aligns data to
+     * at least 4 in practice; a packed file falls back to a copy). */
+    if (gt->type == EXSA_TYPE_F32 && ((uintptr_t)gt->data & 3) == 0)
+        return gt->data;
+    const exsa_type_traits *tr = exsa_type_traits_get(gt->type);
+    if (!tr || !tr->to_float || n % tr->block_size != 0) {
+        exsa_err_set(err, EXSA_EUNSUPPORTED, "model: tensor '%s' has an unusable type", name);
+        return NULL;
+    }
+    if (m->owned_used + (size_t)n > m->owned_cap) {
+        exsa_err_set(err, EXSA_ENOMEM, "model: out of room for converted vector '%s'", name);
+        return NULL;
+    }
+    float *dst = m->owned + m->owned_used;
+    m->owned_used += (size_t)n;
+    tr->to_float(gt->data, dst, n);
+    return dst;
+}
+
+exsa_model *exsa_model_load(const char *path, exsa_err *err)
+{
+    exsa_err local;
+    if (!err)
+        err = &local;
+    exsa_gguf *g = exsa_gguf_open(path, err);
+    if (!g)
+        return NULL;
+    exsa_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        exsa_gguf_close(g);
+        exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+        return NULL;
+    }
+    m->gguf = g;
+    const char *arch;
+    size_t alen;
+    if (exsa_gguf_get_str(g, "general.architecture", &arch, &alen, err) != 0)
+        goto fail;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        if (strlen(archs[i]->name) == alen && memcmp(archs[i]->name, arch, alen) == 0)
+            m->ops = archs[i];
+    if (!m->ops) {
+        exsa_err_set(err, EXSA_EUNSUPPORTED,
+                     "model: architecture '%.*s' is not supported (llama, qwen2, qwen3)",
+                     (int)(alen > 64 ? 64 : alen), arch);
+        goto fail;
+    }
+    m->hp.arch = m->ops->arch;
+    m->hp.arch_name = m->ops->name;
+
+    /* Room for every 1-D tensor converted to f32 (only used when needed). */
+    size_t n1d = 0;
+    for (int64_t i = 0; i < exsa_gguf_n_tensors(g); i++) {
+        const exsa_gguf_tensor *t = exsa_gguf_tensor_at(g, i);
+        m->n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+        m->weight_bytes += t->size;
+        if (t->n_dims == 1)
+            n1d += (size_t)t->ne[0];
+    }
+    if (n1d) {
+        m->owned = malloc(n1d * sizeof(float));
+        if (!m->owned) {
+            exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+            goto fail;
+        }
+        m->owned_cap = n1d;
+    }
+    if (m->ops->load(m, err) != 0) {
+        exsa_err_prefix(err, "%s", path);
+        goto fail;
+    }
+    return m;
+fail:
+    exsa_model_free(m);
+    return NULL;
+}
+
+void exsa_model_free(exsa_model *m)
+{
+    if (!m)
+        return;
+    if (m->ops && m->weights)
+        m->ops->unload(m);
+    free(m->owned);
+    exsa_gguf_close(m->gguf);
+    free(m);
+}
+
+const exsa_hparams *exsa_model_hparams(const exsa_model *m) { return &m->hp; }
+const exsa_gguf *exsa_model_gguf(const exsa_model *m) { return m->gguf; }
+uint64_t exsa_model_n_params(const exsa_model *m) { return m->n_params; }
+uint64_t exsa_model_weight_bytes(const exsa_model *m) { return m->weight_bytes; }
+
+uint64_t exsa_model_kv_bytes(const exsa_model *m, int n_ctx, int kv_type)
+{
+    const exsa_hparams *hp = &m->hp;
+    size_t row = exsa_type_row_size(kv_type, (int64_t)hp->n_head_kv * hp->head_dim);
+    return (uint64_t)row * (uint64_t)n_ctx * (uint64_t)hp->n_layer * 2;
+}
+
+void exsa_model_ctx_params_default(exsa_model_ctx_params *p)
+{
+    *p = (exsa_model_ctx_params){
+        .n_threads = 0, .n_ctx = 0, .n_seq = 1, .max_batch = 512,
+        .kv_type = EXSA_TYPE_F16, .kv_blocks = 0,
+    };
+}
+
+#define EXSA_KV_BLOCK 16
+
+exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_params *p,
+                                      exsa_err *err)
+{
+    const exsa_hparams *hp = &m->hp;
+    exsa_model_ctx_params cp = *p;
+    if (cp.n_ctx <= 0)
+        cp.n_ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
+    if (cp.n_seq <= 0 || cp.n_seq > 4096) {
+        exsa_err_set(err, EXSA_EINVAL, "n_seq must be in [1, 4096], got %d", cp.n_seq);
+        return NULL;
+    }
+    if (cp.max_batch <= 0 || cp.max_batch > 65536) {
+        exsa_err_set(err, EXSA_EINVAL, "batch size must be in [1, 65536], got %d", cp.max_batch);
+        return NULL;
+    }
+    if (cp.n_ctx > (1 << 24)) {
+        exsa_err_set(err, EXSA_EINVAL, "context size %d is too large", cp.n_ctx);
+        return NULL;
+    }
+    if (cp.kv_type != EXSA_TYPE_F16 && cp.kv_type != EXSA_TYPE_F32 &&
+        cp.kv_type != EXSA_TYPE_Q8_0) {
+        exsa_err_set(err, EXSA_EINVAL, "kv type must be f16, f32 or q8_0");
+        return NULL;
+    }
+    int per_seq = (cp.n_ctx + EXSA_KV_BLOCK - 1) / EXSA_KV_BLOCK;
+    if (cp.kv_blocks <= 0) {
+        int64_t nb = (int64_t)per_seq * cp.n_seq;
+        if (nb > (1 << 26)) {
+            exsa_err_set(err, EXSA_EINVAL, "kv cache of %lld blocks is too large", (long long)nb);
+            return NULL;
+        }
+        cp.kv_blocks = (int)nb;
+    }
+
+    exsa_model_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->p = cp;
+    c->be = exsa_backend_cpu_create(cp.n_threads, err);
+    if (!c->be)
+        goto fail;
+    exsa_kv_params kp = {
+        .n_layer = hp->n_layer, .n_kv_head = hp->n_head_kv, .head_dim = hp->head_dim,
+        .type = cp.kv_type, .block_size = EXSA_KV_BLOCK, .n_blocks = cp.kv_blocks,
+        .n_seq = cp.n_seq, .max_seq_len = cp.n_ctx,
+    };
+    c->kv = exsa_kv_cache_create(c->be, &kp, err);
+    if (!c->kv)
+        goto fail;
+    size_t B = (size_t)cp.max_batch;
+    c->slots = calloc(B, sizeof *c->slots);
+    c->n_ctx = calloc(B, sizeof *c->n_ctx);
+    c->btab = calloc(B, sizeof *c->btab);
+    c->out_rows = calloc(B, sizeof *c->out_rows);
+    c->seq_need = calloc((size_t)cp.n_seq, sizeof *c->seq_need);
+    if (!c->seq_need || !c->slots || !c->n_ctx || !c->btab || !c->out_rows) {
+        exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+        goto fail;
+    }
+    if (m->ops->ctx_init(c, err) != 0)
+        goto fail;
+    return c;
+fail:
+    exsa_model_ctx_free(c);
+    return NULL;
+}
+
+void exsa_model_ctx_free(exsa_model_ctx *c)
+{
+    if (!c)
+        return;
+    if (c->scratch)
+        c->m->ops->ctx_free(c);
+    exsa_kv_cache_free(c->kv);
+    if (c->be)
+        exsa_backend_free(c->be);
+    free(c->slots);
+    free(c->n_ctx);
+    free(c->btab);
+    free(c->out_rows);
+    free(c->seq_need);
+    free(c);
+}
+
+exsa_kv_cache *exsa_model_ctx_kv(exsa_model_ctx *c) { return c->kv; }
+const exsa_model_ctx_params *exsa_model_ctx_params_get(const exsa_model_ctx *c) { return &c->p; }
+const char *exsa_model_ctx_describe(const exsa_model_ctx *c) { return exsa_backend_describe(c->be); }
+
+int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out, exsa_err *err)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    if (!b || b->n <= 0 || b->n > c->p.max_batch)
+        return exsa_err_set(err, EXSA_EINVAL, "forward: batch of %d rows (max %d)",
+                            b ? b->n : 0, c->p.max_batch);
+    c->n_out = 0;
+    for (int i = 0; i < b->n; i++) {
+        if (b->token[i] < 0 || b->token[i] >= hp->n_vocab)
+            return exsa_err_set(err, EXSA_EINVAL, "forward: row %d: token %d out of range [0, %d)",
+                                i, b->token[i], hp->n_vocab);
+        if (b->seq[i] < 0 || b->seq[i] >= c->p.n_seq)
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "forward: row %d: sequence %d out of range [0, %d)", i,
+                                b->seq[i], c->p.n_seq);
+        if (b->pos[i] < 0 || b->pos[i] >= c->p.n_ctx)
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "forward: row %d: position %d beyond the context (%d)", i,
+                                b->pos[i], c->p.n_ctx);
+        if (b->logits[i])
+            c->out_rows[c->n_out++] = i;
+    }
+    if (c->n_out > 0 && !logits_out)
+        return exsa_err_set(err, EXSA_EINVAL, "forward: logits requested but no output buffer");
+    /* Check the pool covers every sequence's growth before reserving any,
+     * so a pool that runs short fails with nothing changed. */
+    int64_t blocks_needed = 0;
+    const int bs = exsa_kv_cache_params(c->kv)->block_size;
+    for (int i = 0; i < b->n; i++)
+        if (b->pos[i] + 1 > c->seq_need[b->seq[i]])
+            c->seq_need[b->seq[i]] = b->pos[i] + 1;
+    for (int i = 0; i < b->n; i++) {
+        int s = b->seq[i], have = exsa_kv_seq_len(c->kv, s);
+        if (c->seq_need[s] > have)
+            blocks_needed += (c->seq_need[s] + bs - 1) / bs - (have + bs - 1) / bs;
+        c->seq_need[s] = -c->seq_need[s]; /* count each sequence once */
+    }
+    for (int i = 0; i < b->n; i++)
+        c->seq_need[b->seq[i]] = 0;
+    if (blocks_needed > exsa_kv_n_free_blocks(c->kv))
+        return exsa_err_set(err, EXSA_EFULL, "forward: batch needs %lld kv blocks, %d free",
+                            (long long)blocks_needed, exsa_kv_n_free_blocks(c->kv));
+    for (int i = 0; i < b->n; i++) {
+        int s = b->seq[i];
+        if (exsa_kv_seq_len(c->kv, s) < b->pos[i] + 1) {
+            int rc = exsa_kv_seq_reserve(c->kv, s, b->pos[i] + 1, err);
+            if (rc != 0)
+                return rc;
+        }
+    }
+    for (int i = 0; i < b->n; i++) {
+        c->slots[i] = exsa_kv_slot(c->kv, b->seq[i], b->pos[i]);
+        c->n_ctx[i] = b->pos[i] + 1;
+        c->btab[i] = exsa_kv_block_table(c->kv, b->seq[i]);
+    }
+    c->m->ops->forward(c, b, logits_out);
+    return 0;
+}

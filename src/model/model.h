@@ -1,0 +1,84 @@
+/* Models: hyperparameters from GGUF, weights bound to the mapped file, and
+ * forward(batch) over a paged KV cache.
+ *
+ * exsa_model is immutable after load (shareable across contexts).
+ * exsa_model_ctx holds what a forward pass needs: a backend, the KV cache
+ * and scratch buffers sized once for max_batch rows; forward allocates
+ * nothing. One ctx per engine thread.
+ */
+#ifndef EXSA_MODEL_H
+#define EXSA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "exsa.h"
+#include "gguf/gguf.h"
+#include "model/kv_cache.h"
+
+enum exsa_arch {
+    EXSA_ARCH_LLAMA = 0, /* Llama 2/3.x, TinyLlama, Mistral dense */
+    EXSA_ARCH_QWEN2,     /* + q/k/v biases */
+    EXSA_ARCH_QWEN3,     /* + per-head q/k RMS norm */
+};
+
+typedef struct exsa_hparams {
+    int arch;              /* exsa_arch */
+    const char *arch_name; /* "llama", "qwen2", "qwen3" */
+    int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    int n_ctx_train;
+    float norm_eps;
+    int n_rot, rope_mode;
+    float rope_freq_base, rope_freq_scale;
+    int has_qkv_bias, has_qk_norm, tied_output;
+    int weight_type;       /* type of most matrices (for display) */
+} exsa_hparams;
+
+typedef struct exsa_model exsa_model;
+
+/* Opens and validates a GGUF model: architecture, every hyperparameter, every
+ * required tensor's type and shape. Weights stay in the mapping. */
+exsa_model *exsa_model_load(const char *path, exsa_err *err);
+void exsa_model_free(exsa_model *m);
+
+const exsa_hparams *exsa_model_hparams(const exsa_model *m);
+const exsa_gguf *exsa_model_gguf(const exsa_model *m);
+/* Parameters (elements) and bytes of every tensor in the file. */
+uint64_t exsa_model_n_params(const exsa_model *m);
+uint64_t exsa_model_weight_bytes(const exsa_model *m);
+
+typedef struct exsa_model_ctx_params {
+    int n_threads;    /* <= 0: physical cores */
+    int n_ctx;        /* tokens per sequence; <= 0: min(n_ctx_train, 4096) */
+    int n_seq;        /* concurrent sequences (ids 0..n_seq-1) */
+    int max_batch;    /* rows per forward pass */
+    int kv_type;      /* EXSA_TYPE_F16 (default), F32 or Q8_0 */
+    int kv_blocks;    /* pool size in blocks; <= 0: n_seq * ceil(n_ctx / 16) */
+} exsa_model_ctx_params;
+
+void exsa_model_ctx_params_default(exsa_model_ctx_params *p);
+
+typedef struct exsa_model_ctx exsa_model_ctx;
+
+exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_params *p,
+                                      exsa_err *err);
+void exsa_model_ctx_free(exsa_model_ctx *c);
+exsa_kv_cache *exsa_model_ctx_kv(exsa_model_ctx *c);
+const exsa_model_ctx_params *exsa_model_ctx_params_get(const exsa_model_ctx *c);
+const char *exsa_model_ctx_describe(const exsa_model_ctx *c); /* backend, ISA, threads */
+
+/* Runs the batch: writes K/V of every row at (seq, pos) (reserving KV
+ * blocks as needed), and for each row with logits[i] = 1, in row order,
+ * writes n_vocab floats to logits_out. Rows of one sequence must be in
+ * position order and every earlier position of that sequence must be in the
+ * cache or earlier in this batch. Bad rows (token, pos, seq out of range)
+ * give EXSA_EINVAL before anything is computed; EXSA_EFULL when KV blocks
+ * run out. */
+int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out,
+                       exsa_err *err);
+
+/* Bytes of the KV cache for n_ctx tokens of one sequence at kv_type. */
+uint64_t exsa_model_kv_bytes(const exsa_model *m, int n_ctx, int kv_type);
+
+#endif

@@ -1,0 +1,63 @@
+/* Shared between model.c (generic loading, contexts) and the architecture
+ * files (llama.c, ...). Not visible outside src/model/. */
+#ifndef EXSA_MODEL_INTERNAL_H
+#define EXSA_MODEL_INTERNAL_H
+
+#include "model/model.h"
+
+typedef struct exsa_arch_ops {
+    const char *name; /* general.architecture value */
+    int arch;
+    /* Reads hyperparameters into m->hp and binds weights into m->weights. */
+    int (*load)(exsa_model *m, exsa_err *err);
+    void (*unload)(exsa_model *m);
+    /* Allocates the ctx's scratch (c->scratch) for c->p.max_batch rows. */
+    int (*ctx_init)(exsa_model_ctx *c, exsa_err *err);
+    void (*ctx_free)(exsa_model_ctx *c);
+    /* Batch already validated and KV reserved; slots/n_ctx/btab filled. */
+    void (*forward)(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out);
+} exsa_arch_ops;
+
+struct exsa_model {
+    exsa_gguf *gguf;
+    exsa_hparams hp;
+    const exsa_arch_ops *ops;
+    void *weights;
+    float *owned;          /* 1-D tensors converted to f32 at load */
+    size_t owned_used, owned_cap;
+    uint64_t n_params, weight_bytes;
+};
+
+struct exsa_model_ctx {
+    const exsa_model *m;
+    exsa_model_ctx_params p;
+    exsa_backend *be;
+    exsa_kv_cache *kv;
+    void *scratch;
+    /* Per-batch row metadata, sized max_batch. */
+    int32_t *slots;
+    int32_t *n_ctx;
+    const int32_t **btab;
+    int32_t *out_rows;     /* indices of rows that want logits */
+    int n_out;
+    int32_t *seq_need;     /* [n_seq] scratch for block accounting */
+};
+
+/* Binds a 2-D weight [n_out][n_in] by name with shape check; optional tensors
+ * (required = 0) leave t->data NULL when absent. */
+int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
+                           int64_t n_out, int required, exsa_err *err);
+/* A 1-D tensor of n elements as float32 (converted into model-owned memory
+ * when stored in another type); NULL + error when absent and required. */
+const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
+                                    exsa_err *err);
+/* Reads "<arch>.<suffix>" as an integer / float; absent -> dflt, or error
+ * when dflt is NULL. */
+int exsa_model_key_int(const exsa_model *m, const char *suffix, const int64_t *dflt,
+                       int64_t *out, exsa_err *err);
+int exsa_model_key_float(const exsa_model *m, const char *suffix, const double *dflt,
+                         double *out, exsa_err *err);
+
+extern const exsa_arch_ops exsa_arch_llama, exsa_arch_qwen2, exsa_arch_qwen3;
+
+#endif

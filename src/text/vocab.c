@@ -1,0 +1,181 @@
+#include "text/vocab.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/err.h"
+
+struct exsa_vocab {
+    const exsa_gguf *g;
+    int kind;
+    int32_t n;
+    int64_t kv_tokens, kv_types;
+    int32_t bos, eos, eot, eom;
+    int add_bos;
+    int16_t byte_of_cp[512]; /* GPT-2 map: code point -> byte, -1 if none */
+};
+
+static int32_t get_id(const exsa_gguf *g, const char *key, int32_t n)
+{
+    int64_t v;
+    if (exsa_gguf_get_int(g, key, &v, NULL) != 0 || v < 0 || v >= n)
+        return -1;
+    return (int32_t)v;
+}
+
+exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
+{
+    const char *model;
+    size_t mlen;
+    if (exsa_gguf_get_str(g, "tokenizer.ggml.model", &model, &mlen, err) != 0)
+        return NULL;
+    int kind = 0;
+    if (mlen == 5 && memcmp(model, "llama", 5) == 0)
+        kind = EXSA_VOCAB_SPM;
+    else if (mlen == 4 && memcmp(model, "gpt2", 4) == 0)
+        kind = EXSA_VOCAB_BPE;
+    else if (mlen == 4 && memcmp(model, "bert", 4) == 0)
+        kind = EXSA_VOCAB_WPM;
+    if (!kind) {
+        exsa_err_set(err, EXSA_EUNSUPPORTED, "vocab: tokenizer model '%.*s' not supported",
+                     (int)(mlen > 32 ? 32 : mlen), model);
+        return NULL;
+    }
+    int64_t kt = exsa_gguf_find_key(g, "tokenizer.ggml.tokens");
+    if (kt < 0 || exsa_gguf_kv_type(g, kt) != EXSA_GGUF_ARRAY ||
+        exsa_gguf_arr_type(g, kt) != EXSA_GGUF_STRING || exsa_gguf_arr_n(g, kt) == 0 ||
+        exsa_gguf_arr_n(g, kt) > (1u << 24)) {
+        exsa_err_set(err, EXSA_EFORMAT, "vocab: tokenizer.ggml.tokens missing or not strings");
+        return NULL;
+    }
+    exsa_vocab *v = calloc(1, sizeof *v);
+    if (!v) {
+        exsa_err_set(err, EXSA_ENOMEM, "vocab: out of memory");
+        return NULL;
+    }
+    v->g = g;
+    v->kind = kind;
+    v->kv_tokens = kt;
+    v->n = (int32_t)exsa_gguf_arr_n(g, kt);
+    v->kv_types = exsa_gguf_find_key(g, "tokenizer.ggml.token_type");
+    if (v->kv_types >= 0 && (exsa_gguf_kv_type(g, v->kv_types) != EXSA_GGUF_ARRAY ||
+                             exsa_gguf_arr_n(g, v->kv_types) != (uint64_t)v->n ||
+                             exsa_gguf_arr_type(g, v->kv_types) == EXSA_GGUF_STRING ||
+                             exsa_gguf_arr_type(g, v->kv_types) == EXSA_GGUF_ARRAY)) {
+        exsa_err_set(err, EXSA_EFORMAT, "vocab: tokenizer.ggml.token_type does not match tokens");
+        free(v);
+        return NULL;
+    }
+    v->bos = get_id(g, "tokenizer.ggml.bos_token_id", v->n);
+    v->eos = get_id(g, "tokenizer.ggml.eos_token_id", v->n);
+    v->eot = get_id(g, "tokenizer.ggml.eot_token_id", v->n);
+    v->eom = get_id(g, "tokenizer.ggml.eom_token_id", v->n);
+    int ab = kind == EXSA_VOCAB_SPM;
+    exsa_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab, NULL);
+    v->add_bos = ab && v->bos >= 0;
+    for (int i = 0; i < 512; i++)
+        v->byte_of_cp[i] = -1;
+    int extra = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
+        v->byte_of_cp[printable ? b : 256 + extra++] = (int16_t)b;
+    }
+    return v;
+}
+
+void exsa_vocab_free(exsa_vocab *v) { free(v); }
+
+int exsa_vocab_kind(const exsa_vocab *v) { return v->kind; }
+int32_t exsa_vocab_n_tokens(const exsa_vocab *v) { return v->n; }
+int32_t exsa_vocab_bos(const exsa_vocab *v) { return v->bos; }
+int32_t exsa_vocab_eos(const exsa_vocab *v) { return v->eos; }
+int exsa_vocab_add_bos(const exsa_vocab *v) { return v->add_bos; }
+
+int exsa_vocab_is_eog(const exsa_vocab *v, int32_t id)
+{
+    return id >= 0 && (id == v->eos || id == v->eot || id == v->eom);
+}
+
+int exsa_vocab_token_type(const exsa_vocab *v, int32_t id)
+{
+    if (id < 0 || id >= v->n)
+        return EXSA_TOKEN_UNDEFINED;
+    if (v->kv_types < 0)
+        return EXSA_TOKEN_NORMAL;
+    return (int)exsa_gguf_arr_int(v->g, v->kv_types, (uint64_t)id);
+}
+
+const char *exsa_vocab_token_str(const exsa_vocab *v, int32_t id, size_t *len)
+{
+    if (id < 0 || id >= v->n) {
+        *len = 0;
+        return "";
+    }
+    return exsa_gguf_arr_str(v->g, v->kv_tokens, (uint64_t)id, len);
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+static void put(char *buf, size_t cap, size_t *n, char c)
+{
+    if (*n < cap)
+        buf[*n] = c;
+    (*n)++;
+}
+
+int exsa_vocab_token_to_piece(const exsa_vocab *v, int32_t id, char *buf, size_t cap,
+                              int special)
+{
+    if (id < 0 || id >= v->n)
+        return -1;
+    int type = exsa_vocab_token_type(v, id);
+    size_t len, n = 0;
+    const char *s = exsa_vocab_token_str(v, id, &len);
+    if (type == EXSA_TOKEN_CONTROL && !special)
+        return 0;
+    if (type == EXSA_TOKEN_BYTE && len == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' &&
+        hexval(s[3]) >= 0 && hexval(s[4]) >= 0 && s[5] == '>') {
+        put(buf, cap, &n, (char)(hexval(s[3]) * 16 + hexval(s[4])));
+        return (int)n;
+    }
+    if (type == EXSA_TOKEN_CONTROL || type == EXSA_TOKEN_USER_DEFINED ||
+        type == EXSA_TOKEN_UNUSED || v->kind == EXSA_VOCAB_WPM) {
+        for (size_t i = 0; i < len; i++)
+            put(buf, cap, &n, s[i]);
+        return (int)n;
+    }
+    if (v->kind == EXSA_VOCAB_SPM) {
+        for (size_t i = 0; i < len; i++) {
+            if (i + 2 < len && (unsigned char)s[i] == 0xE2 && (unsigned char)s[i + 1] == 0x96 &&
+                (unsigned char)s[i + 2] == 0x81) {
+                put(buf, cap, &n, ' ');
+                i += 2;
+            } else {
+                put(buf, cap, &n, s[i]);
+            }
+        }
+        return (int)n;
+    }
+    /* Byte-level BPE: each code point of the token is one byte. */
+    for (size_t i = 0; i < len;) {
+        unsigned c = (unsigned char)s[i];
+        int cp = -1;
+        if (c < 0x80) {
+            cp = (int)c;
+            i += 1;
+        } else if ((c & 0xE0) == 0xC0 && i + 1 < len) {
+            cp = (int)(((c & 0x1F) << 6) | ((unsigned char)s[i + 1] & 0x3F));
+            i += 2;
+        } else {
+            i += 1; /* not from the byte map: keep going, drop it */
+        }
+        if (cp >= 0 && cp < 512 && v->byte_of_cp[cp] >= 0)
+            put(buf, cap, &n, (char)v->byte_of_cp[cp]);
+    }
+    return (int)n;
+}
