@@ -1,0 +1,105 @@
+/* Kernel table selection: detect the CPU once, hand out the best table.
+ *
+ * EXSA_CPU=scalar|avx2|avx512 caps the choice (an unknown value is ignored).
+ * Detection and the assembly of the AVX-512 tables (AVX-512 entries over
+ * the AVX2 table) run once under pthread_once, so every getter is
+ * thread-safe and cheap after the first call.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/kernels_internal.h"
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static const exsa_cpu_kernels *avx2_ok;      /* NULL: not built or not supported */
+static exsa_cpu_kernels avx512_tables[2];    /* [vnni] */
+static const exsa_cpu_kernels *avx512_ok[2];
+static const exsa_cpu_kernels *best;
+
+/* Copies base, then every non-NULL entry of over on top of it. */
+static void overlay(exsa_cpu_kernels *dst, const exsa_cpu_kernels *base,
+                    const exsa_cpu_kernels *over)
+{
+    *dst = *base;
+    dst->isa = over->isa;
+    for (int t = 0; t < EXSA_TYPE_COUNT; t++)
+        if (over->dot[t])
+            dst->dot[t] = over->dot[t];
+    if (over->quantize_q8_0)
+        dst->quantize_q8_0 = over->quantize_q8_0;
+    if (over->quantize_q8_K)
+        dst->quantize_q8_K = over->quantize_q8_K;
+    if (over->dot_f32)
+        dst->dot_f32 = over->dot_f32;
+    if (over->dot_f16_f32)
+        dst->dot_f16_f32 = over->dot_f16_f32;
+    if (over->axpy_f32)
+        dst->axpy_f32 = over->axpy_f32;
+    if (over->axpy_f16)
+        dst->axpy_f16 = over->axpy_f16;
+    if (over->f32_to_f16)
+        dst->f32_to_f16 = over->f32_to_f16;
+    if (over->f16_to_f32)
+        dst->f16_to_f32 = over->f16_to_f32;
+}
+
+static void detect(void)
+{
+    exsa_cpu_features f;
+    exsa_cpu_features_detect(&f);
+
+    const int has_avx2 = f.avx2 && f.fma && f.f16c;
+    if (has_avx2 && exsa_cpu_kernels_avx2_table)
+        avx2_ok = exsa_cpu_kernels_avx2_table;
+
+    const int has_avx512 = avx2_ok && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq;
+    const exsa_cpu_kernels *partial[2] = {exsa_cpu_kernels_avx512_partial,
+                                          exsa_cpu_kernels_avx512vnni_partial};
+    for (int v = 0; v < 2; v++) {
+        if (!has_avx512 || !partial[v] || (v == 1 && !f.avx512vnni))
+            continue;
+        overlay(&avx512_tables[v], avx2_ok, partial[v]);
+        avx512_ok[v] = &avx512_tables[v];
+    }
+
+    /* cap: 0 scalar, 1 avx2, 2 avx512 */
+    int cap = 2;
+    const char *env = getenv("EXSA_CPU");
+    if (env && strcmp(env, "scalar") == 0)
+        cap = 0;
+    else if (env && strcmp(env, "avx2") == 0)
+        cap = 1;
+
+    best = exsa_cpu_kernels_scalar();
+    if (cap >= 1 && avx2_ok)
+        best = avx2_ok;
+    if (cap >= 2 && (avx512_ok[1] || avx512_ok[0]))
+        best = avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+}
+
+const exsa_cpu_kernels *exsa_cpu_kernels_avx2(void)
+{
+    pthread_once(&once, detect);
+    return avx2_ok;
+}
+
+const exsa_cpu_kernels *exsa_cpu_kernels_avx512(void)
+{
+    pthread_once(&once, detect);
+    return avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+}
+
+const exsa_cpu_kernels *exsa_cpu_kernels_avx512_variant(int vnni)
+{
+    pthread_once(&once, detect);
+    return avx512_ok[vnni ? 1 : 0];
+}
+
+const exsa_cpu_kernels *exsa_cpu_kernels_best(void)
+{
+    pthread_once(&once, detect);
+    return best;
+}

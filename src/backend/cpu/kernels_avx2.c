@@ -1,0 +1,718 @@
+/* AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c; chosen at
+ * run time only on CPUs that have all three).
+ *
+ * Batched dots: every kernel walks the weight row once per group of up to 4
+ * activation rows, decoding each weight block into registers and applying
+ * it to every row of the group. One row (decode) is the same code with a
+ * group of 1.
+ *
+ * Integer products use vpmaddubsw (unsigned x signed bytes -> int16 pairs).
+ * Weights with a sign (Q4_0, Q5_0, Q8_0) use |w| and sign(w)*a; unsigned
+ * K-quant values are fed directly and their offsets/mins come back through
+ * Q8_K's bsums. No int16 pair sum can saturate for the value ranges the
+ * formats allow. The sign trick needs activations above -128: the reference
+ * quantizers (and ours) only produce -127..127.
+ *
+ * Activation quantizers give the same bytes as the scalar references for
+ * finite inputs, ties included: Q8_0 rounds half away from zero like roundf,
+ * Q8_K rounds half to even like nearest_int. NaN/Inf inputs are not
+ * byte-matched.
+ */
+#include "backend/cpu/kernels_internal.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+/* ------------------------------------------------------- float weights */
+
+/* 8 weights as floats, from F32, F16 or BF16. */
+INLINE __m256 load_w8(const void *w, int i, const int kind)
+{
+    switch (kind) {
+    case K_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const exsa_fp16 *)w + i)));
+    case K_BF16: {
+        const __m128i h = _mm_loadu_si128((const __m128i *)((const exsa_bf16 *)w + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    default:
+        return _mm256_loadu_ps((const float *)w + i);
+    }
+}
+
+INLINE float load_w1(const void *w, int i, const int kind)
+{
+    switch (kind) {
+    case K_F16:
+        return h2f(((const exsa_fp16 *)w)[i]);
+    case K_BF16:
+        return exsa_bf16_to_fp32(((const exsa_bf16 *)w)[i]);
+    default:
+        return ((const float *)w)[i];
+    }
+}
+
+INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
+{
+    /* one row needs more independent chains to hide the FMA latency */
+    enum { NA_MAX = 4 };
+    const int NA = R == 1 ? 4 : 2;
+    const float *a[4];
+    __m256 acc[4][NA_MAX];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+#pragma GCC unroll 4
+        for (int u = 0; u < NA; u++)
+            acc[k][u] = _mm256_setzero_ps();
+    }
+    const int n = r->n;
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 w[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            w[u] = load_w8(r->w, i + 8 * u, kind);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+                acc[k][u % NA] = _mm256_fmadd_ps(w[u], _mm256_loadu_ps(a[k] + i + 8 * u),
+                                                 acc[k][u % NA]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 w = load_w8(r->w, i, kind);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            acc[k][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(a[k] + i), acc[k][0]);
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+#pragma GCC unroll 4
+        for (int u = 1; u < NA; u++)
+            acc[k][0] = _mm256_add_ps(acc[k][0], acc[k][u]);
+        float s = hsum_ps(acc[k][0]);
+        for (int t = i; t < n; t++)
+            s += load_w1(r->w, t, kind) * a[k][t];
+        store_out(r, j0 + k, s);
+    }
+}
+
+/* ------------------------------------------------ 32-element blocks */
+
+/* One signed block applied to R rows. */
+INLINE void signed32_block(const rows_t *r, const exsa_block_q8_0 *const *a, int i, const int R,
+                           const int kind, __m256 *acc)
+{
+    float dw;
+    const __m256i x = decode_signed(r->w, i, kind, &dw);
+    const __m256i ax = _mm256_sign_epi8(x, x);
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a[k][i].qs);
+        const __m256i p = dot_u8s8(ax, _mm256_sign_epi8(y, x));
+        const __m256 d = _mm256_set1_ps(dw * h2f(a[k][i].d));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[k]);
+    }
+}
+
+/* Blocks alternate between two accumulator sets when the group is small,
+ * so one row is not bound by the latency of a single FMA chain. */
+INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind)
+{
+    const int two = R <= 2;
+    const exsa_block_q8_0 *a[4];
+    __m256 acc[2][4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[0][k] = acc[1][k] = _mm256_setzero_ps();
+    }
+    const int nb = r->n / 32;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        signed32_block(r, a, i, R, kind, acc[0]);
+        signed32_block(r, a, i + 1, R, kind, acc[two]);
+    }
+    if (i < nb)
+        signed32_block(r, a, i, R, kind, acc[0]);
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
+}
+
+/* dot = d_w*d_a*sum(q_w*q_a) + m_w*d_a*sum(q_a) per block; the two terms
+ * go to separate accumulators (acc[k], acc[4 + k]) to keep chains short. */
+INLINE void unsigned32_block(const rows_t *r, const exsa_block_q8_0 *const *a, int i,
+                             const int R, const int kind, __m256 *acc)
+{
+    const __m256i ones = _mm256_set1_epi8(1);
+    float dw, mw;
+    const __m256i u = decode_unsigned(r->w, i, kind, &dw, &mw);
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a[k][i].qs);
+        const float da = h2f(a[k][i].d);
+        const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, y));
+        const __m256 s = _mm256_cvtepi32_ps(dot_u8s8(ones, y));
+        acc[k] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * da), acc[k]);
+        acc[4 + k] = _mm256_fmadd_ps(s, _mm256_set1_ps(mw * da), acc[4 + k]);
+    }
+}
+
+INLINE void unsigned32_rows(const rows_t *r, int j0, const int R, const int kind)
+{
+    const int two = R <= 2;
+    const exsa_block_q8_0 *a[4];
+    __m256 acc[2][8];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[0][k] = acc[1][k] = acc[0][4 + k] = acc[1][4 + k] = _mm256_setzero_ps();
+    }
+    const int nb = r->n / 32;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        unsigned32_block(r, a, i, R, kind, acc[0]);
+        unsigned32_block(r, a, i + 1, R, kind, acc[two]);
+    }
+    if (i < nb)
+        unsigned32_block(r, a, i, R, kind, acc[0]);
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        const __m256 s = _mm256_add_ps(_mm256_add_ps(acc[0][k], acc[1][k]),
+                                       _mm256_add_ps(acc[0][4 + k], acc[1][4 + k]));
+        store_out(r, j0 + k, hsum_ps(s));
+    }
+}
+
+/* ------------------------------------------------------------ K-quants */
+
+/* Broadcast int16 lane m (0..7) of each 128-bit half to the whole half. */
+INLINE __m256i bcast_i16(__m256i v, int m)
+{
+    return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)(((2 * m + 1) << 8) | (2 * m))));
+}
+
+/* Scales of 16-element groups as int16 (sc16: groups 0..15). For the
+ * 32-element vector k (groups 2k, 2k+1) the multiplier vector has group 2k in
+ * the low half and 2k+1 in the high half. lo/hi hold groups 0..7 / 8..15 in
+ * both halves. */
+typedef struct {
+    __m256i lo, hi;
+} scales16_t;
+
+INLINE scales16_t scales16_prepare(__m256i sc16)
+{
+    scales16_t s = {_mm256_permute2x128_si256(sc16, sc16, 0x00),
+                    _mm256_permute2x128_si256(sc16, sc16, 0x11)};
+    return s;
+}
+
+INLINE __m256i scales16_for(const scales16_t *s, int k)
+{
+    const int m = k & 3;
+    const __m256i pick = _mm256_set_m128i(_mm_set1_epi16((short)(((4 * m + 3) << 8) | (4 * m + 2))),
+                                          _mm_set1_epi16((short)(((4 * m + 1) << 8) | (4 * m))));
+    return _mm256_shuffle_epi8(k < 4 ? s->lo : s->hi, pick);
+}
+
+/* Q2_K, Q3_K and Q6_K: 16-element groups. Scales (and Q2_K's mins) as
+ * int16; Q3_K/Q6_K subtract an offset (4 / 32) through the bsums, Q2_K its
+ * mins scaled by dmin. */
+INLINE void g16_scales(const void *w, int i, const int kind, __m256i *sc16, __m256i *mn16,
+                       float *d, float *dmin)
+{
+    if (kind == K_Q2_K) {
+        const exsa_block_q2_K *b = (const exsa_block_q2_K *)w + i;
+        *d = h2f(b->d);
+        *dmin = h2f(b->dmin);
+        const __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
+        *sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(s8, _mm_set1_epi8(0x0F)));
+        *mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(0x0F)));
+    } else if (kind == K_Q3_K) {
+        const exsa_block_q3_K *b = (const exsa_block_q3_K *)w + i;
+        *d = h2f(b->d);
+        *dmin = 0.0f;
+        uint32_t a0, a1, a2;
+        memcpy(&a0, b->scales, 4);
+        memcpy(&a1, b->scales + 4, 4);
+        memcpy(&a2, b->scales + 8, 4);
+        /* group g: low 4 bits from byte g (g < 8) or the high nibble of byte
+         * g - 8; high 2 bits from byte 8 + g % 4 at bit 2 * (g / 4) */
+        const uint32_t k4 = 0x0F0F0F0Fu, k2 = 0x03030303u;
+        const __m128i s8 = _mm_setr_epi32((int)((a0 & k4) | ((a2 & k2) << 4)),
+                                          (int)((a1 & k4) | (((a2 >> 2) & k2) << 4)),
+                                          (int)(((a0 >> 4) & k4) | (((a2 >> 4) & k2) << 4)),
+                                          (int)(((a1 >> 4) & k4) | (((a2 >> 6) & k2) << 4)));
+        *sc16 = _mm256_cvtepi8_epi16(_mm_sub_epi8(s8, _mm_set1_epi8(32)));
+        *mn16 = _mm256_setzero_si256();
+    } else {
+        const exsa_block_q6_K *b = (const exsa_block_q6_K *)w + i;
+        *d = h2f(b->d);
+        *dmin = 0.0f;
+        *sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+        *mn16 = _mm256_setzero_si256();
+    }
+}
+
+/* Half h of a superblock: vectors 4h..4h+3 of 32 unsigned values each. */
+INLINE void g16_half(const void *w, int i, int h, const int kind, __m256i u[4])
+{
+    const __m256i m3 = _mm256_set1_epi8(3);
+    if (kind == K_Q2_K) {
+        const exsa_block_q2_K *b = (const exsa_block_q2_K *)w + i;
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * h));
+        u[0] = _mm256_and_si256(q, m3);
+        u[1] = _mm256_and_si256(_mm256_srli_epi16(q, 2), m3);
+        u[2] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m3);
+        u[3] = _mm256_and_si256(_mm256_srli_epi16(q, 6), m3);
+    } else if (kind == K_Q3_K) {
+        const exsa_block_q3_K *b = (const exsa_block_q3_K *)w + i;
+        /* value + 4 = low 2 bits | high bit << 2; the high bit of vector
+         * 4h + s is bit 4h + s of hmask */
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * h));
+        __m256i hm = _mm256_loadu_si256((const __m256i *)b->hmask);
+        hm = h ? _mm256_srli_epi16(hm, 4) : hm;
+        const __m256i b2 = _mm256_set1_epi8(4);
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+            const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q, 2 * s), m3);
+            const __m256i hb = _mm256_and_si256(_mm256_slli_epi16(hm, 2), b2);
+            u[s] = _mm256_or_si256(lo, hb);
+            hm = _mm256_srli_epi16(hm, 1);
+        }
+    } else {
+        const exsa_block_q6_K *b = (const exsa_block_q6_K *)w + i;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(b->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i *)(b->qh + 32 * h));
+        u[0] = _mm256_or_si256(_mm256_and_si256(l0, m4),
+                               _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+        u[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                               _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+        u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                               _mm256_and_si256(qh, m30));
+        u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+    }
+}
+
+INLINE void g16_rows(const rows_t *r, int j0, const int R, const int kind)
+{
+    /* offset subtracted from the unsigned values: Q3_K 4 (shift 2), Q6_K 32 */
+    const int off_shift = kind == K_Q3_K ? 2 : 5;
+    const exsa_block_q8_K *a[4];
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[k] = _mm256_setzero_ps();
+    }
+    const int nb = r->n / EXSA_QK_K;
+    for (int i = 0; i < nb; i++) {
+        __m256i sc16, mn16;
+        float d, dmin;
+        g16_scales(r->w, i, kind, &sc16, &mn16, &d, &dmin);
+        const scales16_t sc = scales16_prepare(sc16);
+        __m256i sumi[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            sumi[k] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i u[4];
+            g16_half(r->w, i, h, kind, u);
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                const __m256i s = scales16_for(&sc, 4 * h + v);
+#pragma GCC unroll 4
+                for (int k = 0; k < R; k++) {
+                    const __m256i y =
+                        _mm256_loadu_si256((const __m256i *)(a[k][i].qs + 128 * h + 32 * v));
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u[v], y), s);
+                    sumi[k] = _mm256_add_epi32(sumi[k], p);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a[k][i].bsums);
+            const float da = a[k][i].d;
+            if (kind == K_Q2_K) {
+                const __m256 m = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mn16));
+                acc[k] = _mm256_fnmadd_ps(m, _mm256_set1_ps(dmin * da), acc[k]);
+            } else {
+                const __m256i off = _mm256_madd_epi16(bs, sc16);
+                sumi[k] = _mm256_sub_epi32(sumi[k], _mm256_slli_epi32(off, off_shift));
+            }
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[k]), _mm256_set1_ps(d * da), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, hsum_ps(acc[k]));
+}
+
+INLINE void g32_rows(const rows_t *r, int j0, const int R, const int kind)
+{
+    const exsa_block_q8_K *a[4];
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[k] = _mm256_setzero_ps();
+    }
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int nb = r->n / EXSA_QK_K;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *qs, *scales, *qh = NULL;
+        float d, dmin;
+        if (kind == K_Q4_K) {
+            const exsa_block_q4_K *b = (const exsa_block_q4_K *)r->w + i;
+            qs = b->qs;
+            scales = b->scales;
+            d = h2f(b->d);
+            dmin = h2f(b->dmin);
+        } else {
+            const exsa_block_q5_K *b = (const exsa_block_q5_K *)r->w + i;
+            qs = b->qs;
+            scales = b->scales;
+            qh = b->qh;
+            d = h2f(b->d);
+            dmin = h2f(b->dmin);
+        }
+        const __m256i scm = _mm256_cvtepu8_epi16(unpack_scale_min_k4(scales));
+        const __m128i mins = _mm256_extracti128_si256(scm, 1);
+        const __m256i scb = _mm256_permute2x128_si256(scm, scm, 0x00);
+        __m256i hb = kind == K_Q5_K ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+        const __m256i b4 = _mm256_set1_epi8(0x10);
+
+        __m256i sumi[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            sumi[k] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            if (kind == K_Q5_K) {
+                /* bits 2c / 2c+1 of qh are the 16s of the low / high half;
+                 * hb is shifted down by 2 per chunk */
+                lo = _mm256_or_si256(lo, _mm256_and_si256(_mm256_slli_epi16(hb, 4), b4));
+                hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_slli_epi16(hb, 3), b4));
+                hb = _mm256_srli_epi16(hb, 2);
+            }
+            const __m256i s_lo = bcast_i16(scb, 2 * c), s_hi = bcast_i16(scb, 2 * c + 1);
+#pragma GCC unroll 4
+            for (int k = 0; k < R; k++) {
+                const int8_t *y = a[k][i].qs + 64 * c;
+                const __m256i p_lo = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)y)), s_lo);
+                const __m256i p_hi = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 32))), s_hi);
+                sumi[k] = _mm256_add_epi32(sumi[k], _mm256_add_epi32(p_lo, p_hi));
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            const float da = a[k][i].d;
+            /* sums of the activations of each 32-element group */
+            const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)a[k][i].bsums),
+                                              _mm_loadu_si128((const __m128i *)(a[k][i].bsums + 8)));
+            const __m128i pm = _mm_madd_epi16(mins, bs);
+            const __m256 m = _mm256_cvtepi32_ps(_mm256_inserti128_si256(_mm256_setzero_si256(), pm, 0));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[k]), _mm256_set1_ps(d * da), acc[k]);
+            acc[k] = _mm256_fnmadd_ps(m, _mm256_set1_ps(dmin * da), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, hsum_ps(acc[k]));
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+INLINE void group(const rows_t *r, int j0, const int R, const int kind)
+{
+    switch (kind) {
+    case K_F32:
+    case K_F16:
+    case K_BF16:
+        float_rows(r, j0, R, kind);
+        break;
+    case K_Q4_0:
+    case K_Q5_0:
+    case K_Q8_0:
+        signed32_rows(r, j0, R, kind);
+        break;
+    case K_Q4_1:
+    case K_Q5_1:
+        unsigned32_rows(r, j0, R, kind);
+        break;
+    case K_Q2_K:
+    case K_Q3_K:
+    case K_Q6_K:
+        g16_rows(r, j0, R, kind);
+        break;
+    default:
+        g32_rows(r, j0, R, kind);
+        break;
+    }
+}
+
+INLINE void dot_rows(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os, const int kind)
+{
+    const rows_t r = {n, w, act, as, out, os};
+    int j = 0;
+    for (; j + 4 <= na; j += 4)
+        group(&r, j, 4, kind);
+    switch (na - j) {
+    case 3:
+        group(&r, j, 3, kind);
+        break;
+    case 2:
+        group(&r, j, 2, kind);
+        break;
+    case 1:
+        group(&r, j, 1, kind);
+        break;
+    default:
+        break;
+    }
+}
+
+static void dot_f32(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_F32);
+}
+static void dot_f16(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_F16);
+}
+static void dot_bf16(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_BF16);
+}
+static void dot_q4_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_0);
+}
+static void dot_q4_1(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_1);
+}
+static void dot_q5_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_0);
+}
+static void dot_q5_1(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_1);
+}
+static void dot_q8_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q8_0);
+}
+static void dot_q2_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q2_K);
+}
+static void dot_q3_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q3_K);
+}
+static void dot_q4_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_K);
+}
+static void dot_q5_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_K);
+}
+static void dot_q6_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q6_K);
+}
+
+/* ------------------------------------------------ activation quantizers */
+
+/* 4 x 8 int32 -> 32 int8 (saturating) in element order. */
+INLINE __m256i pack_i32x32(__m256i a, __m256i b, __m256i c, __m256i d)
+{
+    const __m256i ab = _mm256_packs_epi32(a, b);
+    const __m256i cd = _mm256_packs_epi32(c, d);
+    const __m256i q = _mm256_packs_epi16(ab, cd);
+    /* packs interleave per 128-bit half; dword k of the result holds
+     * elements of source dword order 0,4,1,5,2,6,3,7 */
+    return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static void quantize_q8_0(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0 *y = vy;
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0) {
+        __m256 v[4];
+        __m256 mx = _mm256_setzero_ps();
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) {
+            v[u] = _mm256_loadu_ps(x + 8 * u);
+            mx = _mm256_max_ps(mx, _mm256_and_ps(v[u], abs_mask));
+        }
+        /* same expressions as the reference, so d and id are bit-equal */
+        const float d = hmax_ps(mx) / 127;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            q[u] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[u], vid)));
+        _mm256_storeu_si256((__m256i *)y[i].qs, pack_i32x32(q[0], q[1], q[2], q[3]));
+    }
+}
+
+static void quantize_q8_K(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_K *y = vy;
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t i = 0; i < n / EXSA_QK_K; i++, x += EXSA_QK_K) {
+        __m256 mx = _mm256_setzero_ps();
+        for (int u = 0; u < EXSA_QK_K / 8; u++)
+            mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(x + 8 * u), abs_mask));
+        const float amax = hmax_ps(mx);
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(y[i]));
+            continue;
+        }
+        /* the reference keeps the first element of largest magnitude */
+        const __m256 vamax = _mm256_set1_ps(amax);
+        int first = 0;
+        for (int u = 0; u < EXSA_QK_K / 8; u++) {
+            const __m256 ax = _mm256_and_ps(_mm256_loadu_ps(x + 8 * u), abs_mask);
+            const int m = _mm256_movemask_ps(_mm256_cmp_ps(ax, vamax, _CMP_EQ_OQ));
+            if (m) {
+                first = 8 * u + __builtin_ctz((unsigned)m);
+                break;
+            }
+        }
+        const float iscale = -127.0f / x[first];
+        const __m256 vis = _mm256_set1_ps(iscale);
+        __m128i sums[4];
+        for (int c = 0; c < 4; c++) { /* 64 elements = 4 bsum groups */
+            __m256i q[8];
+#pragma GCC unroll 8
+            for (int u = 0; u < 8; u++) /* cvtps rounds half to even, as nearest_int */
+                q[u] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 64 * c + 8 * u), vis));
+            _mm256_storeu_si256((__m256i *)(y[i].qs + 64 * c), pack_i32x32(q[0], q[1], q[2], q[3]));
+            _mm256_storeu_si256((__m256i *)(y[i].qs + 64 * c + 32),
+                                pack_i32x32(q[4], q[5], q[6], q[7]));
+            const __m256i h01 = _mm256_hadd_epi32(_mm256_add_epi32(q[0], q[1]),
+                                                  _mm256_add_epi32(q[2], q[3]));
+            const __m256i h23 = _mm256_hadd_epi32(_mm256_add_epi32(q[4], q[5]),
+                                                  _mm256_add_epi32(q[6], q[7]));
+            const __m256i h = _mm256_hadd_epi32(h01, h23);
+            sums[c] = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        }
+        _mm_storeu_si128((__m128i *)y[i].bsums, _mm_packs_epi32(sums[0], sums[1]));
+        _mm_storeu_si128((__m128i *)(y[i].bsums + 8), _mm_packs_epi32(sums[2], sums[3]));
+        y[i].d = 1 / iscale;
+    }
+}
+
+/* --------------------------------------------------------- float helpers */
+
+static float vec_dot_f32(int n, const float *x, const float *y)
+{
+    float s;
+    const rows_t r = {n, x, (const char *)y, 0, &s, 0};
+    float_rows(&r, 0, 1, K_F32);
+    return s;
+}
+
+static float vec_dot_f16_f32(int n, const exsa_fp16 *x, const float *y)
+{
+    float s;
+    const rows_t r = {n, x, (const char *)y, 0, &s, 0};
+    float_rows(&r, 0, 1, K_F16);
+    return s;
+}
+
+static void axpy_f32(int n, float a, const float *x, float *y)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void axpy_f16(int n, float a, const exsa_fp16 *x, float *y)
+{
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, xv, _mm256_loadu_ps(y + i)));
+    }
+    for (; i < n; i++)
+        y[i] += a * h2f(x[i]);
+}
+
+static void f32_to_f16(const float *x, exsa_fp16 *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
+static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++)
+        y[i] = h2f(x[i]);
+}
+
+static const exsa_cpu_kernels avx2_table = {
+    .isa = "avx2",
+    .dot = {
+        [EXSA_TYPE_F32] = dot_f32,
+        [EXSA_TYPE_F16] = dot_f16,
+        [EXSA_TYPE_BF16] = dot_bf16,
+        [EXSA_TYPE_Q4_0] = dot_q4_0,
+        [EXSA_TYPE_Q4_1] = dot_q4_1,
+        [EXSA_TYPE_Q5_0] = dot_q5_0,
+        [EXSA_TYPE_Q5_1] = dot_q5_1,
+        [EXSA_TYPE_Q8_0] = dot_q8_0,
+        [EXSA_TYPE_Q2_K] = dot_q2_K,
+        [EXSA_TYPE_Q3_K] = dot_q3_K,
+        [EXSA_TYPE_Q4_K] = dot_q4_K,
+        [EXSA_TYPE_Q5_K] = dot_q5_K,
+        [EXSA_TYPE_Q6_K] = dot_q6_K,
+    },
+    .quantize_q8_0 = quantize_q8_0,
+    .quantize_q8_K = quantize_q8_K,
+    .dot_f32 = vec_dot_f32,
+    .dot_f16_f32 = vec_dot_f16_f32,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .f32_to_f16 = f32_to_f16,
+    .f16_to_f32 = f16_to_f32,
+};
+
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table = &avx2_table;
+
+#else
+
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table = NULL;
+
+#endif

@@ -1,0 +1,708 @@
+/* AVX-512 kernels (F/BW/VL/DQ, plus AVX512-VNNI where the CPU has it).
+ *
+ * Two partial tables: one for AVX-512 without VNNI, one with it. Entries
+ * left NULL (Q4_1, Q5_1, Q2_K, Q3_K) are filled from the AVX2 table by the
+ * selector. Every kernel takes a compile-time `vnni` flag; the non-VNNI
+ * instances use vpmaddubsw + vpmaddwd where the VNNI ones use vpdpbusd /
+ * vpdpwssd. (The whole file is compiled with -mavx512vnni; the non-VNNI
+ * code is written with intrinsics that have no VNNI form, so the compiler
+ * has nothing to turn into VNNI instructions.)
+ *
+ * Same structure as the AVX2 file: each weight block is decoded once and
+ * applied to groups of up to 4 activation rows. 32-element blocks are taken
+ * two at a time in one 512-bit register for 3-4 rows (256-bit blocks for 1-2
+ * rows); K-quant superblocks as four 64-byte vectors.
+ *
+ * Activation quantizers are byte-equal to the references for finite inputs
+ * (Q8_0 rounds half away from zero, Q8_K half to even).
+ */
+#include "backend/cpu/kernels_internal.h"
+
+#if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__AVX2__) && defined(__FMA__) && \
+    defined(__F16C__)
+
+#if defined(__AVX512VNNI__)
+#define HAVE_VNNI 1
+#else
+#define HAVE_VNNI 0
+#endif
+
+/* acc + sum of 4 adjacent u8*s8 products, per int32 lane. */
+INLINE __m512i dot4_u8s8(__m512i acc, __m512i u, __m512i s, const int vnni)
+{
+#if HAVE_VNNI
+    if (vnni)
+        return _mm512_dpbusd_epi32(acc, u, s);
+#endif
+    const __m512i p = _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+    return _mm512_add_epi32(acc, p);
+}
+
+INLINE __m256i dot4_u8s8_256(__m256i acc, __m256i u, __m256i s, const int vnni)
+{
+#if HAVE_VNNI
+    if (vnni)
+        return _mm256_dpbusd_epi32(acc, u, s);
+#endif
+    return _mm256_add_epi32(acc, dot_u8s8(u, s));
+}
+
+/* acc + sum of 2 adjacent int16 products, per int32 lane. */
+INLINE __m512i dot2_i16(__m512i acc, __m512i a, __m512i b, const int vnni)
+{
+#if HAVE_VNNI
+    if (vnni)
+        return _mm512_dpwssd_epi32(acc, a, b);
+#endif
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+}
+
+INLINE __m512i zext128_512(__m128i v)
+{
+    return _mm512_maskz_mov_epi32(0x000F, _mm512_castsi128_si512(v));
+}
+
+INLINE __m512i zext256_512(__m256i v)
+{
+    return _mm512_maskz_mov_epi64(0x0F, _mm512_castsi256_si512(v));
+}
+
+INLINE __m512i load2x256(const void *lo, const void *hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)),
+                              _mm256_loadu_si256((const __m256i *)hi), 1);
+}
+
+/* ------------------------------------------------------- float weights */
+
+INLINE __m512 load_w16(const void *w, int i, const int kind)
+{
+    switch (kind) {
+    case K_F16:
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const exsa_fp16 *)w + i)));
+    case K_BF16: {
+        const __m256i h = _mm256_loadu_si256((const __m256i *)((const exsa_bf16 *)w + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    default:
+        return _mm512_loadu_ps((const float *)w + i);
+    }
+}
+
+/* The first popcount(m) weights from i; the others read as 0 (masked loads
+ * do not touch memory past the row). */
+INLINE __m512 load_w16_tail(const void *w, int i, __mmask16 m, const int kind)
+{
+    switch (kind) {
+    case K_F16:
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const exsa_fp16 *)w + i));
+    case K_BF16: {
+        const __m256i h = _mm256_maskz_loadu_epi16(m, (const exsa_bf16 *)w + i);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    default:
+        return _mm512_maskz_loadu_ps(m, (const float *)w + i);
+    }
+}
+
+INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
+{
+    enum { NA_MAX = 4 };
+    const int NA = R == 1 ? 4 : 2;
+    const float *a[4];
+    __m512 acc[4][NA_MAX];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+#pragma GCC unroll 4
+        for (int u = 0; u < NA; u++)
+            acc[k][u] = _mm512_setzero_ps();
+    }
+    const int n = r->n;
+    int i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512 w[4];
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++)
+            w[u] = load_w16(r->w, i + 16 * u, kind);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+                acc[k][u % NA] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(a[k] + i + 16 * u),
+                                                 acc[k][u % NA]);
+    }
+    for (; i + 16 <= n; i += 16) {
+        const __m512 w = load_w16(r->w, i, kind);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            acc[k][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(a[k] + i), acc[k][0]);
+    }
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        const __m512 w = load_w16_tail(r->w, i, m, kind);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            acc[k][0] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, a[k] + i), acc[k][0]);
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+#pragma GCC unroll 4
+        for (int u = 1; u < NA; u++)
+            acc[k][0] = _mm512_add_ps(acc[k][0], acc[k][u]);
+        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k][0]));
+    }
+}
+
+/* ------------------------------------------------ 32-element blocks */
+
+/* One signed block in 256 bits applied to R rows (|w| . sign(w)*a). */
+INLINE void signed32_block256(const rows_t *r, const exsa_block_q8_0 *const *a, int i,
+                              const int R, const int kind, const int vnni, __m256 *acc)
+{
+    float dw;
+    const __m256i x = decode_signed(r->w, i, kind, &dw);
+    const __m256i ax = _mm256_sign_epi8(x, x);
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        const __m256i y = _mm256_loadu_si256((const __m256i *)a[k][i].qs);
+        const __m256i p = dot4_u8s8_256(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y, x), vnni);
+        const __m256 d = _mm256_set1_ps(dw * h2f(a[k][i].d));
+        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[k]);
+    }
+}
+
+/* One or two rows: 256-bit blocks, alternating two accumulator sets. The
+ * per-block scale work dominates there, and on CPUs that shut a vector port
+ * while 512-bit code runs the 512-bit form below measured slower. */
+INLINE void signed32_rows_few(const rows_t *r, int j0, const int R, const int kind,
+                              const int vnni)
+{
+    const exsa_block_q8_0 *a[2];
+    __m256 acc[2][2];
+#pragma GCC unroll 2
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[0][k] = acc[1][k] = _mm256_setzero_ps();
+    }
+    const int nb = r->n / 32;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        signed32_block256(r, a, i, R, kind, vnni, acc[0]);
+        signed32_block256(r, a, i + 1, R, kind, vnni, acc[1]);
+    }
+    if (i < nb)
+        signed32_block256(r, a, i, R, kind, vnni, acc[0]);
+#pragma GCC unroll 2
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
+}
+
+/* Q4_0 / Q5_0 / Q8_0 against Q8_0 for 3-4 rows, two blocks per 512-bit
+ * register: sum(|w| * (sign(w) * a)) per block, scaled by d_w * d_a. */
+INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind, const int vnni)
+{
+    if (R <= 2) {
+        signed32_rows_few(r, j0, R, kind, vnni);
+        return;
+    }
+    const exsa_block_q8_0 *a[4];
+    __m512 acc[4];
+    __m256 acc1[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[k] = _mm512_setzero_ps();
+        acc1[k] = _mm256_setzero_ps();
+    }
+    /* lanes 0..7 take the scale of the first block, 8..15 the second */
+    const __m512i pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const int nb = r->n / 32;
+    int i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        float dw0, dw1;
+        const __m256i x0 = decode_signed(r->w, i, kind, &dw0);
+        const __m256i x1 = decode_signed(r->w, i + 1, kind, &dw1);
+        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+        const __m512i ax = _mm512_abs_epi8(x);
+        const __mmask64 neg = _mm512_movepi8_mask(x);
+        const __m128 dw = _mm_setr_ps(dw0, dw1, 0.0f, 0.0f);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            const __m512i y = load2x256(a[k][i].qs, a[k][i + 1].qs);
+            const __m512i sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+            const __m512i p = dot4_u8s8(_mm512_setzero_si512(), ax, sy, vnni);
+            const __m128i dah = _mm_insert_epi16(_mm_cvtsi32_si128(a[k][i].d), a[k][i + 1].d, 1);
+            const __m128 d2 = _mm_mul_ps(dw, _mm_cvtph_ps(dah));
+            const __m512 d = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(d2));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[k]);
+        }
+    }
+    if (i < nb) /* odd block count: the last one in 256 bits */
+        signed32_block256(r, a, i, R, kind, vnni, acc1);
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k]) + hsum_ps(acc1[k]));
+}
+
+/* ------------------------------------------------------------ K-quants */
+
+/* Q4_K / Q5_K. Vector m (0..3) holds elements 64m..64m+63: the low nibbles
+ * of qs[32m..32m+31] (group 2m) then their high nibbles (group 2m+1). */
+INLINE void g32_rows(const rows_t *r, int j0, const int R, const int kind, const int vnni)
+{
+    const exsa_block_q8_K *a[4];
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[k] = _mm512_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i b4 = _mm512_set1_epi8(0x10);
+    /* int16 lane j of the scale vector for m takes scale 2m + (j >= 16) */
+    const __m512i half_idx = _mm512_set_epi32(0x00010001, 0x00010001, 0x00010001, 0x00010001,
+                                              0x00010001, 0x00010001, 0x00010001, 0x00010001,
+                                              0, 0, 0, 0, 0, 0, 0, 0);
+    const int nb = r->n / EXSA_QK_K;
+    for (int i = 0; i < nb; i++) {
+        const uint8_t *qs, *scales, *qh = NULL;
+        float d, dmin;
+        if (kind == K_Q4_K) {
+            const exsa_block_q4_K *b = (const exsa_block_q4_K *)r->w + i;
+            qs = b->qs;
+            scales = b->scales;
+            d = h2f(b->d);
+            dmin = h2f(b->dmin);
+        } else {
+            const exsa_block_q5_K *b = (const exsa_block_q5_K *)r->w + i;
+            qs = b->qs;
+            scales = b->scales;
+            qh = b->qh;
+            d = h2f(b->d);
+            dmin = h2f(b->dmin);
+        }
+        const __m256i scm = _mm256_cvtepu8_epi16(unpack_scale_min_k4(scales));
+        const __m128i mins = _mm256_extracti128_si256(scm, 1);
+        const __m512i scm512 = zext256_512(scm);
+
+        __m512i v[4];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m512i q = _mm512_loadu_si512((const void *)(qs + 64 * h));
+            const __m512i lo = _mm512_and_si512(q, m4);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+            /* 128-bit lanes: lo = [c0 lo, c0 lo, c1 lo, c1 lo], hi alike */
+            v[2 * h] = _mm512_shuffle_i64x2(lo, hi, 0x44);
+            v[2 * h + 1] = _mm512_shuffle_i64x2(lo, hi, 0xEE);
+        }
+        if (kind == K_Q5_K) {
+            /* element 64m + 32t + l takes bit 2m + t of qh[l]: the upper
+             * half starts one bit further, then both move by 2 per m */
+            __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)qh));
+            hb = _mm512_mask_srli_epi16(hb, 0xFFFF0000u, hb, 1);
+#pragma GCC unroll 4
+            for (int m = 0; m < 4; m++) {
+                v[m] = _mm512_or_si512(v[m], _mm512_and_si512(_mm512_slli_epi16(hb, 4), b4));
+                hb = _mm512_srli_epi16(hb, 2);
+            }
+        }
+
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            sumi[k] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; m++) {
+            const __m512i s = _mm512_permutexvar_epi16(
+                _mm512_add_epi16(half_idx, _mm512_set1_epi16((short)(2 * m))), scm512);
+#pragma GCC unroll 4
+            for (int k = 0; k < R; k++) {
+                const __m512i y = _mm512_loadu_si512((const void *)(a[k][i].qs + 64 * m));
+                sumi[k] = dot2_i16(sumi[k], _mm512_maddubs_epi16(v[m], y), s, vnni);
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            const float da = a[k][i].d;
+            const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)a[k][i].bsums),
+                                              _mm_loadu_si128((const __m128i *)(a[k][i].bsums + 8)));
+            const __m512 mn = _mm512_cvtepi32_ps(zext128_512(_mm_madd_epi16(mins, bs)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[k]), _mm512_set1_ps(d * da), acc[k]);
+            acc[k] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(dmin * da), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k]));
+}
+
+/* Q6_K. Half h of a superblock: ql[64h..64h+63] low nibbles are elements
+ * 128h + 0..63, high nibbles 128h + 64..127; the top 2 bits come from
+ * qh[32h + l] (bits 0-1, 2-3, 4-5, 6-7 for the four 32-element quarters).
+ * Values are stored +32; the offset comes back through bsums. */
+INLINE void q6_K_rows(const rows_t *r, int j0, const int R, const int vnni)
+{
+    const exsa_block_q8_K *a[4];
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        a[k] = act_row(r, j0 + k);
+        acc[k] = _mm512_setzero_ps();
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    /* int16 lane j of the scale vector for m takes scale 4m + j / 8 */
+    const __m512i quarter_idx = _mm512_set_epi32(
+        0x00030003, 0x00030003, 0x00030003, 0x00030003, 0x00020002, 0x00020002, 0x00020002,
+        0x00020002, 0x00010001, 0x00010001, 0x00010001, 0x00010001, 0, 0, 0, 0);
+    const int nb = r->n / EXSA_QK_K;
+    for (int i = 0; i < nb; i++) {
+        const exsa_block_q6_K *b = (const exsa_block_q6_K *)r->w + i;
+        const float d = h2f(b->d);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)b->scales));
+        const __m512i sc512 = zext256_512(sc16);
+        __m512i v[4];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m512i q = _mm512_loadu_si512((const void *)(b->ql + 64 * h));
+            __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+            /* upper 256 bits: quarter 1 / 3 bits, two further up */
+            qh = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 2);
+            v[2 * h] = _mm512_or_si512(_mm512_and_si512(q, m4),
+                                       _mm512_and_si512(_mm512_slli_epi16(qh, 4), m30));
+            v[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(q, 4), m4),
+                                           _mm512_and_si512(qh, m30));
+        }
+        __m512i sumi[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            sumi[k] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; m++) {
+            const __m512i s = _mm512_permutexvar_epi16(
+                _mm512_add_epi16(quarter_idx, _mm512_set1_epi16((short)(4 * m))), sc512);
+#pragma GCC unroll 4
+            for (int k = 0; k < R; k++) {
+                const __m512i y = _mm512_loadu_si512((const void *)(a[k][i].qs + 64 * m));
+                sumi[k] = dot2_i16(sumi[k], _mm512_maddubs_epi16(v[m], y), s, vnni);
+            }
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a[k][i].bsums);
+            const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            const __m512i tot = _mm512_sub_epi32(sumi[k], zext256_512(off));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_set1_ps(d * a[k][i].d), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k]));
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+INLINE void group(const rows_t *r, int j0, const int R, const int kind, const int vnni)
+{
+    switch (kind) {
+    case K_F32:
+    case K_F16:
+    case K_BF16:
+        float_rows(r, j0, R, kind);
+        break;
+    case K_Q4_0:
+    case K_Q5_0:
+    case K_Q8_0:
+        signed32_rows(r, j0, R, kind, vnni);
+        break;
+    case K_Q4_K:
+    case K_Q5_K:
+        g32_rows(r, j0, R, kind, vnni);
+        break;
+    default:
+        q6_K_rows(r, j0, R, vnni);
+        break;
+    }
+}
+
+INLINE void dot_rows(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os, const int kind, const int vnni)
+{
+    const rows_t r = {n, w, act, as, out, os};
+    int j = 0;
+    for (; j + 4 <= na; j += 4)
+        group(&r, j, 4, kind, vnni);
+    switch (na - j) {
+    case 3:
+        group(&r, j, 3, kind, vnni);
+        break;
+    case 2:
+        group(&r, j, 2, kind, vnni);
+        break;
+    case 1:
+        group(&r, j, 1, kind, vnni);
+        break;
+    default:
+        break;
+    }
+}
+
+static void dot_f32(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_F32, 0);
+}
+static void dot_f16(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_F16, 0);
+}
+static void dot_bf16(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_BF16, 0);
+}
+static void dot_q4_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_0, 0);
+}
+static void dot_q5_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_0, 0);
+}
+static void dot_q8_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q8_0, 0);
+}
+static void dot_q4_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_K, 0);
+}
+static void dot_q5_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_K, 0);
+}
+static void dot_q6_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q6_K, 0);
+}
+
+#if HAVE_VNNI
+static void dot_q4_0_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
+                          size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_0, 1);
+}
+static void dot_q5_0_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
+                          size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_0, 1);
+}
+static void dot_q8_0_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
+                          size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q8_0, 1);
+}
+static void dot_q4_K_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
+                          size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q4_K, 1);
+}
+static void dot_q5_K_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
+                          size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q5_K, 1);
+}
+static void dot_q6_K_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
+                          size_t os)
+{
+    dot_rows(n, w, act, as, na, out, os, K_Q6_K, 1);
+}
+#endif
+
+/* ------------------------------------------------ activation quantizers */
+
+/* roundf() of 16 floats: half away from zero (v - trunc(v) is exact). */
+INLINE __m512 round_half_away512(__m512 v)
+{
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)),
+                                            _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT32_MIN));
+    const __m512 one = _mm512_castsi512_ps(
+        _mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(1.0f))));
+    return _mm512_mask_add_ps(t, up, t, one);
+}
+
+static void quantize_q8_0(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0 *y = vy;
+    for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        /* same expressions as the reference, so d and id are bit-equal */
+        const float d = amax / 127;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m512 vid = _mm512_set1_ps(id);
+        const __m512i q0 = _mm512_cvttps_epi32(round_half_away512(_mm512_mul_ps(v0, vid)));
+        const __m512i q1 = _mm512_cvttps_epi32(round_half_away512(_mm512_mul_ps(v1, vid)));
+        _mm_storeu_si128((__m128i *)y[i].qs, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(y[i].qs + 16), _mm512_cvtsepi32_epi8(q1));
+    }
+}
+
+static void quantize_q8_K(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / EXSA_QK_K; i++, x += EXSA_QK_K) {
+        __m512 mx = _mm512_setzero_ps();
+        for (int u = 0; u < EXSA_QK_K / 16; u++)
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(x + 16 * u)));
+        const float amax = _mm512_reduce_max_ps(mx);
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(y[i]));
+            continue;
+        }
+        /* the reference keeps the first element of largest magnitude */
+        const __m512 vamax = _mm512_set1_ps(amax);
+        int first = 0;
+        for (int u = 0; u < EXSA_QK_K / 16; u++) {
+            const __mmask16 m = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * u)),
+                                                   vamax, _CMP_EQ_OQ);
+            if (m) {
+                first = 16 * u + __builtin_ctz((unsigned)m);
+                break;
+            }
+        }
+        const float iscale = -127.0f / x[first];
+        const __m512 vis = _mm512_set1_ps(iscale);
+        for (int u = 0; u < EXSA_QK_K / 16; u++) { /* one bsum group per vector */
+            const __m512i q = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * u), vis),
+                                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i *)(y[i].qs + 16 * u), _mm512_cvtsepi32_epi8(q));
+            y[i].bsums[u] = (int16_t)_mm512_reduce_add_epi32(q);
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
+/* --------------------------------------------------------- float helpers */
+
+static float vec_dot_f32(int n, const float *x, const float *y)
+{
+    float s;
+    const rows_t r = {n, x, (const char *)y, 0, &s, 0};
+    float_rows(&r, 0, 1, K_F32);
+    return s;
+}
+
+static float vec_dot_f16_f32(int n, const exsa_fp16 *x, const float *y)
+{
+    float s;
+    const rows_t r = {n, x, (const char *)y, 0, &s, 0};
+    float_rows(&r, 0, 1, K_F16);
+    return s;
+}
+
+INLINE __mmask16 tail_mask(int left)
+{
+    return (__mmask16)(left >= 16 ? 0xFFFFu : (1u << left) - 1);
+}
+
+static void axpy_f32(int n, float a, const float *x, float *y)
+{
+    const __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 r = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i),
+                                         _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, r);
+    }
+}
+
+static void axpy_f16(int n, float a, const exsa_fp16 *x, float *y)
+{
+    const __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 xv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, xv, _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+static void f32_to_f16(const float *x, exsa_fp16 *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i > 16 ? 16 : (int)(n - i));
+        const __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(y + i, m, h);
+    }
+}
+
+static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i > 16 ? 16 : (int)(n - i));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)));
+    }
+}
+
+static const exsa_cpu_kernels avx512_partial = {
+    .isa = "avx512",
+    .dot = {
+        [EXSA_TYPE_F32] = dot_f32,
+        [EXSA_TYPE_F16] = dot_f16,
+        [EXSA_TYPE_BF16] = dot_bf16,
+        [EXSA_TYPE_Q4_0] = dot_q4_0,
+        [EXSA_TYPE_Q5_0] = dot_q5_0,
+        [EXSA_TYPE_Q8_0] = dot_q8_0,
+        [EXSA_TYPE_Q4_K] = dot_q4_K,
+        [EXSA_TYPE_Q5_K] = dot_q5_K,
+        [EXSA_TYPE_Q6_K] = dot_q6_K,
+    },
+    .quantize_q8_0 = quantize_q8_0,
+    .quantize_q8_K = quantize_q8_K,
+    .dot_f32 = vec_dot_f32,
+    .dot_f16_f32 = vec_dot_f16_f32,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .f32_to_f16 = f32_to_f16,
+    .f16_to_f32 = f16_to_f32,
+};
+
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx512_partial = &avx512_partial;
+
+#if HAVE_VNNI
+static const exsa_cpu_kernels avx512vnni_partial = {
+    .isa = "avx512",
+    .dot = {
+        [EXSA_TYPE_F32] = dot_f32,
+        [EXSA_TYPE_F16] = dot_f16,
+        [EXSA_TYPE_BF16] = dot_bf16,
+        [EXSA_TYPE_Q4_0] = dot_q4_0_vnni,
+        [EXSA_TYPE_Q5_0] = dot_q5_0_vnni,
+        [EXSA_TYPE_Q8_0] = dot_q8_0_vnni,
+        [EXSA_TYPE_Q4_K] = dot_q4_K_vnni,
+        [EXSA_TYPE_Q5_K] = dot_q5_K_vnni,
+        [EXSA_TYPE_Q6_K] = dot_q6_K_vnni,
+    },
+    .quantize_q8_0 = quantize_q8_0,
+    .quantize_q8_K = quantize_q8_K,
+    .dot_f32 = vec_dot_f32,
+    .dot_f16_f32 = vec_dot_f16_f32,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .f32_to_f16 = f32_to_f16,
+    .f16_to_f32 = f16_to_f32,
+};
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial = &avx512vnni_partial;
+#else
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial = NULL;
+#endif
+
+#else
+
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx512_partial = NULL;
+const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial = NULL;
+
+#endif

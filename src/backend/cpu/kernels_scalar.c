@@ -1,0 +1,475 @@
+/* Scalar reference kernels: plain C, the definition every SIMD table is
+ * tested against, and the fallback on CPUs without AVX2.
+ *
+ * Quantized dots follow the block math directly: integer sums of products
+ * inside a block (or a K-quant group), scaled once by the block's float
+ * factors. Terms that only depend on the activations (sum of a's quants, for
+ * the min of Q4_1/Q5_1/K-quants) are summed from the quants themselves, not
+ * from Q8_K's bsums, so this code does not trust what it is checking.
+ * Float dots accumulate in double so the reference stays close to exact.
+ */
+#include <string.h>
+
+#include "backend/cpu/kernels.h"
+
+static inline float h2f(exsa_fp16 h)
+{
+    return exsa_fp16_to_fp32(h);
+}
+
+typedef float (*row_dot_fn)(int n, const void *w, const void *a);
+
+static void each_row(row_dot_fn f, int n, const void *w, const void *act, size_t act_stride,
+                     int n_act, float *out, size_t out_stride)
+{
+    for (int j = 0; j < n_act; j++)
+        out[(size_t)j * out_stride] = f(n, w, (const char *)act + (size_t)j * act_stride);
+}
+
+/* ----------------------------------------------------------- float weights */
+
+static float row_f32(int n, const void *vw, const void *va)
+{
+    const float *w = vw, *a = va;
+    double s = 0.0;
+    for (int i = 0; i < n; i++)
+        s += (double)w[i] * a[i];
+    return (float)s;
+}
+
+static float row_f16(int n, const void *vw, const void *va)
+{
+    const exsa_fp16 *w = vw;
+    const float *a = va;
+    double s = 0.0;
+    for (int i = 0; i < n; i++)
+        s += (double)h2f(w[i]) * a[i];
+    return (float)s;
+}
+
+static float row_bf16(int n, const void *vw, const void *va)
+{
+    const exsa_bf16 *w = vw;
+    const float *a = va;
+    double s = 0.0;
+    for (int i = 0; i < n; i++)
+        s += (double)exsa_bf16_to_fp32(w[i]) * a[i];
+    return (float)s;
+}
+
+/* --------------------------------------------------- 32-element blocks */
+
+static float row_q4_0(int n, const void *vw, const void *va)
+{
+    const exsa_block_q4_0 *w = vw;
+    const exsa_block_q8_0 *a = va;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK4_0; i++) {
+        int si = 0;
+        for (int j = 0; j < EXSA_QK4_0 / 2; j++) {
+            si += ((w[i].qs[j] & 0xF) - 8) * a[i].qs[j];
+            si += ((w[i].qs[j] >> 4) - 8) * a[i].qs[j + 16];
+        }
+        s += (float)si * (h2f(w[i].d) * h2f(a[i].d));
+    }
+    return s;
+}
+
+static float row_q4_1(int n, const void *vw, const void *va)
+{
+    const exsa_block_q4_1 *w = vw;
+    const exsa_block_q8_0 *a = va;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK4_1; i++) {
+        int si = 0, sa = 0;
+        for (int j = 0; j < EXSA_QK4_1 / 2; j++) {
+            si += (w[i].qs[j] & 0xF) * a[i].qs[j] + (w[i].qs[j] >> 4) * a[i].qs[j + 16];
+            sa += a[i].qs[j] + a[i].qs[j + 16];
+        }
+        const float da = h2f(a[i].d);
+        s += (float)si * (h2f(w[i].d) * da) + (float)sa * (h2f(w[i].m) * da);
+    }
+    return s;
+}
+
+static uint32_t load_u32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static float row_q5_0(int n, const void *vw, const void *va)
+{
+    const exsa_block_q5_0 *w = vw;
+    const exsa_block_q8_0 *a = va;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK5_0; i++) {
+        const uint32_t qh = load_u32(w[i].qh);
+        int si = 0;
+        for (int j = 0; j < EXSA_QK5_0 / 2; j++) {
+            const int q0 = ((w[i].qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - 16;
+            const int q1 = ((w[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            si += q0 * a[i].qs[j] + q1 * a[i].qs[j + 16];
+        }
+        s += (float)si * (h2f(w[i].d) * h2f(a[i].d));
+    }
+    return s;
+}
+
+static float row_q5_1(int n, const void *vw, const void *va)
+{
+    const exsa_block_q5_1 *w = vw;
+    const exsa_block_q8_0 *a = va;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK5_1; i++) {
+        const uint32_t qh = load_u32(w[i].qh);
+        int si = 0, sa = 0;
+        for (int j = 0; j < EXSA_QK5_1 / 2; j++) {
+            const int q0 = (w[i].qs[j] & 0xF) | (((qh >> j) & 1) << 4);
+            const int q1 = (w[i].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            si += q0 * a[i].qs[j] + q1 * a[i].qs[j + 16];
+            sa += a[i].qs[j] + a[i].qs[j + 16];
+        }
+        const float da = h2f(a[i].d);
+        s += (float)si * (h2f(w[i].d) * da) + (float)sa * (h2f(w[i].m) * da);
+    }
+    return s;
+}
+
+static float row_q8_0(int n, const void *vw, const void *va)
+{
+    const exsa_block_q8_0 *w = vw;
+    const exsa_block_q8_0 *a = va;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK8_0; i++) {
+        int si = 0;
+        for (int j = 0; j < EXSA_QK8_0; j++)
+            si += w[i].qs[j] * a[i].qs[j];
+        s += (float)si * (h2f(w[i].d) * h2f(a[i].d));
+    }
+    return s;
+}
+
+/* ------------------------------------------------------------- K-quants */
+
+/* One superblock as integers: element e of group g = e / group_size is
+ *   d * sc[g] * q[e] - dmin * mn[g]. */
+typedef struct {
+    int8_t q[EXSA_QK_K];
+    int sc[16], mn[16];
+    int group_size; /* 16 or 32 */
+    float d, dmin;
+} ksuper;
+
+static void unpack_q2_K(const exsa_block_q2_K *b, ksuper *k)
+{
+    k->group_size = 16;
+    k->d = h2f(b->d);
+    k->dmin = h2f(b->dmin);
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = b->scales[g] & 0xF;
+        k->mn[g] = b->scales[g] >> 4;
+    }
+    /* element 128*h + 32*s + l is bits 2s..2s+1 of qs[32*h + l] */
+    for (int e = 0; e < EXSA_QK_K; e++) {
+        const int h = e / 128, s = (e % 128) / 32, l = e % 32;
+        k->q[e] = (int8_t)((b->qs[32 * h + l] >> (2 * s)) & 3);
+    }
+}
+
+static void unpack_q3_K(const exsa_block_q3_K *b, ksuper *k)
+{
+    k->group_size = 16;
+    k->d = h2f(b->d);
+    k->dmin = 0.0f;
+    for (int g = 0; g < 16; g++) {
+        const int lo = g < 8 ? b->scales[g] & 0xF : b->scales[g - 8] >> 4;
+        const int hi = (b->scales[8 + g % 4] >> (2 * (g / 4))) & 3;
+        k->sc[g] = (lo | (hi << 4)) - 32;
+        k->mn[g] = 0;
+    }
+    /* low 2 bits as Q2_K; the high bit of element 128*h + 32*s + l is bit
+     * 4*h + s of hmask[l]; a clear high bit means "minus 4" */
+    for (int e = 0; e < EXSA_QK_K; e++) {
+        const int h = e / 128, s = (e % 128) / 32, l = e % 32;
+        const int low = (b->qs[32 * h + l] >> (2 * s)) & 3;
+        const int high = (b->hmask[l] >> (4 * h + s)) & 1;
+        k->q[e] = (int8_t)(low - (high ? 0 : 4));
+    }
+}
+
+static void unpack_q4_K(const exsa_block_q4_K *b, ksuper *k)
+{
+    k->group_size = 32;
+    k->d = h2f(b->d);
+    k->dmin = h2f(b->dmin);
+    for (int g = 0; g < 8; g++) {
+        uint8_t sc, mn;
+        exsa_get_scale_min_k4(g, b->scales, &sc, &mn);
+        k->sc[g] = sc;
+        k->mn[g] = mn;
+    }
+    /* element 64*c + l is the low nibble of qs[32*c + l], 64*c + 32 + l the high */
+    for (int e = 0; e < EXSA_QK_K; e++) {
+        const int c = e / 64, hi = (e % 64) / 32, l = e % 32;
+        k->q[e] = (int8_t)((b->qs[32 * c + l] >> (4 * hi)) & 0xF);
+    }
+}
+
+static void unpack_q5_K(const exsa_block_q5_K *b, ksuper *k)
+{
+    k->group_size = 32;
+    k->d = h2f(b->d);
+    k->dmin = h2f(b->dmin);
+    for (int g = 0; g < 8; g++) {
+        uint8_t sc, mn;
+        exsa_get_scale_min_k4(g, b->scales, &sc, &mn);
+        k->sc[g] = sc;
+        k->mn[g] = mn;
+    }
+    /* as Q4_K, plus bit g of qh[l] (g = e / 32) as the value 16 */
+    for (int e = 0; e < EXSA_QK_K; e++) {
+        const int c = e / 64, hi = (e % 64) / 32, l = e % 32;
+        const int low = (b->qs[32 * c + l] >> (4 * hi)) & 0xF;
+        const int high = (b->qh[l] >> (e / 32)) & 1;
+        k->q[e] = (int8_t)(low | (high << 4));
+    }
+}
+
+static void unpack_q6_K(const exsa_block_q6_K *b, ksuper *k)
+{
+    k->group_size = 16;
+    k->d = h2f(b->d);
+    k->dmin = 0.0f;
+    for (int g = 0; g < 16; g++) {
+        k->sc[g] = b->scales[g];
+        k->mn[g] = 0;
+    }
+    /* element 128*h + 32*s + l: low nibble from ql[64*h + 32*(s&1) + l]
+     * (shifted by 4 for s >= 2), high 2 bits from qh[32*h + l] >> 2s */
+    for (int e = 0; e < EXSA_QK_K; e++) {
+        const int h = e / 128, s = (e % 128) / 32, l = e % 32;
+        const int low = (b->ql[64 * h + 32 * (s & 1) + l] >> (4 * (s >> 1))) & 0xF;
+        const int high = (b->qh[32 * h + l] >> (2 * s)) & 3;
+        k->q[e] = (int8_t)((low | (high << 4)) - 32);
+    }
+}
+
+static float ksuper_dot(const ksuper *k, const exsa_block_q8_K *a)
+{
+    int sumi = 0, summ = 0;
+    const int ng = EXSA_QK_K / k->group_size;
+    for (int g = 0; g < ng; g++) {
+        int sq = 0, sa = 0;
+        for (int l = 0; l < k->group_size; l++) {
+            const int e = g * k->group_size + l;
+            sq += k->q[e] * a->qs[e];
+            sa += a->qs[e];
+        }
+        sumi += k->sc[g] * sq;
+        summ += k->mn[g] * sa;
+    }
+    return a->d * (k->d * (float)sumi - k->dmin * (float)summ);
+}
+
+static float row_q2_K(int n, const void *vw, const void *va)
+{
+    const exsa_block_q2_K *w = vw;
+    const exsa_block_q8_K *a = va;
+    ksuper k;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK_K; i++) {
+        unpack_q2_K(&w[i], &k);
+        s += ksuper_dot(&k, &a[i]);
+    }
+    return s;
+}
+
+static float row_q3_K(int n, const void *vw, const void *va)
+{
+    const exsa_block_q3_K *w = vw;
+    const exsa_block_q8_K *a = va;
+    ksuper k;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK_K; i++) {
+        unpack_q3_K(&w[i], &k);
+        s += ksuper_dot(&k, &a[i]);
+    }
+    return s;
+}
+
+static float row_q4_K(int n, const void *vw, const void *va)
+{
+    const exsa_block_q4_K *w = vw;
+    const exsa_block_q8_K *a = va;
+    ksuper k;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK_K; i++) {
+        unpack_q4_K(&w[i], &k);
+        s += ksuper_dot(&k, &a[i]);
+    }
+    return s;
+}
+
+static float row_q5_K(int n, const void *vw, const void *va)
+{
+    const exsa_block_q5_K *w = vw;
+    const exsa_block_q8_K *a = va;
+    ksuper k;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK_K; i++) {
+        unpack_q5_K(&w[i], &k);
+        s += ksuper_dot(&k, &a[i]);
+    }
+    return s;
+}
+
+static float row_q6_K(int n, const void *vw, const void *va)
+{
+    const exsa_block_q6_K *w = vw;
+    const exsa_block_q8_K *a = va;
+    ksuper k;
+    float s = 0.0f;
+    for (int i = 0; i < n / EXSA_QK_K; i++) {
+        unpack_q6_K(&w[i], &k);
+        s += ksuper_dot(&k, &a[i]);
+    }
+    return s;
+}
+
+/* ---------------------------------------------------- table entry points */
+
+static void dot_f32(int n, const void *w, const void *act, size_t as, int na, float *out,
+                    size_t os)
+{
+    each_row(row_f32, n, w, act, as, na, out, os);
+}
+static void dot_f16(int n, const void *w, const void *act, size_t as, int na, float *out,
+                    size_t os)
+{
+    each_row(row_f16, n, w, act, as, na, out, os);
+}
+static void dot_bf16(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_bf16, n, w, act, as, na, out, os);
+}
+static void dot_q4_0(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q4_0, n, w, act, as, na, out, os);
+}
+static void dot_q4_1(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q4_1, n, w, act, as, na, out, os);
+}
+static void dot_q5_0(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q5_0, n, w, act, as, na, out, os);
+}
+static void dot_q5_1(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q5_1, n, w, act, as, na, out, os);
+}
+static void dot_q8_0(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q8_0, n, w, act, as, na, out, os);
+}
+static void dot_q2_K(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q2_K, n, w, act, as, na, out, os);
+}
+static void dot_q3_K(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q3_K, n, w, act, as, na, out, os);
+}
+static void dot_q4_K(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q4_K, n, w, act, as, na, out, os);
+}
+static void dot_q5_K(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q5_K, n, w, act, as, na, out, os);
+}
+static void dot_q6_K(int n, const void *w, const void *act, size_t as, int na, float *out,
+                     size_t os)
+{
+    each_row(row_q6_K, n, w, act, as, na, out, os);
+}
+
+/* ---------------------------------------------------------- float helpers */
+
+static float vec_dot_f32(int n, const float *x, const float *y)
+{
+    return row_f32(n, x, y);
+}
+
+static float vec_dot_f16_f32(int n, const exsa_fp16 *x, const float *y)
+{
+    return row_f16(n, x, y);
+}
+
+static void axpy_f32(int n, float a, const float *x, float *y)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void axpy_f16(int n, float a, const exsa_fp16 *x, float *y)
+{
+    for (int i = 0; i < n; i++)
+        y[i] += a * h2f(x[i]);
+}
+
+static void f32_to_f16(const float *x, exsa_fp16 *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = exsa_fp32_to_fp16(x[i]);
+}
+
+static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = h2f(x[i]);
+}
+
+static const exsa_cpu_kernels scalar_table = {
+    .isa = "scalar",
+    .dot = {
+        [EXSA_TYPE_F32] = dot_f32,
+        [EXSA_TYPE_F16] = dot_f16,
+        [EXSA_TYPE_BF16] = dot_bf16,
+        [EXSA_TYPE_Q4_0] = dot_q4_0,
+        [EXSA_TYPE_Q4_1] = dot_q4_1,
+        [EXSA_TYPE_Q5_0] = dot_q5_0,
+        [EXSA_TYPE_Q5_1] = dot_q5_1,
+        [EXSA_TYPE_Q8_0] = dot_q8_0,
+        [EXSA_TYPE_Q2_K] = dot_q2_K,
+        [EXSA_TYPE_Q3_K] = dot_q3_K,
+        [EXSA_TYPE_Q4_K] = dot_q4_K,
+        [EXSA_TYPE_Q5_K] = dot_q5_K,
+        [EXSA_TYPE_Q6_K] = dot_q6_K,
+    },
+    .quantize_q8_0 = exsa_quantize_row_q8_0_ref,
+    .quantize_q8_K = exsa_quantize_row_q8_K_ref,
+    .dot_f32 = vec_dot_f32,
+    .dot_f16_f32 = vec_dot_f16_f32,
+    .axpy_f32 = axpy_f32,
+    .axpy_f16 = axpy_f16,
+    .f32_to_f16 = f32_to_f16,
+    .f16_to_f32 = f16_to_f32,
+};
+
+const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void)
+{
+    return &scalar_table;
+}

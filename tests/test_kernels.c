@@ -1,0 +1,563 @@
+/* CPU kernel tables: every SIMD table against the scalar one, and the scalar
+ * one against an independent double-precision reference.
+ *
+ * Dots: random weights quantized with quant.c's reference quantizers,
+ * activations quantized with the reference Q8_0/Q8_K quantizers, awkward
+ * sizes, 1..9 activation rows at padded strides and a strided output.
+ *   - scalar vs sum(dequant(w) * dequant(a)) in double, and
+ *   - ISA vs scalar,
+ * both within TOL of sum(|dequant(w_i) * dequant(a_i)|) (rounding of float
+ * sums and of per-block scale products stays far below it).
+ * Activation quantizers: byte-equal to the reference, ties included.
+ * f16 conversions: bit-equal to quant.c's converters (NaN: NaN).
+ *
+ * An ISA the CPU lacks is reported as skipped ("not tested"), never passed.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/kernels_internal.h"
+#include "quant/quant.h"
+#include "test_util.h"
+
+#define TOL 1e-5
+
+static const int weight_types[] = {
+    EXSA_TYPE_F32,  EXSA_TYPE_F16,  EXSA_TYPE_BF16, EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_1,
+    EXSA_TYPE_Q5_0, EXSA_TYPE_Q5_1, EXSA_TYPE_Q8_0, EXSA_TYPE_Q2_K, EXSA_TYPE_Q3_K,
+    EXSA_TYPE_Q4_K, EXSA_TYPE_Q5_K, EXSA_TYPE_Q6_K,
+};
+#define N_WEIGHT_TYPES (int)(sizeof(weight_types) / sizeof(weight_types[0]))
+
+static const int n_acts[] = {1, 2, 3, 4, 5, 7, 9};
+static const int sizes_float[] = {1, 7, 8, 31, 33, 100, 256, 544};
+static const int sizes_b32[] = {32, 64, 96, 256, 544};
+static const int sizes_k[] = {256, 768, 2816};
+static const uint64_t seeds[] = {1, 77, 4242};
+
+#define ARRAY_LEN(a) (int)(sizeof(a) / sizeof((a)[0]))
+
+/* ------------------------------------------------------------ test data */
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+/* Normal values with a per-32 magnitude drift, so blocks differ in scale. */
+static void fill_random(float *x, int n, uint64_t *rng)
+{
+    float scale = 1.0f;
+    for (int i = 0; i < n; i++) {
+        if (i % 32 == 0)
+            scale = 0.05f + 2.0f * exsa_test_rand_uniform(rng);
+        x[i] = scale * exsa_test_rand_normal(rng);
+    }
+}
+
+/* One weight row of type t (raw bytes) plus its float values. */
+typedef struct {
+    void *raw;
+    float *deq;
+    size_t bytes;
+} row_data;
+
+static void make_weight(int t, int n, uint64_t *rng, row_data *r)
+{
+    const exsa_type_traits *tr = exsa_type_traits_get(t);
+    assert_non_null(tr);
+    float *src = xmalloc((size_t)n * sizeof(float));
+    fill_random(src, n, rng);
+    if (tr->is_quantized && n >= 2 * tr->block_size) /* an all-zero block (d = 0) */
+        memset(src, 0, (size_t)tr->block_size * sizeof(float));
+    r->bytes = exsa_type_row_size(t, n);
+    r->raw = xmalloc(r->bytes); /* exact size: ASan catches overreads */
+    tr->from_float(src, r->raw, n);
+    r->deq = xmalloc((size_t)n * sizeof(float));
+    tr->to_float(r->raw, r->deq, n);
+    free(src);
+}
+
+/* n_act activation rows of type at, act_stride bytes apart; padding bytes
+ * hold garbage so a kernel that reads past its row gets a wrong answer. */
+typedef struct {
+    char *raw;
+    float *deq; /* [n_act][n] */
+    size_t stride;
+} act_data;
+
+static void make_acts(int at, int n, int n_act, uint64_t *rng, act_data *a)
+{
+    const exsa_type_traits *tr = exsa_type_traits_get(at);
+    const size_t row = exsa_type_row_size(at, n);
+    a->stride = row + 4 * (1 + exsa_test_rand_u64(rng) % 7);
+    const size_t total = (size_t)(n_act - 1) * a->stride + row; /* last row ends the buffer */
+    a->raw = xmalloc(total);
+    memset(a->raw, 0xA5, total);
+    a->deq = xmalloc((size_t)n_act * n * sizeof(float));
+    float *src = xmalloc((size_t)n * sizeof(float));
+    for (int j = 0; j < n_act; j++) {
+        fill_random(src, n, rng);
+        if (j == 1 && n >= 512) /* an all-zero activation block */
+            memset(src, 0, 256 * sizeof(float));
+        tr->from_float(src, a->raw + (size_t)j * a->stride, n);
+        tr->to_float(a->raw + (size_t)j * a->stride, a->deq + (size_t)j * n, n);
+    }
+    free(src);
+}
+
+static void exact_dot(const float *w, const float *a, int n, double *dot, double *mag)
+{
+    double s = 0.0, m = 0.0;
+    for (int i = 0; i < n; i++) {
+        const double p = (double)w[i] * a[i];
+        s += p;
+        m += fabs(p);
+    }
+    *dot = s;
+    *mag = m;
+}
+
+/* --------------------------------------------------------------- dots */
+
+#define OUT_STRIDE 3
+#define SENTINEL -12345.0f
+
+static void run_dot(exsa_dot_fn f, int n, const row_data *w, const act_data *a, int n_act,
+                    float *out)
+{
+    for (int j = 0; j < n_act * OUT_STRIDE; j++)
+        out[j] = SENTINEL;
+    f(n, w->raw, a->raw, a->stride, n_act, out, OUT_STRIDE);
+    for (int j = 0; j < n_act * OUT_STRIDE; j++)
+        if (j % OUT_STRIDE)
+            assert_true(out[j] == SENTINEL); /* only every OUT_STRIDE-th is written */
+}
+
+static double worst; /* largest |err| / (TOL * mag) seen by check_close */
+
+static int check_close(const char *what, const char *isa, int t, int n, int n_act, int row,
+                       double got, double want, double mag)
+{
+    const double err = fabs(got - want);
+    if (mag > 0 && err / (TOL * mag) > worst)
+        worst = err / (TOL * mag);
+    if (err <= TOL * mag)
+        return 1;
+    print_error("%s %s %s: n=%d n_act=%d row=%d got %.9g want %.9g (|err| %.3g > %.3g)\n", isa,
+                what, exsa_type_traits_get(t)->name, n, n_act, row, got, want, err, TOL * mag);
+    return 0;
+}
+
+static void sizes_for(int t, const int **sizes, int *count)
+{
+    const exsa_type_traits *tr = exsa_type_traits_get(t);
+    if (tr->block_size == 1) {
+        *sizes = sizes_float;
+        *count = ARRAY_LEN(sizes_float);
+    } else if (tr->block_size == 32) {
+        *sizes = sizes_b32;
+        *count = ARRAY_LEN(sizes_b32);
+    } else {
+        *sizes = sizes_k;
+        *count = ARRAY_LEN(sizes_k);
+    }
+}
+
+/* isa == NULL: scalar against the double reference; else isa vs scalar. */
+static void check_dots(const exsa_cpu_kernels *isa)
+{
+    const exsa_cpu_kernels *sc = exsa_cpu_kernels_scalar();
+    int failures = 0, cases = 0;
+    worst = 0.0;
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+        const int t = weight_types[ti];
+        const int at = exsa_type_traits_get(t)->vec_dot_type;
+        assert_non_null(sc->dot[t]);
+        if (isa)
+            assert_non_null(isa->dot[t]);
+        const int *sizes;
+        int n_sizes;
+        sizes_for(t, &sizes, &n_sizes);
+        for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+            uint64_t rng = seeds[si] * 1000003u + (uint64_t)t;
+            for (int ni = 0; ni < n_sizes; ni++) {
+                const int n = sizes[ni];
+                for (int ai = 0; ai < ARRAY_LEN(n_acts); ai++) {
+                    const int n_act = n_acts[ai];
+                    row_data w;
+                    act_data a;
+                    make_weight(t, n, &rng, &w);
+                    make_acts(at, n, n_act, &rng, &a);
+                    float out_s[9 * OUT_STRIDE], out_i[9 * OUT_STRIDE];
+                    run_dot(sc->dot[t], n, &w, &a, n_act, out_s);
+                    if (isa)
+                        run_dot(isa->dot[t], n, &w, &a, n_act, out_i);
+                    for (int j = 0; j < n_act; j++) {
+                        double want, mag;
+                        exact_dot(w.deq, a.deq + (size_t)j * n, n, &want, &mag);
+                        const float s = out_s[j * OUT_STRIDE];
+                        int ok = isa ? check_close("dot vs scalar", isa->isa, t, n, n_act, j,
+                                                   out_i[j * OUT_STRIDE], s, mag)
+                                     : check_close("dot vs double", "scalar", t, n, n_act, j, s,
+                                                   want, mag);
+                        failures += !ok;
+                        cases++;
+                    }
+                    free(w.raw);
+                    free(w.deq);
+                    free(a.raw);
+                    free(a.deq);
+                }
+            }
+        }
+    }
+    printf("    %s: %d dot results checked, worst error %.3f of the tolerance\n",
+           isa ? isa->isa : "scalar vs double", cases, worst);
+    assert_int_equal(failures, 0);
+}
+
+/* ------------------------------------------------------ quantizers */
+
+/* Inputs with exact ties, zero blocks, and the largest magnitude present
+ * with both signs (the reference keeps the first). */
+static void fill_quant_input(float *x, int n, int block, int variant, uint64_t *rng)
+{
+    fill_random(x, n, rng);
+    for (int b = 0; b < n / block; b++) {
+        float *xb = x + b * block;
+        switch ((b + variant) % 5) {
+        case 0: /* Q8_0: amax 127 gives d = 1; Q8_K: max -127 gives iscale 1 */
+            for (int i = 0; i < block; i++)
+                xb[i] = (float)((int)(exsa_test_rand_u64(rng) % 200) - 100) + 0.5f;
+            xb[block / 2] = -127.0f;
+            break;
+        case 1:
+            memset(xb, 0, (size_t)block * sizeof(float));
+            break;
+        case 2: /* equal magnitudes, opposite signs */
+            xb[3] = -4.0f;
+            xb[block - 2] = 4.0f;
+            for (int i = 0; i < block; i++)
+                if (fabsf(xb[i]) > 4.0f)
+                    xb[i] *= 0.5f;
+            break;
+        case 3: /* tiny and huge scales */
+            for (int i = 0; i < block; i++)
+                xb[i] *= (b & 1) ? 1e-30f : 1e30f;
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+static void check_quantizers(const exsa_cpu_kernels *isa)
+{
+    static const int nblocks[] = {1, 2, 3, 8, 17};
+    for (int q = 0; q < 2; q++) {
+        const int block = q == 0 ? EXSA_QK8_0 : EXSA_QK_K;
+        const int type = q == 0 ? EXSA_TYPE_Q8_0 : EXSA_TYPE_Q8_K;
+        for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+            uint64_t rng = seeds[si] + 99u * q;
+            for (int bi = 0; bi < ARRAY_LEN(nblocks); bi++) {
+                for (int variant = 0; variant < 5; variant++) {
+                    const int n = block * nblocks[bi];
+                    const size_t bytes = exsa_type_row_size(type, n);
+                    float *x = xmalloc((size_t)n * sizeof(float));
+                    unsigned char *want = xmalloc(bytes), *got = xmalloc(bytes);
+                    fill_quant_input(x, n, block, variant, &rng);
+                    memset(want, 0x5A, bytes);
+                    memset(got, 0xC3, bytes);
+                    if (q == 0) {
+                        exsa_quantize_row_q8_0_ref(x, want, n);
+                        isa->quantize_q8_0(x, got, n);
+                    } else {
+                        exsa_quantize_row_q8_K_ref(x, want, n);
+                        isa->quantize_q8_K(x, got, n);
+                    }
+                    if (memcmp(want, got, bytes) != 0) {
+                        size_t at = 0;
+                        while (want[at] == got[at])
+                            at++;
+                        fail_msg("%s quantize_%s: n=%d variant %d differs at byte %zu (%d vs %d)",
+                                 isa->isa, q == 0 ? "q8_0" : "q8_K", n, variant, at, got[at],
+                                 want[at]);
+                    }
+                    free(x);
+                    free(want);
+                    free(got);
+                }
+            }
+        }
+    }
+}
+
+/* ---------------------------------------------------- float helpers */
+
+static float bits_to_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+static void check_float_helpers(const exsa_cpu_kernels *isa)
+{
+    static const int sizes[] = {0, 1, 5, 8, 9, 31, 32, 33, 64, 100, 257};
+    const exsa_cpu_kernels *sc = exsa_cpu_kernels_scalar();
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 5u;
+        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
+            const int n = sizes[zi];
+            float *x = xmalloc((size_t)n * sizeof(float));
+            float *y = xmalloc((size_t)n * sizeof(float));
+            float *xh_f = xmalloc((size_t)n * sizeof(float));
+            exsa_fp16 *xh = xmalloc((size_t)n * sizeof(exsa_fp16));
+            float *ys = xmalloc((size_t)n * sizeof(float));
+            float *yi = xmalloc((size_t)n * sizeof(float));
+            fill_random(x, n, &rng);
+            fill_random(y, n, &rng);
+            for (int i = 0; i < n; i++) {
+                xh[i] = exsa_fp32_to_fp16(x[i]);
+                xh_f[i] = exsa_fp16_to_fp32(xh[i]);
+            }
+            double want, mag;
+            exact_dot(x, y, n, &want, &mag);
+            assert_true(fabs(sc->dot_f32(n, x, y) - want) <= TOL * mag);
+            assert_true(fabs(isa->dot_f32(n, x, y) - want) <= TOL * mag);
+            exact_dot(xh_f, y, n, &want, &mag);
+            assert_true(fabs(sc->dot_f16_f32(n, xh, y) - want) <= TOL * mag);
+            assert_true(fabs(isa->dot_f16_f32(n, xh, y) - want) <= TOL * mag);
+
+            /* axpy: fused or not, each element within a few ulps */
+            const float alpha = exsa_test_rand_normal(&rng);
+            for (int pass = 0; pass < 2; pass++) {
+                memcpy(ys, y, (size_t)n * sizeof(float));
+                memcpy(yi, y, (size_t)n * sizeof(float));
+                if (pass == 0) {
+                    sc->axpy_f32(n, alpha, x, ys);
+                    isa->axpy_f32(n, alpha, x, yi);
+                } else {
+                    sc->axpy_f16(n, alpha, xh, ys);
+                    isa->axpy_f16(n, alpha, xh, yi);
+                }
+                for (int i = 0; i < n; i++) {
+                    const double xv = pass == 0 ? x[i] : xh_f[i];
+                    const double exact = (double)y[i] + (double)alpha * xv;
+                    const double bound = 4e-7 * (fabs(y[i]) + fabs(alpha * xv));
+                    assert_true(fabs(ys[i] - exact) <= bound);
+                    assert_true(fabs(yi[i] - exact) <= bound);
+                }
+            }
+            free(x);
+            free(y);
+            free(xh_f);
+            free(xh);
+            free(ys);
+            free(yi);
+        }
+    }
+
+    /* f16 -> f32: all 65536 halves, bit-equal (NaN: any NaN) */
+    exsa_fp16 *h = xmalloc(65536 * sizeof(exsa_fp16));
+    float *f = xmalloc(65536 * sizeof(float));
+    for (int i = 0; i < 65536; i++)
+        h[i] = (exsa_fp16)i;
+    isa->f16_to_f32(h, f, 65536);
+    for (int i = 0; i < 65536; i++) {
+        const float want = exsa_fp16_to_fp32((exsa_fp16)i);
+        if (isnan(want))
+            assert_true(isnan(f[i]));
+        else
+            assert_memory_equal(&f[i], &want, sizeof(float));
+    }
+    /* f32 -> f16: random bit patterns, every half's midpoints and edges */
+    const int nf = 65536 * 3;
+    float *src = xmalloc((size_t)nf * sizeof(float));
+    exsa_fp16 *out = xmalloc((size_t)nf * sizeof(exsa_fp16));
+    uint64_t rng = 12345;
+    for (int i = 0; i < 65536; i++) {
+        const float a = exsa_fp16_to_fp32((exsa_fp16)i);
+        const float b = exsa_fp16_to_fp32((exsa_fp16)(i + 1));
+        src[3 * i] = isfinite(a) && isfinite(b) ? 0.5f * a + 0.5f * b : a; /* ties */
+        src[3 * i + 1] = bits_to_f32((uint32_t)exsa_test_rand_u64(&rng));
+        src[3 * i + 2] = isfinite(a) ? nextafterf(a, INFINITY) : 65520.0f;
+    }
+    src[1] = 65520.0f; /* rounds to inf */
+    src[4] = 65519.99f;
+    isa->f32_to_f16(src, out, nf);
+    for (int i = 0; i < nf; i++) {
+        const exsa_fp16 want = exsa_fp32_to_fp16(src[i]);
+        if (isnan(src[i]))
+            assert_true((out[i] & 0x7C00) == 0x7C00 && (out[i] & 0x3FF) != 0);
+        else if (out[i] != want)
+            fail_msg("%s f32_to_f16(%a) = 0x%04x, want 0x%04x", isa->isa, (double)src[i], out[i],
+                     want);
+    }
+    free(h);
+    free(f);
+    free(src);
+    free(out);
+}
+
+/* ------------------------------------------------------------ cmocka */
+
+typedef struct {
+    const char *label;
+    const exsa_cpu_kernels *table; /* NULL: the CPU (or build) lacks it */
+} isa_case;
+
+static isa_case isa_cases[3];
+
+static int usable(void **state)
+{
+    const isa_case *c = *state;
+    if (!c->table) {
+        printf("    %s: NOT TESTED (this CPU or build lacks it)\n", c->label);
+        return 0;
+    }
+    return 1;
+}
+
+static void test_scalar_vs_double(void **state)
+{
+    (void)state;
+    check_dots(NULL);
+}
+
+static void test_isa_dots(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_dots(((const isa_case *)*state)->table);
+}
+
+static void test_isa_quantizers(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_quantizers(((const isa_case *)*state)->table);
+}
+
+static void test_isa_float_helpers(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_float_helpers(((const isa_case *)*state)->table);
+}
+
+static void test_scalar_helpers(void **state)
+{
+    (void)state;
+    const exsa_cpu_kernels *sc = exsa_cpu_kernels_scalar();
+    assert_string_equal(sc->isa, "scalar");
+    /* the scalar quantizers are the references themselves */
+    assert_ptr_equal(sc->quantize_q8_0, exsa_quantize_row_q8_0_ref);
+    assert_ptr_equal(sc->quantize_q8_K, exsa_quantize_row_q8_K_ref);
+    check_float_helpers(sc);
+}
+
+/* EXSA_CPU caps the choice. Selection happens once per process, so each
+ * setting runs in a fresh copy of this program (see main's --best-isa). */
+static const char *expected_best(const char *cap)
+{
+    const exsa_cpu_kernels *a2 = exsa_cpu_kernels_avx2(), *a5 = exsa_cpu_kernels_avx512();
+    if (cap && strcmp(cap, "scalar") == 0)
+        return "scalar";
+    if (cap && strcmp(cap, "avx2") == 0)
+        return a2 ? "avx2" : "scalar";
+    return a5 ? "avx512" : a2 ? "avx2" : "scalar";
+}
+
+static void test_selection(void **state)
+{
+    (void)state;
+    static const char *caps[] = {"scalar", "avx2", "avx512", "bogus", NULL};
+    for (int i = 0; i < ARRAY_LEN(caps); i++) {
+        const char *want = expected_best(caps[i]);
+        int fd[2];
+        assert_int_equal(pipe(fd), 0);
+        fflush(stdout);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            dup2(fd[1], STDOUT_FILENO);
+            close(fd[0]);
+            close(fd[1]);
+            if (caps[i])
+                setenv("EXSA_CPU", caps[i], 1);
+            else
+                unsetenv("EXSA_CPU");
+            execl("/proc/self/exe", "test_kernels", "--best-isa", (char *)NULL);
+            _exit(127);
+        }
+        close(fd[1]);
+        char got[64] = {0};
+        size_t len = 0;
+        ssize_t r;
+        while (len < sizeof(got) - 1 && (r = read(fd[0], got + len, sizeof(got) - 1 - len)) > 0)
+            len += (size_t)r;
+        close(fd[0]);
+        int status = 0;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        got[strcspn(got, "\n")] = '\0';
+        if (strcmp(got, want) != 0)
+            fail_msg("EXSA_CPU=%s: best table is '%s', want '%s'", caps[i] ? caps[i] : "(unset)",
+                     got, want);
+    }
+    assert_true(exsa_cpu_physical_cores() >= 1);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--best-isa") == 0) { /* for test_selection */
+        puts(exsa_cpu_kernels_best()->isa);
+        return 0;
+    }
+    exsa_cpu_features f;
+    exsa_cpu_features_detect(&f);
+    printf("CPU: avx2=%d fma=%d f16c=%d avx512f=%d bw=%d vl=%d dq=%d vnni=%d avx_vnni=%d, "
+           "%d physical cores\n",
+           f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512dq, f.avx512vnni,
+           f.avx_vnni, exsa_cpu_physical_cores());
+
+    isa_cases[0] = (isa_case){"avx2", exsa_cpu_kernels_avx2()};
+    isa_cases[1] = (isa_case){"avx512", exsa_cpu_kernels_avx512_variant(0)};
+    isa_cases[2] = (isa_case){"avx512-vnni", exsa_cpu_kernels_avx512_variant(1)};
+    printf("ISA tables tested against scalar:");
+    for (int i = 0; i < 3; i++)
+        printf(" %s=%s", isa_cases[i].label, isa_cases[i].table ? "yes" : "NOT TESTED");
+    printf("\n");
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scalar_vs_double),
+        cmocka_unit_test(test_scalar_helpers),
+        cmocka_unit_test(test_selection),
+        cmocka_unit_test_prestate(test_isa_dots, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_float_helpers, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_dots, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_float_helpers, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_dots, &isa_cases[2]),
+        cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[2]),
+        cmocka_unit_test_prestate(test_isa_float_helpers, &isa_cases[2]),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
