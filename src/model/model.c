@@ -325,10 +325,8 @@ int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out
         int s = b->seq[i], have = exsa_kv_seq_len(c->kv, s);
         if (c->seq_need[s] > have)
             blocks_needed += (c->seq_need[s] + bs - 1) / bs - (have + bs - 1) / bs;
-        c->seq_need[s] = -c->seq_need[s]; /* count each sequence once */
+        c->seq_need[s] = 0; /* count each sequence once */
     }
-    for (int i = 0; i < b->n; i++)
-        c->seq_need[b->seq[i]] = 0;
     if (blocks_needed > exsa_kv_n_free_blocks(c->kv))
         return exsa_err_set(err, EXSA_EFULL, "forward: batch needs %lld kv blocks, %d free",
                             (long long)blocks_needed, exsa_kv_n_free_blocks(c->kv));
