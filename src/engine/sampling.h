@@ -52,11 +52,18 @@ typedef struct exsa_sampler exsa_sampler;
 
 exsa_sampler *exsa_sampler_create(const exsa_sampling_params *p, int32_t n_vocab, exsa_err *err);
 void exsa_sampler_free(exsa_sampler *s);
-/* Picks a token from logits[n_vocab] (not modified). */
+/* Picks a token from logits[n_vocab] (not modified); does not record it
+ * (call exsa_sampler_accept). NaN logits count as banned. When every token is
+ * banned, returns the argmax of the penalized, biased logits (lowest id among
+ * equal ones; 0 when all are NaN). EXSA_EINVAL when s or logits is NULL. */
 int32_t exsa_sampler_sample(exsa_sampler *s, const float *logits);
-/* Records a token in the penalty history (prompt tokens and sampled ones). */
+/* Records a token in the penalty history (prompt tokens and sampled ones).
+ * Tokens outside [0, n_vocab) are ignored. */
 void exsa_sampler_accept(exsa_sampler *s, int32_t token);
 /* Clears history and mirostat state; reseeds from the params' seed. */
 void exsa_sampler_reset(exsa_sampler *s);
+/* Current mirostat mu (starts at 2 * tau, updated by each mirostat draw);
+ * 0 when mirostat is off. For tests and logging. */
+double exsa_sampler_mirostat_mu(const exsa_sampler *s);
 
 #endif
