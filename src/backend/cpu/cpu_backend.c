@@ -1,0 +1,381 @@
+/* CPU backend: lifecycle, buffers, embedding rows and matmul.
+ *
+ * matmul converts each activation row once into the format the weight
+ * type's dot kernel consumes (Q8_0 / Q8_K blocks for quantized weights; the
+ * float rows as they are for F32/F16/BF16), then splits the output rows into
+ * chunks over the pool. Each kernel call takes one weight row against a tile
+ * of activation rows, so a weight row streams from memory once per tile and
+ * the tile's quantized activations stay in L2. Tasks are ordered tile-major
+ * so all threads work on the same tile at the same time.
+ */
+#include "backend/cpu/cpu_backend_impl.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cpu/cpu_features.h"
+#include "quant/quant.h"
+#include "util/err.h"
+
+/* Activation rows per kernel call: 64 rows of 4096 Q8_0 values are ~280 KB. */
+#define ACT_TILE 64
+/* Output rows per task, bounds. */
+#define CHUNK_MIN 4
+#define CHUNK_MAX 64
+
+/* ---- shared helpers ---------------------------------------------------- */
+
+int cpu_reserve(void **buf, size_t *cap, size_t bytes)
+{
+    if (bytes <= *cap)
+        return 0;
+    size_t want = bytes + bytes / 4; /* headroom so slow growth does not realloc each time */
+    if (want < bytes || want > SIZE_MAX - 63)
+        want = bytes;
+    if (bytes > SIZE_MAX - 63)
+        return -1;
+    want = (want + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, want);
+    if (!p)
+        return -1;
+    free(*buf);
+    *buf = p;
+    *cap = want;
+    return 0;
+}
+
+int cpu_tls_reserve(cpu_backend *c, size_t n)
+{
+    if (n <= c->tls_stride)
+        return 0;
+    if (n > SIZE_MAX - 15)
+        return -1;
+    size_t stride = (n + 15) & ~(size_t)15;
+    size_t total;
+    if (__builtin_mul_overflow(stride, (size_t)c->n_threads, &total) ||
+        __builtin_mul_overflow(total, sizeof(float), &total))
+        return -1;
+    float *p = aligned_alloc(64, total);
+    if (!p)
+        return -1;
+    free(c->tls);
+    c->tls = p;
+    c->tls_stride = stride;
+    return 0;
+}
+
+typedef struct {
+    cpu_range_fn fn;
+    void *ctx;
+    int64_t n, chunk;
+} range_job;
+
+static void range_task(void *vctx, int task, int thread)
+{
+    range_job *j = vctx;
+    int64_t begin = (int64_t)task * j->chunk;
+    int64_t end = begin + j->chunk < j->n ? begin + j->chunk : j->n;
+    j->fn(j->ctx, begin, end, thread);
+}
+
+void cpu_parallel_for(cpu_backend *c, int64_t n, int64_t grain, cpu_range_fn fn, void *ctx)
+{
+    if (n <= 0)
+        return;
+    if (grain < 1)
+        grain = 1;
+    /* A few tasks per thread so uneven progress balances out. */
+    int64_t max_tasks = (int64_t)c->n_threads * 4;
+    int64_t n_tasks = (n + grain - 1) / grain;
+    if (n_tasks > max_tasks)
+        n_tasks = max_tasks;
+    if (n_tasks <= 1 || c->n_threads == 1) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    int64_t chunk = (n + n_tasks - 1) / n_tasks;
+    range_job j = {fn, ctx, n, chunk};
+    exsa_threadpool_run(c->pool, range_task, &j, (int)((n + chunk - 1) / chunk));
+}
+
+void cpu_fill_nan(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = NAN;
+}
+
+/* ---- lifecycle and buffers ---------------------------------------------- */
+
+static void cpu_destroy(exsa_backend *b)
+{
+    if (!b)
+        return;
+    cpu_backend *c = cpu_of(b);
+    exsa_threadpool_free(c->pool);
+    free(c->act);
+    free(c->tls);
+    free(c->rope_freq);
+    free(c);
+}
+
+static const char *cpu_describe(const exsa_backend *b)
+{
+    return ((const cpu_backend *)b)->desc;
+}
+
+static void *cpu_alloc(exsa_backend *b, size_t bytes)
+{
+    (void)b;
+    if (bytes > SIZE_MAX - 63)
+        return NULL;
+    size_t n = bytes ? (bytes + 63) & ~(size_t)63 : 64;
+    void *p = aligned_alloc(64, n);
+    if (p)
+        memset(p, 0, n);
+    return p;
+}
+
+static void cpu_free(exsa_backend *b, void *p)
+{
+    (void)b;
+    free(p);
+}
+
+/* ---- get_rows ------------------------------------------------------------ */
+
+typedef struct {
+    cpu_backend *c;
+    const exsa_tensor *emb;
+    const exsa_type_traits *tr;
+    const int32_t *ids;
+    float *out;
+} rows_job;
+
+static void rows_range(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    rows_job *j = vctx;
+    const exsa_tensor *e = j->emb;
+    int64_t n_in = e->n_in;
+    for (int64_t i = begin; i < end; i++) {
+        float *dst = j->out + i * n_in;
+        int32_t id = j->ids[i];
+        /* An id past the table is the model layer's bug; never read outside
+         * the mapping for it. */
+        if (id < 0 || id >= e->n_out) {
+            memset(dst, 0, (size_t)n_in * sizeof *dst);
+            continue;
+        }
+        const char *src = (const char *)e->data + (size_t)id * e->row_bytes;
+        if (e->type == EXSA_TYPE_F32)
+            memcpy(dst, src, (size_t)n_in * sizeof *dst);
+        else if (e->type == EXSA_TYPE_F16)
+            j->c->k->f16_to_f32((const exsa_fp16 *)src, dst, n_in);
+        else if (j->tr && j->tr->to_float)
+            j->tr->to_float(src, dst, n_in);
+        else
+            cpu_fill_nan(dst, n_in);
+    }
+}
+
+static void cpu_get_rows(exsa_backend *b, const exsa_tensor *emb, const int32_t *ids, int n,
+                         float *out)
+{
+    cpu_backend *c = cpu_of(b);
+    if (n <= 0 || emb->n_in <= 0)
+        return;
+    rows_job j = {c, emb, exsa_type_traits_get(emb->type), ids, out};
+    int64_t grain = CPU_PAR_MIN_ELEMS / emb->n_in + 1;
+    cpu_parallel_for(c, n, grain, rows_range, &j);
+}
+
+/* ---- matmul --------------------------------------------------------------- */
+
+typedef void (*act_quant_fn)(const float *x, void *y, int64_t n);
+
+typedef struct {
+    act_quant_fn quant;
+    const float *x;
+    int64_t n_in;
+    char *act;
+    size_t act_stride;
+} quant_job;
+
+static void quant_range(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    quant_job *j = vctx;
+    for (int64_t r = begin; r < end; r++)
+        j->quant(j->x + r * j->n_in, j->act + (size_t)r * j->act_stride, j->n_in);
+}
+
+typedef struct {
+    exsa_dot_fn dot;
+    const exsa_tensor *w;
+    const char *act;
+    size_t act_stride;
+    int n_act;       /* activation rows in this pass */
+    int n_chunks;    /* output-row chunks per tile */
+    int chunk_rows;
+    float *y;        /* first output row of this pass */
+} dot_job;
+
+static void dot_task(void *vctx, int task, int thread)
+{
+    (void)thread;
+    dot_job *j = vctx;
+    const exsa_tensor *w = j->w;
+    int tile = task / j->n_chunks, chunk = task % j->n_chunks;
+    int j0 = tile * ACT_TILE;
+    int nj = j->n_act - j0 < ACT_TILE ? j->n_act - j0 : ACT_TILE;
+    int64_t o0 = (int64_t)chunk * j->chunk_rows;
+    int64_t o1 = o0 + j->chunk_rows < w->n_out ? o0 + j->chunk_rows : w->n_out;
+    const char *act = j->act + (size_t)j0 * j->act_stride;
+    float *y = j->y + (size_t)j0 * (size_t)w->n_out;
+    for (int64_t o = o0; o < o1; o++)
+        j->dot((int)w->n_in, (const char *)w->data + (size_t)o * w->row_bytes, act, j->act_stride,
+               nj, y + o, (size_t)w->n_out);
+}
+
+static act_quant_fn quantizer_for(const cpu_backend *c, int type)
+{
+    if (type == EXSA_TYPE_Q8_0)
+        return c->k->quantize_q8_0;
+    if (type == EXSA_TYPE_Q8_K)
+        return c->k->quantize_q8_K;
+    const exsa_type_traits *t = exsa_type_traits_get(type);
+    return t ? t->from_float : NULL;
+}
+
+static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, float *y, int n_rows)
+{
+    cpu_backend *c = cpu_of(b);
+    if (n_rows <= 0 || w->n_out <= 0)
+        return;
+    int64_t n_out = w->n_out, n_in = w->n_in;
+    const exsa_type_traits *tr = exsa_type_traits_get(w->type);
+    exsa_dot_fn dot = w->type >= 0 && w->type < EXSA_TYPE_COUNT ? c->k->dot[w->type] : NULL;
+    if (!tr || !dot || n_in <= 0 || n_in > INT32_MAX) {
+        cpu_fill_nan(y, (int64_t)n_rows * n_out);
+        return;
+    }
+
+    /* Float weight types take the float rows directly (kernels.h). */
+    int float_act = w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||
+                    w->type == EXSA_TYPE_BF16;
+    act_quant_fn quant = NULL;
+    size_t act_stride = (size_t)n_in * sizeof(float);
+    int rows_per_pass = n_rows;
+    if (!float_act) {
+        quant = quantizer_for(c, tr->vec_dot_type);
+        size_t rs = exsa_type_row_size(tr->vec_dot_type, n_in);
+        if (!quant || rs == 0 || rs > SIZE_MAX - 63) {
+            cpu_fill_nan(y, (int64_t)n_rows * n_out);
+            return;
+        }
+        act_stride = (rs + 63) & ~(size_t)63; /* each row on its own cache lines */
+        /* Try all rows at once; under memory pressure, fewer rows per pass. */
+        while (rows_per_pass > 0) {
+            size_t need;
+            if (!__builtin_mul_overflow(act_stride, (size_t)rows_per_pass, &need) &&
+                cpu_reserve(&c->act, &c->act_cap, need) == 0)
+                break;
+            rows_per_pass /= 2;
+        }
+        if (rows_per_pass == 0) {
+            cpu_fill_nan(y, (int64_t)n_rows * n_out);
+            return;
+        }
+    }
+
+    int chunk_rows = (int)(n_out / ((int64_t)c->n_threads * 4));
+    if (chunk_rows < CHUNK_MIN)
+        chunk_rows = CHUNK_MIN;
+    if (chunk_rows > CHUNK_MAX)
+        chunk_rows = CHUNK_MAX;
+    int n_chunks = (int)((n_out + chunk_rows - 1) / chunk_rows);
+
+    for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
+        int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
+        const char *act = (const char *)(x + (size_t)r0 * (size_t)n_in);
+        if (quant) {
+            quant_job q = {quant, x + (size_t)r0 * (size_t)n_in, n_in, c->act, act_stride};
+            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
+            act = c->act;
+        }
+        int n_tiles = (nr + ACT_TILE - 1) / ACT_TILE;
+        dot_job d = {dot, w, act, act_stride, nr, n_chunks, chunk_rows,
+                     y + (size_t)r0 * (size_t)n_out};
+        int64_t n_tasks = (int64_t)n_tiles * n_chunks;
+        if (n_tasks > INT32_MAX) { /* absurd shapes: one pass per tile */
+            for (int t = 0; t < n_tiles; t++) {
+                dot_job dt = d;
+                dt.act = act + (size_t)t * ACT_TILE * act_stride;
+                dt.y = d.y + (size_t)t * ACT_TILE * (size_t)n_out;
+                dt.n_act = nr - t * ACT_TILE < ACT_TILE ? nr - t * ACT_TILE : ACT_TILE;
+                exsa_threadpool_run(c->pool, dot_task, &dt, n_chunks);
+            }
+        } else {
+            exsa_threadpool_run(c->pool, dot_task, &d, (int)n_tasks);
+        }
+    }
+}
+
+/* ---- creation ------------------------------------------------------------- */
+
+static const exsa_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .describe = cpu_describe,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .get_rows = cpu_get_rows,
+    .rms_norm = cpu_rms_norm,
+    .matmul = cpu_matmul,
+    .add_bias = cpu_add_bias,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .rope = cpu_rope,
+    .softmax = cpu_softmax,
+    .swiglu = cpu_swiglu,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+};
+
+exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err)
+{
+    if (n_threads <= 0)
+        n_threads = exsa_cpu_physical_cores();
+    if (n_threads <= 0)
+        n_threads = 1;
+    if (n_threads > 1024) {
+        exsa_err_set(err, EXSA_EINVAL, "cpu backend: n_threads %d exceeds 1024", n_threads);
+        return NULL;
+    }
+    cpu_backend *c = calloc(1, sizeof *c);
+    if (!c) {
+        exsa_err_set(err, EXSA_ENOMEM, "cpu backend: out of memory");
+        return NULL;
+    }
+    c->base.ops = &cpu_ops;
+    c->base.impl = c;
+    c->n_threads = n_threads;
+    c->k = exsa_cpu_kernels_best();
+    c->pool = exsa_threadpool_create(n_threads, err);
+    if (!c->pool) {
+        exsa_err_prefix(err, "cpu backend");
+        free(c);
+        return NULL;
+    }
+    /* Room for attention with head_dim up to 256 before any growth. */
+    if (cpu_tls_reserve(c, 1024) != 0) {
+        exsa_err_set(err, EXSA_ENOMEM, "cpu backend: cannot allocate %d thread scratch buffers",
+                     n_threads);
+        cpu_destroy(&c->base);
+        return NULL;
+    }
+    snprintf(c->desc, sizeof c->desc, "cpu %s x%d", c->k->isa, n_threads);
+    return &c->base;
+}

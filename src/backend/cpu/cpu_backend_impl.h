@@ -1,0 +1,76 @@
+/* Private to the CPU backend: its state and the pieces its .c files share.
+ *
+ * cpu_backend.c   lifecycle, buffers, get_rows, matmul
+ * cpu_ops.c       rms_norm, add, add_bias, scale, rope, softmax, swiglu
+ * cpu_attention.c kv_store, paged attention
+ *
+ * Scratch memory is owned by the backend and grown on the caller's thread
+ * before a pool run (never inside one), so steady-state ops allocate nothing.
+ * Ops have no error return (backend.h): when scratch cannot grow, an op
+ * writes NaN to its output so the failure cannot pass for a result.
+ */
+#ifndef EXSA_CPU_BACKEND_IMPL_H
+#define EXSA_CPU_BACKEND_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "util/threadpool.h"
+
+/* Below this many elements a pass is not worth waking the workers. */
+#define CPU_PAR_MIN_ELEMS 32768
+
+typedef struct cpu_backend {
+    exsa_backend base; /* first: an exsa_backend * is a cpu_backend * */
+    exsa_threadpool *pool;
+    const exsa_cpu_kernels *k;
+    int n_threads;
+    char desc[64];
+
+    void *act;        /* matmul: activation rows in the weights' vec_dot_type */
+    size_t act_cap;   /* bytes */
+    float *tls;       /* per-thread scratch, n_threads slices of tls_stride */
+    size_t tls_stride; /* floats per thread, a multiple of 16 (64 bytes) */
+    float *rope_freq; /* rope: per-pair angle per position */
+    size_t rope_cap;  /* bytes */
+} cpu_backend;
+
+static inline cpu_backend *cpu_of(exsa_backend *b)
+{
+    return (cpu_backend *)b;
+}
+
+/* Grows *buf (64-byte aligned, contents not kept) to hold `bytes`. 0 or -1. */
+int cpu_reserve(void **buf, size_t *cap, size_t bytes);
+/* Makes each thread's scratch slice hold at least n floats. 0 or -1. */
+int cpu_tls_reserve(cpu_backend *c, size_t n);
+static inline float *cpu_tls(cpu_backend *c, int thread)
+{
+    return c->tls + (size_t)thread * c->tls_stride;
+}
+
+/* Calls fn(ctx, begin, end, thread) over [0, n) in contiguous ranges of at
+ * least `grain` items, on the pool when there is enough work for two. */
+typedef void (*cpu_range_fn)(void *ctx, int64_t begin, int64_t end, int thread);
+void cpu_parallel_for(cpu_backend *c, int64_t n, int64_t grain, cpu_range_fn fn, void *ctx);
+
+void cpu_fill_nan(float *x, int64_t n);
+
+/* cpu_ops.c */
+void cpu_rms_norm(exsa_backend *b, const float *x, const float *w, float *y, int n_rows, int dim,
+                  float eps);
+void cpu_add_bias(exsa_backend *b, float *y, const float *bias, int n_rows, int dim);
+void cpu_add(exsa_backend *b, float *y, const float *x, int64_t n);
+void cpu_scale(exsa_backend *b, float *x, float s, int64_t n);
+void cpu_rope(exsa_backend *b, float *x, const int32_t *pos, const exsa_rope_args *a);
+void cpu_softmax(exsa_backend *b, float *x, int n_rows, int n);
+void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
+
+/* cpu_attention.c */
+void cpu_kv_store(exsa_backend *b, const exsa_kv_layer *kv, const float *k, const float *v,
+                  const int32_t *slots, int n_rows);
+void cpu_attention(exsa_backend *b, const exsa_attn_args *a);
+
+#endif

@@ -1,0 +1,189 @@
+/* Thread pool: every task runs exactly once, for many (threads, tasks)
+ * shapes; many back-to-back runs finish (no lost wakeup) and their writes are
+ * visible to the caller when run returns; runs after the workers fell asleep
+ * wake them; create/free cycles shut down cleanly. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/threadpool.h"
+
+typedef struct {
+    atomic_int *count;
+    atomic_int bad_thread;
+    int n_threads;
+} count_ctx;
+
+static void count_task(void *vctx, int task, int thread)
+{
+    count_ctx *c = vctx;
+    atomic_fetch_add(&c->count[task], 1);
+    if (thread < 0 || thread >= c->n_threads)
+        atomic_store(&c->bad_thread, 1);
+}
+
+static void test_every_task_once(void **state)
+{
+    (void)state;
+    static const int threads[] = {1, 2, 3, 4, 8};
+    static const int tasks[] = {0, 1, 2, 3, 5, 7, 8, 9, 16, 100, 1000};
+    atomic_int *count = calloc(1000, sizeof *count);
+    assert_non_null(count);
+    for (size_t ti = 0; ti < sizeof threads / sizeof threads[0]; ti++) {
+        exsa_err err = {0};
+        exsa_threadpool *p = exsa_threadpool_create(threads[ti], &err);
+        assert_non_null(p);
+        assert_int_equal(exsa_threadpool_size(p), threads[ti]);
+        for (int rep = 0; rep < 3; rep++) {
+            for (size_t ki = 0; ki < sizeof tasks / sizeof tasks[0]; ki++) {
+                int n = tasks[ki];
+                for (int i = 0; i < 1000; i++)
+                    atomic_store(&count[i], 0);
+                count_ctx c = {.count = count, .n_threads = threads[ti]};
+                atomic_init(&c.bad_thread, 0);
+                exsa_threadpool_run(p, count_task, &c, n);
+                for (int i = 0; i < 1000; i++)
+                    assert_int_equal(atomic_load(&count[i]), i < n ? 1 : 0);
+                assert_int_equal(atomic_load(&c.bad_thread), 0);
+            }
+        }
+        exsa_threadpool_free(p);
+    }
+    free(count);
+}
+
+typedef struct {
+    int *slot; /* plain ints: visibility must come from the pool's sync */
+    int value;
+} stamp_ctx;
+
+static void stamp_task(void *vctx, int task, int thread)
+{
+    (void)thread;
+    stamp_ctx *c = vctx;
+    c->slot[task] = c->value + task;
+}
+
+static void test_many_runs(void **state)
+{
+    (void)state;
+    for (int nt = 2; nt <= 4; nt++) {
+        exsa_threadpool *p = exsa_threadpool_create(nt, NULL);
+        assert_non_null(p);
+        int slot[64];
+        for (int run = 0; run < 10000; run++) {
+            int n = 1 + run % 64;
+            stamp_ctx c = {slot, run * 7};
+            exsa_threadpool_run(p, stamp_task, &c, n);
+            for (int i = 0; i < n; i++)
+                assert_int_equal(slot[i], run * 7 + i);
+        }
+        exsa_threadpool_free(p);
+    }
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {0, (long)ms * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Workers that have given up spinning sleep on the condition variable; every
+ * run after a pause must wake them and finish. */
+static void test_runs_after_idle(void **state)
+{
+    (void)state;
+    exsa_threadpool *p = exsa_threadpool_create(3, NULL);
+    assert_non_null(p);
+    int slot[16];
+    for (int run = 0; run < 40; run++) {
+        sleep_ms(run % 2 ? 2 : 0); /* alternate sleeping and spinning workers */
+        stamp_ctx c = {slot, run};
+        exsa_threadpool_run(p, stamp_task, &c, 16);
+        for (int i = 0; i < 16; i++)
+            assert_int_equal(slot[i], run + i);
+    }
+    exsa_threadpool_free(p);
+}
+
+typedef struct {
+    atomic_int seen[8];
+} slow_ctx;
+
+static void slow_task(void *vctx, int task, int thread)
+{
+    (void)task;
+    slow_ctx *c = vctx;
+    atomic_store(&c->seen[thread], 1);
+    sleep_ms(2); /* longer than the spin budget: the caller must sleep too */
+}
+
+/* Long tasks: the workers really share the work, and the caller, done with
+ * its own share early, sleeps until the last worker finishes. */
+static void test_work_is_shared(void **state)
+{
+    (void)state;
+    exsa_threadpool *p = exsa_threadpool_create(3, NULL);
+    assert_non_null(p);
+    slow_ctx c;
+    for (int i = 0; i < 8; i++)
+        atomic_init(&c.seen[i], 0);
+    exsa_threadpool_run(p, slow_task, &c, 30);
+    int used = 0;
+    for (int i = 0; i < 3; i++)
+        used += atomic_load(&c.seen[i]);
+    assert_true(used >= 2);
+    for (int i = 3; i < 8; i++)
+        assert_int_equal(atomic_load(&c.seen[i]), 0);
+    exsa_threadpool_free(p);
+}
+
+static void test_create_free_cycles(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 50; i++) {
+        exsa_threadpool *p = exsa_threadpool_create(1 + i % 4, NULL);
+        assert_non_null(p);
+        if (i % 2) {
+            int slot[4];
+            stamp_ctx c = {slot, i};
+            exsa_threadpool_run(p, stamp_task, &c, 4);
+            assert_int_equal(slot[3], i + 3);
+        }
+        if (i % 5 == 0)
+            sleep_ms(1); /* free while workers sleep rather than spin */
+        exsa_threadpool_free(p);
+    }
+    exsa_threadpool_free(NULL);
+}
+
+static void test_bad_args(void **state)
+{
+    (void)state;
+    exsa_err err = {0};
+    assert_null(exsa_threadpool_create(0, &err));
+    assert_int_equal(err.code, EXSA_EINVAL);
+    assert_non_null(strstr(err.msg, "n_threads"));
+    assert_null(exsa_threadpool_create(-3, NULL));
+    assert_int_equal(exsa_threadpool_size(NULL), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_every_task_once),
+        cmocka_unit_test(test_many_runs),
+        cmocka_unit_test(test_runs_after_idle),
+        cmocka_unit_test(test_work_is_shared),
+        cmocka_unit_test(test_create_free_cycles),
+        cmocka_unit_test(test_bad_args),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
