@@ -779,8 +779,13 @@ static void check_attention(int kv_type, int n_head, int n_kv, int hd, double to
                 for (int t = 0; t < n_ctx[r]; t++) {
                     size_t base = (size_t)(g0 + t) * row + e0;
                     double s = 0;
-                    for (int d = 0; d < hd; d++)
-                        s += qh[d] * (pass ? (double)kf[base + d] : kd[base + d]);
+                    for (int d = 0; d < hd; d++) {
+                        /* An F16 cache rounds q to f16 too (as llama.cpp). */
+                        double qd = kv_type == EXSA_TYPE_F16 && !pass
+                                        ? exsa_fp16_to_fp32(exsa_fp32_to_fp16(qh[d]))
+                                        : qh[d];
+                        s += qd * (pass ? (double)kf[base + d] : kd[base + d]);
+                    }
                     sc[t] = s * scale;
                     max = sc[t] > max ? sc[t] : max;
                 }
@@ -798,9 +803,13 @@ static void check_attention(int kv_type, int n_head, int n_kv, int hd, double to
                     o[d] /= sum;
             }
     }
+    /* F16 keeps its V accumulator at f16 precision (cpu_attention.c): a few
+     * f16 roundings of the sum, measured ~6e-4; everything else is exact
+     * arithmetic on the cache contents. */
+    const double tol_cache = kv_type == EXSA_TYPE_F16 ? 2e-3 : 1e-5;
     for (int r = 0; r < NR; r++) {
         double e = rel_l2_d(out + (size_t)r * qrow, ref_c + (size_t)r * qrow, (size_t)qrow);
-        if (!(e < 1e-5))
+        if (!(e < tol_cache))
             fail_msg("attention %s heads %d/%d dim %d row %d (n_ctx %d): rel L2 %.3g vs cache "
                      "contents (threads %d)",
                      tname, n_head, n_kv, hd, r, n_ctx[r], e, g_threads);

@@ -7,6 +7,14 @@
  * weighted sum of V. One pass over K and V, no buffer that grows with the
  * context: per-thread scratch is a few head_dim-sized rows.
  *
+ * An F16 cache follows llama.cpp's CPU flash attention to the rounding:
+ * q is rounded to f16 like K, the softmax is updated token by token, and the
+ * V accumulator is kept at f16 precision. Matmuls on Q8 activations amplify
+ * any 5e-4 difference in attention output to ~1.5e-2 in the logits of
+ * quantized models (rounding steps flip), so only the same rounding lets
+ * Exsa's logits be checked against llama.cpp's within a quarter of the
+ * quantization error (fixtures/README.md); it costs no speed.
+ *
  * Q8_0 K/V rows are quantized across all kv heads of a token, so a head's
  * slice may start inside a block; it is dequantized into scratch (the blocks
  * covering it) and then handled as float.
@@ -102,6 +110,49 @@ static const float *q8_span(const void *row, int64_t e0, int n, float *restrict 
     return tmp + (e0 - b0 * EXSA_QK8_0);
 }
 
+/* Rounds x[0..n) to the nearest f16 value, kept as f32. */
+static void round_f16(const exsa_cpu_kernels *k, float *x, exsa_fp16 *tmp, int n)
+{
+    k->f32_to_f16(x, tmp, n);
+    k->f16_to_f32(tmp, x, n);
+}
+
+/* One (row, head) over an F16 cache; see the header comment. */
+static void attn_f16(const attn_job *j, const float *q, float *out, int nc, const int32_t *bt,
+                     int64_t e0, float *acc, float *q16, exsa_fp16 *tmp)
+{
+    const exsa_attn_args *a = j->a;
+    const exsa_kv_layer *kv = a->kv;
+    const exsa_cpu_kernels *k = j->c->k;
+    const int hd = kv->head_dim, bs = kv->block_size;
+    memcpy(q16, q, (size_t)hd * sizeof *q16);
+    round_f16(k, q16, tmp, hd);
+    memset(acc, 0, (size_t)hd * sizeof *acc);
+    float m = -INFINITY, l = 0.0f;
+    for (int t = 0; t < nc; t++) {
+        size_t off = ((size_t)bt[t / bs] * (size_t)bs + (size_t)(t % bs)) * kv->token_bytes;
+        const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + off) + e0;
+        const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + off) + e0;
+        float s = k->dot_f16_f32(hd, kp, q16) * a->scale;
+        float ms = 1.0f, vs = 1.0f;
+        if (s > m) {
+            ms = expf(m - s);
+            m = s;
+            for (int d = 0; d < hd; d++)
+                acc[d] *= ms;
+            round_f16(k, acc, tmp, hd);
+        } else {
+            vs = expf(s - m);
+        }
+        k->axpy_f16(hd, vs, vp, acc);
+        round_f16(k, acc, tmp, hd);
+        l = l * ms + vs;
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int d = 0; d < hd; d++)
+        out[d] = acc[d] * inv;
+}
+
 static void attn_task(void *vctx, int task, int thread)
 {
     attn_job *j = vctx;
@@ -121,6 +172,10 @@ static void attn_task(void *vctx, int task, int thread)
     float *acc = cpu_tls(j->c, thread);
     float *kbuf = acc + j->hd_pad;              /* hd_pad + 64 floats */
     float *vbuf = kbuf + j->hd_pad + 64;        /* hd_pad + 64 floats */
+    if (kv->type == EXSA_TYPE_F16) {
+        attn_f16(j, q, out, nc, bt, e0, acc, kbuf, (exsa_fp16 *)vbuf);
+        return;
+    }
     memset(acc, 0, (size_t)hd * sizeof *acc);
 
     float m = -INFINITY, l = 0.0f;
@@ -135,9 +190,7 @@ static void attn_task(void *vctx, int task, int thread)
             slot_off[i] = slot * kv->token_bytes;
             const char *kp = (const char *)kv->k + slot_off[i];
             float dot;
-            if (kv->type == EXSA_TYPE_F16)
-                dot = k->dot_f16_f32(hd, (const exsa_fp16 *)kp + e0, q);
-            else if (kv->type == EXSA_TYPE_Q8_0)
+            if (kv->type == EXSA_TYPE_Q8_0)
                 dot = k->dot_f32(hd, q8_span(kp, e0, hd, kbuf), q);
             else
                 dot = k->dot_f32(hd, (const float *)kp + e0, q);
@@ -157,9 +210,7 @@ static void attn_task(void *vctx, int task, int thread)
             float w = expf(s[i] - m);
             l += w;
             const char *vp = (const char *)kv->v + slot_off[i];
-            if (kv->type == EXSA_TYPE_F16)
-                k->axpy_f16(hd, w, (const exsa_fp16 *)vp + e0, acc);
-            else if (kv->type == EXSA_TYPE_Q8_0)
+            if (kv->type == EXSA_TYPE_Q8_0)
                 k->axpy_f32(hd, w, q8_span(vp, e0, hd, vbuf), acc);
             else
                 k->axpy_f32(hd, w, (const float *)vp + e0, acc);
