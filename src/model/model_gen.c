@@ -237,6 +237,24 @@ typedef struct tensor_spec {
     int type;
 } tensor_spec;
 
+static void add_spec(tensor_spec *ts, int *k, const char *name, int n_dims, int64_t ne0,
+                     int64_t ne1, float std, float mean)
+{
+    tensor_spec *t = &ts[(*k)++];
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->n_dims = n_dims;
+    t->ne[0] = ne0;
+    t->ne[1] = ne1;
+    t->std = std;
+    t->mean = mean;
+}
+
+static const char *arch_key(char *buf, size_t cap, const char *arch, const char *suffix)
+{
+    snprintf(buf, cap, "%s.%s", arch, suffix);
+    return buf;
+}
+
 int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progress_fn progress,
                         void *ud, exsa_err *err)
 {
@@ -278,13 +296,10 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     }
     int k = 0;
     const float emb_std = p->tied ? 0.1f : 1.0f;
-#define SPEC(nm, d, a, b, sd, mu)                                                    \
-    (snprintf(ts[k].name, sizeof ts[k].name, "%s", nm), ts[k].n_dims = d,           \
-     ts[k].ne[0] = a, ts[k].ne[1] = b, ts[k].std = sd, ts[k].mean = mu, k++)
-    SPEC("token_embd.weight", 2, E, V, emb_std, 0.0f);
-    SPEC("output_norm.weight", 1, E, 1, 0.1f, 1.0f);
+    add_spec(ts, &k, "token_embd.weight", 2, E, V, emb_std, 0.0f);
+    add_spec(ts, &k, "output_norm.weight", 1, E, 1, 0.1f, 1.0f);
     if (!p->tied)
-        SPEC("output.weight", 2, E, V, 1.0f / sqrtf((float)E), 0.0f);
+        add_spec(ts, &k, "output.weight", 2, E, V, 1.0f / sqrtf((float)E), 0.0f);
     for (int l = 0; l < p->n_layer; l++) {
         char nm[64];
         const struct { const char *s; int d; int64_t a, b; float sd, mu; } lay[] = {
@@ -308,10 +323,9 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
             if (i >= 12 && !arch_qwen3)
                 continue;
             snprintf(nm, sizeof nm, "blk.%d.%s", l, lay[i].s);
-            SPEC(nm, lay[i].d, lay[i].a, lay[i].b, lay[i].sd, lay[i].mu);
+            add_spec(ts, &k, nm, lay[i].d, lay[i].a, lay[i].b, lay[i].sd, lay[i].mu);
         }
     }
-#undef SPEC
 
     /* Metadata. */
     char key[96];
@@ -319,23 +333,21 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     exsa_gguf_writer_set_str(w, "general.architecture", a);
     exsa_gguf_writer_set_str(w, "general.name", "exsa random model");
     exsa_gguf_writer_set_u32(w, "general.quantization_version", 2);
-#define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", a, suffix), key)
-    exsa_gguf_writer_set_u32(w, KEY("context_length"),
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "context_length"),
                              (uint32_t)(p->n_ctx_train > 0 ? p->n_ctx_train : 4096));
-    exsa_gguf_writer_set_u32(w, KEY("embedding_length"), (uint32_t)E);
-    exsa_gguf_writer_set_u32(w, KEY("block_count"), (uint32_t)p->n_layer);
-    exsa_gguf_writer_set_u32(w, KEY("feed_forward_length"), (uint32_t)F);
-    exsa_gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)p->n_head);
-    exsa_gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)p->n_head_kv);
-    exsa_gguf_writer_set_u32(w, KEY("attention.key_length"), (uint32_t)hd);
-    exsa_gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)hd);
-    exsa_gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)hd);
-    exsa_gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"),
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "embedding_length"), (uint32_t)E);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "block_count"), (uint32_t)p->n_layer);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "feed_forward_length"), (uint32_t)F);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "attention.head_count"), (uint32_t)p->n_head);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "attention.head_count_kv"), (uint32_t)p->n_head_kv);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "attention.key_length"), (uint32_t)hd);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "attention.value_length"), (uint32_t)hd);
+    exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "rope.dimension_count"), (uint32_t)hd);
+    exsa_gguf_writer_set_f32(w, arch_key(key, sizeof key, a, "attention.layer_norm_rms_epsilon"),
                              arch_qwen2 || arch_qwen3 ? 1e-6f : 1e-5f);
-    exsa_gguf_writer_set_f32(w, KEY("rope.freq_base"),
+    exsa_gguf_writer_set_f32(w, arch_key(key, sizeof key, a, "rope.freq_base"),
                              p->rope_freq_base > 0 ? p->rope_freq_base
                              : (arch_qwen2 || arch_qwen3) ? 1e6f : 10000.0f);
-#undef KEY
     exsa_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
     exsa_gguf_writer_set_str(w, "tokenizer.ggml.pre", "gpt-2");
     exsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)voc.shown,

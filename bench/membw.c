@@ -1,0 +1,88 @@
+/* Memory bandwidth probe (STREAM-like): read-only sum and triad a = b + s*c
+ * over arrays far larger than the caches, with N threads. Prints GB/s so
+ * that token-generation speed can be put next to the machine's roofline in
+ * the same run (bytes of weights read per token / bandwidth).
+ * usage: membw [threads=2] [MiB per array=512] [reps=5] */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    float *a, *b, *c;
+    size_t n;
+    int mode; /* 0 read, 1 triad */
+    double sum;
+} job;
+
+static void *work(void *p)
+{
+    job *j = p;
+    if (j->mode == 0) {
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t i = 0; i + 4 <= j->n; i += 4) {
+            s0 += j->b[i];
+            s1 += j->b[i + 1];
+            s2 += j->b[i + 2];
+            s3 += j->b[i + 3];
+        }
+        j->sum = s0 + s1 + s2 + s3;
+    } else {
+        for (size_t i = 0; i < j->n; i++)
+            j->a[i] = j->b[i] + 3.0f * j->c[i];
+    }
+    return NULL;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv)
+{
+    int nt = argc > 1 ? atoi(argv[1]) : 2, reps = argc > 3 ? atoi(argv[3]) : 5;
+    size_t mib = argc > 2 ? (size_t)atoi(argv[2]) : 512;
+    if (nt < 1 || nt > 256 || mib < 1 || reps < 1) {
+        fprintf(stderr, "usage: membw [threads] [MiB per array] [reps]\n");
+        return 1;
+    }
+    size_t n = mib * 1024 * 1024 / sizeof(float);
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
+    if (!a || !b || !c) {
+        fprintf(stderr, "membw: out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        a[i] = 0, b[i] = (float)(i & 1023), c[i] = 1.0f;
+    pthread_t th[256];
+    job jobs[256];
+    const char *names[2] = {"read", "triad"};
+    for (int mode = 0; mode < 2; mode++) {
+        double best = 0, sum = 0;
+        for (int r = 0; r < reps; r++) {
+            double t0 = now();
+            for (int t = 0; t < nt; t++) {
+                size_t lo = n * (size_t)t / (size_t)nt, hi = n * (size_t)(t + 1) / (size_t)nt;
+                jobs[t] = (job){a + lo, b + lo, c + lo, hi - lo, mode, 0};
+                pthread_create(&th[t], NULL, work, &jobs[t]);
+            }
+            for (int t = 0; t < nt; t++) {
+                pthread_join(th[t], NULL);
+                sum += jobs[t].sum;
+            }
+            double bytes = (double)n * sizeof(float) * (mode == 0 ? 1 : 3);
+            double gbs = bytes / (now() - t0) / 1e9;
+            best = gbs > best ? gbs : best;
+        }
+        printf("{\"test\": \"%s\", \"threads\": %d, \"best_gbs\": %.2f}%s\n", names[mode], nt,
+               best, sum == -1 ? " " : "");
+    }
+    free(a);
+    free(b);
+    free(c);
+    return 0;
+}
