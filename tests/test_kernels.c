@@ -8,6 +8,8 @@
  *   - ISA vs scalar,
  * both within TOL of sum(|dequant(w_i) * dequant(a_i)|) (rounding of float
  * sums and of per-block scale products stays far below it).
+ * Batch invariance, every table: each activation row's dot is bit-identical
+ * (memcmp) whether computed alone or at any position of a call of 1..9 rows.
  * Activation quantizers: byte-equal to the reference, ties included.
  * f16 conversions: bit-equal to quant.c's converters (NaN: NaN).
  *
@@ -231,6 +233,68 @@ static void check_dots(const exsa_cpu_kernels *isa)
     assert_int_equal(failures, 0);
 }
 
+/* ------------------------------------------------- batch invariance */
+
+/* Sizes that reach every loop tail: float steps of 64/32/16/8 and scalar or
+ * masked leftovers; odd and even 32-block counts; one and three superblocks. */
+static const int inv_sizes_float[] = {1, 31, 100, 544, 1031};
+static const int inv_sizes_b32[] = {32, 96, 544, 1056, 2048};
+static const int inv_sizes_k[] = {256, 768};
+
+/* For every row j of 9, its result alone (n_act = 1) is the reference; every
+ * call of n_act = 1..9 rows starting at any row s must reproduce the
+ * references of rows s..s+n_act-1 bit for bit. A kernel that sums in an
+ * order depending on the group size or the row's place in it fails. */
+static void check_batch_invariance(const exsa_cpu_kernels *k)
+{
+    enum { ROWS = 9 };
+    int calls = 0;
+    for (int ti = 0; ti < N_WEIGHT_TYPES; ti++) {
+        const int t = weight_types[ti];
+        const exsa_type_traits *tr = exsa_type_traits_get(t);
+        assert_non_null(k->dot[t]);
+        const int *sizes = tr->block_size == 1    ? inv_sizes_float
+                           : tr->block_size == 32 ? inv_sizes_b32
+                                                  : inv_sizes_k;
+        const int n_sizes = tr->block_size == 1    ? ARRAY_LEN(inv_sizes_float)
+                            : tr->block_size == 32 ? ARRAY_LEN(inv_sizes_b32)
+                                                   : ARRAY_LEN(inv_sizes_k);
+        for (int ni = 0; ni < n_sizes; ni++) {
+            const int n = sizes[ni];
+            uint64_t rng = 0xB47C4u + 31u * (uint64_t)t + (uint64_t)n;
+            row_data w;
+            act_data a;
+            make_weight(t, n, &rng, &w);
+            make_acts(tr->vec_dot_type, n, ROWS, &rng, &a);
+            float alone[ROWS];
+            for (int j = 0; j < ROWS; j++) {
+                float o[OUT_STRIDE];
+                k->dot[t](n, w.raw, a.raw + (size_t)j * a.stride, a.stride, 1, o, OUT_STRIDE);
+                alone[j] = o[0];
+            }
+            for (int n_act = 1; n_act <= ROWS; n_act++) {
+                for (int s0 = 0; s0 + n_act <= ROWS; s0++) {
+                    float out[ROWS * OUT_STRIDE];
+                    k->dot[t](n, w.raw, a.raw + (size_t)s0 * a.stride, a.stride, n_act, out,
+                              OUT_STRIDE);
+                    calls++;
+                    for (int j = 0; j < n_act; j++)
+                        if (memcmp(&out[j * OUT_STRIDE], &alone[s0 + j], sizeof(float)) != 0)
+                            fail_msg("%s %s n=%d: row %d at position %d of %d gives %a, "
+                                     "alone %a",
+                                     k->isa, tr->name, n, s0 + j, j, n_act,
+                                     (double)out[j * OUT_STRIDE], (double)alone[s0 + j]);
+                }
+            }
+            free(w.raw);
+            free(w.deq);
+            free(a.raw);
+            free(a.deq);
+        }
+    }
+    printf("    %s: %d batched calls bit-identical to single-row calls\n", k->isa, calls);
+}
+
 /* ------------------------------------------------------ quantizers */
 
 /* Inputs with exact ties, zero blocks, and the largest magnitude present
@@ -447,6 +511,19 @@ static void test_isa_dots(void **state)
     check_dots(((const isa_case *)*state)->table);
 }
 
+static void test_scalar_batch_invariance(void **state)
+{
+    (void)state;
+    check_batch_invariance(exsa_cpu_kernels_scalar());
+}
+
+static void test_isa_batch_invariance(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_batch_invariance(((const isa_case *)*state)->table);
+}
+
 static void test_isa_quantizers(void **state)
 {
     if (!usable(state))
@@ -548,14 +625,18 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_scalar_vs_double),
         cmocka_unit_test(test_scalar_helpers),
+        cmocka_unit_test(test_scalar_batch_invariance),
         cmocka_unit_test(test_selection),
         cmocka_unit_test_prestate(test_isa_dots, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_batch_invariance, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_float_helpers, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_dots, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_batch_invariance, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_float_helpers, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_dots, &isa_cases[2]),
+        cmocka_unit_test_prestate(test_isa_batch_invariance, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_float_helpers, &isa_cases[2]),
     };

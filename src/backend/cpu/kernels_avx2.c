@@ -6,6 +6,11 @@
  * it to every row of the group. One row (decode) is the same code with a
  * group of 1.
  *
+ * Batch invariance: a row's result is bit-identical whatever the group size
+ * and the row's place in it (decode and prefill agree exactly). Each row has
+ * its own accumulators, and the accumulator scheme and summation order are
+ * the same for every group size; only the register allocation changes.
+ *
  * Integer products use vpmaddubsw (unsigned x signed bytes -> int16 pairs).
  * Weights with a sign (Q4_0, Q5_0, Q8_0) use |w| and sign(w)*a; unsigned
  * K-quant values are fed directly and their offsets/mins come back through
@@ -51,33 +56,32 @@ INLINE float load_w1(const void *w, int i, const int kind)
     }
 }
 
+/* Every row sums in the same order whatever the group size R (batch
+ * invariance): four accumulators, element i + 8u of each 32-element step
+ * into acc[u], 8-element leftovers into acc[0], then (acc0 + acc1) +
+ * (acc2 + acc3), the lanes, and the scalar tail. Four independent chains
+ * hide the FMA latency when a row is alone (decode). */
 INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
 {
-    /* one row needs more independent chains to hide the FMA latency */
-    enum { NA_MAX = 4 };
-    const int NA = R == 1 ? 4 : 2;
     const float *a[4];
-    __m256 acc[4][NA_MAX];
+    __m256 acc[4][4]; /* 16 for R = 4: measured as fast as 2 per row */
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
         a[k] = act_row(r, j0 + k);
 #pragma GCC unroll 4
-        for (int u = 0; u < NA; u++)
+        for (int u = 0; u < 4; u++)
             acc[k][u] = _mm256_setzero_ps();
     }
     const int n = r->n;
     int i = 0;
     for (; i + 32 <= n; i += 32) {
-        __m256 w[4];
 #pragma GCC unroll 4
-        for (int u = 0; u < 4; u++)
-            w[u] = load_w8(r->w, i + 8 * u, kind);
+        for (int u = 0; u < 4; u++) {
+            const __m256 w = load_w8(r->w, i + 8 * u, kind);
 #pragma GCC unroll 4
-        for (int k = 0; k < R; k++)
-#pragma GCC unroll 4
-            for (int u = 0; u < 4; u++)
-                acc[k][u % NA] = _mm256_fmadd_ps(w[u], _mm256_loadu_ps(a[k] + i + 8 * u),
-                                                 acc[k][u % NA]);
+            for (int k = 0; k < R; k++)
+                acc[k][u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(a[k] + i + 8 * u), acc[k][u]);
+        }
     }
     for (; i + 8 <= n; i += 8) {
         const __m256 w = load_w8(r->w, i, kind);
@@ -87,10 +91,9 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
     }
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
-#pragma GCC unroll 4
-        for (int u = 1; u < NA; u++)
-            acc[k][0] = _mm256_add_ps(acc[k][0], acc[k][u]);
-        float s = hsum_ps(acc[k][0]);
+        const __m256 s01 = _mm256_add_ps(acc[k][0], acc[k][1]);
+        const __m256 s23 = _mm256_add_ps(acc[k][2], acc[k][3]);
+        float s = hsum_ps(_mm256_add_ps(s01, s23));
         for (int t = i; t < n; t++)
             s += load_w1(r->w, t, kind) * a[k][t];
         store_out(r, j0 + k, s);
@@ -99,7 +102,12 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
 
 /* ------------------------------------------------ 32-element blocks */
 
-/* One signed block applied to R rows. */
+/* Q4_0 / Q5_0 / Q8_0 / Q4_1 / Q5_1 against Q8_0. Every row sums in the
+ * same order whatever the group size R (batch invariance): even blocks into
+ * accumulator set 0, odd blocks into set 1 (two chains, so a lone row is not
+ * bound by the latency of one), then set 0 + set 1 and the lanes. */
+
+/* One signed block applied to R rows: sum(|w| * (sign(w) * a)). */
 INLINE void signed32_block(const rows_t *r, const exsa_block_q8_0 *const *a, int i, const int R,
                            const int kind, __m256 *acc)
 {
@@ -115,33 +123,10 @@ INLINE void signed32_block(const rows_t *r, const exsa_block_q8_0 *const *a, int
     }
 }
 
-/* Blocks alternate between two accumulator sets when the group is small,
- * so one row is not bound by the latency of a single FMA chain. */
-INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind)
-{
-    const int two = R <= 2;
-    const exsa_block_q8_0 *a[4];
-    __m256 acc[2][4];
-#pragma GCC unroll 4
-    for (int k = 0; k < R; k++) {
-        a[k] = act_row(r, j0 + k);
-        acc[0][k] = acc[1][k] = _mm256_setzero_ps();
-    }
-    const int nb = r->n / 32;
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        signed32_block(r, a, i, R, kind, acc[0]);
-        signed32_block(r, a, i + 1, R, kind, acc[two]);
-    }
-    if (i < nb)
-        signed32_block(r, a, i, R, kind, acc[0]);
-#pragma GCC unroll 4
-    for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
-}
-
-/* dot = d_w*d_a*sum(q_w*q_a) + m_w*d_a*sum(q_a) per block; the two terms
- * go to separate accumulators (acc[k], acc[4 + k]) to keep chains short. */
+/* One unsigned block applied to R rows: m_w*d_a*sum(q_a) +
+ * d_w*d_a*sum(q_w*q_a). Both terms go into the same accumulator, so a group
+ * of 4 rows needs 8 of them (two sets) and stays within the 16 ymm
+ * registers; the min term first, as it does not wait for the decode. */
 INLINE void unsigned32_block(const rows_t *r, const exsa_block_q8_0 *const *a, int i,
                              const int R, const int kind, __m256 *acc)
 {
@@ -154,35 +139,40 @@ INLINE void unsigned32_block(const rows_t *r, const exsa_block_q8_0 *const *a, i
         const float da = h2f(a[k][i].d);
         const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(u, y));
         const __m256 s = _mm256_cvtepi32_ps(dot_u8s8(ones, y));
+        acc[k] = _mm256_fmadd_ps(s, _mm256_set1_ps(mw * da), acc[k]);
         acc[k] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * da), acc[k]);
-        acc[4 + k] = _mm256_fmadd_ps(s, _mm256_set1_ps(mw * da), acc[4 + k]);
     }
 }
 
-INLINE void unsigned32_rows(const rows_t *r, int j0, const int R, const int kind)
+INLINE void block32_apply(const rows_t *r, const exsa_block_q8_0 *const *a, int i, const int R,
+                          const int kind, __m256 *acc)
 {
-    const int two = R <= 2;
+    if (kind == K_Q4_1 || kind == K_Q5_1)
+        unsigned32_block(r, a, i, R, kind, acc);
+    else
+        signed32_block(r, a, i, R, kind, acc);
+}
+
+INLINE void block32_rows(const rows_t *r, int j0, const int R, const int kind)
+{
     const exsa_block_q8_0 *a[4];
-    __m256 acc[2][8];
+    __m256 acc[2][4];
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
         a[k] = act_row(r, j0 + k);
-        acc[0][k] = acc[1][k] = acc[0][4 + k] = acc[1][4 + k] = _mm256_setzero_ps();
+        acc[0][k] = acc[1][k] = _mm256_setzero_ps();
     }
     const int nb = r->n / 32;
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
-        unsigned32_block(r, a, i, R, kind, acc[0]);
-        unsigned32_block(r, a, i + 1, R, kind, acc[two]);
+        block32_apply(r, a, i, R, kind, acc[0]);
+        block32_apply(r, a, i + 1, R, kind, acc[1]);
     }
     if (i < nb)
-        unsigned32_block(r, a, i, R, kind, acc[0]);
+        block32_apply(r, a, i, R, kind, acc[0]);
 #pragma GCC unroll 4
-    for (int k = 0; k < R; k++) {
-        const __m256 s = _mm256_add_ps(_mm256_add_ps(acc[0][k], acc[1][k]),
-                                       _mm256_add_ps(acc[0][4 + k], acc[1][4 + k]));
-        store_out(r, j0 + k, hsum_ps(s));
-    }
+    for (int k = 0; k < R; k++)
+        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
 }
 
 /* ------------------------------------------------------------ K-quants */
@@ -443,13 +433,11 @@ INLINE void group(const rows_t *r, int j0, const int R, const int kind)
         float_rows(r, j0, R, kind);
         break;
     case K_Q4_0:
-    case K_Q5_0:
-    case K_Q8_0:
-        signed32_rows(r, j0, R, kind);
-        break;
     case K_Q4_1:
+    case K_Q5_0:
     case K_Q5_1:
-        unsigned32_rows(r, j0, R, kind);
+    case K_Q8_0:
+        block32_rows(r, j0, R, kind);
         break;
     case K_Q2_K:
     case K_Q3_K:

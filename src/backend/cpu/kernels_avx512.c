@@ -13,6 +13,13 @@
  * two at a time in one 512-bit register for 3-4 rows (256-bit blocks for 1-2
  * rows); K-quant superblocks as four 64-byte vectors.
  *
+ * Batch invariance: a row's result is bit-identical whatever the group size
+ * and the row's place in it. The accumulation order is the same for every
+ * group size; where 1-2 rows use other instructions than 3-4 (32-element
+ * blocks) both forms compute the same values lane by lane, in the same order
+ * (see signed32_rows). Reductions use hsum512_ps, whose order we fix,
+ * rather than _mm512_reduce_add_ps, whose order is the compiler's.
+ *
  * Activation quantizers are byte-equal to the references for finite inputs
  * (Q8_0 rounds half away from zero, Q8_K half to even).
  */
@@ -68,6 +75,12 @@ INLINE __m512i zext256_512(__m256i v)
     return _mm512_maskz_mov_epi64(0x0F, _mm512_castsi256_si512(v));
 }
 
+/* (lanes 0..7 + lanes 8..15), then as hsum_ps. */
+INLINE float hsum512_ps(__m512 v)
+{
+    return hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
+}
+
 INLINE __m512i load2x256(const void *lo, const void *hi)
 {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)lo)),
@@ -106,17 +119,19 @@ INLINE __m512 load_w16_tail(const void *w, int i, __mmask16 m, const int kind)
     }
 }
 
+/* Every row sums in the same order whatever the group size R: element
+ * i + 16u of each 64-element step into acc[u], leftovers into acc[0], then
+ * (acc0 + acc1) + (acc2 + acc3) and the lanes. Four chains per row hide the
+ * FMA latency for a lone row; 16 accumulators fit the 32 zmm registers. */
 INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
 {
-    enum { NA_MAX = 4 };
-    const int NA = R == 1 ? 4 : 2;
     const float *a[4];
-    __m512 acc[4][NA_MAX];
+    __m512 acc[4][4];
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
         a[k] = act_row(r, j0 + k);
 #pragma GCC unroll 4
-        for (int u = 0; u < NA; u++)
+        for (int u = 0; u < 4; u++)
             acc[k][u] = _mm512_setzero_ps();
     }
     const int n = r->n;
@@ -130,8 +145,7 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
         for (int k = 0; k < R; k++)
 #pragma GCC unroll 4
             for (int u = 0; u < 4; u++)
-                acc[k][u % NA] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(a[k] + i + 16 * u),
-                                                 acc[k][u % NA]);
+                acc[k][u] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(a[k] + i + 16 * u), acc[k][u]);
     }
     for (; i + 16 <= n; i += 16) {
         const __m512 w = load_w16(r->w, i, kind);
@@ -148,10 +162,9 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
     }
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
-#pragma GCC unroll 4
-        for (int u = 1; u < NA; u++)
-            acc[k][0] = _mm512_add_ps(acc[k][0], acc[k][u]);
-        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k][0]));
+        const __m512 s01 = _mm512_add_ps(acc[k][0], acc[k][1]);
+        const __m512 s23 = _mm512_add_ps(acc[k][2], acc[k][3]);
+        store_out(r, j0 + k, hsum512_ps(_mm512_add_ps(s01, s23)));
     }
 }
 
@@ -173,7 +186,11 @@ INLINE void signed32_block256(const rows_t *r, const exsa_block_q8_0 *const *a, 
     }
 }
 
-/* One or two rows: 256-bit blocks, alternating two accumulator sets. The
+/* Q4_0 / Q5_0 / Q8_0 against Q8_0. Per row, in every form: even blocks
+ * accumulate in one set of 8 lanes, odd blocks in another, an odd last block
+ * joins the even set, and the result is hsum_ps(even + odd).
+ *
+ * One or two rows: 256-bit blocks, the two sets in two registers. The
  * per-block scale work dominates there, and on CPUs that shut a vector port
  * while 512-bit code runs the 512-bit form below measured slower. */
 INLINE void signed32_rows_few(const rows_t *r, int j0, const int R, const int kind,
@@ -199,8 +216,11 @@ INLINE void signed32_rows_few(const rows_t *r, int j0, const int R, const int ki
         store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
 }
 
-/* Q4_0 / Q5_0 / Q8_0 against Q8_0 for 3-4 rows, two blocks per 512-bit
- * register: sum(|w| * (sign(w) * a)) per block, scaled by d_w * d_a. */
+/* Three or four rows: two blocks per 512-bit register, the even set in
+ * lanes 0..7 and the odd set in 8..15. Each lane gets the same integer sum
+ * (the same byte pairs, quads under VNNI, in the same positions), the same
+ * scale product d_w * d_a and the same FMA as in the 256-bit form, so the
+ * results are bit-identical to it. */
 INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind, const int vnni)
 {
     if (R <= 2) {
@@ -209,12 +229,10 @@ INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind, 
     }
     const exsa_block_q8_0 *a[4];
     __m512 acc[4];
-    __m256 acc1[4];
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
         a[k] = act_row(r, j0 + k);
         acc[k] = _mm512_setzero_ps();
-        acc1[k] = _mm256_setzero_ps();
     }
     /* lanes 0..7 take the scale of the first block, 8..15 the second */
     const __m512i pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -239,11 +257,17 @@ INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind, 
             acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[k]);
         }
     }
-    if (i < nb) /* odd block count: the last one in 256 bits */
-        signed32_block256(r, a, i, R, kind, vnni, acc1);
+    __m256 even[4], odd[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        even[k] = _mm512_castps512_ps256(acc[k]);
+        odd[k] = _mm512_extractf32x8_ps(acc[k], 1);
+    }
+    if (i < nb) /* odd block count: the last one joins the even set */
+        signed32_block256(r, a, i, R, kind, vnni, even);
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k]) + hsum_ps(acc1[k]));
+        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(even[k], odd[k])));
 }
 
 /* ------------------------------------------------------------ K-quants */
@@ -335,7 +359,7 @@ INLINE void g32_rows(const rows_t *r, int j0, const int R, const int kind, const
     }
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k]));
+        store_out(r, j0 + k, hsum512_ps(acc[k]));
 }
 
 /* Q6_K. Half h of a superblock: ql[64h..64h+63] low nibbles are elements
@@ -398,7 +422,7 @@ INLINE void q6_K_rows(const rows_t *r, int j0, const int R, const int vnni)
     }
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, _mm512_reduce_add_ps(acc[k]));
+        store_out(r, j0 + k, hsum512_ps(acc[k]));
 }
 
 /* ------------------------------------------------------------ dispatch */
