@@ -153,10 +153,19 @@ INLINE void block32_apply(const rows_t *r, const exsa_block_q8_0 *const *a, int 
         signed32_block(r, a, i, R, kind, acc);
 }
 
+/* Signed formats (Q4_0, Q5_0, Q8_0) keep one accumulator per row and add
+ * the blocks in order, then hsum_ps: the order of llama.cpp's AVX2 kernels,
+ * so that Exsa's logits track llama.cpp's instead of drifting by the
+ * activation-rounding flips a different float order causes (see
+ * cpu_attention.c). One FMA chain is not the bottleneck: decoding a block
+ * takes longer than the FMA latency. Unsigned formats alternate two
+ * accumulator sets. Either way the order is the same for every R, so a row's
+ * result does not depend on the batch. */
 INLINE void block32_rows(const rows_t *r, int j0, const int R, const int kind)
 {
     const exsa_block_q8_0 *a[4];
     __m256 acc[2][4];
+    const int two = kind == K_Q4_1 || kind == K_Q5_1;
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
         a[k] = act_row(r, j0 + k);
@@ -166,13 +175,14 @@ INLINE void block32_rows(const rows_t *r, int j0, const int R, const int kind)
     int i = 0;
     for (; i + 2 <= nb; i += 2) {
         block32_apply(r, a, i, R, kind, acc[0]);
-        block32_apply(r, a, i + 1, R, kind, acc[1]);
+        block32_apply(r, a, i + 1, R, kind, acc[two]);
     }
     if (i < nb)
         block32_apply(r, a, i, R, kind, acc[0]);
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
+        store_out(r, j0 + k, two ? hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k]))
+                                 : hsum_ps(acc[0][k]));
 }
 
 /* ------------------------------------------------------------ K-quants */

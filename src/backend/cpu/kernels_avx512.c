@@ -168,107 +168,10 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
     }
 }
 
-/* ------------------------------------------------ 32-element blocks */
-
-/* One signed block in 256 bits applied to R rows (|w| . sign(w)*a). */
-INLINE void signed32_block256(const rows_t *r, const exsa_block_q8_0 *const *a, int i,
-                              const int R, const int kind, const int vnni, __m256 *acc)
-{
-    float dw;
-    const __m256i x = decode_signed(r->w, i, kind, &dw);
-    const __m256i ax = _mm256_sign_epi8(x, x);
-#pragma GCC unroll 4
-    for (int k = 0; k < R; k++) {
-        const __m256i y = _mm256_loadu_si256((const __m256i *)a[k][i].qs);
-        const __m256i p = dot4_u8s8_256(_mm256_setzero_si256(), ax, _mm256_sign_epi8(y, x), vnni);
-        const __m256 d = _mm256_set1_ps(dw * h2f(a[k][i].d));
-        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[k]);
-    }
-}
-
-/* Q4_0 / Q5_0 / Q8_0 against Q8_0. Per row, in every form: even blocks
- * accumulate in one set of 8 lanes, odd blocks in another, an odd last block
- * joins the even set, and the result is hsum_ps(even + odd).
- *
- * One or two rows: 256-bit blocks, the two sets in two registers. The
- * per-block scale work dominates there, and on CPUs that shut a vector port
- * while 512-bit code runs the 512-bit form below measured slower. */
-INLINE void signed32_rows_few(const rows_t *r, int j0, const int R, const int kind,
-                              const int vnni)
-{
-    const exsa_block_q8_0 *a[2];
-    __m256 acc[2][2];
-#pragma GCC unroll 2
-    for (int k = 0; k < R; k++) {
-        a[k] = act_row(r, j0 + k);
-        acc[0][k] = acc[1][k] = _mm256_setzero_ps();
-    }
-    const int nb = r->n / 32;
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        signed32_block256(r, a, i, R, kind, vnni, acc[0]);
-        signed32_block256(r, a, i + 1, R, kind, vnni, acc[1]);
-    }
-    if (i < nb)
-        signed32_block256(r, a, i, R, kind, vnni, acc[0]);
-#pragma GCC unroll 2
-    for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(acc[0][k], acc[1][k])));
-}
-
-/* Three or four rows: two blocks per 512-bit register, the even set in
- * lanes 0..7 and the odd set in 8..15. Each lane gets the same integer sum
- * (the same byte pairs, quads under VNNI, in the same positions), the same
- * scale product d_w * d_a and the same FMA as in the 256-bit form, so the
- * results are bit-identical to it. */
-INLINE void signed32_rows(const rows_t *r, int j0, const int R, const int kind, const int vnni)
-{
-    if (R <= 2) {
-        signed32_rows_few(r, j0, R, kind, vnni);
-        return;
-    }
-    const exsa_block_q8_0 *a[4];
-    __m512 acc[4];
-#pragma GCC unroll 4
-    for (int k = 0; k < R; k++) {
-        a[k] = act_row(r, j0 + k);
-        acc[k] = _mm512_setzero_ps();
-    }
-    /* lanes 0..7 take the scale of the first block, 8..15 the second */
-    const __m512i pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const int nb = r->n / 32;
-    int i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        float dw0, dw1;
-        const __m256i x0 = decode_signed(r->w, i, kind, &dw0);
-        const __m256i x1 = decode_signed(r->w, i + 1, kind, &dw1);
-        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
-        const __m512i ax = _mm512_abs_epi8(x);
-        const __mmask64 neg = _mm512_movepi8_mask(x);
-        const __m128 dw = _mm_setr_ps(dw0, dw1, 0.0f, 0.0f);
-#pragma GCC unroll 4
-        for (int k = 0; k < R; k++) {
-            const __m512i y = load2x256(a[k][i].qs, a[k][i + 1].qs);
-            const __m512i sy = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
-            const __m512i p = dot4_u8s8(_mm512_setzero_si512(), ax, sy, vnni);
-            const __m128i dah = _mm_insert_epi16(_mm_cvtsi32_si128(a[k][i].d), a[k][i + 1].d, 1);
-            const __m128 d2 = _mm_mul_ps(dw, _mm_cvtph_ps(dah));
-            const __m512 d = _mm512_permutexvar_ps(pair_idx, _mm512_castps128_ps512(d2));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d, acc[k]);
-        }
-    }
-    __m256 even[4], odd[4];
-#pragma GCC unroll 4
-    for (int k = 0; k < R; k++) {
-        even[k] = _mm512_castps512_ps256(acc[k]);
-        odd[k] = _mm512_extractf32x8_ps(acc[k], 1);
-    }
-    if (i < nb) /* odd block count: the last one joins the even set */
-        signed32_block256(r, a, i, R, kind, vnni, even);
-#pragma GCC unroll 4
-    for (int k = 0; k < R; k++)
-        store_out(r, j0 + k, hsum_ps(_mm256_add_ps(even[k], odd[k])));
-}
+/* 32-element blocks (Q4_0, Q5_0, Q8_0, ...) use the AVX2 kernels: they add
+ * blocks in llama.cpp's order (see kernels_avx2.c), which keeps Exsa's
+ * logits on llama.cpp's; a 512-bit version would have to keep that order per
+ * row (e.g. one row per 256-bit half). */
 
 /* ------------------------------------------------------------ K-quants */
 
@@ -435,11 +338,6 @@ INLINE void group(const rows_t *r, int j0, const int R, const int kind, const in
     case K_BF16:
         float_rows(r, j0, R, kind);
         break;
-    case K_Q4_0:
-    case K_Q5_0:
-    case K_Q8_0:
-        signed32_rows(r, j0, R, kind, vnni);
-        break;
     case K_Q4_K:
     case K_Q5_K:
         g32_rows(r, j0, R, kind, vnni);
@@ -484,18 +382,6 @@ static void dot_bf16(int n, const void *w, const void *act, size_t as, int na, f
 {
     dot_rows(n, w, act, as, na, out, os, K_BF16, 0);
 }
-static void dot_q4_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
-{
-    dot_rows(n, w, act, as, na, out, os, K_Q4_0, 0);
-}
-static void dot_q5_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
-{
-    dot_rows(n, w, act, as, na, out, os, K_Q5_0, 0);
-}
-static void dot_q8_0(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
-{
-    dot_rows(n, w, act, as, na, out, os, K_Q8_0, 0);
-}
 static void dot_q4_K(int n, const void *w, const void *act, size_t as, int na, float *out, size_t os)
 {
     dot_rows(n, w, act, as, na, out, os, K_Q4_K, 0);
@@ -510,21 +396,6 @@ static void dot_q6_K(int n, const void *w, const void *act, size_t as, int na, f
 }
 
 #if HAVE_VNNI
-static void dot_q4_0_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
-                          size_t os)
-{
-    dot_rows(n, w, act, as, na, out, os, K_Q4_0, 1);
-}
-static void dot_q5_0_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
-                          size_t os)
-{
-    dot_rows(n, w, act, as, na, out, os, K_Q5_0, 1);
-}
-static void dot_q8_0_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
-                          size_t os)
-{
-    dot_rows(n, w, act, as, na, out, os, K_Q8_0, 1);
-}
 static void dot_q4_K_vnni(int n, const void *w, const void *act, size_t as, int na, float *out,
                           size_t os)
 {
@@ -677,9 +548,6 @@ static const exsa_cpu_kernels avx512_partial = {
         [EXSA_TYPE_F32] = dot_f32,
         [EXSA_TYPE_F16] = dot_f16,
         [EXSA_TYPE_BF16] = dot_bf16,
-        [EXSA_TYPE_Q4_0] = dot_q4_0,
-        [EXSA_TYPE_Q5_0] = dot_q5_0,
-        [EXSA_TYPE_Q8_0] = dot_q8_0,
         [EXSA_TYPE_Q4_K] = dot_q4_K,
         [EXSA_TYPE_Q5_K] = dot_q5_K,
         [EXSA_TYPE_Q6_K] = dot_q6_K,
@@ -703,9 +571,6 @@ static const exsa_cpu_kernels avx512vnni_partial = {
         [EXSA_TYPE_F32] = dot_f32,
         [EXSA_TYPE_F16] = dot_f16,
         [EXSA_TYPE_BF16] = dot_bf16,
-        [EXSA_TYPE_Q4_0] = dot_q4_0_vnni,
-        [EXSA_TYPE_Q5_0] = dot_q5_0_vnni,
-        [EXSA_TYPE_Q8_0] = dot_q8_0_vnni,
         [EXSA_TYPE_Q4_K] = dot_q4_K_vnni,
         [EXSA_TYPE_Q5_K] = dot_q5_K_vnni,
         [EXSA_TYPE_Q6_K] = dot_q6_K_vnni,
