@@ -296,6 +296,8 @@ int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out
     if (!b || b->n <= 0 || b->n > c->p.max_batch)
         return exsa_err_set(err, EXSA_EINVAL, "forward: batch of %d rows (max %d)",
                             b ? b->n : 0, c->p.max_batch);
+    if (!b->token || !b->pos || !b->seq || !b->logits)
+        return exsa_err_set(err, EXSA_EINVAL, "forward: batch arrays must all be set");
     c->n_out = 0;
     for (int i = 0; i < b->n; i++) {
         if (b->token[i] < 0 || b->token[i] >= hp->n_vocab)
