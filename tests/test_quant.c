@@ -707,12 +707,6 @@ int main(void)
     };
     int failed = cmocka_run_group_tests_name("quant", tests, NULL, NULL);
 
-#ifdef EXSA_FIXTURES
-    /* test_util.c is built without EXSA_FIXTURES and falls back to a path
-     * relative to the working directory (wrong under ctest); hand it ours */
-    setenv("EXSA_FIXTURES_DIR", EXSA_FIXTURES, 0);
-#endif
-
     if (exsa_test_fixtures_dir() == NULL) {
         printf("test_quant: ../shared/fixtures not found; llama.cpp comparison skipped\n");
         return failed ? failed : 77;
