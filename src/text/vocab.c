@@ -4,14 +4,18 @@
 #include <string.h>
 
 #include "util/err.h"
+#include "util/hash.h"
 
 struct exsa_vocab {
     const exsa_gguf *g;
     int kind;
     int32_t n;
     int64_t kv_tokens, kv_types;
-    int32_t bos, eos, eot, eom;
-    int add_bos;
+    int32_t bos, eos, eot, eom, unk, pad, sep;
+    int add_bos, add_eos, add_space_prefix;
+    int64_t kv_scores;
+    int32_t *index;        /* open addressing over token strings, -1 empty */
+    uint32_t index_mask;
     int16_t byte_of_cp[512]; /* GPT-2 map: code point -> byte, -1 if none */
 };
 
@@ -70,9 +74,54 @@ exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
     v->eos = get_id(g, "tokenizer.ggml.eos_token_id", v->n);
     v->eot = get_id(g, "tokenizer.ggml.eot_token_id", v->n);
     v->eom = get_id(g, "tokenizer.ggml.eom_token_id", v->n);
-    int ab = kind == EXSA_VOCAB_SPM;
+    v->unk = get_id(g, "tokenizer.ggml.unknown_token_id", v->n);
+    v->pad = get_id(g, "tokenizer.ggml.padding_token_id", v->n);
+    v->sep = get_id(g, "tokenizer.ggml.seperator_token_id", v->n);
+    int ab = kind == EXSA_VOCAB_SPM || kind == EXSA_VOCAB_WPM, ae = kind == EXSA_VOCAB_WPM;
+    int asp = kind == EXSA_VOCAB_SPM;
     exsa_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab, NULL);
+    exsa_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &ae, NULL);
+    exsa_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &asp, NULL);
     v->add_bos = ab && v->bos >= 0;
+    v->add_eos = ae && v->eos >= 0;
+    v->add_space_prefix = asp;
+    v->kv_scores = exsa_gguf_find_key(g, "tokenizer.ggml.scores");
+    if (v->kv_scores >= 0 && (exsa_gguf_kv_type(g, v->kv_scores) != EXSA_GGUF_ARRAY ||
+                              exsa_gguf_arr_n(g, v->kv_scores) != (uint64_t)v->n ||
+                              exsa_gguf_arr_type(g, v->kv_scores) != EXSA_GGUF_FLOAT32)) {
+        exsa_err_set(err, EXSA_EFORMAT, "vocab: tokenizer.ggml.scores does not match tokens");
+        free(v);
+        return NULL;
+    }
+    /* Index of token strings; a later duplicate keeps the first id. */
+    uint32_t cap = 1;
+    while (cap < (uint32_t)v->n * 2)
+        cap <<= 1;
+    v->index = malloc((size_t)cap * sizeof *v->index);
+    if (!v->index) {
+        exsa_err_set(err, EXSA_ENOMEM, "vocab: out of memory");
+        free(v);
+        return NULL;
+    }
+    memset(v->index, 0xFF, (size_t)cap * sizeof *v->index);
+    v->index_mask = cap - 1;
+    for (int32_t id = 0; id < v->n; id++) {
+        size_t len;
+        const char *s = exsa_gguf_arr_str(g, kt, (uint64_t)id, &len);
+        uint32_t h = (uint32_t)exsa_hash_bytes(EXSA_HASH_INIT, s, len) & v->index_mask;
+        int dup = 0;
+        while (v->index[h] >= 0) {
+            size_t l2;
+            const char *s2 = exsa_gguf_arr_str(g, kt, (uint64_t)v->index[h], &l2);
+            if (l2 == len && memcmp(s, s2, len) == 0) {
+                dup = 1;
+                break;
+            }
+            h = (h + 1) & v->index_mask;
+        }
+        if (!dup)
+            v->index[h] = id;
+    }
     for (int i = 0; i < 512; i++)
         v->byte_of_cp[i] = -1;
     int extra = 0;
@@ -83,7 +132,39 @@ exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
     return v;
 }
 
-void exsa_vocab_free(exsa_vocab *v) { free(v); }
+void exsa_vocab_free(exsa_vocab *v)
+{
+    if (v)
+        free(v->index);
+    free(v);
+}
+
+int32_t exsa_vocab_find(const exsa_vocab *v, const char *s, size_t len)
+{
+    uint32_t h = (uint32_t)exsa_hash_bytes(EXSA_HASH_INIT, s, len) & v->index_mask;
+    while (v->index[h] >= 0) {
+        size_t l2;
+        const char *s2 = exsa_gguf_arr_str(v->g, v->kv_tokens, (uint64_t)v->index[h], &l2);
+        if (l2 == len && memcmp(s, s2, len) == 0)
+            return v->index[h];
+        h = (h + 1) & v->index_mask;
+    }
+    return -1;
+}
+
+float exsa_vocab_score(const exsa_vocab *v, int32_t id)
+{
+    if (v->kv_scores < 0 || id < 0 || id >= v->n)
+        return 0.0f;
+    return (float)exsa_gguf_arr_float(v->g, v->kv_scores, (uint64_t)id);
+}
+
+int32_t exsa_vocab_unk(const exsa_vocab *v) { return v->unk; }
+int32_t exsa_vocab_pad(const exsa_vocab *v) { return v->pad; }
+int32_t exsa_vocab_sep(const exsa_vocab *v) { return v->sep; }
+int exsa_vocab_add_eos(const exsa_vocab *v) { return v->add_eos; }
+int exsa_vocab_add_space_prefix(const exsa_vocab *v) { return v->add_space_prefix; }
+const exsa_gguf *exsa_vocab_gguf(const exsa_vocab *v) { return v->g; }
 
 int exsa_vocab_kind(const exsa_vocab *v) { return v->kind; }
 int32_t exsa_vocab_n_tokens(const exsa_vocab *v) { return v->n; }

@@ -45,6 +45,21 @@ int exsa_vocab_token_type(const exsa_vocab *v, int32_t id);
 /* The stored token string (not NUL-terminated). */
 const char *exsa_vocab_token_str(const exsa_vocab *v, int32_t id, size_t *len);
 
+/* Token id whose stored string is exactly s[0..len), or -1 (O(1), a hash
+ * index built at load). */
+int32_t exsa_vocab_find(const exsa_vocab *v, const char *s, size_t len);
+/* tokenizer.ggml.scores[id] (0 when the file has none). */
+float exsa_vocab_score(const exsa_vocab *v, int32_t id);
+/* Optional special ids (-1 when absent). */
+int32_t exsa_vocab_unk(const exsa_vocab *v);
+int32_t exsa_vocab_pad(const exsa_vocab *v);
+int32_t exsa_vocab_sep(const exsa_vocab *v);
+int exsa_vocab_add_eos(const exsa_vocab *v);
+/* tokenizer.ggml.add_space_prefix (default: 1 for SPM, 0 otherwise). */
+int exsa_vocab_add_space_prefix(const exsa_vocab *v);
+/* The GGUF the vocab was loaded from (merges, pre-tokenizer name, ...). */
+const exsa_gguf *exsa_vocab_gguf(const exsa_vocab *v);
+
 /* Raw bytes of token id written to buf (at most cap bytes; returns the full
  * length, so a return > cap means truncated, < 0 for a bad id). Control
  * tokens give "" unless special is set. SPM's U+2581 becomes a space and
