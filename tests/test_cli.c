@@ -231,6 +231,47 @@ static void test_errors(void **state)
     expect_fail("info no model", "missing MODEL", exsa("info"));
 }
 
+static void test_tokenize_and_prompt(void **state)
+{
+    (void)state;
+    /* Exsa's own vocabulary: ids 0..255 are the bytes, merges only join
+     * lowercase letters and spaces, so punctuation stays byte by byte. */
+    assert_int_equal(exsa("tokenize -m m.gguf '{}!'"), 0);
+    assert_string_equal(g_out, "[123, 125, 33]\n");
+    assert_int_equal(exsa("tokenize -m m.gguf --bos --pieces '{'"), 0);
+    assert_string_equal(g_out, "[[598, \"<s>\"], [123, \"{\"]]\n");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "printf '%%s' '()' | %s tokenize -m %s/m.gguf", EXSA_BIN, g_dir);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(g_out, 1, sizeof g_out - 1, p);
+    g_out[n] = '\0';
+    assert_int_equal(pclose(p), 0);
+    assert_string_equal(g_out, "[40, 41]\n");
+    /* -p tokenizes (BOS added): same tokens as --prompt-ids with the ids. */
+    assert_int_equal(exsa("run -m m.gguf -p '{}!' -n 5 --temp 0 --json"), 0);
+    assert_non_null(strstr(g_out, "\"n_prompt\": 4"));
+    char *t = strstr(g_out, "\"tokens\"");
+    assert_non_null(t);
+    char first[256];
+    snprintf(first, sizeof first, "%.*s", (int)(strchr(t, ']') - t), t);
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 598,123,125,33 -n 5 --temp 0 --json"), 0);
+    assert_non_null(strstr(g_out, first));
+    expect_fail("tokenize no model", "missing -m", exsa("tokenize x"));
+
+    const char *fx = exsa_test_fixtures_dir();
+    if (!fx) {
+        printf("fixtures absent: real-vocabulary tokenize check not run\n");
+        return;
+    }
+    assert_int_equal(exsa("tokenize -m %s/vocab/ggml-vocab-llama-spm.gguf --bos 'Hello world'", fx), 0);
+    assert_string_equal(g_out, "[1, 15043, 3186]\n");
+    assert_int_equal(exsa("tokenize -m %s/vocab/ggml-vocab-llama-spm.gguf '<s>'", fx), 0);
+    assert_string_not_equal(g_out, "[1]\n");
+    assert_int_equal(exsa("tokenize -m %s/vocab/ggml-vocab-llama-spm.gguf --special '<s>'", fx), 0);
+    assert_string_equal(g_out, "[1]\n");
+}
+
 static void test_other_archs(void **state)
 {
     (void)state;
@@ -255,6 +296,7 @@ int main(void)
         cmocka_unit_test(test_quantize_every_type),
         cmocka_unit_test(test_bench_json),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_tokenize_and_prompt),
         cmocka_unit_test(test_other_archs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

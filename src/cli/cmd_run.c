@@ -7,6 +7,7 @@
 #include "engine/sampling.h"
 #include "model/model.h"
 #include "quant/quant.h"
+#include "text/tokenizer.h"
 #include "text/vocab.h"
 #include "util/timer.h"
 
@@ -200,9 +201,6 @@ int exsa_cmd_run(int argc, char **argv)
         return exsa_cli_fail(cmd, "give a prompt with -p TEXT or --prompt-ids 1,2,3");
     if (o.prompt && o.prompt_ids)
         return exsa_cli_fail(cmd, "-p and --prompt-ids are exclusive");
-    if (o.prompt)
-        return exsa_cli_fail(cmd, "-p needs the text tokenizer, which this build does not "
-                                  "have yet; use --prompt-ids");
 
     int rc = 1;
     exsa_err err = {0};
@@ -212,12 +210,14 @@ int exsa_cmd_run(int argc, char **argv)
     exsa_model_ctx *c = NULL;
     exsa_sampler *smp = NULL;
     exsa_vocab *voc = NULL;
+    exsa_tokenizer *tok = NULL;
+    exsa_detok *detok = NULL;
     float *logits = NULL;
     FILE *dump = NULL;
     char *text = NULL;
     int32_t *gen = NULL;
 
-    if (parse_ids(o.prompt_ids, &ids, &n_prompt) || n_prompt == 0) {
+    if (o.prompt_ids && (parse_ids(o.prompt_ids, &ids, &n_prompt) || n_prompt == 0)) {
         exsa_cli_fail(cmd, "--prompt-ids expects comma-separated token ids, got '%s'",
                       o.prompt_ids);
         goto done;
@@ -226,6 +226,25 @@ int exsa_cmd_run(int argc, char **argv)
         exsa_cli_fail(cmd, "%s", err.msg);
         goto done;
     }
+    /* The tokenizer is needed for -p; without one, output is printed as ids. */
+    exsa_err terr = {0};
+    if ((voc = exsa_vocab_load(exsa_model_gguf(m), &terr)) &&
+        (tok = exsa_tokenizer_create(voc, &terr)))
+        detok = exsa_detok_create(tok, 0, &terr);
+    if (o.prompt) {
+        if (!tok) {
+            exsa_cli_fail(cmd, "-p needs the model's tokenizer: %s", terr.msg);
+            goto done;
+        }
+        size_t len = strlen(o.prompt);
+        int64_t n = exsa_tokenize(tok, o.prompt, len, EXSA_TOK_ADD_SPECIAL, NULL, 0, &err);
+        if (n <= 0 || n > INT32_MAX || !(ids = malloc((size_t)n * sizeof *ids)) ||
+            exsa_tokenize(tok, o.prompt, len, EXSA_TOK_ADD_SPECIAL, ids, n, &err) != n) {
+            exsa_cli_fail(cmd, "%s", n == 0 ? "the prompt has no tokens" : err.msg);
+            goto done;
+        }
+        n_prompt = (int)n;
+    }
     const exsa_hparams *hp = exsa_model_hparams(m);
     for (int i = 0; i < n_prompt; i++)
         if (ids[i] >= hp->n_vocab) {
@@ -233,7 +252,6 @@ int exsa_cmd_run(int argc, char **argv)
                           hp->n_vocab);
             goto done;
         }
-    voc = exsa_vocab_load(exsa_model_gguf(m), NULL); /* optional: text output only */
     exsa_model_ctx_params cp;
     exsa_model_ctx_params_default(&cp);
     cp.n_threads = (int)o.threads;
@@ -259,7 +277,7 @@ int exsa_cmd_run(int argc, char **argv)
     int rows = o.dump ? (int)o.batch : 1;
     logits = malloc((size_t)rows * V * sizeof(float));
     gen = malloc(((size_t)o.n_gen + 1) * sizeof *gen);
-    text = malloc((size_t)o.n_gen * 64 + 1);
+    text = malloc((size_t)o.n_gen * 64 + 65);
     if (!logits || !gen || !text) {
         exsa_cli_fail(cmd, "out of memory");
         goto done;
@@ -315,12 +333,12 @@ int exsa_cmd_run(int argc, char **argv)
     int n_out = 0;
     size_t text_len = 0;
     while (n_out < o.n_gen && n_prompt + n_out < n_ctx) {
-        int32_t tok = exsa_sampler_sample(smp, logits);
-        exsa_sampler_accept(smp, tok);
-        gen[n_out++] = tok;
-        if (voc) {
-            int k = exsa_vocab_token_to_piece(voc, tok, text + text_len, 64, 0);
-            if (k > 0 && k <= 64) {
+        int32_t t = exsa_sampler_sample(smp, logits);
+        exsa_sampler_accept(smp, t);
+        gen[n_out++] = t;
+        if (detok) {
+            int k = exsa_detok_push(detok, t, text + text_len, 64);
+            if (k > 0) {
                 if (!o.json) {
                     fwrite(text + text_len, 1, (size_t)k, stdout);
                     fflush(stdout);
@@ -328,14 +346,22 @@ int exsa_cmd_run(int argc, char **argv)
                 text_len += (size_t)k;
             }
         }
-        if ((!o.ignore_eos && voc && exsa_vocab_is_eog(voc, tok)) || n_out == o.n_gen)
+        if ((!o.ignore_eos && voc && exsa_vocab_is_eog(voc, t)) || n_out == o.n_gen)
             break;
         int32_t p = n_prompt + n_out - 1, s0 = 0;
         uint8_t one = 1;
-        exsa_batch b = {.n = 1, .token = &tok, .pos = &p, .seq = &s0, .logits = &one};
+        exsa_batch b = {.n = 1, .token = &t, .pos = &p, .seq = &s0, .logits = &one};
         if (exsa_model_forward(c, &b, logits, &err)) {
             exsa_cli_fail(cmd, "%s", err.msg);
             goto done;
+        }
+    }
+    if (detok) {
+        int k = exsa_detok_flush(detok, text + text_len, 64);
+        if (k > 0) {
+            if (!o.json)
+                fwrite(text + text_len, 1, (size_t)k, stdout);
+            text_len += (size_t)k;
         }
     }
     int64_t t2 = exsa_time_ns();
@@ -356,7 +382,7 @@ int exsa_cmd_run(int argc, char **argv)
         json_string(stdout, d, strlen(d));
         printf("}\n");
     } else {
-        if (!voc)
+        if (!detok)
             for (int i = 0; i < n_out; i++)
                 printf("%s%d", i ? " " : "", gen[i]);
         printf("\n");
@@ -375,6 +401,8 @@ done:
     free(logits);
     free(ids);
     exsa_sampler_free(smp);
+    exsa_detok_free(detok);
+    exsa_tokenizer_free(tok);
     exsa_vocab_free(voc);
     exsa_model_ctx_free(c);
     exsa_model_free(m);

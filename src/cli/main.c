@@ -10,6 +10,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"run", exsa_cmd_run, "generate tokens from a prompt"},
+    {"tokenize", exsa_cmd_tokenize, "print the token ids of a text"},
     {"info", exsa_cmd_info, "show a model's metadata, tensors and memory needs"},
     {"quantize", exsa_cmd_quantize, "convert a model's weights to another format"},
     {"bench", exsa_cmd_bench, "measure prompt processing and generation speed"},

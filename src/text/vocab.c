@@ -74,6 +74,12 @@ exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
     v->eos = get_id(g, "tokenizer.ggml.eos_token_id", v->n);
     v->eot = get_id(g, "tokenizer.ggml.eot_token_id", v->n);
     v->eom = get_id(g, "tokenizer.ggml.eom_token_id", v->n);
+    if (kind == EXSA_VOCAB_WPM) { /* BERT files name [CLS]/[SEP] instead */
+        if (v->bos < 0)
+            v->bos = get_id(g, "tokenizer.ggml.cls_token_id", v->n);
+        if (v->eos < 0)
+            v->eos = get_id(g, "tokenizer.ggml.seperator_token_id", v->n);
+    }
     v->unk = get_id(g, "tokenizer.ggml.unknown_token_id", v->n);
     v->pad = get_id(g, "tokenizer.ggml.padding_token_id", v->n);
     v->sep = get_id(g, "tokenizer.ggml.seperator_token_id", v->n);
@@ -93,7 +99,7 @@ exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
         free(v);
         return NULL;
     }
-    /* Index of token strings; a later duplicate keeps the first id. */
+    /* Index of token strings. */
     uint32_t cap = 1;
     while (cap < (uint32_t)v->n * 2)
         cap <<= 1;
@@ -114,7 +120,8 @@ exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
             size_t l2;
             const char *s2 = exsa_gguf_arr_str(g, kt, (uint64_t)v->index[h], &l2);
             if (l2 == len && memcmp(s, s2, len) == 0) {
-                dup = 1;
+                dup = 1; /* the later id wins, as in llama.cpp's map */
+                v->index[h] = id;
                 break;
             }
             h = (h + 1) & v->index_mask;
@@ -225,12 +232,12 @@ int exsa_vocab_token_to_piece(const exsa_vocab *v, int32_t id, char *buf, size_t
         return (int)n;
     }
     if (type == EXSA_TOKEN_CONTROL || type == EXSA_TOKEN_USER_DEFINED ||
-        type == EXSA_TOKEN_UNUSED || v->kind == EXSA_VOCAB_WPM) {
+        type == EXSA_TOKEN_UNUSED) {
         for (size_t i = 0; i < len; i++)
             put(buf, cap, &n, s[i]);
         return (int)n;
     }
-    if (v->kind == EXSA_VOCAB_SPM) {
+    if (v->kind == EXSA_VOCAB_SPM || v->kind == EXSA_VOCAB_WPM) {
         for (size_t i = 0; i < len; i++) {
             if (i + 2 < len && (unsigned char)s[i] == 0xE2 && (unsigned char)s[i + 1] == 0x96 &&
                 (unsigned char)s[i + 2] == 0x81) {
