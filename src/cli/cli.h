@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include "engine/sampling.h"
+
 /* Commands: argv[0] is the command name; return the process exit status. */
 int exsa_cmd_info(int argc, char **argv);
 int exsa_cmd_run(int argc, char **argv);
@@ -23,6 +25,21 @@ int exsa_cli_float(const char *cmd, const char *flag, const char *s, double lo, 
                    double *out);
 /* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */
 const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i);
+
+/* Sampling settings shared by `run` flags and `chat`'s /set. */
+#define EXSA_CLI_MAX_BIAS 256
+typedef struct exsa_cli_sampling {
+    exsa_sampling_params sp; /* sp.logit_bias points into bias */
+    exsa_logit_bias bias[EXSA_CLI_MAX_BIAS];
+} exsa_cli_sampling;
+
+void exsa_cli_sampling_init(exsa_cli_sampling *s);
+/* 1 if name ("temp", "top-k", ... = the flag without "--") is a setting. */
+int exsa_cli_sampling_is(const char *name);
+/* Applies one setting; 0 ok, else prints one line naming it and returns 1. */
+int exsa_cli_sampling_set(const char *cmd, exsa_cli_sampling *s, const char *name,
+                          const char *value);
+const char *exsa_cli_sampling_help(void);
 
 /* A terminal progress bar on stderr (only when stderr is a tty). */
 void exsa_cli_progress(void *ud, int64_t done, int64_t total);

@@ -22,14 +22,7 @@ static const char *usage =
     "  --dump-logits FILE   write the logits of every prompt position as float32\n"
     "                       little-endian [n_prompt][n_vocab]\n"
     "  --ignore-eos         keep generating past end-of-generation tokens\n"
-    "sampling: --temp F (0.8; 0 = greedy) --top-k N (40) --top-p F (0.95) --min-p F (0.05)\n"
-    "  --typical F (1) --tfs F (1) --repeat-penalty F (1) --repeat-last-n N (64)\n"
-    "  --presence-penalty F (0) --frequency-penalty F (0) --mirostat 0|1|2\n"
-    "  --mirostat-ent TAU (5) --mirostat-lr ETA (0.1) --seed N (random)\n"
-    "  --logit-bias ID(+|-)BIAS (repeatable, e.g. 15043+1 or 15043-inf)\n"
     "MODEL defaults to $MODEL_PATH.\n";
-
-#define MAX_BIAS 256
 
 static int parse_ids(const char *s, int32_t **out, int *n)
 {
@@ -83,8 +76,7 @@ typedef struct run_opts {
     const char *model, *prompt, *prompt_ids, *dump;
     int64_t n_gen, threads, ctx, batch;
     int kv_type, json, ignore_eos;
-    exsa_sampling_params sp;
-    exsa_logit_bias bias[MAX_BIAS];
+    exsa_cli_sampling smp;
 } run_opts;
 
 static int parse(int argc, char **argv, run_opts *o)
@@ -92,30 +84,17 @@ static int parse(int argc, char **argv, run_opts *o)
     const char *cmd = "run";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        double f;
-        int64_t n;
-        struct { const char *flag; float *dst; double lo, hi; } floats[] = {
-            {"--temp", &o->sp.temperature, 0, 100}, {"--top-p", &o->sp.top_p, 0, 1},
-            {"--min-p", &o->sp.min_p, 0, 1}, {"--typical", &o->sp.typical_p, 0, 1},
-            {"--tfs", &o->sp.tfs_z, 0, 1}, {"--repeat-penalty", &o->sp.repeat_penalty, 0, 100},
-            {"--presence-penalty", &o->sp.presence_penalty, -2, 2},
-            {"--frequency-penalty", &o->sp.frequency_penalty, -2, 2},
-            {"--mirostat-ent", &o->sp.mirostat_tau, 0, 100},
-            {"--mirostat-lr", &o->sp.mirostat_eta, 0, 1},
-        };
         struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
             {"-n", &o->n_gen, 0, 1 << 24}, {"-t", &o->threads, 1, 1024},
             {"-c", &o->ctx, 1, 1 << 24}, {"-b", &o->batch, 1, 65536},
         };
         int matched = 0;
-        for (size_t k = 0; k < sizeof floats / sizeof floats[0] && !matched; k++)
-            if (!strcmp(a, floats[k].flag)) {
-                if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
-                    exsa_cli_float(cmd, a, v, floats[k].lo, floats[k].hi, &f))
-                    return 1;
-                *floats[k].dst = (float)f;
-                matched = 1;
-            }
+        if (a[0] == '-' && a[1] == '-' && exsa_cli_sampling_is(a + 2)) {
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
+                exsa_cli_sampling_set(cmd, &o->smp, a + 2, v))
+                return 1;
+            continue;
+        }
         for (size_t k = 0; k < sizeof ints / sizeof ints[0] && !matched; k++)
             if (!strcmp(a, ints[k].flag)) {
                 if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
@@ -127,6 +106,7 @@ static int parse(int argc, char **argv, run_opts *o)
             continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
+            fputs(exsa_cli_sampling_help(), stdout);
             return 2;
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
             if (!(o->model = exsa_cli_value(cmd, argc, argv, &i)))
@@ -151,34 +131,10 @@ static int parse(int argc, char **argv, run_opts *o)
             if (t != EXSA_TYPE_F16 && t != EXSA_TYPE_F32 && t != EXSA_TYPE_Q8_0)
                 return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", v);
             o->kv_type = t;
-        } else if (!strcmp(a, "--top-k") || !strcmp(a, "--repeat-last-n") ||
-                   !strcmp(a, "--mirostat")) {
-            if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
-                exsa_cli_int(cmd, a, v, a[2] == 'r' ? -1 : 0, a[2] == 'm' ? 2 : 1 << 24, &n))
-                return 1;
-            *(a[2] == 't' ? &o->sp.top_k : a[2] == 'r' ? &o->sp.repeat_last_n : &o->sp.mirostat) =
-                (int32_t)n;
-        } else if (!strcmp(a, "--seed")) {
-            if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
-                exsa_cli_int(cmd, a, v, 0, INT64_MAX, &n))
-                return 1;
-            o->sp.seed = (uint64_t)n;
-        } else if (!strcmp(a, "--logit-bias")) {
-            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
-                return 1;
-            char *end;
-            long id = strtol(v, &end, 10);
-            double b = (*end == '+' || *end == '-') ? strtod(end, &end) : NAN;
-            if (end == v || *end || isnan(b) || id < 0 || id > INT32_MAX)
-                return exsa_cli_fail(cmd, "--logit-bias expects ID+BIAS or ID-BIAS, got '%s'", v);
-            if (o->sp.n_logit_bias == MAX_BIAS)
-                return exsa_cli_fail(cmd, "at most %d --logit-bias flags", MAX_BIAS);
-            o->bias[o->sp.n_logit_bias++] = (exsa_logit_bias){(int32_t)id, (float)b};
         } else {
             return exsa_cli_fail(cmd, "unknown option '%s' (see --help)", a);
         }
     }
-    o->sp.logit_bias = o->bias;
     return 0;
 }
 
@@ -187,7 +143,7 @@ int exsa_cmd_run(int argc, char **argv)
     const char *cmd = "run";
     static run_opts o;
     memset(&o, 0, sizeof o);
-    exsa_sampling_params_default(&o.sp);
+    exsa_cli_sampling_init(&o.smp);
     o.model = exsa_cli_env_model();
     o.n_gen = 64;
     o.batch = 512;
@@ -268,8 +224,8 @@ int exsa_cmd_run(int argc, char **argv)
                       n_ctx);
         goto done;
     }
-    if (exsa_sampling_params_check(&o.sp, hp->n_vocab, &err) ||
-        !(smp = exsa_sampler_create(&o.sp, hp->n_vocab, &err))) {
+    if (exsa_sampling_params_check(&o.smp.sp, hp->n_vocab, &err) ||
+        !(smp = exsa_sampler_create(&o.smp.sp, hp->n_vocab, &err))) {
         exsa_cli_fail(cmd, "%s", err.msg);
         goto done;
     }
