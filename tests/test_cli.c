@@ -272,6 +272,72 @@ static void test_tokenize_and_prompt(void **state)
     assert_string_equal(g_out, "[1]\n");
 }
 
+/* Runs "printf INPUT | exsa ARGS" (stdin not a tty); same capture as exsa(). */
+static int exsa_stdin(const char *input, const char *args)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "cd %s && printf '%s' | %s %s 2>&1", g_dir, input, EXSA_BIN, args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(g_out, 1, sizeof g_out - 1, p);
+    g_out[n] = '\0';
+    int st = pclose(p);
+    return WIFSIGNALED(st) ? -1000 - WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+static void test_template_cmd(void **state)
+{
+    (void)state;
+    char path[512];
+    snprintf(path, sizeof path, "%s/msgs.json", g_dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"},"
+          " {\"role\": \"user\", \"content\": \"Hi \\u00e9\"}]}", f);
+    fclose(f);
+    const char *chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi "
+                         "\xc3\xa9<|im_end|>\n<|im_start|>assistant\n";
+    assert_int_equal(exsa("template --template chatml msgs.json"), 0);
+    assert_string_equal(g_out, chatml);
+    /* A model without tokenizer.chat_template falls back to chatml. */
+    assert_int_equal(exsa("template -m m.gguf msgs.json"), 0);
+    assert_string_equal(g_out, chatml);
+    assert_int_equal(exsa("template --template chatml --no-generation-prompt msgs.json"), 0);
+    assert_null(strstr(g_out, "assistant"));
+    snprintf(path, sizeof path, "%s/t.jinja", g_dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{% for m in messages %}[{{ m.role | upper }}:{{ m.content }}]{% endfor %}"
+          "{% if add_generation_prompt %}>{% endif %}", f);
+    fclose(f);
+    assert_int_equal(exsa("template --template t.jinja msgs.json"), 0);
+    assert_string_equal(g_out, "[SYSTEM:Be brief.][USER:Hi \xc3\xa9]>");
+    expect_fail("template bad name", "neither a built-in name nor a readable file",
+                exsa("template --template nosuch msgs.json"));
+    expect_fail("template bad json", "line", exsa("template --template chatml m.gguf"));
+    expect_fail("template no messages", "missing MESSAGES", exsa("template --template chatml"));
+}
+
+static void test_chat_cmd(void **state)
+{
+    (void)state;
+    assert_int_equal(exsa_stdin("/set temp 0\\nhello\\n", "chat -m m.gguf -n 6"), 0);
+    assert_non_null(strstr(g_out, "(temp = 0)"));
+    char first[2048];
+    snprintf(first, sizeof first, "%s", strstr(g_out, ")\n") + 2);
+    /* Greedy turns are reproducible; a second turn reuses the cache. */
+    assert_int_equal(exsa_stdin("/set temp 0\\nhello\\nmore\\n/clear\\nhello\\n/quit\\nnot read\\n",
+                                "chat -m m.gguf -n 6"), 0);
+    assert_non_null(strstr(g_out, first));
+    assert_non_null(strstr(g_out, "(conversation cleared)"));
+    const char *again = strstr(strstr(g_out, "(conversation cleared)"), "\n") + 1;
+    assert_string_equal(again, first);
+    assert_int_equal(exsa_stdin("/set top-p 7\\n/bogus\\n", "chat -m m.gguf"), 0);
+    assert_non_null(strstr(g_out, "--top-p must be in"));
+    assert_non_null(strstr(g_out, "unknown command '/bogus'"));
+    expect_fail("chat no model", "missing -m", exsa("chat"));
+}
+
 static void test_other_archs(void **state)
 {
     (void)state;
@@ -297,6 +363,8 @@ int main(void)
         cmocka_unit_test(test_bench_json),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_tokenize_and_prompt),
+        cmocka_unit_test(test_template_cmd),
+        cmocka_unit_test(test_chat_cmd),
         cmocka_unit_test(test_other_archs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

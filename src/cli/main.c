@@ -10,7 +10,9 @@ static const struct {
     const char *help;
 } commands[] = {
     {"run", exsa_cmd_run, "generate tokens from a prompt"},
+    {"chat", exsa_cmd_chat, "talk with a model in the terminal"},
     {"tokenize", exsa_cmd_tokenize, "print the token ids of a text"},
+    {"template", exsa_cmd_template, "render a chat template for a list of messages"},
     {"info", exsa_cmd_info, "show a model's metadata, tensors and memory needs"},
     {"quantize", exsa_cmd_quantize, "convert a model's weights to another format"},
     {"bench", exsa_cmd_bench, "measure prompt processing and generation speed"},

@@ -4,6 +4,7 @@
  * joining its text parts. */
 #include "text/chat_template.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -259,4 +260,60 @@ char *exsa_chat_template_render(const exsa_chat_template *t, const json_t *messa
         return NULL;
     }
     return out;
+}
+
+/* Reads a whole template file (bounded: templates are a few KiB). */
+static char *read_template_file(const char *path, size_t *len, exsa_err *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        exsa_err_set(err, EXSA_EIO, "chat template: '%s' is neither a built-in name nor a "
+                                    "readable file", path);
+        return NULL;
+    }
+    const size_t max = 1 << 20;
+    char *buf = malloc(max + 1);
+    size_t n = buf ? fread(buf, 1, max + 1, f) : 0;
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad || n > max) {
+        free(buf);
+        exsa_err_set(err, bad ? EXSA_EIO : EXSA_EINVAL, "chat template: cannot read '%s'%s",
+                     path, n > max ? " (larger than 1 MiB)" : "");
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+exsa_chat_template *exsa_chat_template_for_model(const exsa_gguf *g, const char *override,
+                                                 const char **source_desc, exsa_err *err)
+{
+    const char *desc = "builtin chatml";
+    exsa_chat_template *t = NULL;
+    if (override && exsa_chat_template_builtin_source(override)) {
+        desc = "builtin";
+        t = exsa_chat_template_builtin(override, err);
+    } else if (override) {
+        size_t len;
+        char *src = read_template_file(override, &len, err);
+        if (!src)
+            return NULL;
+        desc = "file";
+        t = exsa_chat_template_create(src, len, err);
+        free(src);
+    } else {
+        const char *src;
+        size_t len;
+        if (g && exsa_gguf_get_str(g, "tokenizer.chat_template", &src, &len, NULL) == 0) {
+            desc = "gguf";
+            t = exsa_chat_template_create(src, len, err);
+        } else {
+            t = exsa_chat_template_builtin("chatml", err);
+        }
+    }
+    if (t && source_desc)
+        *source_desc = desc;
+    return t;
 }

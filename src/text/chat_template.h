@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "exsa.h"
+#include "gguf/gguf.h"
 
 typedef struct exsa_chat_template exsa_chat_template;
 
@@ -48,6 +49,13 @@ const char *exsa_chat_template_builtin_source(const char *name);
 const char *const *exsa_chat_template_builtin_names(void);
 
 void exsa_chat_template_destroy(exsa_chat_template *t);
+
+/* The template a model should use: override (a built-in name, else a path
+ * to a Jinja file) when given, else the GGUF's tokenizer.chat_template, else
+ * chatml. *source_desc (optional) says which ("gguf", "builtin chatml",
+ * "file PATH"); it points at static or caller-owned memory. */
+exsa_chat_template *exsa_chat_template_for_model(const exsa_gguf *g, const char *override,
+                                                 const char **source_desc, exsa_err *err);
 
 /* Renders messages (a JSON array of message objects). Returns a malloc'd
  * NUL-terminated prompt (caller frees), or NULL + err; a template that
