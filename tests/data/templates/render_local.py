@@ -13,7 +13,20 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "properties": {
         "city": {"type": "string", "description": "City name, e.g. Paris"},
         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city"]}}}]
+        "required": ["city"]}}},
+    # a richer schema: numbers, arrays, nested objects, nullable and anyOf types, defaults
+    {"type": "function", "function": {
+        "name": "search_docs", "description": "Search the documentation.\nReturns matching pages.",
+        "parameters": {"type": "object", "properties": {
+            "query": {"type": "string", "description": "Search text"},
+            "limit": {"type": "integer", "description": "Max results", "default": 10},
+            "score": {"type": "number"},
+            "exact": {"type": "boolean", "default": False},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "range": {"type": "object", "properties": {"from": {"type": "string"}, "to": {"type": ["string", "null"]}}},
+            "mode": {"anyOf": [{"type": "string", "enum": ["fast", "full"]}, {"type": "integer"}]},
+            "lang": {"type": "string", "nullable": True}},
+            "required": ["query"]}}}]
 
 CONVS = [
     {"messages": [{"role": "user", "content": "Hello!"}]},
@@ -44,6 +57,42 @@ CONVS = [
                   {"role": "user", "content": "Hi"},
                   {"role": "assistant", "content": "Hello.", "reasoning_content": "greet back"}],
      "extra": {"enable_thinking": False}, "add_generation_prompt": False},
+    # parallel tool calls with typed/nested/unicode arguments, consecutive tool results
+    {"messages": [{"role": "system", "content": "Use tools when useful."},
+                  {"role": "user", "content": "Weather in Zürich and Tokyo?"},
+                  {"role": "assistant", "content": "", "tool_calls": [
+                      {"id": "zrh000001", "type": "function",
+                       "function": {"name": "get_weather", "arguments": {"city": "Zürich", "days": 3, "precise": True,
+                                                                          "ratio": 0.25, "tags": ["a", "b"], "extra": None}}},
+                      {"id": "tyo000002", "type": "function",
+                       "function": {"name": "get_weather", "arguments": {"city": "東京"}}}]},
+                  {"role": "tool", "tool_call_id": "zrh000001", "content": "12 °C"},
+                  {"role": "tool", "tool_call_id": "tyo000002", "content": "18 °C"},
+                  {"role": "assistant", "content": "Zürich 12 °C, Tokyo 18 °C."},
+                  {"role": "user", "content": "Thanks!"}],
+     "tools": TOOLS, "extra": {"reasoning_effort": "high"}},
+    # multimodal parts: system as a list, an image part in the user turn
+    {"messages": [{"role": "system", "content": [{"type": "text", "text": "You describe images."}]},
+                  {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]},
+    # reasoning carried in history (thinking / reasoning_content), then a pending tool result
+    {"messages": [{"role": "user", "content": "Plan a trip."},
+                  {"role": "assistant", "content": "Go to Rome.", "thinking": "Consider Europe.",
+                   "reasoning_content": "Consider Europe."},
+                  {"role": "user", "content": "Weather there?"},
+                  {"role": "assistant", "content": "", "thinking": "Need the tool.", "reasoning_content": "Need the tool.",
+                   "tool_calls": [{"id": "rome00003", "type": "function",
+                                   "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+                  {"role": "tool", "tool_call_id": "rome00003", "content": "{\"temp\": 25}"}],
+     "tools": TOOLS, "extra": {"enable_thinking": True}},
+    # tools in Cohere's legacy shape (parameter_definitions), as Command-R+ expects
+    {"messages": [{"role": "user", "content": "Find news about Exsa."}],
+     "tools": [{"name": "internet_search", "description": "Search the web",
+                "parameter_definitions": {"query": {"description": "Query text", "type": "str", "required": True}}}]},
+    # developer instructions plus template options (gpt-oss builtin tools, identity)
+    {"messages": [{"role": "developer", "content": "Answer in French."},
+                  {"role": "user", "content": "Hi"}],
+     "extra": {"model_identity": "You are Exsa.", "builtin_tools": ["browser", "python"],
+               "reasoning_effort": "low"}},
 ]
 
 def raise_exception(msg):
