@@ -206,6 +206,45 @@ int exsa_kv_seq_share(exsa_kv_cache *kv, int dst, int src, int n_tokens, exsa_er
     return 0;
 }
 
+void exsa_kv_block_ref(exsa_kv_cache *kv, int32_t block)
+{
+    if (block >= 0 && block < kv->p.n_blocks && kv->refcount[block] > 0)
+        kv->refcount[block]++;
+}
+
+void exsa_kv_block_unref(exsa_kv_cache *kv, int32_t block)
+{
+    if (block >= 0 && block < kv->p.n_blocks && kv->refcount[block] > 0)
+        release(kv, block);
+}
+
+int exsa_kv_block_refcount(const exsa_kv_cache *kv, int32_t block)
+{
+    return block >= 0 && block < kv->p.n_blocks ? kv->refcount[block] : 0;
+}
+
+int exsa_kv_seq_attach(exsa_kv_cache *kv, int seq, const int32_t *blocks, int n_blocks,
+                       exsa_err *err)
+{
+    if (seq < 0 || seq >= kv->p.n_seq)
+        return exsa_err_set(err, EXSA_EINVAL, "kv cache: sequence id %d out of range", seq);
+    if (kv->seq_len[seq] != 0)
+        return exsa_err_set(err, EXSA_EINVAL, "kv cache: sequence %d is not empty", seq);
+    if (n_blocks < 0 || n_blocks > kv->max_blocks_per_seq)
+        return exsa_err_set(err, EXSA_EINVAL, "kv cache: %d blocks exceed the context",
+                            n_blocks);
+    for (int i = 0; i < n_blocks; i++)
+        if (blocks[i] < 0 || blocks[i] >= kv->p.n_blocks || kv->refcount[blocks[i]] <= 0)
+            return exsa_err_set(err, EXSA_EINVAL, "kv cache: block %d is not live", blocks[i]);
+    int32_t *t = table(kv, seq);
+    for (int i = 0; i < n_blocks; i++) {
+        t[i] = blocks[i];
+        kv->refcount[blocks[i]]++;
+    }
+    kv->seq_len[seq] = n_blocks * kv->p.block_size;
+    return 0;
+}
+
 int32_t exsa_kv_slot(const exsa_kv_cache *kv, int seq, int pos)
 {
     return table(kv, seq)[pos / kv->p.block_size] * kv->p.block_size + pos % kv->p.block_size;

@@ -56,6 +56,17 @@ void exsa_kv_seq_free(exsa_kv_cache *kv, int seq);
  * be empty. */
 int exsa_kv_seq_share(exsa_kv_cache *kv, int dst, int src, int n_tokens, exsa_err *err);
 
+/* Block references for the engine's prefix cache: a cached block holds its
+ * own reference, so it survives the sequence that computed it; a block goes
+ * back to the pool when its last reference is dropped. */
+void exsa_kv_block_ref(exsa_kv_cache *kv, int32_t block);
+void exsa_kv_block_unref(exsa_kv_cache *kv, int32_t block);
+int exsa_kv_block_refcount(const exsa_kv_cache *kv, int32_t block);
+/* Starts empty sequence seq with n_blocks full blocks (taking a reference on
+ * each): its first n_blocks * block_size positions are then cached. */
+int exsa_kv_seq_attach(exsa_kv_cache *kv, int seq, const int32_t *blocks, int n_blocks,
+                       exsa_err *err);
+
 /* Pool slot of (seq, pos); pos must be reserved. */
 int32_t exsa_kv_slot(const exsa_kv_cache *kv, int seq, int pos);
 const int32_t *exsa_kv_block_table(const exsa_kv_cache *kv, int seq);
