@@ -273,70 +273,33 @@ static float ksuper_dot(const ksuper *k, const exsa_block_q8_K *a)
     return a->d * (k->d * (float)sumi - k->dmin * (float)summ);
 }
 
-static float row_q2_K(int n, const void *vw, const void *va)
+/* The K-quants differ only in how a super-block unpacks. */
+static float row_k(int n, const void *vw, const void *va, size_t type_size,
+                   void (*unpack)(const void *, ksuper *))
 {
-    const exsa_block_q2_K *w = vw;
+    const char *w = vw;
     const exsa_block_q8_K *a = va;
     ksuper k;
     float s = 0.0f;
     for (int i = 0; i < n / EXSA_QK_K; i++) {
-        unpack_q2_K(&w[i], &k);
+        unpack(w + (size_t)i * type_size, &k);
         s += ksuper_dot(&k, &a[i]);
     }
     return s;
 }
 
-static float row_q3_K(int n, const void *vw, const void *va)
-{
-    const exsa_block_q3_K *w = vw;
-    const exsa_block_q8_K *a = va;
-    ksuper k;
-    float s = 0.0f;
-    for (int i = 0; i < n / EXSA_QK_K; i++) {
-        unpack_q3_K(&w[i], &k);
-        s += ksuper_dot(&k, &a[i]);
+#define ROW_K(t)                                                                  \
+    static void unpack_any_##t(const void *b, ksuper *k) { unpack_##t(b, k); }    \
+    static float row_##t(int n, const void *vw, const void *va)                   \
+    {                                                                             \
+        return row_k(n, vw, va, sizeof(exsa_block_##t), unpack_any_##t);          \
     }
-    return s;
-}
-
-static float row_q4_K(int n, const void *vw, const void *va)
-{
-    const exsa_block_q4_K *w = vw;
-    const exsa_block_q8_K *a = va;
-    ksuper k;
-    float s = 0.0f;
-    for (int i = 0; i < n / EXSA_QK_K; i++) {
-        unpack_q4_K(&w[i], &k);
-        s += ksuper_dot(&k, &a[i]);
-    }
-    return s;
-}
-
-static float row_q5_K(int n, const void *vw, const void *va)
-{
-    const exsa_block_q5_K *w = vw;
-    const exsa_block_q8_K *a = va;
-    ksuper k;
-    float s = 0.0f;
-    for (int i = 0; i < n / EXSA_QK_K; i++) {
-        unpack_q5_K(&w[i], &k);
-        s += ksuper_dot(&k, &a[i]);
-    }
-    return s;
-}
-
-static float row_q6_K(int n, const void *vw, const void *va)
-{
-    const exsa_block_q6_K *w = vw;
-    const exsa_block_q8_K *a = va;
-    ksuper k;
-    float s = 0.0f;
-    for (int i = 0; i < n / EXSA_QK_K; i++) {
-        unpack_q6_K(&w[i], &k);
-        s += ksuper_dot(&k, &a[i]);
-    }
-    return s;
-}
+ROW_K(q2_K)
+ROW_K(q3_K)
+ROW_K(q4_K)
+ROW_K(q5_K)
+ROW_K(q6_K)
+#undef ROW_K
 
 /* ---------------------------------------------------- table entry points */
 
