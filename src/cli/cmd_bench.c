@@ -16,8 +16,16 @@
 static const char *usage =
     "usage: exsa bench -m MODEL [-p 512] [-n 128] [-t THREADS] [-r 3] [-b 512]\n"
     "                  [--kv-type f16|f32|q8_0] [--json]\n"
+    "       exsa bench -m MODEL --concurrency 1,4,8,16 [--prompt 256] [--gen 128]\n"
+    "                  [--requests 4] [--shared-prefix N] [-t THREADS] [--json]\n"
     "pp<P>: the P-token prompt as batches of -b rows; tg<N>: N single-token steps.\n"
-    "-p 0 or -n 0 skips that test. Reports tokens/s, mean and standard deviation.\n";
+    "-p 0 or -n 0 skips that test. Reports tokens/s, mean and standard deviation.\n"
+    "--concurrency: the serving engine with C clients each sending --requests\n"
+    "requests in turn; aggregate generated t/s, time to first token and\n"
+    "inter-token latency p50/p99, peak KV blocks.\n";
+
+int exsa_bench_serving(const char *path, const char *levels, int n_prompt, int n_gen,
+                       int n_shared, int n_req, int threads, int n_ctx, int json);
 
 typedef struct bench_ctx {
     exsa_model_ctx *c;
@@ -51,12 +59,16 @@ int exsa_cmd_bench(int argc, char **argv)
 {
     const char *cmd = "bench", *path = exsa_cli_env_model();
     int64_t n_p = 512, n_g = 128, threads = 0, reps = 3, batch = 512;
+    int64_t s_prompt = 256, s_gen = 128, s_req = 4, s_shared = 0;
     int json = 0, kv_type = EXSA_TYPE_F16;
+    const char *levels = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
             {"-p", &n_p, 0, 1 << 20}, {"-n", &n_g, 0, 1 << 20}, {"-t", &threads, 1, 1024},
             {"-r", &reps, 1, 1000},   {"-b", &batch, 1, 65536},
+            {"--prompt", &s_prompt, 1, 1 << 20}, {"--gen", &s_gen, 1, 1 << 20},
+            {"--requests", &s_req, 1, 100000}, {"--shared-prefix", &s_shared, 0, 1 << 20},
         };
         int matched = 0;
         for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
@@ -76,6 +88,9 @@ int exsa_cmd_bench(int argc, char **argv)
                 return 1;
         } else if (!strcmp(a, "--json")) {
             json = 1;
+        } else if (!strcmp(a, "--concurrency")) {
+            if (!(levels = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
         } else if (!strcmp(a, "--kv-type")) {
             if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
                 return 1;
@@ -88,6 +103,9 @@ int exsa_cmd_bench(int argc, char **argv)
     }
     if (!path)
         return exsa_cli_fail(cmd, "missing -m MODEL (see --help)");
+    if (levels)
+        return exsa_bench_serving(path, levels, (int)s_prompt, (int)s_gen, (int)s_shared,
+                                  (int)s_req, (int)threads, 0, json) ? 1 : 0;
     if (n_p == 0 && n_g == 0)
         return exsa_cli_fail(cmd, "nothing to do: -p and -n are both 0");
 

@@ -17,33 +17,9 @@
 
 #include "exsa.h"
 
-typedef struct exsa_logit_bias {
-    int32_t token;
-    float bias; /* added to the logit; -INFINITY bans the token */
-} exsa_logit_bias;
+/* exsa_logit_bias, exsa_sampling_params, EXSA_SEED_RANDOM and
+ * exsa_sampling_params_default are public: include/exsa.h. */
 
-typedef struct exsa_sampling_params {
-    float temperature;       /* 0.8; <= 0 greedy */
-    int32_t top_k;           /* 40; <= 0 disabled */
-    float top_p;             /* 0.95; 1 disabled */
-    float min_p;             /* 0.05; 0 disabled */
-    float typical_p;         /* 1.0 disabled */
-    float tfs_z;             /* 1.0 disabled */
-    float repeat_penalty;    /* 1.0 disabled */
-    int32_t repeat_last_n;   /* 64; 0 disabled, -1 = whole history */
-    float presence_penalty;  /* 0 */
-    float frequency_penalty; /* 0 */
-    int32_t mirostat;        /* 0 off, 1 or 2 */
-    float mirostat_tau;      /* 5.0 */
-    float mirostat_eta;      /* 0.1 */
-    uint64_t seed;           /* EXSA_SEED_RANDOM: from the clock */
-    int32_t n_logit_bias;
-    const exsa_logit_bias *logit_bias; /* copied at create */
-} exsa_sampling_params;
-
-#define EXSA_SEED_RANDOM UINT64_MAX
-
-void exsa_sampling_params_default(exsa_sampling_params *p);
 /* Range checks; the message names the parameter ("top_p must be in [0, 1],
  * got 1.5"). n_vocab bounds logit_bias token ids. */
 int exsa_sampling_params_check(const exsa_sampling_params *p, int32_t n_vocab, exsa_err *err);

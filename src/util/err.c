@@ -57,6 +57,7 @@ const char *exsa_strerror(int code)
     case EXSA_EFORMAT: return "malformed file";
     case EXSA_EUNSUPPORTED: return "unsupported";
     case EXSA_EFULL: return "out of capacity";
+    case EXSA_ETIMEDOUT: return "timed out";
     default: return "unknown error";
     }
 }
