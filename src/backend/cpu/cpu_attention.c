@@ -110,47 +110,50 @@ static const float *q8_span(const void *row, int64_t e0, int n, float *restrict 
     return tmp + (e0 - b0 * EXSA_QK8_0);
 }
 
-/* Rounds x[0..n) to the nearest f16 value, kept as f32. */
-static void round_f16(const exsa_cpu_kernels *k, float *x, exsa_fp16 *tmp, int n)
-{
-    k->f32_to_f16(x, tmp, n);
-    k->f16_to_f32(tmp, x, n);
-}
-
-/* One (row, head) over an F16 cache; see the header comment. */
+/* One (row, head) over an F16 cache; see the header comment. The scores
+ * of a chunk come first (they do not depend on the softmax state, so the
+ * dots of consecutive tokens overlap in the core); then the softmax and
+ * the accumulator advance token by token, the accumulator stored as f16 so
+ * that each fused update does the rounding of the reference. */
 static void attn_f16(const attn_job *j, const float *q, float *out, int nc, const int32_t *bt,
-                     int64_t e0, float *acc, float *q16, exsa_fp16 *tmp)
+                     int64_t e0, exsa_fp16 *acc, float *q16, exsa_fp16 *tmp)
 {
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
     const exsa_cpu_kernels *k = j->c->k;
     const int hd = kv->head_dim, bs = kv->block_size;
-    memcpy(q16, q, (size_t)hd * sizeof *q16);
-    round_f16(k, q16, tmp, hd);
+    k->f32_to_f16(q, tmp, hd); /* q rounded to f16 like K, kept as f32 */
+    k->f16_to_f32(tmp, q16, hd);
     memset(acc, 0, (size_t)hd * sizeof *acc);
     float m = -INFINITY, l = 0.0f;
-    for (int t = 0; t < nc; t++) {
-        size_t off = ((size_t)bt[t / bs] * (size_t)bs + (size_t)(t % bs)) * kv->token_bytes;
-        const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + off) + e0;
-        const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + off) + e0;
-        float s = k->dot_f16_f32(hd, kp, q16) * a->scale;
-        float ms = 1.0f, vs = 1.0f;
-        if (s > m) {
-            ms = expf(m - s);
-            m = s;
-            for (int d = 0; d < hd; d++)
-                acc[d] *= ms;
-            round_f16(k, acc, tmp, hd);
-        } else {
-            vs = expf(s - m);
+    float sc[ATTN_CHUNK];
+    const exsa_fp16 *vrow[ATTN_CHUNK];
+    for (int t0 = 0; t0 < nc; t0 += ATTN_CHUNK) {
+        int n = nc - t0 < ATTN_CHUNK ? nc - t0 : ATTN_CHUNK;
+        for (int i = 0; i < n; i++) {
+            int t = t0 + i;
+            size_t off = ((size_t)bt[t / bs] * (size_t)bs + (size_t)(t % bs)) * kv->token_bytes;
+            const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + off) + e0;
+            vrow[i] = (const exsa_fp16 *)((const char *)kv->v + off) + e0;
+            sc[i] = k->dot_f16_f32(hd, kp, q16) * a->scale;
         }
-        k->axpy_f16(hd, vs, vp, acc);
-        round_f16(k, acc, tmp, hd);
-        l = l * ms + vs;
+        for (int i = 0; i < n; i++) {
+            float s = sc[i], ms = 1.0f, vs = 1.0f;
+            if (s > m) {
+                ms = expf(m - s);
+                m = s;
+                k->scale_f16_acc(hd, ms, acc);
+            } else {
+                vs = expf(s - m);
+            }
+            k->mad_f16_acc(hd, vs, vrow[i], acc);
+            l = l * ms + vs;
+        }
     }
+    k->f16_to_f32(acc, q16, hd);
     float inv = l > 0.0f ? 1.0f / l : 0.0f;
     for (int d = 0; d < hd; d++)
-        out[d] = acc[d] * inv;
+        out[d] = q16[d] * inv;
 }
 
 static void attn_task(void *vctx, int task, int thread)
@@ -173,7 +176,7 @@ static void attn_task(void *vctx, int task, int thread)
     float *kbuf = acc + j->hd_pad;              /* hd_pad + 64 floats */
     float *vbuf = kbuf + j->hd_pad + 64;        /* hd_pad + 64 floats */
     if (kv->type == EXSA_TYPE_F16) {
-        attn_f16(j, q, out, nc, bt, e0, acc, kbuf, (exsa_fp16 *)vbuf);
+        attn_f16(j, q, out, nc, bt, e0, (exsa_fp16 *)acc, kbuf, (exsa_fp16 *)vbuf);
         return;
     }
     memset(acc, 0, (size_t)hd * sizeof *acc);

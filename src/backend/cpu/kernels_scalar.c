@@ -8,6 +8,7 @@
  * from Q8_K's bsums, so this code does not trust what it is checking.
  * Float dots accumulate in double so the reference stays close to exact.
  */
+#include <math.h>
 #include <string.h>
 
 #include "backend/cpu/kernels.h"
@@ -405,6 +406,18 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
         y[i] = h2f(x[i]);
 }
 
+static void mad_f16_acc(int n, float a, const exsa_fp16 *v, exsa_fp16 *acc)
+{
+    for (int i = 0; i < n; i++)
+        acc[i] = exsa_fp32_to_fp16(fmaf(h2f(v[i]), a, h2f(acc[i])));
+}
+
+static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
+{
+    for (int i = 0; i < n; i++)
+        acc[i] = exsa_fp32_to_fp16(h2f(acc[i]) * s);
+}
+
 static const exsa_cpu_kernels scalar_table = {
     .isa = "scalar",
     .dot = {
@@ -430,6 +443,8 @@ static const exsa_cpu_kernels scalar_table = {
     .axpy_f16 = axpy_f16,
     .f32_to_f16 = f32_to_f16,
     .f16_to_f32 = f16_to_f32,
+    .mad_f16_acc = mad_f16_acc,
+    .scale_f16_acc = scale_f16_acc,
 };
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void)
