@@ -114,6 +114,9 @@ typedef struct exsa_engine_params {
     int prefix_cache;        /* 1: reuse cached full prompt blocks (default on) */
     int priority_aging_ms;   /* PRIORITY: +1 level per this many ms waited (1000); <= 0 off */
     int dynamic_threshold;   /* DYNAMIC: queue length from which shortest-first is used (8) */
+    /* KV pool as a memory budget in bytes (0: use kv_tokens): as many whole
+     * blocks as fit at kv_type for this model's per-token K/V size. */
+    int64_t kv_bytes;
 } exsa_engine_params;
 
 void exsa_engine_params_default(exsa_engine_params *p);
@@ -175,6 +178,8 @@ typedef struct exsa_timings {
     double queue_ms;      /* submit -> first admission */
     double ttft_ms;       /* submit -> first token */
     double total_ms;      /* submit -> done */
+    double itl_mean_ms;   /* mean time between consecutive tokens (0 below 2 tokens) */
+    double itl_max_ms;    /* longest such gap (0 below 2 tokens) */
 } exsa_timings;
 
 typedef struct exsa_event {
@@ -190,6 +195,10 @@ typedef struct exsa_event {
     exsa_usage usage;     /* DONE */
     exsa_timings timings; /* DONE */
     const char *error;    /* DONE with EXSA_FINISH_ERROR: message; else "" */
+    /* DONE: 1-based rank of this request's first admission among all the
+     * engine's admissions (0: never admitted), so callers and tests can see
+     * the order the scheduling strategy chose. */
+    int64_t admit_order;
 } exsa_event;
 
 /* Waits for the next event: timeout_ms < 0 waits forever, 0 polls. Returns

@@ -23,6 +23,7 @@
 #include "exsa.h"
 #include "model/model.h"
 #include "model/model_gen.h"
+#include "quant/quant.h"
 #include "test_util.h"
 #include "util/timer.h"
 
@@ -41,6 +42,8 @@ typedef struct result {
     size_t text_len;
     int finish;
     exsa_usage usage;
+    exsa_timings timings;
+    int64_t admit_order;
 } result;
 
 typedef struct req_spec {
@@ -111,6 +114,8 @@ static void drain(exsa_request *r, result *out)
         if (ev.type == EXSA_EVENT_DONE) {
             out->finish = ev.finish;
             out->usage = ev.usage;
+            out->timings = ev.timings;
+            out->admit_order = ev.admit_order;
             break;
         }
         assert_int_equal(ev.type, EXSA_EVENT_TOKEN);
@@ -541,6 +546,322 @@ static void test_stop_strings_and_max_tokens(void **state)
     exsa_engine_free(e);
 }
 
+/* ---- scheduling strategies ----
+ *
+ * A scripted load: the engine is paused, requests are queued, then it
+ * resumes with max_batch_size 1, so each request is admitted only after the
+ * previous one finished and the DONE event's admit_order is the order the
+ * strategy chose. The expected order comes from a plain model of each
+ * policy below (not the engine's code). */
+
+#define N_SCHED 6
+
+typedef struct sched_spec {
+    int n_prompt, max_tokens, priority;
+} sched_spec;
+
+/* Distinct totals except one tie (1 and 3: 13) to check FIFO among equals;
+ * priorities with ties for FIFO within a level. */
+static const sched_spec g_sched[N_SCHED] = {
+    {40, 4, 0}, {10, 3, 2}, {25, 2, 1}, {10, 3, 2}, {5, 15, 0}, {60, 1, 1},
+};
+
+/* The reference policy: pick from the queue (arrival order) until empty. */
+static void sched_expect(const sched_spec *sp, int n, int strategy, int threshold, int64_t *order)
+{
+    int q[N_SCHED], nq = n;
+    for (int i = 0; i < n; i++)
+        q[i] = i;
+    for (int rank = 1; nq > 0; rank++) {
+        int shortest = strategy == EXSA_SCHED_SHORTEST ||
+                       (strategy == EXSA_SCHED_DYNAMIC && nq >= threshold);
+        int best = 0;
+        for (int i = 1; i < nq; i++) {
+            const sched_spec *a = &sp[q[i]], *b = &sp[q[best]];
+            if (shortest && a->n_prompt + a->max_tokens < b->n_prompt + b->max_tokens)
+                best = i;
+            else if (strategy == EXSA_SCHED_PRIORITY && a->priority > b->priority)
+                best = i;
+        }
+        order[q[best]] = rank;
+        memmove(q + best, q + best + 1, (size_t)(nq - best - 1) * sizeof *q);
+        nq--;
+    }
+}
+
+static exsa_engine *sched_engine(int strategy, int aging_ms, int threshold)
+{
+    exsa_engine_params p;
+    exsa_engine_params_default(&p);
+    p.model_path = g_model;
+    p.n_threads = 1;
+    p.n_ctx = 256;
+    p.max_batch_size = 1;
+    p.max_batch_tokens = 64;
+    p.prefix_cache = 0;
+    p.strategy = strategy;
+    p.priority_aging_ms = aging_ms;
+    p.dynamic_threshold = threshold;
+    exsa_err err = {0};
+    exsa_engine *e = exsa_engine_create(&p, &err);
+    if (!e)
+        print_error("engine: %s\n", err.msg);
+    assert_non_null(e);
+    return e;
+}
+
+static exsa_request *sched_submit(exsa_engine *e, const sched_spec *sp, int seed)
+{
+    int32_t prompt[256];
+    uint64_t st = 99 + (uint64_t)seed;
+    for (int j = 0; j < sp->n_prompt; j++)
+        prompt[j] = (int32_t)(exsa_test_rand_u64(&st) % (uint64_t)(g_vocab - 2));
+    exsa_request_params rp;
+    exsa_request_params_default(&rp);
+    rp.prompt_ids = prompt;
+    rp.n_prompt_ids = sp->n_prompt;
+    rp.max_tokens = sp->max_tokens;
+    rp.priority = sp->priority;
+    rp.sampling.temperature = 0;
+    rp.ignore_eos = 1;
+    exsa_err err = {0};
+    exsa_request *r = exsa_engine_submit(e, &rp, &err);
+    if (!r)
+        print_error("submit: %s\n", err.msg);
+    assert_non_null(r);
+    return r;
+}
+
+/* Queues the load while paused, resumes, returns each request's rank. */
+static void sched_run(exsa_engine *e, const sched_spec *sp, int n, int64_t *order)
+{
+    exsa_request *r[N_SCHED];
+    exsa_engine_pause(e, 1);
+    for (int i = 0; i < n; i++)
+        r[i] = sched_submit(e, &sp[i], i);
+    exsa_engine_stats s;
+    exsa_engine_stats_get(e, &s);
+    assert_int_equal(s.running, 0);
+    exsa_engine_pause(e, 0);
+    for (int i = 0; i < n; i++) {
+        result res;
+        drain(r[i], &res);
+        assert_int_equal(res.finish, EXSA_FINISH_LENGTH);
+        assert_int_equal(res.n, sp[i].max_tokens);
+        order[i] = res.admit_order;
+        exsa_request_free(r[i]);
+    }
+    assert_pool_full(e);
+}
+
+static void check_strategy(int strategy, int threshold, int64_t *got)
+{
+    int64_t want[N_SCHED];
+    sched_expect(g_sched, N_SCHED, strategy, threshold, want);
+    exsa_engine *e = sched_engine(strategy, 0, threshold);
+    sched_run(e, g_sched, N_SCHED, got);
+    exsa_engine_free(e);
+    for (int i = 0; i < N_SCHED; i++)
+        if (got[i] != want[i])
+            print_error("strategy %d: request %d admitted %lld-th, expected %lld-th\n", strategy,
+                        i, (long long)got[i], (long long)want[i]);
+    assert_memory_equal(got, want, sizeof want);
+}
+
+static void test_strategy_orders(void **state)
+{
+    (void)state;
+    int64_t fifo[N_SCHED], shortest[N_SCHED], prio[N_SCHED], dyn[N_SCHED];
+    check_strategy(EXSA_SCHED_FIFO, 8, fifo);
+    for (int i = 0; i < N_SCHED; i++)
+        assert_int_equal(fifo[i], i + 1);
+    check_strategy(EXSA_SCHED_SHORTEST, 8, shortest);
+    /* Hand-checked: totals 44 13 27 13 20 61 -> 1, 3, 4, 2, 0, 5. */
+    static const int64_t sh[N_SCHED] = {5, 1, 4, 2, 3, 6};
+    assert_memory_equal(shortest, sh, sizeof sh);
+    check_strategy(EXSA_SCHED_PRIORITY, 8, prio);
+    /* Priorities 0 2 1 2 0 1 -> 1, 3, 2, 5, 0, 4. */
+    static const int64_t pr[N_SCHED] = {5, 1, 3, 2, 6, 4};
+    assert_memory_equal(prio, pr, sizeof pr);
+    /* Threshold 4: shortest while 6, 5, 4 wait, then FIFO for the last 3. */
+    check_strategy(EXSA_SCHED_DYNAMIC, 4, dyn);
+    static const int64_t dy[N_SCHED] = {4, 1, 5, 2, 3, 6};
+    assert_memory_equal(dyn, dy, sizeof dy);
+    /* Above the threshold for every pick: pure shortest-first; never
+     * reached: pure FIFO. */
+    check_strategy(EXSA_SCHED_DYNAMIC, 1, dyn);
+    assert_memory_equal(dyn, shortest, sizeof dyn);
+    check_strategy(EXSA_SCHED_DYNAMIC, 100, dyn);
+    assert_memory_equal(dyn, fifo, sizeof dyn);
+}
+
+/* Ageing: a priority-0 request that waited 400 ms is worth 8 levels at
+ * 50 ms per level, so it goes before newer priority-1 requests (margin 8x)
+ * but not before a newer priority-100 one (that would need 5 s of waiting,
+ * margin 12x). Without ageing it starves behind both. Only differences of
+ * submit times matter (all requests age at the same rate while queued), so
+ * slow steps under sanitizers do not change the order. */
+static void test_priority_ageing(void **state)
+{
+    (void)state;
+    static const sched_spec load[4] = {{8, 2, 0}, {8, 2, 1}, {8, 2, 1}, {8, 2, 100}};
+    for (int ageing = 0; ageing < 2; ageing++) {
+        exsa_engine *e = sched_engine(EXSA_SCHED_PRIORITY, ageing ? 50 : 0, 8);
+        exsa_request *r[4];
+        exsa_engine_pause(e, 1);
+        r[0] = sched_submit(e, &load[0], 0);
+        usleep(400 * 1000);
+        for (int i = 1; i < 4; i++)
+            r[i] = sched_submit(e, &load[i], i);
+        exsa_engine_pause(e, 0);
+        int64_t got[4];
+        for (int i = 0; i < 4; i++) {
+            result res;
+            drain(r[i], &res);
+            got[i] = res.admit_order;
+            exsa_request_free(r[i]);
+        }
+        static const int64_t aged[4] = {2, 3, 4, 1}, plain[4] = {4, 2, 3, 1};
+        const int64_t *want = ageing ? aged : plain;
+        for (int i = 0; i < 4; i++)
+            if (got[i] != want[i])
+                print_error("ageing %d: request %d admitted %lld-th, expected %lld-th\n", ageing,
+                            i, (long long)got[i], (long long)want[i]);
+        assert_memory_equal(got, want, sizeof aged);
+        assert_pool_full(e);
+        exsa_engine_free(e);
+    }
+}
+
+/* Per-request inter-token latency: the gaps between consecutive tokens sum
+ * to the time from the first to the last token, which the reader measures
+ * independently here from its own clock on a throttled stream. */
+static void test_request_itl(void **state)
+{
+    (void)state;
+    exsa_engine *e = make_engine(1, 64, 0, 0, 0);
+    exsa_request_params rp;
+    params_for(&g_specs[0], &rp);
+    rp.max_tokens = 12;
+    result res;
+    run_one(e, &rp, &res);
+    assert_int_equal(res.n, 12);
+    const exsa_timings *t = &res.timings;
+    assert_true(t->itl_mean_ms > 0);
+    assert_true(t->itl_max_ms >= t->itl_mean_ms);
+    double span = t->total_ms - t->ttft_ms; /* first token -> done */
+    assert_true(t->itl_mean_ms * 11 <= span + 1e-6);
+    assert_true(t->itl_max_ms <= span + 1e-6);
+
+    /* A stalled engine shows up as one long gap: pause it after the first
+     * token for 300 ms. The engine may finish its current step after the
+     * pause call, so count the tokens it produced by then (no more come
+     * while paused); the stall lies between two tokens unless all were. */
+    rp.max_tokens = 100;
+    exsa_err err = {0};
+    exsa_request *r = exsa_engine_submit(e, &rp, &err);
+    assert_non_null(r);
+    exsa_event ev;
+    assert_int_equal(exsa_request_next(r, &ev, 20000), 0);
+    assert_int_equal(ev.type, EXSA_EVENT_TOKEN);
+    exsa_engine_pause(e, 1);
+    usleep(300 * 1000);
+    int before = 1, ended = 0;
+    while (exsa_request_next(r, &ev, 0) == 0) {
+        if (ev.type == EXSA_EVENT_DONE) {
+            ended = 1;
+            break;
+        }
+        before++;
+    }
+    exsa_engine_pause(e, 0);
+    if (!ended) {
+        int n = before;
+        while (exsa_request_next(r, &ev, 20000) == 0 && ev.type == EXSA_EVENT_TOKEN)
+            n++;
+        assert_int_equal(ev.type, EXSA_EVENT_DONE);
+        assert_int_equal(n, 100);
+        assert_true(ev.timings.itl_max_ms >= 290);
+        assert_true(ev.timings.itl_mean_ms * 99 >= 290);
+        assert_true(ev.timings.itl_mean_ms < ev.timings.itl_max_ms);
+    } else {
+        print_message("itl: the engine finished all 100 tokens before the pause; stall unchecked\n");
+    }
+    exsa_request_free(r);
+
+    /* One token: no gap to report. */
+    rp.max_tokens = 1;
+    run_one(e, &rp, &res);
+    assert_true(res.timings.itl_mean_ms == 0 && res.timings.itl_max_ms == 0);
+    assert_pool_full(e);
+    exsa_engine_free(e);
+}
+
+/* kv_bytes: the pool holds as many whole blocks as the budget pays for;
+ * the per-block size is worked out here from the model's shape (2 layers,
+ * K and V, 2 KV heads x 16 dims, 16 tokens a block). */
+static void test_kv_bytes_budget(void **state)
+{
+    (void)state;
+    const int64_t row = 2 * 16; /* n_head_kv * head_dim elements */
+    const int64_t f16_block = 16 * 2 * 2 * row * 2;               /* 4096 bytes */
+    const int64_t q8_block = 16 * 2 * 2 * (row / 32) * (2 + 32);   /* 2176 bytes */
+    /* bytes_extra < 0: one byte short of blocks + 1, which must round down. */
+    static const struct {
+        int type;
+        int64_t bytes_extra;
+        int blocks;
+    } cases[] = {
+        {EXSA_TYPE_F16, 0, 10}, {EXSA_TYPE_F16, -1, 9}, {EXSA_TYPE_Q8_0, 100, 23},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int64_t per = cases[c].type == EXSA_TYPE_F16 ? f16_block : q8_block;
+        exsa_engine_params p;
+        exsa_engine_params_default(&p);
+        p.model_path = g_model;
+        p.n_threads = 1;
+        p.n_ctx = 128;
+        p.max_batch_size = 2;
+        p.max_batch_tokens = 64;
+        p.kv_type = cases[c].type;
+        p.kv_tokens = 4096; /* ignored: kv_bytes wins */
+        p.kv_bytes = per * (cases[c].blocks + (cases[c].bytes_extra < 0 ? 1 : 0)) +
+                     cases[c].bytes_extra;
+        exsa_err err = {0};
+        exsa_engine *e = exsa_engine_create(&p, &err);
+        if (!e)
+            print_error("engine: %s\n", err.msg);
+        assert_non_null(e);
+        exsa_engine_stats s;
+        exsa_engine_stats_get(e, &s);
+        assert_int_equal(s.block_size, 16);
+        assert_int_equal(s.kv_blocks_total, cases[c].blocks);
+        assert_int_equal(s.kv_blocks_free, cases[c].blocks);
+        /* It serves requests from that pool. */
+        exsa_request_params rp;
+        params_for(&g_specs[0], &rp);
+        rp.max_tokens = 5;
+        result res;
+        run_one(e, &rp, &res);
+        assert_int_equal(res.n, 5);
+        assert_pool_full(e);
+        exsa_engine_free(e);
+    }
+    /* Less than one block, or negative: refused with the field named. */
+    exsa_engine_params p;
+    exsa_engine_params_default(&p);
+    p.model_path = g_model;
+    p.n_ctx = 128;
+    p.kv_bytes = f16_block - 1;
+    exsa_err err = {0};
+    assert_null(exsa_engine_create(&p, &err));
+    assert_int_equal(err.code, EXSA_EINVAL);
+    assert_non_null(strstr(err.msg, "kv_bytes"));
+    p.kv_bytes = -5;
+    assert_null(exsa_engine_create(&p, &err));
+    assert_non_null(strstr(err.msg, "kv_bytes"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -552,6 +873,10 @@ int main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_queue_full_and_never_fits),
         cmocka_unit_test(test_stop_strings_and_max_tokens),
+        cmocka_unit_test(test_strategy_orders),
+        cmocka_unit_test(test_priority_ageing),
+        cmocka_unit_test(test_request_itl),
+        cmocka_unit_test(test_kv_bytes_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -37,6 +37,10 @@
 #define EXSA_ENGINE_HAVE_PREFIX_CACHE 1
 #endif
 
+/* Tokens per KV block of exsa_model_ctx (model.c); the engine reads the
+ * real value back from the cache, this only converts pool sizes to blocks. */
+#define EXSA_ENGINE_KV_BLOCK 16
+
 #define PIECE_MAX 4096 /* bytes one token (plus a detok flush) may complete */
 
 typedef struct evt {
@@ -85,6 +89,8 @@ struct exsa_request {
     char *hold; /* generated text not yet sent (a possible stop-string prefix) */
     size_t hold_len, hold_cap;
     int64_t t_admit, t_first, t_last;
+    int64_t admit_order; /* rank of the first admission (exsa_event.admit_order) */
+    double itl_sum_ms, itl_max_ms;
 };
 
 struct exsa_engine {
@@ -123,6 +129,7 @@ struct exsa_engine {
     int32_t *match;
     char *piece;
     exsa_engine_stats acc; /* counters; copied into stats at the end of a step */
+    int64_t n_admitted;    /* first admissions so far */
 };
 
 /* ---- prefix cache (compiled out until its implementation exists) ---- */
@@ -321,6 +328,11 @@ int exsa_request_next(exsa_request *r, exsa_event *ev, int timeout_ms)
                     r->admitted ? (double)(r->t_admit - r->t_submit) / 1e6 : 0;
                 ev->timings.ttft_ms = r->t_first ? (double)(r->t_first - r->t_submit) / 1e6 : 0;
                 ev->timings.total_ms = (double)(r->t_last - r->t_submit) / 1e6;
+                if (r->n_gen > 1) {
+                    ev->timings.itl_mean_ms = r->itl_sum_ms / (r->n_gen - 1);
+                    ev->timings.itl_max_ms = r->itl_max_ms;
+                }
+                ev->admit_order = r->admit_order;
                 ev->error = r->errmsg;
                 r->done_read = 1;
             }
@@ -522,6 +534,7 @@ static int admit(exsa_engine *e, int budget)
             r->admitted = 1;
             r->t_admit = now;
             r->cached_tokens = k * e->bs;
+            r->admit_order = ++e->n_admitted;
             e->acc.prompt_tokens += r->n_prompt;
         }
         e->running[e->n_running++] = r;
@@ -589,8 +602,12 @@ static int accept_token(exsa_engine *e, exsa_request *r, int32_t t)
         e->acc.ttft_ms_sum += (double)(now - r->t_submit) / 1e6;
         e->acc.ttft_count++;
     } else {
-        e->acc.itl_ms_sum += (double)(now - r->t_last) / 1e6;
+        double itl = (double)(now - r->t_last) / 1e6;
+        e->acc.itl_ms_sum += itl;
         e->acc.itl_count++;
+        r->itl_sum_ms += itl;
+        if (itl > r->itl_max_ms)
+            r->itl_max_ms = itl;
     }
     r->t_last = now;
 
@@ -812,6 +829,11 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
                      p->queue_size);
         return NULL;
     }
+    if (p->kv_bytes < 0) {
+        exsa_err_set(err, EXSA_EINVAL, "engine: kv_bytes must be >= 0, got %lld",
+                     (long long)p->kv_bytes);
+        return NULL;
+    }
     if (p->strategy < EXSA_SCHED_FIFO || p->strategy > EXSA_SCHED_DYNAMIC) {
         exsa_err_set(err, EXSA_EINVAL, "engine: unknown scheduling strategy %d", p->strategy);
         return NULL;
@@ -844,8 +866,27 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     cp.n_seq = p->max_batch_size;
     cp.max_batch = p->max_batch_tokens;
     cp.kv_type = p->kv_type;
-    if (p->kv_tokens > 0)
-        cp.kv_blocks = (int)(((int64_t)p->kv_tokens + 15) / 16);
+    if (p->kv_bytes > 0) {
+        /* Whole blocks only, so the pool never exceeds the budget. */
+        uint64_t per_block = exsa_model_kv_bytes(e->m, EXSA_ENGINE_KV_BLOCK, p->kv_type);
+        if (per_block == 0) {
+            exsa_err_set(err, EXSA_EINVAL, "engine: kv_type %d has no KV size for this model",
+                         p->kv_type);
+            goto fail;
+        }
+        uint64_t nb = (uint64_t)p->kv_bytes / per_block;
+        if (nb < 1 || nb > (uint64_t)INT32_MAX) {
+            exsa_err_set(err, EXSA_EINVAL,
+                         "engine: kv_bytes %lld gives %llu KV blocks of %llu bytes; need 1 to %d",
+                         (long long)p->kv_bytes, (unsigned long long)nb,
+                         (unsigned long long)per_block, INT32_MAX);
+            goto fail;
+        }
+        cp.kv_blocks = (int)nb;
+    } else if (p->kv_tokens > 0) {
+        cp.kv_blocks = (int)(((int64_t)p->kv_tokens + EXSA_ENGINE_KV_BLOCK - 1) /
+                             EXSA_ENGINE_KV_BLOCK);
+    }
     if (!(e->ctx = exsa_model_ctx_create(e->m, &cp, err)))
         goto fail;
     e->kv = exsa_model_ctx_kv(e->ctx);
