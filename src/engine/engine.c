@@ -37,10 +37,6 @@
 #define EXSA_ENGINE_HAVE_PREFIX_CACHE 1
 #endif
 
-/* Tokens per KV block of exsa_model_ctx (model.c); the engine reads the
- * real value back from the cache, this only converts pool sizes to blocks. */
-#define EXSA_ENGINE_KV_BLOCK 16
-
 #define PIECE_MAX 4096 /* bytes one token (plus a detok flush) may complete */
 
 typedef struct evt {
@@ -868,7 +864,7 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     cp.kv_type = p->kv_type;
     if (p->kv_bytes > 0) {
         /* Whole blocks only, so the pool never exceeds the budget. */
-        uint64_t per_block = exsa_model_kv_bytes(e->m, EXSA_ENGINE_KV_BLOCK, p->kv_type);
+        uint64_t per_block = exsa_model_kv_bytes(e->m, EXSA_KV_BLOCK_SIZE, p->kv_type);
         if (per_block == 0) {
             exsa_err_set(err, EXSA_EINVAL, "engine: kv_type %d has no KV size for this model",
                          p->kv_type);
@@ -884,8 +880,8 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
         }
         cp.kv_blocks = (int)nb;
     } else if (p->kv_tokens > 0) {
-        cp.kv_blocks = (int)(((int64_t)p->kv_tokens + EXSA_ENGINE_KV_BLOCK - 1) /
-                             EXSA_ENGINE_KV_BLOCK);
+        cp.kv_blocks = (int)(((int64_t)p->kv_tokens + EXSA_KV_BLOCK_SIZE - 1) /
+                             EXSA_KV_BLOCK_SIZE);
     }
     if (!(e->ctx = exsa_model_ctx_create(e->m, &cp, err)))
         goto fail;

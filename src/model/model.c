@@ -197,8 +197,6 @@ void exsa_model_ctx_params_default(exsa_model_ctx_params *p)
     };
 }
 
-#define EXSA_KV_BLOCK 16
-
 exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_params *p,
                                       exsa_err *err)
 {
@@ -223,7 +221,7 @@ exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_
         exsa_err_set(err, EXSA_EINVAL, "kv type must be f16, f32 or q8_0");
         return NULL;
     }
-    int per_seq = (cp.n_ctx + EXSA_KV_BLOCK - 1) / EXSA_KV_BLOCK;
+    int per_seq = (cp.n_ctx + EXSA_KV_BLOCK_SIZE - 1) / EXSA_KV_BLOCK_SIZE;
     if (cp.kv_blocks <= 0) {
         int64_t nb = (int64_t)per_seq * cp.n_seq;
         if (nb > (1 << 26)) {
@@ -245,7 +243,7 @@ exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_
         goto fail;
     exsa_kv_params kp = {
         .n_layer = hp->n_layer, .n_kv_head = hp->n_head_kv, .head_dim = hp->head_dim,
-        .type = cp.kv_type, .block_size = EXSA_KV_BLOCK, .n_blocks = cp.kv_blocks,
+        .type = cp.kv_type, .block_size = EXSA_KV_BLOCK_SIZE, .n_blocks = cp.kv_blocks,
         .n_seq = cp.n_seq, .max_seq_len = cp.n_ctx,
     };
     c->kv = exsa_kv_cache_create(c->be, &kp, err);

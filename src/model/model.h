@@ -48,6 +48,9 @@ const exsa_gguf *exsa_model_gguf(const exsa_model *m);
 uint64_t exsa_model_n_params(const exsa_model *m);
 uint64_t exsa_model_weight_bytes(const exsa_model *m);
 
+/* Tokens per KV block of every model context (the paged cache's page). */
+#define EXSA_KV_BLOCK_SIZE 16
+
 typedef struct exsa_model_ctx_params {
     int n_threads;    /* <= 0: physical cores */
     int n_ctx;        /* tokens per sequence; <= 0: min(n_ctx_train, 4096) */
