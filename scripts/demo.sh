@@ -13,4 +13,4 @@ if [ -z "$model" ]; then
         --heads 12 --kv-heads 12 --ff 2048 --vocab 32000 --type Q4_0 --seed 1
 fi
 build/exsa info "$model" | tail -n 8
-build/exsa run -m "$model" --prompt-ids "${PROMPT_IDS:-1,450,4996,17354,1701}" -n 64 --seed 42
+build/exsa run -m "$model" -p "${PROMPT:-Once upon a time}" -n 64 --seed 42
