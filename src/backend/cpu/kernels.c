@@ -6,6 +6,7 @@
  * thread-safe and cheap after the first call.
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,19 @@ static exsa_cpu_kernels avx512_tables[2];    /* [vnni] */
 static const exsa_cpu_kernels *avx512_ok[2];
 static const exsa_cpu_kernels *best;
 
+/* Every entry of the table after dot[]; the size check below fails the
+ * build when an entry is added to exsa_cpu_kernels but not here, so an
+ * AVX-512 kernel can never be silently dropped by overlay(). */
+#define HELPERS(X)                                                                 \
+    X(quantize_q8_0) X(quantize_q8_K) X(dot_f32) X(dot_f16_f32) X(axpy_f32)        \
+    X(axpy_f16) X(f32_to_f16) X(f16_to_f32) X(mad_f16_acc) X(scale_f16_acc)
+#define SIZE_OF(f) +sizeof(((exsa_cpu_kernels *)0)->f)
+_Static_assert(sizeof(exsa_cpu_kernels) ==
+                   offsetof(exsa_cpu_kernels, dot) + sizeof(((exsa_cpu_kernels *)0)->dot)
+                       HELPERS(SIZE_OF),
+               "kernels.c: HELPERS() must list every exsa_cpu_kernels entry");
+#undef SIZE_OF
+
 /* Copies base, then every non-NULL entry of over on top of it. */
 static void overlay(exsa_cpu_kernels *dst, const exsa_cpu_kernels *base,
                     const exsa_cpu_kernels *over)
@@ -28,22 +42,11 @@ static void overlay(exsa_cpu_kernels *dst, const exsa_cpu_kernels *base,
     for (int t = 0; t < EXSA_TYPE_COUNT; t++)
         if (over->dot[t])
             dst->dot[t] = over->dot[t];
-    if (over->quantize_q8_0)
-        dst->quantize_q8_0 = over->quantize_q8_0;
-    if (over->quantize_q8_K)
-        dst->quantize_q8_K = over->quantize_q8_K;
-    if (over->dot_f32)
-        dst->dot_f32 = over->dot_f32;
-    if (over->dot_f16_f32)
-        dst->dot_f16_f32 = over->dot_f16_f32;
-    if (over->axpy_f32)
-        dst->axpy_f32 = over->axpy_f32;
-    if (over->axpy_f16)
-        dst->axpy_f16 = over->axpy_f16;
-    if (over->f32_to_f16)
-        dst->f32_to_f16 = over->f32_to_f16;
-    if (over->f16_to_f32)
-        dst->f16_to_f32 = over->f16_to_f32;
+#define COPY(f)                                                                    \
+    if (over->f)                                                                   \
+        dst->f = over->f;
+    HELPERS(COPY)
+#undef COPY
 }
 
 static void detect(void)
