@@ -117,6 +117,13 @@ typedef struct exsa_engine_params {
     /* KV pool as a memory budget in bytes (0: use kv_tokens): as many whole
      * blocks as fit at kv_type for this model's per-token K/V size. */
     int64_t kv_bytes;
+    /* Chat template: NULL uses the model's tokenizer.chat_template (or a
+     * builtin guessed from the model); else a builtin name (chatml, llama2,
+     * llama3, ...) or Jinja source text. Copied. */
+    const char *chat_template;
+    /* Name the engine answers to (registry, OpenAI "model"); NULL: general.name
+     * of the file, else its file name without ".gguf". Copied. */
+    const char *name;
 } exsa_engine_params;
 
 void exsa_engine_params_default(exsa_engine_params *p);
@@ -143,7 +150,15 @@ typedef struct exsa_request_params {
     int n_stop;
     int priority;            /* PRIORITY strategy: higher first (0) */
     int ignore_eos;          /* keep generating past end-of-generation tokens (0) */
+    /* 1: each TOKEN event carries the chosen token's log-probability, and the
+     * top_logprobs (0..EXSA_MAX_TOP_LOGPROBS) most likely tokens, from the
+     * log-softmax of the model's raw logits (before penalties, bias and
+     * temperature), as OpenAI reports them. */
+    int logprobs;
+    int top_logprobs;
 } exsa_request_params;
+
+#define EXSA_MAX_TOP_LOGPROBS 20
 
 void exsa_request_params_default(exsa_request_params *p);
 
@@ -153,6 +168,11 @@ void exsa_request_params_default(exsa_request_params *p);
  * bad sampling parameters). The handle belongs to the caller: read it with
  * exsa_request_next, release it with exsa_request_free. */
 exsa_request *exsa_engine_submit(exsa_engine *e, const exsa_request_params *p, exsa_err *err);
+
+typedef struct exsa_token_logprob {
+    int32_t token;
+    float logprob;
+} exsa_token_logprob;
 
 enum exsa_event_type {
     EXSA_EVENT_TOKEN = 1, /* one generated token and the text it completed */
@@ -191,6 +211,11 @@ typedef struct exsa_event {
      * exsa_request_free on this request; NUL-terminated. */
     const char *text;
     size_t text_len;
+    /* TOKEN with logprobs requested: the chosen token's log-probability and
+     * the n_top most likely tokens, most likely first (valid like text). */
+    float logprob;
+    int n_top;
+    const exsa_token_logprob *top;
     int finish;           /* DONE: exsa_finish_reason */
     exsa_usage usage;     /* DONE */
     exsa_timings timings; /* DONE */
@@ -243,6 +268,100 @@ void exsa_engine_pause(exsa_engine *e, int paused);
  * exsa_tokenize (returns the count, writes at most cap ids). */
 int64_t exsa_engine_tokenize(exsa_engine *e, const char *text, size_t len, int add_special,
                              int parse_special, int32_t *ids, int64_t cap, exsa_err *err);
+
+/* ---- Model information and text helpers (for server/ and cli/) ---- */
+
+typedef struct exsa_model_info {
+    char name[256];        /* the engine's name (exsa_engine_params.name) */
+    char path[1024];       /* file it was loaded from */
+    char arch[32];         /* "llama", "qwen2", ... */
+    char weight_type[16];  /* type of most matrices: "Q4_0", "F16", ... */
+    int n_ctx;             /* tokens per sequence this engine runs */
+    int n_ctx_train;
+    int n_vocab, n_embd, n_layer;
+    int32_t bos, eos;      /* -1: none */
+    uint64_t n_params, weight_bytes;
+    int64_t created;       /* unix time the engine was created */
+} exsa_model_info;
+
+void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out);
+
+/* Text of ids (special tokens rendered as their text when special = 1).
+ * Returns the byte length of the whole text (without NUL) and writes at
+ * most cap bytes including a NUL (so a short buffer can be resized and the
+ * call repeated), or a negative code for an id out of the vocabulary. Invalid
+ * UTF-8 that the tokens form is replaced by U+FFFD. */
+int64_t exsa_engine_detokenize(exsa_engine *e, const int32_t *ids, int64_t n, int special,
+                               char *out, size_t cap, exsa_err *err);
+
+/* Renders a conversation with the engine's chat template. messages_json is a
+ * JSON array of OpenAI messages ({"role", "content"}, content a string or an
+ * array of {"type": "text", "text"} parts; other part types are an error
+ * naming the message); tools_json a JSON array or NULL. Returns the prompt
+ * text (malloc'd, the caller frees) or NULL with err set (EXSA_EINVAL for a
+ * bad message list, naming the index and field). */
+char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const char *tools_json,
+                              int add_generation_prompt, exsa_err *err);
+
+/* Embedding of a token sequence: the final hidden state (after the output
+ * norm) of every token, mean pooled over the tokens, L2-normalized. Runs on
+ * the engine thread between steps (thread safe; blocks the caller until
+ * done). out holds cap floats; returns n_embd, or a negative code (EXSA_EINVAL:
+ * empty or too long for n_ctx, bad id, cap < n_embd; EXSA_EFULL: no KV blocks
+ * free right now). */
+int exsa_engine_embed(exsa_engine *e, const int32_t *ids, int n, float *out, int cap,
+                      exsa_err *err);
+
+/* ---- Model registry: several engines by name, one of them active ----
+ *
+ * Handlers acquire an engine for the length of a request and release it
+ * after. unload and reload never cut a request short: the entry leaves the
+ * registry at once (reload: the new engine replaces it once loaded), and the
+ * old engine is freed when its last holder releases it, after the requests
+ * it runs have finished. All functions are thread safe. */
+
+typedef struct exsa_registry exsa_registry;
+
+enum exsa_model_state {
+    EXSA_MODEL_LOADING = 1,
+    EXSA_MODEL_READY,
+    EXSA_MODEL_DRAINING,   /* unloaded or replaced; finishing its requests */
+};
+
+typedef struct exsa_registry_entry {
+    char name[256];
+    char path[1024];
+    int state;             /* exsa_model_state */
+    int active;            /* 1 for the default model */
+    int holders;           /* requests holding it now */
+} exsa_registry_entry;
+
+exsa_registry *exsa_registry_create(exsa_err *err);
+/* Frees every engine (cancelling what still runs): call after the last release. */
+void exsa_registry_free(exsa_registry *r);
+/* Loads an engine (blocking; other models keep serving). Its name comes from
+ * p->name or the model. EXSA_EINVAL if a model of that name is loaded or
+ * loading. The first model loaded becomes active. name_out (may be NULL)
+ * receives the name used. */
+int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name_out,
+                       size_t name_cap, exsa_err *err);
+/* EXSA_EINVAL for an unknown name. If it was active, the next loaded model in
+ * load order becomes active (or none). */
+int exsa_registry_unload(exsa_registry *r, const char *name, exsa_err *err);
+/* Loads the model again (p NULL: with the parameters it was loaded with),
+ * then swaps it in under the same name; requests already running finish on
+ * the old engine. On a load failure the old engine keeps serving. */
+int exsa_registry_reload(exsa_registry *r, const char *name, const exsa_engine_params *p,
+                         exsa_err *err);
+int exsa_registry_set_active(exsa_registry *r, const char *name, exsa_err *err);
+/* name NULL or "": the active model. NULL with err (EXSA_EINVAL: unknown
+ * name, or no model loaded) otherwise. Every acquire needs one release. */
+exsa_engine *exsa_registry_acquire(exsa_registry *r, const char *name, exsa_err *err);
+void exsa_registry_release(exsa_registry *r, exsa_engine *e);
+/* Fills at most cap entries (load order) and returns how many exist. */
+int exsa_registry_list(exsa_registry *r, exsa_registry_entry *out, int cap);
+/* 1 when at least one model is ready (for /health). */
+int exsa_registry_ready(exsa_registry *r);
 
 #ifdef __cplusplus
 }
