@@ -124,6 +124,18 @@ static void decode_q8_0(const void *src, double *y, int n)
     }
 }
 
+static void decode_q4_0(const void *src, double *y, int n)
+{
+    const exsa_block_q4_0 *b = src;
+    for (int i = 0; i < n / 32; i++) {
+        double d = half_to_float(b[i].d);
+        for (int j = 0; j < 16; j++) {
+            y[i * 32 + j] = d * ((b[i].qs[j] & 0x0F) - 8);
+            y[i * 32 + j + 16] = d * ((b[i].qs[j] >> 4) - 8);
+        }
+    }
+}
+
 static void k4_scale_min(int j, const uint8_t *q, int *sc, int *mn)
 {
     if (j < 4) {
@@ -170,6 +182,9 @@ static void decode_row(int type, const void *src, double *y, int n)
         break;
     case EXSA_TYPE_Q4_K:
         decode_q4_K(src, y, n);
+        break;
+    case EXSA_TYPE_Q4_0:
+        decode_q4_0(src, y, n);
         break;
     default:
         fail_msg("no test decoder for type %d", type);
@@ -243,14 +258,31 @@ static void test_describe_alloc(void **state)
 
 /* ---- get_rows ------------------------------------------------------------------ */
 
-static void check_get_rows(int type, double src_tol)
+/* Tests run with weights in GGUF's row layout, then (g_repack = 1) in the
+ * CPU backend's repacked layout where it has one for the type and shape. */
+static int g_repack;
+
+static void *maybe_repack(exsa_tensor *t)
 {
-    const int n_in = 256, n_out = 11, n_ids = 200;
+    void *buf = NULL;
+    if (g_repack) {
+        assert_int_equal(exsa_cpu_repack(t, &buf, NULL), 0);
+        /* Q4_0 with whole groups of 8 rows must take the repacked path. */
+        if (t->type == EXSA_TYPE_Q4_0 && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q4_0X8);
+    }
+    return buf;
+}
+
+static void check_get_rows(int type, double src_tol, int n_out)
+{
+    const int n_in = 256, n_ids = 200;
     float *src = xmalloc(sizeof(float) * n_in * n_out);
     fill_normal(src, (size_t)n_in * n_out, 1.0f);
     size_t rb;
     void *data = make_weights(type, src, n_in, n_out, &rb);
-    exsa_tensor t = {"emb", type, n_in, n_out, rb, data};
+    exsa_tensor t = {"emb", type, n_in, n_out, rb, data, EXSA_LAYOUT_ROWS};
+    void *rbuf = maybe_repack(&t);
 
     int32_t ids[200];
     for (int i = 0; i < n_ids; i++)
@@ -280,6 +312,7 @@ static void check_get_rows(int type, double src_tol)
     }
     free(ref);
     free(out);
+    free(rbuf);
     free(data);
     free(src);
 }
@@ -287,10 +320,14 @@ static void check_get_rows(int type, double src_tol)
 static void test_get_rows(void **state)
 {
     (void)state;
-    check_get_rows(EXSA_TYPE_F32, 0);
-    check_get_rows(EXSA_TYPE_F16, 1e-3);
-    check_get_rows(EXSA_TYPE_Q8_0, 1e-2);
-    check_get_rows(EXSA_TYPE_Q4_K, 0.15);
+    check_get_rows(EXSA_TYPE_F32, 0, 11);
+    check_get_rows(EXSA_TYPE_F16, 1e-3, 11);
+    check_get_rows(EXSA_TYPE_Q8_0, 1e-2, 11);
+    check_get_rows(EXSA_TYPE_Q4_K, 0.15, 11);
+    check_get_rows(EXSA_TYPE_Q4_0, 0.15, 11);
+    g_repack = 1;
+    check_get_rows(EXSA_TYPE_Q4_0, 0.15, 16);
+    g_repack = 0;
 }
 
 /* ---- rms_norm ---------------------------------------------------------------- */
@@ -353,7 +390,8 @@ static void check_matmul(int type, int n_in, int n_out, int invariance)
     fill_normal(wsrc, (size_t)n_in * n_out, 0.5f);
     size_t rb;
     void *data = make_weights(type, wsrc, n_in, n_out, &rb);
-    exsa_tensor t = {"w", type, n_in, n_out, rb, data};
+    exsa_tensor t = {"w", type, n_in, n_out, rb, data, EXSA_LAYOUT_ROWS};
+    void *rbuf = maybe_repack(&t);
     /* Dequantized weights: the reference multiplies exactly these values. */
     float *wd = xmalloc(sizeof(float) * n_in * n_out);
     for (int o = 0; o < n_out; o++)
@@ -441,6 +479,7 @@ static void check_matmul(int type, int n_in, int n_out, int invariance)
     free(xq);
     free(x);
     free(wd);
+    free(rbuf);
     free(data);
     free(wsrc);
     if (fail[0])
@@ -465,6 +504,12 @@ static void matmul_shapes(int invariance)
     /* Enough output rows for many chunks per thread. */
     check_matmul(EXSA_TYPE_Q4_K, 256, 301, invariance);
     check_matmul(EXSA_TYPE_F16, 128, 301, invariance);
+    /* Repacked Q4_0 (8-row groups): one group, many groups and chunks. */
+    g_repack = 1;
+    check_matmul(EXSA_TYPE_Q4_0, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q4_0, 96, 40, invariance);
+    check_matmul(EXSA_TYPE_Q4_0, 256, 1024, invariance);
+    g_repack = 0;
 }
 
 static void test_matmul(void **state)

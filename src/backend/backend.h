@@ -17,13 +17,20 @@
 
 #include "exsa.h"
 
-/* A 2-D weight: n_out rows of n_in elements of `type`, row_bytes apart. */
+enum exsa_tensor_layout {
+    EXSA_LAYOUT_ROWS = 0,    /* GGUF's: n_out rows, row_bytes apart */
+    EXSA_LAYOUT_Q4_0X8 = 1,  /* Q4_0 in groups of 8 interleaved rows (CPU) */
+};
+
+/* A 2-D weight: n_out rows of n_in elements of `type`, row_bytes apart
+ * (or, for another layout, the same bytes arranged as that layout says). */
 typedef struct exsa_tensor {
     const char *name;
     int type;
     int64_t n_in, n_out;
     size_t row_bytes;
     const void *data;
+    int layout;              /* exsa_tensor_layout */
 } exsa_tensor;
 
 /* One layer's slice of the paged KV pool. A token's K (and V) row holds
@@ -104,6 +111,14 @@ struct exsa_backend {
     const exsa_backend_ops *ops;
     void *impl;
 };
+
+/* Rearranges a host weight into the CPU kernels' faster layout when there is
+ * one for its type and shape (Q4_0 with n_out % 8 == 0): *buf receives the
+ * new bytes (64-byte aligned, same size; the caller owns them and frees
+ * them with free() after the tensor's last use) and w->data / w->layout
+ * change. Nothing happens (*buf NULL) for other tensors, or when
+ * EXSA_REPACK=0 is set in the environment. Returns 0 or EXSA_ENOMEM. */
+int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err);
 
 /* CPU backend with n_threads workers (<= 0: physical cores). */
 exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err);

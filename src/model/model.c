@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "model/model_internal.h"
 #include "quant/quant.h"
@@ -45,6 +47,37 @@ int exsa_model_key_float(const exsa_model *m, const char *suffix, const double *
                : exsa_err_set(err, EXSA_EFORMAT, "model: key '%s' is not a number", key);
 }
 
+/* Rearranges a matrix for the CPU kernels when they have a faster layout
+ * for it, keeps the copy, and drops the mapped pages it came from (they are
+ * clean file pages: re-read on demand if ever touched again), so resident
+ * memory does not double. */
+static int repack(exsa_model *m, exsa_tensor *t, exsa_err *err)
+{
+    if (m->n_repacked == m->repacked_cap) {
+        int cap = m->repacked_cap ? 2 * m->repacked_cap : 64;
+        void **p = realloc(m->repacked, (size_t)cap * sizeof *p);
+        if (!p)
+            return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+        m->repacked = p;
+        m->repacked_cap = cap;
+    }
+    const void *src = t->data;
+    void *buf;
+    int rc = exsa_cpu_repack(t, &buf, err);
+    if (rc || !buf)
+        return rc;
+    m->repacked[m->n_repacked++] = buf;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0) {
+        uintptr_t a = ((uintptr_t)src + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+        uintptr_t e = ((uintptr_t)src + (uintptr_t)(t->row_bytes * (size_t)t->n_out)) &
+                      ~((uintptr_t)page - 1);
+        if (e > a)
+            madvise((void *)a, e - a, MADV_DONTNEED);
+    }
+    return 0;
+}
+
 int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
                            int64_t n_out, int required, exsa_err *err)
 {
@@ -71,7 +104,7 @@ int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int6
     t->n_out = n_out;
     t->row_bytes = exsa_type_row_size(gt->type, n_in);
     t->data = gt->data;
-    return 0;
+    return repack(m, t, err);
 }
 
 const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
@@ -173,6 +206,9 @@ void exsa_model_free(exsa_model *m)
     if (m->ops && m->weights)
         m->ops->unload(m);
     free(m->owned);
+    for (int i = 0; i < m->n_repacked; i++)
+        free(m->repacked[i]);
+    free(m->repacked);
     exsa_gguf_close(m->gguf);
     free(m);
 }
@@ -288,7 +324,10 @@ exsa_kv_cache *exsa_model_ctx_kv(exsa_model_ctx *c) { return c->kv; }
 const exsa_model_ctx_params *exsa_model_ctx_params_get(const exsa_model_ctx *c) { return &c->p; }
 const char *exsa_model_ctx_describe(const exsa_model_ctx *c) { return exsa_backend_describe(c->be); }
 
-int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out, exsa_err *err)
+/* forward and forward_hidden: one validation and KV path; exactly one of
+ * logits_out / hidden_out is the output. */
+static int run_batch(exsa_model_ctx *c, const exsa_batch *b, float *logits_out,
+                     float *hidden_out, exsa_err *err)
 {
     const exsa_hparams *hp = &c->m->hp;
     if (!b || b->n <= 0 || b->n > c->p.max_batch)
@@ -312,8 +351,8 @@ int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out
         if (b->logits[i])
             c->out_rows[c->n_out++] = i;
     }
-    if (c->n_out > 0 && !logits_out)
-        return exsa_err_set(err, EXSA_EINVAL, "forward: logits requested but no output buffer");
+    if (c->n_out > 0 && !logits_out && !hidden_out)
+        return exsa_err_set(err, EXSA_EINVAL, "forward: output requested but no output buffer");
     /* Check the pool covers every sequence's growth before reserving any,
      * so a pool that runs short fails with nothing changed. */
     int64_t blocks_needed = 0;
@@ -343,6 +382,19 @@ int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out
         c->n_ctx[i] = b->pos[i] + 1;
         c->btab[i] = exsa_kv_block_table(c->kv, b->seq[i]);
     }
-    c->m->ops->forward(c, b, logits_out);
+    c->m->ops->forward(c, b, hidden_out ? NULL : logits_out, hidden_out);
     return 0;
+}
+
+int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out, exsa_err *err)
+{
+    return run_batch(c, b, logits_out, NULL, err);
+}
+
+int exsa_model_forward_hidden(exsa_model_ctx *c, const exsa_batch *b, float *hidden_out,
+                              exsa_err *err)
+{
+    if (!hidden_out)
+        return exsa_err_set(err, EXSA_EINVAL, "forward_hidden: hidden_out is NULL");
+    return run_batch(c, b, NULL, hidden_out, err);
 }

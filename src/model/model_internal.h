@@ -14,8 +14,12 @@ typedef struct exsa_arch_ops {
     /* Allocates the ctx's scratch (c->scratch) for c->p.max_batch rows. */
     int (*ctx_init)(exsa_model_ctx *c, exsa_err *err);
     void (*ctx_free)(exsa_model_ctx *c);
-    /* Batch already validated and KV reserved; slots/n_ctx/btab filled. */
-    void (*forward)(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out);
+    /* Batch already validated and KV reserved; slots/n_ctx/btab filled.
+     * Rows in c->out_rows get n_vocab logits in logits_out, or, when
+     * hidden_out is non-NULL (then logits_out is NULL), the final hidden
+     * state after the output norm (n_embd floats) instead. */
+    void (*forward)(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out,
+                    float *hidden_out);
 } exsa_arch_ops;
 
 struct exsa_model {
@@ -26,6 +30,8 @@ struct exsa_model {
     float *owned;          /* 1-D tensors converted to f32 at load */
     size_t owned_used, owned_cap;
     uint64_t n_params, weight_bytes;
+    void **repacked;       /* weights rearranged for the CPU kernels (owned) */
+    int n_repacked, repacked_cap;
 };
 
 struct exsa_model_ctx {

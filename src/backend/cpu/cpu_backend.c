@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/cpu_repack.h"
 #include "quant/quant.h"
 #include "util/err.h"
 
@@ -155,7 +156,6 @@ typedef struct {
 
 static void rows_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
-    (void)thread;
     rows_job *j = vctx;
     const exsa_tensor *e = j->emb;
     int64_t n_in = e->n_in;
@@ -169,6 +169,12 @@ static void rows_range(void *vctx, int64_t begin, int64_t end, int thread)
             continue;
         }
         const char *src = (const char *)e->data + (size_t)id * e->row_bytes;
+        if (e->layout != EXSA_LAYOUT_ROWS) {
+            /* the row back in GGUF form in this thread's scratch */
+            float *tmp = cpu_tls(j->c, thread);
+            exsa_cpu_repacked_row(e, id, tmp);
+            src = (const char *)tmp;
+        }
         if (e->type == EXSA_TYPE_F32)
             memcpy(dst, src, (size_t)n_in * sizeof *dst);
         else if (e->type == EXSA_TYPE_F16)
@@ -186,6 +192,11 @@ static void cpu_get_rows(exsa_backend *b, const exsa_tensor *emb, const int32_t 
     cpu_backend *c = cpu_of(b);
     if (n <= 0 || emb->n_in <= 0)
         return;
+    if (emb->layout != EXSA_LAYOUT_ROWS &&
+        cpu_tls_reserve(c, emb->row_bytes / sizeof(float) + 1) != 0) {
+        cpu_fill_nan(out, (int64_t)n * emb->n_in);
+        return;
+    }
     rows_job j = {c, emb, exsa_type_traits_get(emb->type), ids, out};
     int64_t grain = CPU_PAR_MIN_ELEMS / emb->n_in + 1;
     cpu_parallel_for(c, n, grain, rows_range, &j);
@@ -239,6 +250,106 @@ static void dot_task(void *vctx, int task, int thread)
                nj, y + o, (size_t)w->n_out);
 }
 
+/* Activation rows for the repacked kernels: Q8_0 with float scale and sum. */
+typedef struct {
+    void (*quant)(const float *x, void *y, int64_t n);
+    const float *x;
+    int64_t n_in;
+    char *act;
+    size_t act_stride;
+} q8s_job;
+
+static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    q8s_job *j = vctx;
+    for (int64_t r = begin; r < end; r++) {
+        exsa_block_q8_0s *dst = (exsa_block_q8_0s *)(j->act + (size_t)r * j->act_stride);
+        const float *x = j->x + r * j->n_in;
+        for (int64_t b = 0; b < j->n_in / 32; b++) {
+            exsa_block_q8_0 q;
+            j->quant(x + 32 * b, &q, 32);
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++)
+                sum += q.qs[i];
+            dst[b].d = exsa_fp16_to_fp32(q.d);
+            dst[b].sum = sum;
+            memcpy(dst[b].qs, q.qs, 32);
+        }
+    }
+}
+
+typedef struct {
+    exsa_gemm_x8_fn gemm;
+    const exsa_tensor *w;
+    const char *act;
+    size_t act_stride;
+    int n_act;
+    int n_chunks;
+    int chunk_groups;
+    float *y;
+} x8_job;
+
+static void x8_task(void *vctx, int task, int thread)
+{
+    (void)thread;
+    x8_job *j = vctx;
+    const exsa_tensor *w = j->w;
+    int tile = task / j->n_chunks, chunk = task % j->n_chunks;
+    int j0 = tile * ACT_TILE;
+    int nj = j->n_act - j0 < ACT_TILE ? j->n_act - j0 : ACT_TILE;
+    int64_t n_groups = w->n_out / 8, nb = w->n_in / 32;
+    int64_t g0 = (int64_t)chunk * j->chunk_groups;
+    int64_t g1 = g0 + j->chunk_groups < n_groups ? g0 + j->chunk_groups : n_groups;
+    const char *act = j->act + (size_t)j0 * j->act_stride;
+    float *y = j->y + (size_t)j0 * (size_t)w->n_out;
+    const exsa_block_q4_0x8 *wb = w->data;
+    for (int64_t g = g0; g < g1; g++)
+        j->gemm((int)w->n_in, wb + g * nb, (const exsa_block_q8_0s *)act, j->act_stride, nj,
+                y + 8 * g, (size_t)w->n_out);
+}
+
+static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, float *y, int n_rows)
+{
+    int64_t n_in = w->n_in, n_out = w->n_out;
+    exsa_gemm_x8_fn gemm = c->k->gemm_q4_0x8;
+    size_t act_stride = (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
+    act_stride = (act_stride + 63) & ~(size_t)63;
+    int rows_per_pass = n_rows;
+    while (rows_per_pass > 0) {
+        size_t need;
+        if (!__builtin_mul_overflow(act_stride, (size_t)rows_per_pass, &need) &&
+            cpu_reserve(&c->act, &c->act_cap, need) == 0)
+            break;
+        rows_per_pass /= 2;
+    }
+    if (!gemm || rows_per_pass == 0) {
+        cpu_fill_nan(y, (int64_t)n_rows * n_out);
+        return;
+    }
+    int64_t n_groups = n_out / 8;
+    int chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
+    if (chunk_groups < 1)
+        chunk_groups = 1;
+    if (chunk_groups > CHUNK_MAX / 8)
+        chunk_groups = CHUNK_MAX / 8;
+    int n_chunks = (int)((n_groups + chunk_groups - 1) / chunk_groups);
+    for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
+        int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
+        q8s_job q = {c->k->quantize_q8_0, x + (size_t)r0 * (size_t)n_in, n_in, c->act, act_stride};
+        cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
+        int n_tiles = (nr + ACT_TILE - 1) / ACT_TILE;
+        x8_job d = {gemm, w, c->act, act_stride, nr, n_chunks, chunk_groups,
+                    y + (size_t)r0 * (size_t)n_out};
+        int64_t n_tasks = (int64_t)n_tiles * n_chunks;
+        if (n_tasks > INT32_MAX) {
+            cpu_fill_nan(y + (size_t)r0 * (size_t)n_out, (int64_t)nr * n_out);
+            continue;
+        }
+        exsa_threadpool_run(c->pool, x8_task, &d, (int)n_tasks);
+    }
+}
+
 static act_quant_fn quantizer_for(const cpu_backend *c, int type)
 {
     if (type == EXSA_TYPE_Q8_0)
@@ -254,6 +365,10 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
     cpu_backend *c = cpu_of(b);
     if (n_rows <= 0 || w->n_out <= 0)
         return;
+    if (w->layout == EXSA_LAYOUT_Q4_0X8) {
+        matmul_x8(c, w, x, y, n_rows);
+        return;
+    }
     int64_t n_out = w->n_out, n_in = w->n_in;
     const exsa_type_traits *tr = exsa_type_traits_get(w->type);
     exsa_dot_fn dot = w->type >= 0 && w->type < EXSA_TYPE_COUNT ? c->k->dot[w->type] : NULL;

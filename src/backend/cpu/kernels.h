@@ -24,6 +24,34 @@
 typedef void (*exsa_dot_fn)(int n, const void *w, const void *act, size_t act_stride,
                             int n_act, float *out, size_t out_stride);
 
+/* Q4_0 weights repacked 8 rows at a time (repack.h): block column b of a
+ * group of 8 rows is the 8 scales, then for j = 0..3 the 4 bytes qs[4j..4j+3]
+ * of each row in turn (128 bytes). One 32-byte load thus holds, in dword r,
+ * row r's elements 4j..4j+3 (low nibbles) and 16+4j..16+4j+3 (high): the 8
+ * lanes of a vector are 8 output rows, so no horizontal sums are needed and
+ * one scale multiply serves 8 outputs. Same 144 bytes as 8 Q4_0 blocks. */
+typedef struct {
+    exsa_fp16 d[8];
+    uint8_t qs[128];
+} exsa_block_q4_0x8;
+
+/* Activation block for the repacked kernels: Q8_0's values with the scale
+ * as float (the f16 value widened) and the sum of the values (for Q4_0's
+ * offset of 8: dot(q - 8, a) = dot(q, a) - 8 * sum(a)). */
+typedef struct {
+    float d;
+    int32_t sum;
+    int8_t qs[32];
+} exsa_block_q8_0s;
+
+/* out[j * out_stride + r] = dot(row r of the 8-row group w, act row j), for
+ * r < 8, j < n_act; act rows are act_stride bytes apart; n % 32 == 0.
+ * Per output: acc = fmaf((float)(dot(q, a) - 8 * sum(a)), d_w * d_a, acc)
+ * over the blocks in order, so every table and every n_act gives the same
+ * bits. */
+typedef void (*exsa_gemm_x8_fn)(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
+                                size_t act_stride, int n_act, float *out, size_t out_stride);
+
 typedef struct exsa_cpu_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     exsa_dot_fn dot[EXSA_TYPE_COUNT]; /* NULL where the type has no kernel */
@@ -45,6 +73,7 @@ typedef struct exsa_cpu_kernels {
      * the same bits as the scalar one. */
     void (*mad_f16_acc)(int n, float a, const exsa_fp16 *v, exsa_fp16 *acc);
     void (*scale_f16_acc)(int n, float s, exsa_fp16 *acc);
+    exsa_gemm_x8_fn gemm_q4_0x8;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

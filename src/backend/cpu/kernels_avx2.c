@@ -727,6 +727,80 @@ static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
     }
 }
 
+/* ------------------------------------------------- repacked Q4_0 x 8 */
+
+/* R activation rows against one 8-row group (kernels.h). Per block column
+ * and row: 8 vpmaddubsw of unsigned nibbles (0..15) by broadcast signed
+ * activation quads, summed in int16 (8 x 2 x 15 x 127 = 30480 cannot
+ * saturate), one vpmaddwd to int32 lanes = 8 rows' exact dots, minus
+ * 8 * sum(a), then one FMA for 8 outputs. The nibbles are decoded once per
+ * block column for all R rows. */
+INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *const *a,
+                        const int R, float *out, size_t os)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q4_0x8 *g = &w[b];
+        __m256i s16[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            s16[k] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(g->qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(raw, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+#pragma GCC unroll 4
+            for (int k = 0; k < R; k++) {
+                int32_t qa, qb;
+                memcpy(&qa, a[k][b].qs + 4 * j, 4);
+                memcpy(&qb, a[k][b].qs + 16 + 4 * j, 4);
+                s16[k] = _mm256_add_epi16(s16[k], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(qa)));
+                s16[k] = _mm256_add_epi16(s16[k], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(qb)));
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->d));
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            __m256i s32 = _mm256_madd_epi16(s16[k], ones);
+            s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * a[k][b].sum));
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a[k][b].d));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), d, acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / 32;
+    const exsa_block_q8_0s *a[4];
+    int j = 0;
+    for (; j + 4 <= n_act; j += 4) {
+        for (int k = 0; k < 4; k++)
+            a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
+        q4_0x8_rows(nb, w, a, 4, out + (size_t)j * out_stride, out_stride);
+    }
+    const int left = n_act - j;
+    for (int k = 0; k < left; k++)
+        a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
+    float *o = out + (size_t)j * out_stride;
+    if (left == 3)
+        q4_0x8_rows(nb, w, a, 3, o, out_stride);
+    else if (left == 2)
+        q4_0x8_rows(nb, w, a, 2, o, out_stride);
+    else if (left == 1)
+        q4_0x8_rows(nb, w, a, 1, o, out_stride);
+}
+
 static const exsa_cpu_kernels avx2_table = {
     .isa = "avx2",
     .dot = {
@@ -754,6 +828,7 @@ static const exsa_cpu_kernels avx2_table = {
     .f16_to_f32 = f16_to_f32,
     .mad_f16_acc = mad_f16_acc,
     .scale_f16_acc = scale_f16_acc,
+    .gemm_q4_0x8 = gemm_q4_0x8,
 };
 
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table = &avx2_table;
