@@ -22,6 +22,9 @@
 
 /* Activation rows per kernel call: 64 rows of 4096 Q8_0 values are ~280 KB. */
 #define ACT_TILE 64
+/* Repacked kernels: activation rows per call (64 rows of 4096 values are
+ * 320 KB of Q8_0s blocks, in L2 while the weight group sits in L1). */
+#define X8_TILE 64
 /* Output rows per task, bounds. */
 #define CHUNK_MIN 4
 #define CHUNK_MAX 64
@@ -296,8 +299,8 @@ static void x8_task(void *vctx, int task, int thread)
     x8_job *j = vctx;
     const exsa_tensor *w = j->w;
     int tile = task / j->n_chunks, chunk = task % j->n_chunks;
-    int j0 = tile * ACT_TILE;
-    int nj = j->n_act - j0 < ACT_TILE ? j->n_act - j0 : ACT_TILE;
+    int j0 = tile * X8_TILE;
+    int nj = j->n_act - j0 < X8_TILE ? j->n_act - j0 : X8_TILE;
     int64_t n_groups = w->n_out / 8, nb = w->n_in / 32;
     int64_t g0 = (int64_t)chunk * j->chunk_groups;
     int64_t g1 = g0 + j->chunk_groups < n_groups ? g0 + j->chunk_groups : n_groups;
@@ -338,7 +341,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
         q8s_job q = {c->k->quantize_q8_0, x + (size_t)r0 * (size_t)n_in, n_in, c->act, act_stride};
         cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
-        int n_tiles = (nr + ACT_TILE - 1) / ACT_TILE;
+        int n_tiles = (nr + X8_TILE - 1) / X8_TILE;
         x8_job d = {gemm, w, c->act, act_stride, nr, n_chunks, chunk_groups,
                     y + (size_t)r0 * (size_t)n_out};
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;

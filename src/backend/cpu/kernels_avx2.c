@@ -746,28 +746,33 @@ INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_
         acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const exsa_block_q4_0x8 *g = &w[b];
-        __m256i s16[4];
-#pragma GCC unroll 4
-        for (int k = 0; k < R; k++)
-            s16[k] = _mm256_setzero_si256();
+        /* q[j]: elements 4j..4j+3, q[4 + j]: 16+4j..16+4j+3 of each row */
+        __m256i q[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(g->qs + 32 * j));
-            const __m256i lo = _mm256_and_si256(raw, m4);
-            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-#pragma GCC unroll 4
-            for (int k = 0; k < R; k++) {
-                int32_t qa, qb;
-                memcpy(&qa, a[k][b].qs + 4 * j, 4);
-                memcpy(&qb, a[k][b].qs + 16 + 4 * j, 4);
-                s16[k] = _mm256_add_epi16(s16[k], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(qa)));
-                s16[k] = _mm256_add_epi16(s16[k], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(qb)));
-            }
+            q[j] = _mm256_and_si256(raw, m4);
+            q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->d));
+        /* One row at a time with a tree of adds: the 8 products of a row
+         * are independent, and nothing lives across rows but acc (the
+         * row-interleaved order made the compiler spill them). */
 #pragma GCC unroll 4
         for (int k = 0; k < R; k++) {
-            __m256i s32 = _mm256_madd_epi16(s16[k], ones);
+            __m256i x[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+                int32_t quad;
+                memcpy(&quad, a[k][b].qs + 4 * t, 4);
+                x[t] = _mm256_maddubs_epi16(q[t], _mm256_set1_epi32(quad));
+            }
+            const __m256i s16 =
+                _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(x[0], x[1]),
+                                                  _mm256_add_epi16(x[2], x[3])),
+                                 _mm256_add_epi16(_mm256_add_epi16(x[4], x[5]),
+                                                  _mm256_add_epi16(x[6], x[7])));
+            __m256i s32 = _mm256_madd_epi16(s16, ones);
             s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * a[k][b].sum));
             const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a[k][b].d));
             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), d, acc[k]);
