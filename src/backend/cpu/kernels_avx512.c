@@ -565,6 +565,73 @@ static const exsa_cpu_kernels avx512_partial = {
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx512_partial = &avx512_partial;
 
 #if HAVE_VNNI
+/* Repacked Q4_0 (kernels.h) with vpdpbusd: the nibble x activation-quad
+ * products go straight into int32 lanes (8 rows), two chains per row. The
+ * integer sums are exact, so the result is the scalar reference's bits. */
+INLINE void q4_0x8_rows_vnni(int nb, const exsa_block_q4_0x8 *w,
+                             const exsa_block_q8_0s *const *a, const int R, float *out,
+                             size_t os)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q4_0x8 *g = &w[b];
+        __m256i q[8];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(g->qs + 32 * j));
+            q[j] = _mm256_and_si256(raw, m4);
+            q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->d));
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                int32_t qa, qb;
+                memcpy(&qa, a[k][b].qs + 4 * t, 4);
+                memcpy(&qb, a[k][b].qs + 16 + 4 * t, 4);
+                s0 = _mm256_dpbusd_epi32(s0, q[t], _mm256_set1_epi32(qa));
+                s1 = _mm256_dpbusd_epi32(s1, q[t + 4], _mm256_set1_epi32(qb));
+            }
+            __m256i s32 = _mm256_add_epi32(s0, s1);
+            s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * a[k][b].sum));
+            const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a[k][b].d));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), d, acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+static void gemm_q4_0x8_vnni(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
+                             size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / 32;
+    const exsa_block_q8_0s *a[4];
+    int j = 0;
+    for (; j + 4 <= n_act; j += 4) {
+        for (int k = 0; k < 4; k++)
+            a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
+        q4_0x8_rows_vnni(nb, w, a, 4, out + (size_t)j * out_stride, out_stride);
+    }
+    const int left = n_act - j;
+    for (int k = 0; k < left; k++)
+        a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
+    float *o = out + (size_t)j * out_stride;
+    if (left == 3)
+        q4_0x8_rows_vnni(nb, w, a, 3, o, out_stride);
+    else if (left == 2)
+        q4_0x8_rows_vnni(nb, w, a, 2, o, out_stride);
+    else if (left == 1)
+        q4_0x8_rows_vnni(nb, w, a, 1, o, out_stride);
+}
+
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
     .dot = {
@@ -583,6 +650,7 @@ static const exsa_cpu_kernels avx512vnni_partial = {
     .axpy_f16 = axpy_f16,
     .f32_to_f16 = f32_to_f16,
     .f16_to_f32 = f16_to_f32,
+    .gemm_q4_0x8 = gemm_q4_0x8_vnni,
 };
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial = &avx512vnni_partial;
 #else
