@@ -9,12 +9,19 @@
  * sampler, detokenizer and sent events stay as they were) and recomputes
  * everything on re-admission; nothing is sent twice.
  *
- * Locks: e->mu guards the waiting queue, the engine's stop flag and the
- * stats snapshot; r->mu guards one request's event stream. The engine
- * thread never holds r->mu while taking e->mu. Everything else in the
- * engine (running list, KV, prefix cache, samplers) belongs to the engine
- * thread alone.
+ * Locks: e->mu guards the waiting queue, the embedding job queue, the
+ * engine's stop flag and the stats snapshot; r->mu guards one request's
+ * event stream. The engine thread never holds r->mu while taking e->mu.
+ * Everything else in the engine (running list, KV, prefix cache, samplers)
+ * belongs to the engine thread alone.
+ *
+ * Embeddings run on the engine thread too (only it touches the model ctx):
+ * a caller queues a job and sleeps on the job's own condvar; the engine
+ * takes one job between steps, runs it in a sequence id reserved for it
+ * (max_batch_size, one past the request slots) and wakes the caller.
  */
+#include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -27,6 +34,7 @@
 #include "exsa.h"
 #include "model/model.h"
 #include "quant/quant.h"
+#include "text/chat_template.h"
 #include "text/tokenizer.h"
 #include "text/vocab.h"
 #include "util/err.h"
@@ -43,7 +51,30 @@ typedef struct evt {
     int type;
     int32_t token;
     size_t off, len; /* text in r->txt */
+    float logprob;
+    int n_top;
+    size_t top_off;  /* n_top entries in r->tops */
 } evt;
+
+/* Log-probabilities of one sampled token (engine thread, on the stack). */
+typedef struct lp_info {
+    float logprob;
+    int n_top;
+    exsa_token_logprob top[EXSA_MAX_TOP_LOGPROBS];
+} lp_info;
+
+/* An embedding request; lives on the caller's stack until done is set. */
+typedef struct embed_job {
+    const int32_t *ids;
+    int n;
+    float *out;
+    int rc;
+    exsa_err err;
+    int done;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct embed_job *next;
+} embed_job;
 
 struct exsa_request {
     /* Fixed at submit. */
@@ -57,6 +88,7 @@ struct exsa_request {
     int n_stop;
     int ignore_eos;
     int until_ctx; /* max_tokens <= 0: generate until the context is full */
+    int logprobs, top_logprobs;
 
     /* Event stream, under mu. */
     pthread_mutex_t mu;
@@ -67,6 +99,9 @@ struct exsa_request {
     size_t txt_len, txt_cap;
     char *rbuf; /* the reader's copy of the current event's text */
     size_t rbuf_cap;
+    exsa_token_logprob *tops; /* top logprobs of queued events */
+    size_t tops_len, tops_cap;
+    exsa_token_logprob rtop[EXSA_MAX_TOP_LOGPROBS]; /* the reader's copy */
     int done_read;
     int refs; /* caller + engine */
     char errmsg[sizeof(((exsa_err *)0)->msg)];
@@ -99,6 +134,16 @@ struct exsa_engine {
     exsa_vocab *voc;
     exsa_tokenizer *tok;
     int n_vocab, n_ctx, bs, n_blocks;
+    char *name;
+    char *tpl_override;      /* copy of p->chat_template */
+    exsa_chat_template *tpl; /* NULL: tpl_err says why */
+    char tpl_err[sizeof(((exsa_err *)0)->msg)];
+    char *bos_text, *eos_text;
+    int64_t created;
+    /* Shared detokenizers (plain, special) for exsa_engine_detokenize:
+     * creating one scans the vocabulary, so calls reuse these in turn. */
+    pthread_mutex_t detok_mu;
+    exsa_detok *dt[2];
 
     pthread_t th;
     int started;
@@ -107,6 +152,7 @@ struct exsa_engine {
     int stop;
     int paused;
     uint64_t next_id;
+    embed_job *jobs, *jobs_tail;
     exsa_request **waiting; /* arrival order; preempted ones at the front */
     int n_waiting, cap_waiting;
     exsa_engine_stats stats;
@@ -126,6 +172,9 @@ struct exsa_engine {
     char *piece;
     exsa_engine_stats acc; /* counters; copied into stats at the end of a step */
     int64_t n_admitted;    /* first admissions so far */
+    int embed_seq;         /* sequence id of embedding jobs */
+    float *hidden;         /* [max_batch_tokens][n_embd], allocated at the first job */
+    double *pool;          /* [n_embd] */
 };
 
 /* ---- prefix cache (compiled out until its implementation exists) ---- */
@@ -190,7 +239,7 @@ void exsa_engine_params_default(exsa_engine_params *p)
         .model_path = NULL, .n_threads = 0, .n_ctx = 0, .max_batch_tokens = 512,
         .max_batch_size = 16, .kv_type = EXSA_TYPE_F16, .kv_tokens = 0, .queue_size = 256,
         .strategy = EXSA_SCHED_FIFO, .prefix_cache = 1, .priority_aging_ms = 1000,
-        .dynamic_threshold = 8,
+        .dynamic_threshold = 8, .chat_template = NULL, .name = NULL,
     };
 }
 
@@ -218,6 +267,7 @@ static void request_destroy(exsa_request *r)
     free(r->ev);
     free(r->txt);
     free(r->rbuf);
+    free(r->tops);
     free(r->hold);
     exsa_sampler_free(r->smp);
     exsa_detok_free(r->detok);
@@ -251,21 +301,29 @@ static int grow(void **buf, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
-/* Appends an event; engine thread. */
-static int push_event(exsa_request *r, int type, int32_t token, const char *text, size_t len)
+/* Appends an event (lp: its log-probabilities or NULL); engine thread. */
+static int push_event(exsa_request *r, int type, int32_t token, const char *text, size_t len,
+                      const lp_info *lp)
 {
     int rc = 0;
+    int n_top = lp ? lp->n_top : 0;
     pthread_mutex_lock(&r->mu);
     size_t cap_ev = (size_t)r->cap_ev;
     if (grow((void **)&r->ev, &cap_ev, (size_t)r->n_ev + 1, sizeof *r->ev) ||
-        grow((void **)&r->txt, &r->txt_cap, r->txt_len + len + 1, 1)) {
+        grow((void **)&r->txt, &r->txt_cap, r->txt_len + len + 1, 1) ||
+        grow((void **)&r->tops, &r->tops_cap, r->tops_len + (size_t)n_top, sizeof *r->tops)) {
         rc = -1;
     } else {
         r->cap_ev = (int)cap_ev;
         if (len > 0)
             memcpy(r->txt + r->txt_len, text, len);
-        r->ev[r->n_ev++] = (evt){.type = type, .token = token, .off = r->txt_len, .len = len};
+        if (n_top > 0)
+            memcpy(r->tops + r->tops_len, lp->top, (size_t)n_top * sizeof *r->tops);
+        r->ev[r->n_ev++] = (evt){.type = type, .token = token, .off = r->txt_len, .len = len,
+                                 .logprob = lp ? lp->logprob : 0.0f, .n_top = n_top,
+                                 .top_off = r->tops_len};
         r->txt_len += len;
+        r->tops_len += (size_t)n_top;
         pthread_cond_broadcast(&r->cv);
     }
     pthread_mutex_unlock(&r->mu);
@@ -314,6 +372,12 @@ int exsa_request_next(exsa_request *r, exsa_event *ev, int timeout_ms)
             ev->token = x->token;
             ev->text = r->rbuf;
             ev->text_len = x->len;
+            ev->logprob = x->logprob;
+            if (x->n_top > 0) {
+                memcpy(r->rtop, r->tops + x->top_off, (size_t)x->n_top * sizeof *r->rtop);
+                ev->n_top = x->n_top;
+                ev->top = r->rtop;
+            }
             ev->error = "";
             if (x->type == EXSA_EVENT_DONE) {
                 /* The engine filled these before pushing DONE and never
@@ -333,7 +397,7 @@ int exsa_request_next(exsa_request *r, exsa_event *ev, int timeout_ms)
                 r->done_read = 1;
             }
             if (++r->rd == r->n_ev)
-                r->rd = r->n_ev = 0, r->txt_len = 0;
+                r->rd = r->n_ev = 0, r->txt_len = 0, r->tops_len = 0;
         }
     }
     pthread_mutex_unlock(&r->mu);
@@ -408,7 +472,7 @@ static void deliver_finished(exsa_engine *e)
 {
     for (int i = 0; i < e->n_finished; i++) {
         exsa_request *r = e->finished[i];
-        if (push_event(r, EXSA_EVENT_DONE, -1, "", 0) != 0) {
+        if (push_event(r, EXSA_EVENT_DONE, -1, "", 0, NULL) != 0) {
             /* Out of memory for the event array: the reader would wait
              * forever, so mark the stream as ended in place. */
             pthread_mutex_lock(&r->mu);
@@ -577,6 +641,80 @@ static int stop_scan(exsa_request *r, int final, size_t *emit)
     return 0;
 }
 
+/* a ranks below b: smaller logit, or equal and a larger id (so ties keep
+ * the lowest id, as the greedy sampler's argmax does). */
+static int lp_worse(exsa_token_logprob a, exsa_token_logprob b)
+{
+    return a.logprob < b.logprob || (a.logprob == b.logprob && a.token > b.token);
+}
+
+static void heap_down(exsa_token_logprob *h, int n, int i)
+{
+    for (;;) {
+        int w = i, l = 2 * i + 1, rr = l + 1;
+        if (l < n && lp_worse(h[l], h[w]))
+            w = l;
+        if (rr < n && lp_worse(h[rr], h[w]))
+            w = rr;
+        if (w == i)
+            return;
+        exsa_token_logprob t = h[i];
+        h[i] = h[w], h[w] = t;
+        i = w;
+    }
+}
+
+/* Log-softmax of the raw logits row at token t, and the k most likely
+ * tokens, most likely first. One max pass, one exp-sum pass (float exp of
+ * max-subtracted values, summed in double: stable and exact to ~1e-7), and
+ * a size-k min-heap for the top (O(n log k), no sort of the vocabulary, no
+ * allocation). NaN logits count as impossible. */
+static void logprobs_of(const float *x, int n, int32_t t, int k, lp_info *out)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    double sum = 0;
+    if (mx > -INFINITY)
+        for (int i = 0; i < n; i++)
+            if (x[i] > -INFINITY) /* false for NaN */
+                sum += expf(x[i] - mx);
+    /* sum >= 1 when any logit is finite (the max contributes exp(0)). */
+    double lse = sum > 0 ? (double)mx + log(sum) : INFINITY;
+    out->logprob = x[t] > -INFINITY ? (float)((double)x[t] - lse) : -INFINITY;
+    if (k > n)
+        k = n;
+    /* Heap of the best k so far, worst at the root; logits stand in for
+     * logprobs until the end (same order). */
+    exsa_token_logprob *h = out->top;
+    int m = 0;
+    for (int i = 0; i < n && k > 0; i++) {
+        exsa_token_logprob c = {i, x[i] == x[i] ? x[i] : -INFINITY};
+        if (m < k) {
+            h[m++] = c;
+            for (int j = m - 1; j > 0 && lp_worse(h[j], h[(j - 1) / 2]); j = (j - 1) / 2) {
+                exsa_token_logprob tmp = h[j];
+                h[j] = h[(j - 1) / 2], h[(j - 1) / 2] = tmp;
+            }
+        } else if (lp_worse(h[0], c)) {
+            h[0] = c;
+            heap_down(h, m, 0);
+        }
+    }
+    /* Most likely first: insertion sort of at most 20 entries. */
+    for (int i = 1; i < m; i++) {
+        exsa_token_logprob c = h[i];
+        int j = i;
+        for (; j > 0 && lp_worse(h[j - 1], c); j--)
+            h[j] = h[j - 1];
+        h[j] = c;
+    }
+    for (int i = 0; i < m; i++)
+        h[i].logprob = h[i].logprob > -INFINITY ? (float)((double)h[i].logprob - lse) : -INFINITY;
+    out->n_top = m;
+}
+
 static void hold_append(exsa_request *r, const char *s, size_t n)
 {
     if (n == 0 || grow((void **)&r->hold, &r->hold_cap, r->hold_len + n, 1))
@@ -585,8 +723,9 @@ static void hold_append(exsa_request *r, const char *s, size_t n)
     r->hold_len += n;
 }
 
-/* Records the sampled token; returns a finish reason or EXSA_FINISH_NONE. */
-static int accept_token(exsa_engine *e, exsa_request *r, int32_t t)
+/* Records the sampled token (lp: its log-probabilities or NULL); returns a
+ * finish reason or EXSA_FINISH_NONE. */
+static int accept_token(exsa_engine *e, exsa_request *r, int32_t t, const lp_info *lp)
 {
     int64_t now = exsa_time_ns();
     exsa_sampler_accept(r->smp, t);
@@ -625,7 +764,7 @@ static int accept_token(exsa_engine *e, exsa_request *r, int32_t t)
     size_t emit;
     if (stop_scan(r, finish != EXSA_FINISH_NONE, &emit))
         finish = EXSA_FINISH_STOP;
-    int rc = push_event(r, EXSA_EVENT_TOKEN, t, r->hold, emit);
+    int rc = push_event(r, EXSA_EVENT_TOKEN, t, r->hold, emit, lp);
     if (emit > 0)
         memmove(r->hold, r->hold + emit, r->hold_len - emit);
     r->hold_len -= emit;
@@ -717,8 +856,12 @@ static void step(exsa_engine *e)
             }
             for (int j = 0; j < n_out; j++) {
                 exsa_request *r = e->out_req[j];
-                int32_t t = exsa_sampler_sample(r->smp, e->logits + (size_t)j * e->n_vocab);
-                int fin = accept_token(e, r, t);
+                const float *row = e->logits + (size_t)j * e->n_vocab;
+                int32_t t = exsa_sampler_sample(r->smp, row);
+                lp_info lp;
+                if (r->logprobs)
+                    logprobs_of(row, e->n_vocab, t, r->top_logprobs, &lp);
+                int fin = accept_token(e, r, t, r->logprobs ? &lp : NULL);
                 if (fin != EXSA_FINISH_NONE)
                     retire(e, r, fin);
             }
@@ -728,19 +871,115 @@ static void step(exsa_engine *e)
     deliver_finished(e);
 }
 
+/* ---- embeddings (engine thread) ---- */
+
+static void job_finish(embed_job *j, int rc)
+{
+    pthread_mutex_lock(&j->mu);
+    j->rc = rc;
+    j->done = 1;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Runs the ids through the model in the embedding sequence, max_batch_tokens
+ * rows at a time, every row asking for its normed hidden state; mean pools
+ * in double and L2-normalizes into j->out. Frees its blocks whatever
+ * happens. */
+static int run_embed(exsa_engine *e, embed_job *j)
+{
+    const int E = exsa_model_hparams(e->m)->n_embd, B = e->p.max_batch_tokens;
+    if (!e->hidden) {
+        size_t nh;
+        if (__builtin_mul_overflow((size_t)B, (size_t)E, &nh) ||
+            !(e->hidden = malloc(nh * sizeof *e->hidden)) ||
+            !(e->pool = malloc((size_t)E * sizeof *e->pool))) {
+            free(e->hidden);
+            e->hidden = NULL;
+            return exsa_err_set(&j->err, EXSA_ENOMEM, "embed: out of memory for %d x %d floats",
+                                B, E);
+        }
+    }
+    int need = blocks_for(e, j->n);
+    if (exsa_kv_n_free_blocks(e->kv) < need)
+        pc_make_room(e, need);
+    if (exsa_kv_seq_reserve(e->kv, e->embed_seq, j->n, NULL) != 0)
+        return exsa_err_set(&j->err, EXSA_EFULL,
+                            "embed: %d tokens need %d KV blocks, %d free right now", j->n, need,
+                            exsa_kv_n_free_blocks(e->kv));
+    for (int d = 0; d < E; d++)
+        e->pool[d] = 0;
+    int rc = 0;
+    for (int start = 0; start < j->n && rc == 0; start += B) {
+        int rows = j->n - start < B ? j->n - start : B;
+        for (int i = 0; i < rows; i++) {
+            e->b_token[i] = j->ids[start + i];
+            e->b_pos[i] = start + i;
+            e->b_seq[i] = e->embed_seq;
+            e->b_logits[i] = 1;
+        }
+        exsa_batch b = {.n = rows, .token = e->b_token, .pos = e->b_pos, .seq = e->b_seq,
+                        .logits = e->b_logits};
+        rc = exsa_model_forward_hidden(e->ctx, &b, e->hidden, &j->err);
+        if (rc == 0) {
+            e->acc.computed_tokens += rows;
+            for (int i = 0; i < rows; i++) {
+                const float *h = e->hidden + (size_t)i * E;
+                for (int d = 0; d < E; d++)
+                    e->pool[d] += h[d];
+            }
+        }
+    }
+    exsa_kv_seq_free(e->kv, e->embed_seq);
+    if (rc != 0)
+        return rc;
+    double ss = 0;
+    for (int d = 0; d < E; d++) {
+        e->pool[d] /= j->n;
+        ss += e->pool[d] * e->pool[d];
+    }
+    double inv = ss > 0 ? 1.0 / sqrt(ss) : 0.0; /* an all-zero mean stays zero */
+    for (int d = 0; d < E; d++)
+        j->out[d] = (float)(e->pool[d] * inv);
+    return E;
+}
+
 static void *engine_main(void *arg)
 {
     exsa_engine *e = arg;
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        while (!e->stop && (e->paused || (e->n_waiting == 0 && e->n_running == 0)))
+        while (!e->stop &&
+               (e->paused || (!e->jobs && e->n_waiting == 0 && e->n_running == 0)))
             pthread_cond_wait(&e->cv, &e->mu);
         int stop = e->stop;
+        embed_job *job = stop ? NULL : e->jobs;
+        if (job && !(e->jobs = job->next))
+            e->jobs_tail = NULL;
+        int work = e->n_waiting > 0 || e->n_running > 0;
         pthread_mutex_unlock(&e->mu);
         if (stop)
             break;
-        step(e);
+        if (job) {
+            /* One job between two steps, so requests keep moving. */
+            int rc = run_embed(e, job);
+            if (!work)
+                stats_publish(e);
+            job_finish(job, rc);
+        }
+        if (work)
+            step(e);
     }
+    /* Jobs still queued fail: their callers are waiting. */
+    pthread_mutex_lock(&e->mu);
+    while (e->jobs) {
+        embed_job *job = e->jobs;
+        e->jobs = job->next;
+        exsa_err_set(&job->err, EXSA_EINVAL, "embed: the engine is shutting down");
+        job_finish(job, EXSA_EINVAL);
+    }
+    e->jobs_tail = NULL;
+    pthread_mutex_unlock(&e->mu);
     /* Shutdown: every request still here ends with cancel. */
     while (e->n_running > 0)
         retire(e, e->running[0], EXSA_FINISH_CANCEL);
@@ -774,12 +1013,22 @@ void exsa_engine_free(exsa_engine *e)
     exsa_prefix_cache_free(e->pc);
 #endif
     exsa_model_ctx_free(e->ctx);
-    exsa_model_free(e->m);
+    exsa_detok_free(e->dt[0]);
+    exsa_detok_free(e->dt[1]);
     exsa_tokenizer_free(e->tok);
     exsa_vocab_free(e->voc);
+    exsa_model_free(e->m); /* last: the vocab points into its mapping */
+    exsa_chat_template_destroy(e->tpl);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->detok_mu);
     free(e->model_path);
+    free(e->name);
+    free(e->tpl_override);
+    free(e->bos_text);
+    free(e->eos_text);
+    free(e->hidden);
+    free(e->pool);
     free(e->waiting);
     free(e->running);
     free(e->free_slots);
@@ -802,6 +1051,79 @@ static void *alloc_array(size_t n, size_t elem, int *fail)
     if (__builtin_mul_overflow(n, elem, &bytes) || !(p = calloc(1, bytes ? bytes : 1)))
         *fail = 1;
     return p;
+}
+
+/* NUL-terminated copy of token id's stored text ("" for none). */
+static char *token_text(const exsa_vocab *v, int32_t id)
+{
+    size_t len = 0;
+    const char *s = v && id >= 0 && id < exsa_vocab_n_tokens(v) ? exsa_vocab_token_str(v, id, &len)
+                                                                 : NULL;
+    char *out = malloc(len + 1);
+    if (out) {
+        if (len)
+            memcpy(out, s, len);
+        out[len] = 0;
+    }
+    return out;
+}
+
+/* The engine's name: given, else general.name, else the file name without
+ * its directory and ".gguf". */
+static int set_name(exsa_engine *e, const char *given, exsa_err *err)
+{
+    const char *s = given;
+    size_t len = given ? strlen(given) : 0;
+    if (!given && exsa_gguf_get_str(exsa_model_gguf(e->m), "general.name", &s, &len, NULL) != 0)
+        s = NULL;
+    if (!s || len == 0) {
+        s = strrchr(e->model_path, '/');
+        s = s ? s + 1 : e->model_path;
+        len = strlen(s);
+        if (len > 5 && strcmp(s + len - 5, ".gguf") == 0)
+            len -= 5;
+    }
+    if (len >= sizeof(((exsa_model_info *)0)->name))
+        return exsa_err_set(err, EXSA_EINVAL, "engine: name of %zu bytes is longer than %zu",
+                            len, sizeof(((exsa_model_info *)0)->name) - 1);
+    if (!(e->name = malloc(len + 1)))
+        return exsa_err_set(err, EXSA_ENOMEM, "engine: out of memory");
+    memcpy(e->name, s, len);
+    e->name[len] = 0;
+    return 0;
+}
+
+/* Jinja source rather than a builtin name or a file path: names and paths
+ * never contain template delimiters. */
+static int looks_like_jinja(const char *s)
+{
+    return strstr(s, "{{") || strstr(s, "{%");
+}
+
+/* An explicit chat_template that fails is the caller's error (create
+ * fails); the model's own template failing only disables chat_render. */
+static int load_template(exsa_engine *e, exsa_err *err)
+{
+    const exsa_gguf *g = exsa_model_gguf(e->m);
+    const char *o = e->tpl_override;
+    exsa_err local = {0};
+    if (o && looks_like_jinja(o))
+        e->tpl = exsa_chat_template_create(o, strlen(o), err);
+    else if (o)
+        e->tpl = exsa_chat_template_for_model(g, o, NULL, err);
+    else
+        e->tpl = exsa_chat_template_for_model(g, NULL, NULL, &local);
+    if (!e->tpl && o)
+        return exsa_err_prefix(err, "engine: chat_template");
+    if (!e->tpl)
+        snprintf(e->tpl_err, sizeof e->tpl_err,
+                 "chat: the model's chat template cannot be used (%.360s); "
+                 "load the model with a chat template (builtin name or Jinja source)",
+                 local.msg);
+    if (!(e->bos_text = token_text(e->voc, e->voc ? exsa_vocab_bos(e->voc) : -1)) ||
+        !(e->eos_text = token_text(e->voc, e->voc ? exsa_vocab_eos(e->voc) : -1)))
+        return exsa_err_set(err, EXSA_ENOMEM, "engine: out of memory");
+    return 0;
 }
 
 exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
@@ -840,26 +1162,42 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
         return NULL;
     }
     e->p = *p;
+    e->created = (int64_t)time(NULL);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    if (!(e->model_path = strdup(p->model_path))) {
+    pthread_mutex_init(&e->detok_mu, NULL);
+    if (!(e->model_path = strdup(p->model_path)) ||
+        (p->chat_template && !(e->tpl_override = strdup(p->chat_template)))) {
         exsa_err_set(err, EXSA_ENOMEM, "engine: out of memory");
         goto fail;
     }
     e->p.model_path = e->model_path;
+    e->p.chat_template = e->tpl_override;
     if (!(e->m = exsa_model_load(p->model_path, err)))
         goto fail;
+    if (set_name(e, p->name, err) != 0)
+        goto fail;
+    e->p.name = e->name;
     const exsa_hparams *hp = exsa_model_hparams(e->m);
     e->n_vocab = hp->n_vocab;
     /* Without a usable tokenizer the engine still serves id prompts. */
     if ((e->voc = exsa_vocab_load(exsa_model_gguf(e->m), NULL)))
         e->tok = exsa_tokenizer_create(e->voc, NULL);
+    if (e->tok && (!(e->dt[0] = exsa_detok_create(e->tok, 0, err)) ||
+                   !(e->dt[1] = exsa_detok_create(e->tok, 1, err))))
+        goto fail;
+    if (load_template(e, err) != 0)
+        goto fail;
 
     exsa_model_ctx_params cp;
     exsa_model_ctx_params_default(&cp);
     cp.n_threads = p->n_threads;
-    cp.n_ctx = p->n_ctx;
-    cp.n_seq = p->max_batch_size;
+    /* Resolved here (as the model ctx would) to size the default pool. */
+    cp.n_ctx = p->n_ctx > 0 ? p->n_ctx
+               : hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train
+                                                                : 4096;
+    /* One sequence id past the request slots for embedding jobs. */
+    cp.n_seq = p->max_batch_size + 1;
     cp.max_batch = p->max_batch_tokens;
     cp.kv_type = p->kv_type;
     if (p->kv_bytes > 0) {
@@ -882,6 +1220,16 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     } else if (p->kv_tokens > 0) {
         cp.kv_blocks = (int)(((int64_t)p->kv_tokens + EXSA_KV_BLOCK_SIZE - 1) /
                              EXSA_KV_BLOCK_SIZE);
+    } else {
+        /* max_batch_size * n_ctx tokens: the embedding slot adds none. */
+        int64_t nb = (int64_t)p->max_batch_size *
+                     (((int64_t)cp.n_ctx + EXSA_KV_BLOCK_SIZE - 1) / EXSA_KV_BLOCK_SIZE);
+        if (cp.n_ctx > (1 << 24) || nb > (1 << 26)) {
+            exsa_err_set(err, EXSA_EINVAL, "engine: n_ctx %d x max_batch_size %d is too large",
+                         cp.n_ctx, p->max_batch_size);
+            goto fail;
+        }
+        cp.kv_blocks = (int)nb;
     }
     if (!(e->ctx = exsa_model_ctx_create(e->m, &cp, err)))
         goto fail;
@@ -890,6 +1238,7 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     e->n_ctx = exsa_model_ctx_params_get(e->ctx)->n_ctx;
     e->bs = kp->block_size;
     e->n_blocks = kp->n_blocks;
+    e->embed_seq = p->max_batch_size;
 #if EXSA_ENGINE_HAVE_PREFIX_CACHE
     if (p->prefix_cache && !(e->pc = exsa_prefix_cache_create(e->kv, err)))
         goto fail;
@@ -1055,6 +1404,21 @@ exsa_request *exsa_engine_submit(exsa_engine *e, const exsa_request_params *p, e
     r->refs = 2;
     r->priority = p->priority;
     r->ignore_eos = p->ignore_eos;
+    if (p->top_logprobs < 0 || p->top_logprobs > EXSA_MAX_TOP_LOGPROBS) {
+        exsa_err_set(err, EXSA_EINVAL, "top_logprobs must be in [0, %d], got %d",
+                     EXSA_MAX_TOP_LOGPROBS, p->top_logprobs);
+        goto fail;
+    }
+    r->logprobs = p->logprobs != 0;
+    r->top_logprobs = r->logprobs ? p->top_logprobs : 0;
+    /* Room for a few queued events' top lists up front; the queue only
+     * grows past it when the reader falls behind. */
+    if (r->top_logprobs > 0 &&
+        grow((void **)&r->tops, &r->tops_cap, (size_t)16 * (size_t)r->top_logprobs,
+             sizeof *r->tops)) {
+        exsa_err_set(err, EXSA_ENOMEM, "submit: out of memory");
+        goto fail;
+    }
     if (build_prompt(e, r, p, err) || copy_stops(r, p, err) ||
         exsa_sampling_params_check(&p->sampling, e->n_vocab, err) ||
         !(r->smp = exsa_sampler_create(&p->sampling, e->n_vocab, err)))
@@ -1093,4 +1457,256 @@ void exsa_engine_stats_get(exsa_engine *e, exsa_engine_stats *out)
     pthread_mutex_lock(&e->mu);
     *out = e->stats;
     pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- model information and text helpers ---- */
+
+void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out)
+{
+    if (!out)
+        return;
+    memset(out, 0, sizeof *out);
+    if (!e)
+        return;
+    const exsa_hparams *hp = exsa_model_hparams(e->m);
+    snprintf(out->name, sizeof out->name, "%s", e->name);
+    snprintf(out->path, sizeof out->path, "%s", e->model_path);
+    snprintf(out->arch, sizeof out->arch, "%s", hp->arch_name);
+    const exsa_type_traits *tr = exsa_type_traits_get(hp->weight_type);
+    const char *tn = tr ? tr->name : exsa_gguf_type_name(hp->weight_type);
+    snprintf(out->weight_type, sizeof out->weight_type, "%s", tn ? tn : "unknown");
+    out->n_ctx = e->n_ctx;
+    out->n_ctx_train = hp->n_ctx_train;
+    out->n_vocab = hp->n_vocab;
+    out->n_embd = hp->n_embd;
+    out->n_layer = hp->n_layer;
+    out->bos = e->voc ? exsa_vocab_bos(e->voc) : -1;
+    out->eos = e->voc ? exsa_vocab_eos(e->voc) : -1;
+    out->n_params = exsa_model_n_params(e->m);
+    out->weight_bytes = exsa_model_weight_bytes(e->m);
+    out->created = e->created;
+}
+
+/* Appends k bytes of piece to out (at most cap - 1 kept) and counts them. */
+static void detok_put(char *out, size_t cap, int64_t *total, const char *piece, int k)
+{
+    if (k <= 0)
+        return;
+    if (cap > 0 && (uint64_t)*total < cap - 1) {
+        size_t room = cap - 1 - (size_t)*total;
+        memcpy(out + *total, piece, (size_t)k < room ? (size_t)k : room);
+    }
+    *total += k;
+}
+
+int64_t exsa_engine_detokenize(exsa_engine *e, const int32_t *ids, int64_t n, int special,
+                               char *out, size_t cap, exsa_err *err)
+{
+    if (!e || n < 0 || (n > 0 && !ids) || (cap > 0 && !out))
+        return exsa_err_set(err, EXSA_EINVAL, "detokenize: engine, ids and out are required");
+    if (!e->tok)
+        return exsa_err_set(err, EXSA_EUNSUPPORTED,
+                            "detokenize: the model has no usable tokenizer");
+    int32_t nv = exsa_vocab_n_tokens(e->voc);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= nv)
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "detokenize: ids[%lld] = %d is out of the vocabulary (%d)",
+                                (long long)i, ids[i], nv);
+    char piece[PIECE_MAX + 1];
+    int64_t total = 0;
+    int rc = 0;
+    pthread_mutex_lock(&e->detok_mu);
+    exsa_detok *d = e->dt[special ? 1 : 0];
+    exsa_detok_reset(d);
+    /* Text that does not fit in piece stays queued in d and comes out
+     * with the next push or the final flushes. */
+    for (int64_t i = 0; i < n && rc >= 0; i++) {
+        rc = exsa_detok_push(d, ids[i], piece, sizeof piece);
+        detok_put(out, cap, &total, piece, rc);
+    }
+    /* The first flush ends a pending partial character (as U+FFFD); the
+     * rest hand out what is still queued. */
+    while (rc >= 0 && (rc = exsa_detok_flush(d, piece, sizeof piece)) > 0)
+        detok_put(out, cap, &total, piece, rc);
+    pthread_mutex_unlock(&e->detok_mu);
+    if (rc < 0)
+        return exsa_err_set(err, rc, "detokenize: %s", exsa_strerror(rc));
+    if (cap > 0)
+        out[(uint64_t)total < cap ? (size_t)total : cap - 1] = 0;
+    return total;
+}
+
+/* One message's content as the template sees it: a string stays, a list of
+ * text parts becomes their concatenation (what the builtin templates do,
+ * and what Jinja templates written for string content need). */
+static int check_content(json_t *msg, size_t i, const char *role, json_t **content_out,
+                         exsa_err *err)
+{
+    json_t *c = json_object_get(msg, "content");
+    *content_out = NULL;
+    if (json_is_string(c))
+        return 0;
+    if (!c || json_is_null(c)) {
+        if (!strcmp(role, "assistant") && json_array_size(json_object_get(msg, "tool_calls")) > 0)
+            return 0;
+        return exsa_err_set(err, EXSA_EINVAL,
+                            "messages[%zu].content: required (null only for an assistant "
+                            "message with tool_calls)",
+                            i);
+    }
+    if (!json_is_array(c))
+        return exsa_err_set(err, EXSA_EINVAL,
+                            "messages[%zu].content: must be a string or an array of text parts",
+                            i);
+    size_t total = 0, k;
+    json_t *part;
+    json_array_foreach(c, k, part) {
+        const char *type = json_string_value(json_object_get(part, "type"));
+        json_t *text = json_object_get(part, "text");
+        if (!json_is_object(part) || !type)
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "messages[%zu].content[%zu]: must be an object with a string "
+                                "'type'",
+                                i, k);
+        if (strcmp(type, "text") != 0)
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "messages[%zu].content[%zu]: part type '%.64s' is not supported "
+                                "(only 'text')",
+                                i, k, type);
+        if (!json_is_string(text))
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "messages[%zu].content[%zu].text: must be a string", i, k);
+        if (__builtin_add_overflow(total, json_string_length(text), &total))
+            return exsa_err_set(err, EXSA_ENOMEM, "messages[%zu].content: too long", i);
+    }
+    char *joined = malloc(total + 1);
+    if (!joined)
+        return exsa_err_set(err, EXSA_ENOMEM, "chat: out of memory");
+    size_t at = 0;
+    json_array_foreach(c, k, part) {
+        json_t *text = json_object_get(part, "text");
+        memcpy(joined + at, json_string_value(text), json_string_length(text));
+        at += json_string_length(text);
+    }
+    *content_out = json_stringn_nocheck(joined, total);
+    free(joined);
+    if (!*content_out)
+        return exsa_err_set(err, EXSA_ENOMEM, "chat: out of memory");
+    return 0;
+}
+
+char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const char *tools_json,
+                              int add_generation_prompt, exsa_err *err)
+{
+    if (!e || !messages_json) {
+        exsa_err_set(err, EXSA_EINVAL, "chat: engine and messages are required");
+        return NULL;
+    }
+    if (!e->tpl) {
+        exsa_err_set(err, EXSA_EUNSUPPORTED, "%s", e->tpl_err);
+        return NULL;
+    }
+    json_error_t je;
+    json_t *msgs = json_loads(messages_json, 0, &je);
+    json_t *tools = NULL;
+    char *out = NULL;
+    if (!msgs) {
+        exsa_err_set(err, EXSA_EINVAL, "messages: invalid JSON at line %d column %d: %s",
+                     je.line, je.column, je.text);
+        goto done;
+    }
+    if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
+        exsa_err_set(err, EXSA_EINVAL, "messages: must be a non-empty array");
+        goto done;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        if (!json_is_object(m)) {
+            exsa_err_set(err, EXSA_EINVAL, "messages[%zu]: must be an object", i);
+            goto done;
+        }
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (!role) {
+            exsa_err_set(err, EXSA_EINVAL, "messages[%zu].role: required, a string", i);
+            goto done;
+        }
+        json_t *joined;
+        if (check_content(m, i, role, &joined, err) != 0)
+            goto done;
+        /* json_object_set keeps the key's place in the object. */
+        if (joined && json_object_set_new(m, "content", joined) != 0) {
+            exsa_err_set(err, EXSA_ENOMEM, "chat: out of memory");
+            goto done;
+        }
+    }
+    if (tools_json) {
+        if (!(tools = json_loads(tools_json, 0, &je))) {
+            exsa_err_set(err, EXSA_EINVAL, "tools: invalid JSON at line %d column %d: %s",
+                         je.line, je.column, je.text);
+            goto done;
+        }
+        if (!json_is_array(tools)) {
+            exsa_err_set(err, EXSA_EINVAL, "tools: must be an array");
+            goto done;
+        }
+    }
+    exsa_chat_opts o = {.add_generation_prompt = add_generation_prompt != 0,
+                        .bos_token = e->bos_text, .eos_token = e->eos_text, .tools = tools};
+    out = exsa_chat_template_render(e->tpl, msgs, &o, err);
+done:
+    json_decref(msgs);
+    json_decref(tools);
+    return out;
+}
+
+int exsa_engine_embed(exsa_engine *e, const int32_t *ids, int n, float *out, int cap,
+                      exsa_err *err)
+{
+    if (!e || !ids || !out)
+        return exsa_err_set(err, EXSA_EINVAL, "embed: engine, ids and out are required");
+    const exsa_hparams *hp = exsa_model_hparams(e->m);
+    if (n <= 0 || n > e->n_ctx)
+        return exsa_err_set(err, EXSA_EINVAL, "embed: %d tokens; need 1 to n_ctx (%d)", n,
+                            e->n_ctx);
+    if (cap < hp->n_embd)
+        return exsa_err_set(err, EXSA_EINVAL, "embed: cap %d is less than n_embd (%d)", cap,
+                            hp->n_embd);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= e->n_vocab)
+            return exsa_err_set(err, EXSA_EINVAL,
+                                "embed: ids[%d] = %d is out of the vocabulary (%d)", i, ids[i],
+                                e->n_vocab);
+    if (blocks_for(e, n) > e->n_blocks)
+        return exsa_err_set(err, EXSA_EINVAL, "embed: %d tokens need %d KV blocks, the pool has %d",
+                            n, blocks_for(e, n), e->n_blocks);
+    embed_job j = {.ids = ids, .n = n, .out = out};
+    pthread_mutex_init(&j.mu, NULL);
+    pthread_cond_init(&j.cv, NULL);
+    pthread_mutex_lock(&e->mu);
+    int stopping = e->stop;
+    if (!stopping) {
+        if (e->jobs_tail)
+            e->jobs_tail->next = &j;
+        else
+            e->jobs = &j;
+        e->jobs_tail = &j;
+        pthread_cond_signal(&e->cv);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (stopping) {
+        exsa_err_set(&j.err, EXSA_EINVAL, "embed: the engine is shutting down");
+        j.rc = EXSA_EINVAL;
+    } else {
+        pthread_mutex_lock(&j.mu);
+        while (!j.done)
+            pthread_cond_wait(&j.cv, &j.mu);
+        pthread_mutex_unlock(&j.mu);
+    }
+    pthread_mutex_destroy(&j.mu);
+    pthread_cond_destroy(&j.cv);
+    if (j.rc < 0 && err)
+        *err = j.err;
+    return j.rc;
 }

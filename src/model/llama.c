@@ -246,7 +246,8 @@ static void ctx_free(exsa_model_ctx *c)
     c->scratch = NULL;
 }
 
-static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out)
+static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out,
+                    float *hidden_out)
 {
     const exsa_hparams *hp = &c->m->hp;
     const llama_weights *w = c->m->weights;
@@ -310,6 +311,10 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
     exsa_tensor xs = {.name = "x", .type = EXSA_TYPE_F32, .n_in = E, .n_out = n,
                       .row_bytes = (size_t)E * sizeof(float), .data = s->x};
     op->get_rows(be, &xs, c->out_rows, c->n_out, s->xb);
+    if (hidden_out) { /* embeddings: stop before the output head */
+        op->rms_norm(be, s->xb, w->output_norm, hidden_out, c->n_out, E, hp->norm_eps);
+        return;
+    }
     op->rms_norm(be, s->xb, w->output_norm, s->xb, c->n_out, E, hp->norm_eps);
     op->matmul(be, &w->output, s->xb, logits_out, c->n_out);
 }

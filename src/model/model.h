@@ -80,6 +80,11 @@ const char *exsa_model_ctx_describe(const exsa_model_ctx *c); /* backend, ISA, t
  * run out. */
 int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out,
                        exsa_err *err);
+/* The same pass, but each row with logits[i] = 1 gets the final hidden
+ * state after the output norm (n_embd floats, in row order) in hidden_out
+ * instead of logits: what embeddings are pooled from. */
+int exsa_model_forward_hidden(exsa_model_ctx *c, const exsa_batch *batch, float *hidden_out,
+                              exsa_err *err);
 
 /* Bytes of the KV cache for n_ctx tokens of one sequence at kv_type. */
 uint64_t exsa_model_kv_bytes(const exsa_model *m, int n_ctx, int kv_type);
