@@ -270,6 +270,21 @@ static void test_tokenize_and_prompt(void **state)
     assert_string_not_equal(g_out, "[1]\n");
     assert_int_equal(exsa("tokenize -m %s/vocab/ggml-vocab-llama-spm.gguf --special '<s>'", fx), 0);
     assert_string_equal(g_out, "[1]\n");
+
+    /* gen-model --vocab FILE: the model tokenizes like the vocabulary file
+     * (known ids), has its size, and runs. */
+    assert_int_equal(exsa("gen-model spm.gguf --vocab %s/vocab/ggml-vocab-llama-spm.gguf "
+                          "--embd 64 --layers 1 --heads 2 --kv-heads 2 --ff 64 --type Q4_0",
+                          fx), 0);
+    assert_int_equal(exsa("tokenize -m spm.gguf --bos 'Hello world'"), 0);
+    assert_string_equal(g_out, "[1, 15043, 3186]\n");
+    assert_int_equal(exsa("info -m spm.gguf"), 0);
+    assert_non_null(strstr(g_out, "32000"));
+    assert_int_equal(exsa("run -m spm.gguf -p 'Hello' -n 4 --temp 0"), 0);
+    expect_fail("gen-model bad vocab", "cannot open",
+                exsa("gen-model x.gguf --vocab %s/nonexistent.gguf", fx));
+    expect_fail("gen-model vocab not a gguf", "gguf",
+                exsa("gen-model x.gguf --vocab %s/README.md", fx));
 }
 
 /* Runs "printf INPUT | exsa ARGS" (stdin not a tty); same capture as exsa(). */

@@ -6,12 +6,15 @@
 
 static const char *usage =
     "usage: exsa gen-model OUT.gguf [--arch llama|qwen2|qwen3] [--embd N] [--layers N]\n"
-    "         [--heads N] [--kv-heads N] [--ff N] [--vocab N] [--head-dim N] [--ctx N]\n"
+    "         [--heads N] [--kv-heads N] [--ff N] [--vocab N|FILE.gguf] [--head-dim N] [--ctx N]\n"
     "         [--type F32|F16|Q4_0|Q4_K_M|...] [--untied] [--seed S] [-t THREADS]\n"
     "Writes a model with seeded random weights and Exsa's own generated vocabulary\n"
     "(256 bytes + merges). Its output is random text: it is for tests, benchmarks and\n"
     "the demo. Defaults: llama, embd 256, 2 layers, 4 heads, 2 kv heads, ff 768,\n"
-    "vocab 4096, F32, tied output, seed 42.\n";
+    "vocab 4096, F32, tied output, seed 42.\n"
+    "--vocab FILE.gguf copies that file's tokenizer (vocabulary, merges, special\n"
+    "tokens, chat template) instead, e.g. ../shared/fixtures/vocab/ggml-vocab-llama-spm.gguf,\n"
+    "so that other engines can load the very same file.\n";
 
 int exsa_cmd_gen_model(int argc, char **argv)
 {
@@ -25,7 +28,7 @@ int exsa_cmd_gen_model(int argc, char **argv)
         struct { const char *flag; int *dst; int64_t lo, hi; } ints[] = {
             {"--embd", &p.n_embd, 2, 65536}, {"--layers", &p.n_layer, 1, 512},
             {"--heads", &p.n_head, 1, 4096}, {"--kv-heads", &p.n_head_kv, 1, 4096},
-            {"--ff", &p.n_ff, 1, 262144},    {"--vocab", &p.n_vocab, 260, 1000000},
+            {"--ff", &p.n_ff, 1, 262144},
             {"--head-dim", &p.head_dim, 2, 1024}, {"--ctx", &p.n_ctx_train, 1, 1 << 24},
             {"-t", &p.n_threads, 1, 1024},
         };
@@ -43,6 +46,17 @@ int exsa_cmd_gen_model(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             return 0;
+        } else if (!strcmp(a, "--vocab")) {
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
+            if (v[0] >= '0' && v[0] <= '9' && strspn(v, "0123456789") == strlen(v)) {
+                if (exsa_cli_int(cmd, a, v, 260, 1000000, &n))
+                    return 1;
+                p.n_vocab = (int)n;
+                p.vocab_path = NULL;
+            } else {
+                p.vocab_path = v;
+            }
         } else if (!strcmp(a, "--arch")) {
             if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
                 return 1;
@@ -71,7 +85,13 @@ int exsa_cmd_gen_model(int argc, char **argv)
         return exsa_cli_fail(cmd, "missing OUT.gguf (see --help)");
     if (exsa_model_generate(out, &p, exsa_cli_progress, NULL, &err))
         return exsa_cli_fail(cmd, "%s", err.msg);
-    fprintf(stderr, "wrote %s (%s, embd %d, %d layers, %d/%d heads, ff %d, vocab %d, %s)\n", out,
-            p.arch, p.n_embd, p.n_layer, p.n_head, p.n_head_kv, p.n_ff, p.n_vocab, p.ftype.name);
+    if (p.vocab_path)
+        fprintf(stderr, "wrote %s (%s, embd %d, %d layers, %d/%d heads, ff %d, vocab of %s, %s)\n",
+                out, p.arch, p.n_embd, p.n_layer, p.n_head, p.n_head_kv, p.n_ff, p.vocab_path,
+                p.ftype.name);
+    else
+        fprintf(stderr, "wrote %s (%s, embd %d, %d layers, %d/%d heads, ff %d, vocab %d, %s)\n",
+                out, p.arch, p.n_embd, p.n_layer, p.n_head, p.n_head_kv, p.n_ff, p.n_vocab,
+                p.ftype.name);
     return 0;
 }

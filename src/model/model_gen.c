@@ -274,11 +274,29 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     if (hd <= 0 || hd % 2 != 0 || (p->head_dim <= 0 && p->n_embd % p->n_head != 0))
         return exsa_err_set(err, EXSA_EINVAL,
                             "gen-model: head dimension must be even and divide --embd");
+    /* A borrowed vocabulary sets n_vocab; its keys are copied below. */
+    exsa_gguf *vsrc = NULL;
+    int64_t n_vocab = p->n_vocab;
+    if (p->vocab_path) {
+        if (!(vsrc = exsa_gguf_open(p->vocab_path, err)))
+            return err->code;
+        int64_t ti = exsa_gguf_find_key(vsrc, "tokenizer.ggml.tokens");
+        if (ti < 0 || exsa_gguf_kv_type(vsrc, ti) != EXSA_GGUF_ARRAY ||
+            exsa_gguf_arr_type(vsrc, ti) != EXSA_GGUF_STRING || exsa_gguf_arr_n(vsrc, ti) < 1 ||
+            exsa_gguf_arr_n(vsrc, ti) > 1000000) {
+            exsa_gguf_close(vsrc);
+            return exsa_err_set(err, EXSA_EFORMAT,
+                                "gen-model: %s has no usable tokenizer.ggml.tokens array",
+                                p->vocab_path);
+        }
+        n_vocab = (int64_t)exsa_gguf_arr_n(vsrc, ti);
+    }
     const int64_t E = p->n_embd, Q = (int64_t)p->n_head * hd, KV = (int64_t)p->n_head_kv * hd,
-                  F = p->n_ff, V = p->n_vocab;
+                  F = p->n_ff, V = n_vocab;
 
     vocab voc;
-    int rc = vocab_build(&voc, p->n_vocab, p->seed, err);
+    memset(&voc, 0, sizeof voc);
+    int rc = vsrc ? 0 : vocab_build(&voc, p->n_vocab, p->seed, err);
     if (rc)
         return rc;
 
@@ -348,6 +366,16 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     exsa_gguf_writer_set_f32(w, arch_key(key, sizeof key, a, "rope.freq_base"),
                              p->rope_freq_base > 0 ? p->rope_freq_base
                              : (arch_qwen2 || arch_qwen3) ? 1e6f : 10000.0f);
+    if (vsrc) {
+        for (int64_t i = 0; i < exsa_gguf_n_kv(vsrc); i++)
+            if (strncmp(exsa_gguf_kv_key(vsrc, i), "tokenizer.", 10) == 0 &&
+                (rc = exsa_gguf_writer_copy_kv(w, vsrc, i)) != 0) {
+                rc = exsa_err_set(err, rc, "gen-model: cannot copy '%s' from %s",
+                                  exsa_gguf_kv_key(vsrc, i), p->vocab_path);
+                goto done;
+            }
+        goto vocab_done;
+    }
     exsa_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
     exsa_gguf_writer_set_str(w, "tokenizer.ggml.pre", "gpt-2");
     exsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)voc.shown,
@@ -369,6 +397,7 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     exsa_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)(voc.n - 2));
     exsa_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)(voc.n - 1));
     exsa_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", !arch_qwen2 && !arch_qwen3);
+vocab_done:
 
     /* Tensors. */
     size_t max_elems = 0, max_bytes = 0;
@@ -427,5 +456,6 @@ done:
     exsa_threadpool_free(pool);
     exsa_gguf_writer_free(w);
     vocab_free(&voc);
+    exsa_gguf_close(vsrc);
     return rc;
 }

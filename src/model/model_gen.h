@@ -24,6 +24,10 @@ typedef struct exsa_gen_params {
     exsa_ftype ftype;
     uint64_t seed;
     int n_threads;      /* <= 0: all cores */
+    /* A GGUF file whose tokenizer.* keys (vocabulary, merges, special ids,
+     * chat template) are copied instead of generating one; n_vocab then
+     * comes from it. NULL: Exsa's own generated vocabulary. */
+    const char *vocab_path;
 } exsa_gen_params;
 
 void exsa_gen_params_default(exsa_gen_params *p);
