@@ -294,6 +294,13 @@ void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out);
 int64_t exsa_engine_detokenize(exsa_engine *e, const int32_t *ids, int64_t n, int special,
                                char *out, size_t cap, exsa_err *err);
 
+/* Raw bytes of one token (a piece of a UTF-8 character stays as its bytes,
+ * as OpenAI's logprobs "bytes" report it; control tokens give "" unless
+ * special). Returns the full length and writes at most cap bytes (no NUL),
+ * or EXSA_EINVAL for an id out of the vocabulary. */
+int64_t exsa_engine_token_bytes(exsa_engine *e, int32_t id, int special, char *out, size_t cap,
+                                exsa_err *err);
+
 /* Renders a conversation with the engine's chat template. messages_json is a
  * JSON array of OpenAI messages ({"role", "content"}, content a string or an
  * array of {"type": "text", "text"} parts; other part types are an error

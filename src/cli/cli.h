@@ -15,6 +15,7 @@ int exsa_cmd_gen_model(int argc, char **argv);
 int exsa_cmd_tokenize(int argc, char **argv);
 int exsa_cmd_template(int argc, char **argv);
 int exsa_cmd_chat(int argc, char **argv);
+int exsa_cmd_serve(int argc, char **argv);
 
 /* Prints "exsa <cmd>: message" to stderr; returns 1 (the exit status). */
 int exsa_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

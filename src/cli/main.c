@@ -9,6 +9,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"serve", exsa_cmd_serve, "serve models over HTTP (OpenAI-compatible and native API)"},
     {"run", exsa_cmd_run, "generate tokens from a prompt"},
     {"chat", exsa_cmd_chat, "talk with a model in the terminal"},
     {"tokenize", exsa_cmd_tokenize, "print the token ids of a text"},

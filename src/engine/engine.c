@@ -1499,6 +1499,21 @@ static void detok_put(char *out, size_t cap, int64_t *total, const char *piece, 
     *total += k;
 }
 
+int64_t exsa_engine_token_bytes(exsa_engine *e, int32_t id, int special, char *out, size_t cap,
+                                exsa_err *err)
+{
+    if (!e || (!out && cap > 0))
+        return exsa_err_set(err, EXSA_EINVAL, "token_bytes: engine and out are required");
+    if (!e->voc || id < 0 || id >= exsa_vocab_n_tokens(e->voc))
+        return exsa_err_set(err, EXSA_EINVAL, "token_bytes: token id %d is out of the vocabulary",
+                            (int)id);
+    /* The vocab is read-only after load: no lock needed. */
+    int n = exsa_vocab_token_to_piece(e->voc, id, out, cap, special);
+    if (n < 0)
+        return exsa_err_set(err, EXSA_EINVAL, "token_bytes: token id %d has no text", (int)id);
+    return n;
+}
+
 int64_t exsa_engine_detokenize(exsa_engine *e, const int32_t *ids, int64_t n, int special,
                                char *out, size_t cap, exsa_err *err)
 {

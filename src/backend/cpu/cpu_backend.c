@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/cpu_repack.h"
@@ -129,22 +130,52 @@ static const char *cpu_describe(const exsa_backend *b)
     return ((const cpu_backend *)b)->desc;
 }
 
+/* Buffers carry a 64-byte header saying how they were made. Large ones (the
+ * KV pool) come from anonymous mmap: zero pages that become resident only
+ * when first written, so start-up does not touch a pool of gigabytes and
+ * an idle server's memory is what it has used. */
+#define BUF_HEADER 64
+#define BUF_MMAP_MIN ((size_t)1 << 20)
+typedef struct {
+    size_t total; /* bytes of the whole allocation, header included */
+    int mapped;
+} buf_header;
+
 static void *cpu_alloc(exsa_backend *b, size_t bytes)
 {
     (void)b;
-    if (bytes > SIZE_MAX - 63)
+    if (bytes > SIZE_MAX - 2 * 4096)
         return NULL;
-    size_t n = bytes ? (bytes + 63) & ~(size_t)63 : 64;
-    void *p = aligned_alloc(64, n);
-    if (p)
-        memset(p, 0, n);
-    return p;
+    size_t n = (bytes ? (bytes + 63) & ~(size_t)63 : 64) + BUF_HEADER;
+    char *base;
+    int mapped = n >= BUF_MMAP_MIN;
+    if (mapped) {
+        base = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED)
+            return NULL;
+    } else {
+        base = aligned_alloc(64, n);
+        if (!base)
+            return NULL;
+        memset(base, 0, n);
+    }
+    buf_header h = {n, mapped};
+    memcpy(base, &h, sizeof h);
+    return base + BUF_HEADER;
 }
 
 static void cpu_free(exsa_backend *b, void *p)
 {
     (void)b;
-    free(p);
+    if (!p)
+        return;
+    char *base = (char *)p - BUF_HEADER;
+    buf_header h;
+    memcpy(&h, base, sizeof h);
+    if (h.mapped)
+        munmap(base, h.total);
+    else
+        free(base);
 }
 
 /* ---- get_rows ------------------------------------------------------------ */

@@ -1,0 +1,821 @@
+#include "server/api_openai.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server/app.h"
+#include "server/gen_job.h"
+#include "server/json_text.h"
+#include "server/request_params.h"
+#include "util/err.h"
+
+#define KEEPALIVE_MS 10000
+#define MAX_EMBED_INPUTS 256
+
+/* ---- one chat / completions request ---- */
+
+typedef struct oai {
+    exsa_gen_job *job;
+    exsa_gen_params g;
+    exsa_gen_prompt *prompts;
+    int n_prompts;
+    int chat; /* 1: chat.completion, 0: text_completion */
+    char id[160];
+    long long created;
+    int role_for;      /* stream: the choice that last got its role chunk */
+    size_t *text_len;  /* per choice: bytes of text so far (text_offset) */
+    exsa_strbuf *text; /* per choice (not streamed) */
+    json_t **lp;       /* per choice logprobs (not streamed) */
+    int ended;
+} oai;
+
+static void oai_free(void *ctx)
+{
+    oai *o = ctx;
+    if (!o)
+        return;
+    int n = o->job ? o->job->n_ch : 0;
+    exsa_gen_job_free(o->job);
+    exsa_reqparams_free(&o->g);
+    for (int i = 0; i < o->n_prompts; i++)
+        free(o->prompts[i].ids);
+    free(o->prompts);
+    if (o->text)
+        for (int i = 0; i < n; i++)
+            exsa_strbuf_free(&o->text[i]);
+    free(o->text);
+    if (o->lp)
+        for (int i = 0; i < n; i++)
+            json_decref(o->lp[i]);
+    free(o->lp);
+    free(o->text_len);
+    free(o);
+}
+
+static json_t *bytes_json(const char *s, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++)
+        json_array_append_new(a, json_integer((unsigned char)s[i]));
+    return a;
+}
+
+/* Chat: {"token", "logprob", "bytes", "top_logprobs": [...]} */
+static json_t *lp_chat_entry(oai *o, const exsa_event *ev)
+{
+    char t[512];
+    size_t n = exsa_gen_job_token_text(o->job, ev->token, t, sizeof t);
+    json_t *e = json_object();
+    json_t *top = json_array();
+    if (!e || !top) {
+        json_decref(e);
+        json_decref(top);
+        return NULL;
+    }
+    json_object_set_new(e, "token", exsa_json_text(t, n));
+    json_object_set_new(e, "logprob", exsa_json_real(ev->logprob));
+    n = exsa_gen_job_token_bytes(o->job, ev->token, t, sizeof t);
+    json_object_set_new(e, "bytes", bytes_json(t, n));
+    for (int i = 0; i < ev->n_top; i++) {
+        size_t m = exsa_gen_job_token_text(o->job, ev->top[i].token, t, sizeof t);
+        json_t *x = json_object();
+        if (!x)
+            break;
+        json_object_set_new(x, "token", exsa_json_text(t, m));
+        json_object_set_new(x, "logprob", exsa_json_real(ev->top[i].logprob));
+        m = exsa_gen_job_token_bytes(o->job, ev->top[i].token, t, sizeof t);
+        json_object_set_new(x, "bytes", bytes_json(t, m));
+        json_array_append_new(top, x);
+    }
+    json_object_set_new(e, "top_logprobs", top);
+    return e;
+}
+
+/* Completions (legacy shape): appends one token to {"tokens", "token_logprobs",
+ * "top_logprobs", "text_offset"}. */
+static void lp_completion_add(oai *o, json_t *lp, const exsa_event *ev, size_t offset)
+{
+    char t[512];
+    size_t n = exsa_gen_job_token_text(o->job, ev->token, t, sizeof t);
+    json_array_append_new(json_object_get(lp, "tokens"), exsa_json_text(t, n));
+    json_array_append_new(json_object_get(lp, "token_logprobs"), exsa_json_real(ev->logprob));
+    json_t *top = json_object();
+    for (int i = 0; top && i < ev->n_top; i++) {
+        size_t m = exsa_gen_job_token_text(o->job, ev->top[i].token, t, sizeof t);
+        /* Two tokens may print alike: keep the likelier (the first). */
+        if (!json_object_getn(top, t, strnlen(t, m)))
+            exsa_json_set_text_key(top, t, m, exsa_json_real(ev->top[i].logprob));
+    }
+    json_array_append_new(json_object_get(lp, "top_logprobs"), top);
+    json_array_append_new(json_object_get(lp, "text_offset"), json_integer((json_int_t)offset));
+}
+
+static json_t *lp_completion_new(void)
+{
+    json_t *lp = json_object();
+    if (!lp)
+        return NULL;
+    json_object_set_new(lp, "tokens", json_array());
+    json_object_set_new(lp, "token_logprobs", json_array());
+    json_object_set_new(lp, "top_logprobs", json_array());
+    json_object_set_new(lp, "text_offset", json_array());
+    return lp;
+}
+
+static json_t *usage_json(const oai *o)
+{
+    int pt = exsa_gen_job_prompt_tokens(o->job), ct = exsa_gen_job_generated_tokens(o->job);
+    int cached = 0, last = -1;
+    for (int i = 0; i < o->job->n_ch; i++)
+        if (o->job->ch[i].prompt != last) {
+            cached += o->job->ch[i].usage.cached_tokens;
+            last = o->job->ch[i].prompt;
+        }
+    json_t *u = json_object();
+    if (!u)
+        return NULL;
+    json_object_set_new(u, "prompt_tokens", json_integer(pt));
+    json_object_set_new(u, "completion_tokens", json_integer(ct));
+    json_object_set_new(u, "total_tokens", json_integer((json_int_t)pt + ct));
+    json_t *d = json_object();
+    if (d) {
+        json_object_set_new(d, "cached_tokens", json_integer(cached));
+        json_object_set_new(u, "prompt_tokens_details", d);
+    }
+    return u;
+}
+
+static json_t *base_object(const oai *o, const char *object)
+{
+    json_t *j = json_object();
+    if (!j)
+        return NULL;
+    json_object_set_new(j, "id", exsa_json_str(o->id));
+    json_object_set_new(j, "object", json_string(object));
+    json_object_set_new(j, "created", json_integer(o->created));
+    json_object_set_new(j, "model", exsa_json_str(o->job->info.name));
+    json_object_set_new(j, "system_fingerprint", json_string("exsa"));
+    return j;
+}
+
+/* ---- streaming ---- */
+
+static void sse(exsa_strbuf *out, json_t *j)
+{
+    char *s = j ? exsa_json_dump(j) : NULL;
+    json_decref(j);
+    if (!s) {
+        out->oom = 1;
+        return;
+    }
+    exsa_strbuf_puts(out, "data: ");
+    exsa_strbuf_puts(out, s);
+    exsa_strbuf_puts(out, "\n\n");
+    free(s);
+}
+
+static json_t *chunk(const oai *o, int index, json_t *delta_or_text, json_t *logprobs,
+                     const char *finish)
+{
+    json_t *j = base_object(o, o->chat ? "chat.completion.chunk" : "text_completion");
+    json_t *choices = json_array(), *c = json_object();
+    if (!j || !choices || !c) {
+        json_decref(j);
+        json_decref(choices);
+        json_decref(c);
+        json_decref(delta_or_text);
+        json_decref(logprobs);
+        return NULL;
+    }
+    json_object_set_new(c, "index", json_integer(index));
+    json_object_set_new(c, o->chat ? "delta" : "text", delta_or_text);
+    json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
+    json_array_append_new(choices, c);
+    json_object_set_new(j, "choices", choices);
+    return j;
+}
+
+static void stream_error(exsa_strbuf *out, const char *type, const char *code, const char *msg)
+{
+    sse(out, exsa_http_error_json(type, NULL, code, msg));
+    exsa_strbuf_puts(out, "data: [DONE]\n\n");
+}
+
+static int oai_pull(void *ctx, exsa_strbuf *out)
+{
+    oai *o = ctx;
+    if (o->ended)
+        return 1;
+    for (;;) {
+        int idx = 0;
+        exsa_event ev;
+        int st = exsa_gen_job_next(o->job, KEEPALIVE_MS, &idx, &ev);
+        if (st == EXSA_GEN_IDLE) {
+            exsa_strbuf_puts(out, ": keep-alive\n\n");
+            return 0;
+        }
+        if (st == EXSA_GEN_TIMEOUT) {
+            char msg[128];
+            snprintf(msg, sizeof msg,
+                     "request timed out after %g s (--timeout); generation cancelled",
+                     o->job->app->cfg->request_timeout_s);
+            stream_error(out, "timeout_error", "timeout", msg);
+            o->ended = 1;
+            return 1;
+        }
+        if (st == EXSA_GEN_GONE)
+            return -1;
+        if (st == EXSA_GEN_END) {
+            if (o->g.include_usage) {
+                json_t *j = base_object(o, o->chat ? "chat.completion.chunk" : "text_completion");
+                if (j) {
+                    json_object_set_new(j, "choices", json_array());
+                    json_object_set_new(j, "usage", usage_json(o));
+                }
+                sse(out, j);
+            }
+            exsa_strbuf_puts(out, "data: [DONE]\n\n");
+            o->ended = 1;
+            return 1;
+        }
+        exsa_gen_choice *c = &o->job->ch[idx];
+        if (o->chat && o->role_for != idx) {
+            json_t *d = json_object();
+            if (d) {
+                json_object_set_new(d, "role", json_string("assistant"));
+                json_object_set_new(d, "content", json_string(""));
+            }
+            sse(out, chunk(o, c->index, d, NULL, NULL));
+            o->role_for = idx;
+        }
+        if (ev.type == EXSA_EVENT_TOKEN) {
+            if (ev.text_len == 0 && !o->g.logprobs) {
+                if (exsa_strbuf_pending(out))
+                    return 0;
+                continue;
+            }
+            json_t *lp = NULL;
+            if (o->g.logprobs) {
+                if (o->chat) {
+                    json_t *arr = json_array();
+                    json_array_append_new(arr, lp_chat_entry(o, &ev));
+                    lp = json_object();
+                    if (lp) {
+                        json_object_set_new(lp, "content", arr);
+                        json_object_set_new(lp, "refusal", json_null());
+                    } else {
+                        json_decref(arr);
+                    }
+                } else if ((lp = lp_completion_new())) {
+                    lp_completion_add(o, lp, &ev, o->text_len[idx]);
+                }
+            }
+            o->text_len[idx] += ev.text_len;
+            json_t *content = exsa_json_text(ev.text, ev.text_len);
+            if (o->chat) {
+                json_t *d = json_object();
+                if (d)
+                    json_object_set_new(d, "content", content);
+                else
+                    json_decref(content);
+                content = d;
+            }
+            sse(out, chunk(o, c->index, content, lp, NULL));
+            return 0;
+        }
+        /* DONE of choice idx */
+        if (c->finish == EXSA_FINISH_CANCEL) {
+            stream_error(out, "server_error", "cancelled",
+                         "generation cancelled (the server is shutting down)");
+            o->ended = 1;
+            return 1;
+        }
+        if (c->finish == EXSA_FINISH_ERROR) {
+            stream_error(out, "server_error", "generation_error",
+                         c->error[0] ? c->error : "generation failed");
+            o->ended = 1;
+            return 1;
+        }
+        json_t *last = o->chat ? json_object() : json_string("");
+        sse(out, chunk(o, c->index, last, NULL, exsa_gen_finish_name(c->finish)));
+        return 0;
+    }
+}
+
+/* ---- not streamed ---- */
+
+static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
+{
+    exsa_gen_job *j = o->job;
+    int n = j->n_ch;
+    o->text = calloc((size_t)n, sizeof *o->text);
+    o->lp = calloc((size_t)n, sizeof *o->lp);
+    if (!o->text || !o->lp) {
+        exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        exsa_strbuf_init(&o->text[i]);
+        if (o->g.logprobs)
+            o->lp[i] = o->chat ? json_array() : lp_completion_new();
+    }
+    j->watch_client = 1;
+    for (;;) {
+        int idx = 0;
+        exsa_event ev;
+        int st = exsa_gen_job_next(j, -1, &idx, &ev);
+        if (st == EXSA_GEN_END)
+            break;
+        if (st == EXSA_GEN_TIMEOUT) {
+            exsa_http_reply_error(rq, 504, "timeout_error", NULL, "timeout",
+                                  "request timed out after %g s (--timeout); generation cancelled",
+                                  j->app->cfg->request_timeout_s);
+            return;
+        }
+        if (st == EXSA_GEN_GONE) {
+            exsa_http_reply_error(rq, 499, "invalid_request_error", NULL, "client_closed",
+                                  "client closed the connection");
+            return;
+        }
+        if (st != EXSA_GEN_EVENT || ev.type != EXSA_EVENT_TOKEN)
+            continue;
+        if (o->g.logprobs && o->lp[idx]) {
+            if (o->chat)
+                json_array_append_new(o->lp[idx], lp_chat_entry(o, &ev));
+            else
+                lp_completion_add(o, o->lp[idx], &ev, o->text[idx].len);
+        }
+        exsa_strbuf_append(&o->text[idx], ev.text, ev.text_len);
+    }
+    for (int i = 0; i < n; i++) {
+        if (j->ch[i].finish == EXSA_FINISH_CANCEL) {
+            exsa_http_reply_error(rq, 503, "unavailable_error", NULL, "cancelled",
+                                  "generation cancelled (the server is shutting down)");
+            return;
+        }
+        if (j->ch[i].finish == EXSA_FINISH_ERROR) {
+            exsa_http_reply_error(rq, 500, "server_error", NULL, "generation_error", "%s",
+                                  j->ch[i].error[0] ? j->ch[i].error : "generation failed");
+            return;
+        }
+        if (o->text[i].oom) {
+            exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+            return;
+        }
+    }
+    json_t *r = base_object(o, o->chat ? "chat.completion" : "text_completion");
+    json_t *choices = json_array();
+    if (!r || !choices) {
+        json_decref(r);
+        json_decref(choices);
+        exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        json_t *c = json_object();
+        if (!c)
+            continue;
+        json_object_set_new(c, "index", json_integer(j->ch[i].index));
+        json_t *content = exsa_json_text(o->text[i].p, o->text[i].len);
+        if (o->chat) {
+            json_t *m = json_object();
+            if (m) {
+                json_object_set_new(m, "role", json_string("assistant"));
+                json_object_set_new(m, "content", content);
+                json_object_set_new(m, "refusal", json_null());
+            } else {
+                json_decref(content);
+            }
+            json_object_set_new(c, "message", m);
+        } else {
+            json_object_set_new(c, "text", content);
+        }
+        json_t *lp = o->lp[i];
+        o->lp[i] = NULL;
+        if (lp && o->chat) {
+            json_t *w = json_object();
+            if (w) {
+                json_object_set_new(w, "content", lp);
+                json_object_set_new(w, "refusal", json_null());
+            } else {
+                json_decref(lp);
+            }
+            lp = w;
+        }
+        json_object_set_new(c, "logprobs", lp ? lp : json_null());
+        const char *fin = exsa_gen_finish_name(j->ch[i].finish);
+        json_object_set_new(c, "finish_reason", fin ? json_string(fin) : json_null());
+        json_array_append_new(choices, c);
+    }
+    json_object_set_new(r, "choices", choices);
+    json_object_set_new(r, "usage", usage_json(o));
+    if (n > 0)
+        json_object_set_new(r, "timings", exsa_gen_timings_json(&j->ch[0]));
+    exsa_http_reply_json(rq, 200, r);
+}
+
+/* ---- request parsing shared by both ---- */
+
+static oai *oai_begin(exsa_http_req *rq, exsa_app *a, int kind, json_t **body)
+{
+    oai *o = calloc(1, sizeof *o);
+    if (!o) {
+        exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+        return NULL;
+    }
+    o->chat = kind == EXSA_API_CHAT;
+    o->role_for = -1;
+    o->created = (long long)time(NULL);
+    snprintf(o->id, sizeof o->id, "%s-%s", o->chat ? "chatcmpl" : "cmpl", exsa_http_req_id(rq));
+    o->job = exsa_gen_job_begin(a, rq, kind, body, &o->g);
+    if (!o->job) {
+        free(o);
+        return NULL;
+    }
+    return o;
+}
+
+static void oai_run(oai *o, exsa_http_req *rq, const char *prompt_field)
+{
+    if (exsa_gen_job_submit(o->job, &o->g, o->prompts, o->n_prompts, prompt_field)) {
+        oai_free(o);
+        return;
+    }
+    o->text_len = calloc((size_t)o->job->n_ch, sizeof *o->text_len);
+    if (!o->text_len) {
+        exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+        oai_free(o);
+        return;
+    }
+    if (o->g.stream) {
+        exsa_http_reply_stream(rq, 200, "text/event-stream", oai_pull, o, oai_free);
+        return;
+    }
+    oai_collect_and_reply(o, rq);
+    oai_free(o);
+}
+
+static int add_prompt(oai *o, const exsa_gen_prompt *p)
+{
+    exsa_gen_prompt *np = realloc(o->prompts, (size_t)(o->n_prompts + 1) * sizeof *np);
+    if (!np)
+        return EXSA_ENOMEM;
+    o->prompts = np;
+    o->prompts[o->n_prompts++] = *p;
+    return 0;
+}
+
+void exsa_api_openai_chat(exsa_http_req *rq, void *app)
+{
+    exsa_app *a = app;
+    json_t *body = NULL;
+    oai *o = oai_begin(rq, a, EXSA_API_CHAT, &body);
+    if (!o)
+        return;
+    exsa_param_err pe = {0};
+    const json_t *msgs = json_object_get(body, "messages");
+    if (!msgs || json_is_null(msgs)) {
+        exsa_param_fail(&pe, "messages", "missing_required_parameter", "'messages' is required");
+    } else if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
+        exsa_param_fail(&pe, "messages", "invalid_value",
+                        "'messages' must be a non-empty array of messages");
+    }
+    if (pe.status) {
+        exsa_app_reply_param(rq, &pe);
+        goto done;
+    }
+    char *mj = exsa_json_dump(msgs);
+    exsa_err err = {0};
+    char *prompt = mj ? exsa_engine_chat_render(o->job->eng, mj, NULL, 1, &err) : NULL;
+    free(mj);
+    if (!prompt) {
+        if (!err.code)
+            err.code = EXSA_ENOMEM, snprintf(err.msg, sizeof err.msg, "out of memory");
+        exsa_app_reply_engine(rq, &err, "messages");
+        goto done;
+    }
+    /* BOS unless the template wrote it already (as exsa chat does). */
+    int add_bos = 1;
+    if (o->job->info.bos >= 0) {
+        char bos[128];
+        size_t bl = exsa_gen_job_token_text(o->job, o->job->info.bos, bos, sizeof bos);
+        if (bl > 0 && !strncmp(prompt, bos, bl))
+            add_bos = 0;
+    }
+    exsa_gen_prompt p;
+    int rc = exsa_gen_job_tokenize(o->job, prompt, strlen(prompt), add_bos, 1, "messages", &p);
+    free(prompt);
+    if (rc)
+        goto done;
+    if (add_prompt(o, &p)) {
+        free(p.ids);
+        exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+        goto done;
+    }
+    json_decref(body);
+    oai_run(o, rq, "messages");
+    return;
+done:
+    json_decref(body);
+    oai_free(o);
+}
+
+void exsa_api_openai_completions(exsa_http_req *rq, void *app)
+{
+    exsa_app *a = app;
+    json_t *body = NULL;
+    oai *o = oai_begin(rq, a, EXSA_API_COMPLETION, &body);
+    if (!o)
+        return;
+    exsa_param_err pe = {0};
+    const json_t *pr = json_object_get(body, "prompt");
+    if (!pr || json_is_null(pr)) {
+        exsa_param_fail(&pe, "prompt", "missing_required_parameter", "'prompt' is required");
+        goto bad;
+    }
+    /* A string, a list of strings, a list of token ids, or a list of lists. */
+    size_t n = json_is_array(pr) ? json_array_size(pr) : 1;
+    int ids_list = json_is_array(pr) && n > 0 && json_is_integer(json_array_get(pr, 0));
+    if (!json_is_string(pr) && !json_is_array(pr)) {
+        exsa_param_fail(&pe, "prompt", "invalid_type",
+                        "'prompt' must be a string, a list of strings, a list of token ids or a "
+                        "list of token id lists");
+        goto bad;
+    }
+    if (n == 0 || n > 64) {
+        exsa_param_fail(&pe, "prompt", "invalid_value", "'prompt' must have 1 to 64 prompts");
+        goto bad;
+    }
+    if (ids_list)
+        n = 1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *x = json_is_string(pr) || ids_list ? pr : json_array_get(pr, i);
+        char field[32];
+        snprintf(field, sizeof field, n > 1 ? "prompt[%zu]" : "prompt", i);
+        exsa_gen_prompt p = {0};
+        if (json_is_string(x)) {
+            if (exsa_gen_job_tokenize(o->job, json_string_value(x), json_string_length(x), 1, 1,
+                                      field, &p))
+                goto done;
+        } else if (json_is_array(x)) {
+            if (exsa_reqparams_ids(x, field, o->job->info.n_vocab, &p.ids, &p.n, &pe))
+                goto bad;
+        } else {
+            exsa_param_fail(&pe, "prompt", "invalid_type",
+                            "'%s' must be a string or a list of token ids", field);
+            goto bad;
+        }
+        if (add_prompt(o, &p)) {
+            free(p.ids);
+            exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+            goto done;
+        }
+    }
+    json_decref(body);
+    oai_run(o, rq, "prompt");
+    return;
+bad:
+    exsa_app_reply_param(rq, &pe);
+done:
+    json_decref(body);
+    oai_free(o);
+}
+
+/* ---- models ---- */
+
+static json_t *model_object(const exsa_model_info *info)
+{
+    json_t *m = json_object();
+    if (!m)
+        return NULL;
+    json_object_set_new(m, "id", exsa_json_str(info->name));
+    json_object_set_new(m, "object", json_string("model"));
+    json_object_set_new(m, "created", json_integer(info->created));
+    json_object_set_new(m, "owned_by", json_string("exsa"));
+    json_t *meta = json_object();
+    if (meta) {
+        json_object_set_new(meta, "arch", exsa_json_str(info->arch));
+        json_object_set_new(meta, "weight_type", exsa_json_str(info->weight_type));
+        json_object_set_new(meta, "n_ctx", json_integer(info->n_ctx));
+        json_object_set_new(meta, "n_ctx_train", json_integer(info->n_ctx_train));
+        json_object_set_new(meta, "n_vocab", json_integer(info->n_vocab));
+        json_object_set_new(meta, "n_embd", json_integer(info->n_embd));
+        json_object_set_new(meta, "n_params", json_integer((json_int_t)info->n_params));
+        json_object_set_new(meta, "size", json_integer((json_int_t)info->weight_bytes));
+        json_object_set_new(m, "meta", meta);
+    }
+    return m;
+}
+
+void exsa_api_openai_models(exsa_http_req *rq, void *app)
+{
+    exsa_app *a = app;
+    exsa_registry_entry ent[64];
+    int n = exsa_registry_list(a->reg, ent, 64);
+    if (n > 64)
+        n = 64;
+    json_t *data = json_array(), *r = json_object();
+    if (!data || !r) {
+        json_decref(data);
+        json_decref(r);
+        exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ent[i].state != EXSA_MODEL_READY)
+            continue;
+        exsa_engine *e = exsa_registry_acquire(a->reg, ent[i].name, NULL);
+        if (!e)
+            continue;
+        exsa_model_info info;
+        exsa_engine_model_info(e, &info);
+        exsa_registry_release(a->reg, e);
+        json_array_append_new(data, model_object(&info));
+    }
+    json_object_set_new(r, "object", json_string("list"));
+    json_object_set_new(r, "data", data);
+    exsa_http_reply_json(rq, 200, r);
+}
+
+void exsa_api_openai_model(exsa_http_req *rq, void *app)
+{
+    exsa_app *a = app;
+    const char *name = exsa_http_req_path_tail(rq);
+    exsa_err err = {0};
+    exsa_engine *e = *name ? exsa_registry_acquire(a->reg, name, &err) : NULL;
+    if (!e) {
+        exsa_http_reply_error(rq, 404, "invalid_request_error", "model", "model_not_found",
+                              "the model '%.200s' does not exist or is not loaded", name);
+        return;
+    }
+    exsa_model_info info;
+    exsa_engine_model_info(e, &info);
+    exsa_registry_release(a->reg, e);
+    exsa_http_reply_json(rq, 200, model_object(&info));
+}
+
+/* ---- embeddings ---- */
+
+void exsa_api_openai_embeddings(exsa_http_req *rq, void *app)
+{
+    exsa_app *a = app;
+    exsa_param_err pe = {0};
+    size_t blen;
+    const char *b = exsa_http_req_body(rq, &blen);
+    json_t *body = exsa_reqparams_body(b, blen, &pe), *data = NULL;
+    exsa_engine *e = NULL;
+    float *vec = NULL;
+    int32_t *ids = NULL;
+    if (!body)
+        goto bad;
+    const char *model, *fmt = "float";
+    if (exsa_reqparams_model(body, &model, &pe) ||
+        exsa_reqparams_str(body, "encoding_format", &fmt, NULL, &pe))
+        goto bad;
+    if (strcmp(fmt, "float") && strcmp(fmt, "base64")) {
+        exsa_param_fail(&pe, "encoding_format", "invalid_value",
+                        "'encoding_format' must be \"float\" or \"base64\", got \"%.40s\"", fmt);
+        goto bad;
+    }
+    const json_t *in = json_object_get(body, "input");
+    if (!in || json_is_null(in)) {
+        exsa_param_fail(&pe, "input", "missing_required_parameter", "'input' is required");
+        goto bad;
+    }
+    if (!json_is_string(in) && !json_is_array(in)) {
+        exsa_param_fail(&pe, "input", "invalid_type",
+                        "'input' must be a string, a list of strings, a list of token ids or a "
+                        "list of token id lists");
+        goto bad;
+    }
+    size_t n = json_is_array(in) ? json_array_size(in) : 1;
+    int ids_list = json_is_array(in) && n > 0 && json_is_integer(json_array_get(in, 0));
+    if (ids_list)
+        n = 1;
+    if (n == 0 || n > MAX_EMBED_INPUTS) {
+        exsa_param_fail(&pe, "input", "invalid_value", "'input' must have 1 to %d items",
+                        MAX_EMBED_INPUTS);
+        goto bad;
+    }
+    if (!(e = exsa_app_acquire(a, rq, model)))
+        goto out;
+    exsa_model_info info;
+    exsa_engine_model_info(e, &info);
+    long long dims = info.n_embd;
+    int has_dims;
+    if (exsa_reqparams_int(body, "dimensions", 1, 1 << 20, &dims, &has_dims, &pe))
+        goto bad;
+    if (has_dims && dims != info.n_embd) {
+        exsa_param_fail(&pe, "dimensions", "invalid_value",
+                        "'dimensions' must be this model's embedding size (%d), got %lld",
+                        info.n_embd, dims);
+        goto bad;
+    }
+    if (!(vec = malloc((size_t)info.n_embd * sizeof *vec)) || !(data = json_array()))
+        goto oom;
+    long long total = 0;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *x = json_is_string(in) || ids_list ? in : json_array_get(in, i);
+        char field[32];
+        snprintf(field, sizeof field, n > 1 ? "input[%zu]" : "input", i);
+        int nt = 0;
+        free(ids);
+        ids = NULL;
+        if (json_is_string(x)) {
+            exsa_err err = {0};
+            int64_t k = exsa_engine_tokenize(e, json_string_value(x), json_string_length(x), 1, 0,
+                                             NULL, 0, &err);
+            if (k < 0) {
+                exsa_app_reply_engine(rq, &err, field);
+                goto out;
+            }
+            if (k > info.n_ctx) {
+                exsa_param_fail(&pe, field, "context_length_exceeded",
+                                "'%s' has %lld tokens; this model's context is %d tokens", field,
+                                (long long)k, info.n_ctx);
+                goto bad;
+            }
+            if (!(ids = malloc((size_t)(k ? k : 1) * sizeof *ids)))
+                goto oom;
+            if (k > 0 && exsa_engine_tokenize(e, json_string_value(x), json_string_length(x), 1, 0,
+                                              ids, k, &err) != k)
+                goto oom;
+            nt = (int)k;
+        } else if (json_is_array(x)) {
+            if (exsa_reqparams_ids(x, field, info.n_vocab, &ids, &nt, &pe))
+                goto bad;
+        } else {
+            exsa_param_fail(&pe, "input", "invalid_type",
+                            "'%s' must be a string or a list of token ids", field);
+            goto bad;
+        }
+        if (nt == 0) {
+            exsa_param_fail(&pe, "input", "invalid_value", "'%s' is empty", field);
+            goto bad;
+        }
+        if (nt > info.n_ctx || (a->cfg->max_prompt_tokens > 0 && nt > a->cfg->max_prompt_tokens)) {
+            exsa_param_fail(&pe, "input", "context_length_exceeded",
+                            "'%s' has %d tokens; at most %d", field, nt,
+                            a->cfg->max_prompt_tokens > 0 && a->cfg->max_prompt_tokens < info.n_ctx
+                                ? a->cfg->max_prompt_tokens
+                                : info.n_ctx);
+            goto bad;
+        }
+        exsa_err err = {0};
+        int d = exsa_engine_embed(e, ids, nt, vec, info.n_embd, &err);
+        if (d < 0) {
+            exsa_app_reply_engine(rq, &err, "input");
+            goto out;
+        }
+        total += nt;
+        json_t *item = json_object();
+        if (!item)
+            goto oom;
+        json_object_set_new(item, "object", json_string("embedding"));
+        json_object_set_new(item, "index", json_integer((json_int_t)i));
+        if (!strcmp(fmt, "base64")) {
+            /* OpenAI's base64 form: the little-endian float32 bytes. */
+            char *s = exsa_base64_encode(vec, (size_t)d * sizeof *vec);
+            json_object_set_new(item, "embedding", s ? json_string(s) : NULL);
+            free(s);
+        } else {
+            json_t *v = json_array();
+            for (int k = 0; v && k < d; k++)
+                json_array_append_new(v, exsa_json_real(vec[k]));
+            json_object_set_new(item, "embedding", v);
+        }
+        json_array_append_new(data, item);
+    }
+    exsa_http_req_note_tokens(rq, (int)(total > INT32_MAX ? INT32_MAX : total), 0);
+    exsa_metrics_prompt_tokens(exsa_metrics_model(a->metrics, info.name), (int)total);
+    json_t *r = json_object(), *u = json_object();
+    if (!r || !u) {
+        json_decref(r);
+        json_decref(u);
+        goto oom;
+    }
+    json_object_set_new(r, "object", json_string("list"));
+    json_object_set_new(r, "data", data);
+    data = NULL;
+    json_object_set_new(r, "model", exsa_json_str(info.name));
+    json_object_set_new(u, "prompt_tokens", json_integer(total));
+    json_object_set_new(u, "total_tokens", json_integer(total));
+    json_object_set_new(r, "usage", u);
+    exsa_http_reply_json(rq, 200, r);
+    goto out;
+oom:
+    exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+    goto out;
+bad:
+    exsa_app_reply_param(rq, &pe);
+out:
+    free(ids);
+    free(vec);
+    json_decref(data);
+    json_decref(body);
+    if (e)
+        exsa_registry_release(a->reg, e);
+}

@@ -1,0 +1,775 @@
+#include "server/request_params.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "util/err.h"
+#include "util/log.h"
+#include "util/timer.h"
+
+int exsa_param_fail(exsa_param_err *pe, const char *param, const char *code, const char *fmt, ...)
+{
+    if (pe) {
+        if (pe->status < 400)
+            pe->status = 400;
+        snprintf(pe->param, sizeof pe->param, "%s", param ? param : "");
+        pe->code = code;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(pe->msg, sizeof pe->msg, fmt, ap);
+        va_end(ap);
+    }
+    return EXSA_EINVAL;
+}
+
+/* Depth-first search for a number beyond the 64-bit integers; *path gets
+ * the key (or index) chain to it. */
+static const json_t *find_big(const json_t *v, char *path, size_t cap)
+{
+    if (json_is_real(v) && fabs(json_real_value(v)) >= 9.2e18)
+        return v;
+    size_t n = strlen(path);
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach((json_t *)v, k, x)
+        {
+            snprintf(path + n, cap - n, "%s%s", n ? "." : "", k);
+            const json_t *r = find_big(x, path, cap);
+            if (r)
+                return r;
+        }
+    } else if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            snprintf(path + n, cap - n, "[%zu]", i);
+            const json_t *r = find_big(json_array_get(v, i), path, cap);
+            if (r)
+                return r;
+        }
+    }
+    path[n] = '\0';
+    return NULL;
+}
+
+/* jansson refuses integers beyond 64 bits as malformed JSON. They are valid
+ * JSON, just out of range: parse again with integers as reals to name the
+ * field (its top-level key is the param). 1 when pe was filled. */
+static int name_big_number(const char *body, size_t len, exsa_param_err *pe)
+{
+    json_t *j = json_loadb(body, len, JSON_DECODE_INT_AS_REAL, NULL);
+    if (!j)
+        return 0;
+    char path[96] = "", top[96];
+    const json_t *v = find_big(j, path, sizeof path);
+    if (v) {
+        snprintf(top, sizeof top, "%s", path);
+        top[strcspn(top, ".[")] = '\0';
+        exsa_param_fail(pe, top[0] ? top : NULL, "invalid_value",
+                        "'%s': the number %.0f is out of range", path[0] ? path : "(body)",
+                        json_real_value(v));
+    }
+    json_decref(j);
+    return v != NULL;
+}
+
+json_t *exsa_reqparams_body(const char *body, size_t len, exsa_param_err *pe)
+{
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
+        i++;
+    if (i == len) {
+        exsa_param_fail(pe, NULL, "invalid_json",
+                        "the request body is empty; expected a JSON object");
+        return NULL;
+    }
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    if (!j) {
+        if (json_error_code(&je) == json_error_out_of_memory) {
+            pe->status = 500;
+            exsa_param_fail(pe, NULL, "internal_error", "out of memory parsing the request body");
+            return NULL;
+        }
+        if (json_error_code(&je) == json_error_numeric_overflow && name_big_number(body, len, pe))
+            return NULL;
+        exsa_param_fail(pe, NULL, "invalid_json",
+                        "the request body is not valid JSON: %s (line %d, column %d)", je.text,
+                        je.line, je.column);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        exsa_param_fail(pe, NULL, "invalid_json", "the request body must be a JSON object");
+        return NULL;
+    }
+    return j;
+}
+
+static const char *type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+/* Absent and null both mean "not given". */
+static const json_t *field(const json_t *obj, const char *key)
+{
+    const json_t *v = json_object_get(obj, key);
+    return v && !json_is_null(v) ? v : NULL;
+}
+
+int exsa_reqparams_int(const json_t *obj, const char *key, long long lo, long long hi,
+                       long long *out, int *present, exsa_param_err *pe)
+{
+    const json_t *v = field(obj, key);
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    long long x;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+    } else if (json_is_real(v)) {
+        double d = json_real_value(v);
+        /* Reals are only accepted when they are whole and within range;
+         * the range test comes first so the cast below is defined. */
+        if (!(d == floor(d)) || d < (double)lo || d > (double)hi)
+            return exsa_param_fail(pe, key, "invalid_type",
+                                   "'%s' must be an integer in [%lld, %lld], got %g", key, lo, hi,
+                                   d);
+        x = (long long)d;
+    } else {
+        return exsa_param_fail(pe, key, "invalid_type", "'%s' must be an integer, got %s", key,
+                               type_name(v));
+    }
+    if (x < lo || x > hi)
+        return exsa_param_fail(pe, key, "invalid_value", "'%s' must be in [%lld, %lld], got %lld",
+                               key, lo, hi, x);
+    *out = x;
+    return 0;
+}
+
+int exsa_reqparams_num(const json_t *obj, const char *key, double lo, double hi, double *out,
+                       int *present, exsa_param_err *pe)
+{
+    const json_t *v = field(obj, key);
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    if (!json_is_number(v))
+        return exsa_param_fail(pe, key, "invalid_type", "'%s' must be a number, got %s", key,
+                               type_name(v));
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi)
+        return exsa_param_fail(pe, key, "invalid_value", "'%s' must be in [%g, %g], got %g", key,
+                               lo, hi, x);
+    *out = x;
+    return 0;
+}
+
+int exsa_reqparams_bool(const json_t *obj, const char *key, int *out, int *present,
+                        exsa_param_err *pe)
+{
+    const json_t *v = field(obj, key);
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return exsa_param_fail(pe, key, "invalid_type", "'%s' must be true or false, got %s", key,
+                               type_name(v));
+    *out = json_is_true(v);
+    return 0;
+}
+
+int exsa_reqparams_str(const json_t *obj, const char *key, const char **out, int *present,
+                       exsa_param_err *pe)
+{
+    const json_t *v = field(obj, key);
+    if (present)
+        *present = v != NULL;
+    if (!v)
+        return 0;
+    if (!json_is_string(v))
+        return exsa_param_fail(pe, key, "invalid_type", "'%s' must be a string, got %s", key,
+                               type_name(v));
+    if (strlen(json_string_value(v)) != json_string_length(v))
+        return exsa_param_fail(pe, key, "invalid_value", "'%s' must not contain NUL characters",
+                               key);
+    *out = json_string_value(v);
+    return 0;
+}
+
+int exsa_reqparams_ids(const json_t *arr, const char *name, int n_vocab, int32_t **ids, int *n,
+                       exsa_param_err *pe)
+{
+    *ids = NULL;
+    *n = 0;
+    if (!json_is_array(arr))
+        return exsa_param_fail(pe, name, "invalid_type",
+                               "'%s' must be an array of token ids, got %s", name, type_name(arr));
+    size_t len = json_array_size(arr);
+    if (len > (1u << 24))
+        return exsa_param_fail(pe, name, "invalid_value", "'%s' has too many tokens (%zu)", name,
+                               len);
+    int32_t *v = malloc((len ? len : 1) * sizeof *v);
+    if (!v) {
+        pe->status = 500;
+        return exsa_param_fail(pe, name, "internal_error", "out of memory");
+    }
+    for (size_t i = 0; i < len; i++) {
+        const json_t *x = json_array_get(arr, i);
+        long long hi = n_vocab > 0 ? n_vocab - 1 : INT32_MAX;
+        if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) > hi) {
+            free(v);
+            if (!json_is_integer(x))
+                return exsa_param_fail(pe, name, "invalid_type",
+                                       "'%s[%zu]' must be a token id (integer), got %s", name, i,
+                                       type_name(x));
+            return exsa_param_fail(pe, name, "invalid_value",
+                                   "'%s[%zu]' = %lld is not a token id of the model (0..%lld)",
+                                   name, i, (long long)json_integer_value(x), hi);
+        }
+        v[i] = (int32_t)json_integer_value(x);
+    }
+    *ids = v;
+    *n = (int)len;
+    return 0;
+}
+
+int exsa_reqparams_model(const json_t *body, const char **model, exsa_param_err *pe)
+{
+    *model = NULL;
+    return exsa_reqparams_str(body, "model", model, NULL, pe);
+}
+
+/* ---- fields that are not plain numbers ---- */
+
+static int parse_stop(const json_t *body, exsa_gen_params *g, exsa_param_err *pe)
+{
+    const json_t *v = field(body, "stop");
+    if (!v)
+        return 0;
+    const json_t *one = json_is_string(v) ? v : NULL;
+    if (!one && !json_is_array(v))
+        return exsa_param_fail(pe, "stop", "invalid_type",
+                               "'stop' must be a string or an array of strings, got %s",
+                               type_name(v));
+    size_t n = one ? 1 : json_array_size(v);
+    if (n > EXSA_MAX_STOPS)
+        return exsa_param_fail(pe, "stop", "invalid_value", "'stop' has %zu strings; at most %d", n,
+                               EXSA_MAX_STOPS);
+    if (n == 0)
+        return 0;
+    if (!(g->stop = calloc(n, sizeof *g->stop))) {
+        pe->status = 500;
+        return exsa_param_fail(pe, "stop", "internal_error", "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const json_t *s = one ? one : json_array_get(v, i);
+        if (!json_is_string(s))
+            return exsa_param_fail(pe, "stop", "invalid_type",
+                                   "'stop[%zu]' must be a string, got %s", i, type_name(s));
+        size_t len = json_string_length(s);
+        if (len > EXSA_MAX_STOP_LEN)
+            return exsa_param_fail(pe, "stop", "invalid_value",
+                                   "'stop[%zu]' is %zu bytes long; at most %d", i, len,
+                                   EXSA_MAX_STOP_LEN);
+        if (strlen(json_string_value(s)) != len)
+            return exsa_param_fail(pe, "stop", "invalid_value",
+                                   "'stop[%zu]' must not contain NUL characters", i);
+        if (len == 0)
+            continue; /* an empty stop string would stop at once: OpenAI ignores it */
+        if (!(g->stop[g->rp.n_stop] = strdup(json_string_value(s)))) {
+            pe->status = 500;
+            return exsa_param_fail(pe, "stop", "internal_error", "out of memory");
+        }
+        g->rp.n_stop++;
+    }
+    g->rp.stop = (const char *const *)g->stop;
+    return 0;
+}
+
+static int bias_value(const json_t *x, const char *where, float *out, exsa_param_err *pe)
+{
+    if (json_is_false(x)) { /* llama-server: false bans the token */
+        *out = -INFINITY;
+        return 0;
+    }
+    if (!json_is_number(x))
+        return exsa_param_fail(pe, "logit_bias", "invalid_type",
+                               "'logit_bias' %s: the bias must be a number (or false), got %s",
+                               where, type_name(x));
+    double b = json_number_value(x);
+    if (!(b >= -100 && b <= 100))
+        return exsa_param_fail(pe, "logit_bias", "invalid_value",
+                               "'logit_bias' %s: the bias must be in [-100, 100], got %g", where,
+                               b);
+    *out = (float)b;
+    return 0;
+}
+
+static int bias_token(long long id, const char *where, int n_vocab, int32_t *out,
+                      exsa_param_err *pe)
+{
+    if (id < 0 || (n_vocab > 0 && id >= n_vocab) || id > INT32_MAX)
+        return exsa_param_fail(pe, "logit_bias", "invalid_value",
+                               "'logit_bias' %s: token id %lld is not in the vocabulary (0..%d)",
+                               where, id, n_vocab - 1);
+    *out = (int32_t)id;
+    return 0;
+}
+
+/* OpenAI: {"123": 5.0}; llama-server also: [[123, 5.0], [456, false]]. */
+static int parse_logit_bias(const json_t *body, int n_vocab, exsa_gen_params *g, exsa_param_err *pe)
+{
+    const json_t *v = field(body, "logit_bias");
+    if (!v)
+        return 0;
+    size_t n = json_is_object(v) ? json_object_size(v) : json_is_array(v) ? json_array_size(v) : 0;
+    if (!json_is_object(v) && !json_is_array(v))
+        return exsa_param_fail(pe, "logit_bias", "invalid_type",
+                               "'logit_bias' must be an object {\"token id\": bias} or a list of "
+                               "[id, bias] pairs, got %s",
+                               type_name(v));
+    if (n > 1024)
+        return exsa_param_fail(pe, "logit_bias", "invalid_value",
+                               "'logit_bias' has %zu entries; at most 1024", n);
+    if (n == 0)
+        return 0;
+    if (!(g->bias = calloc(n, sizeof *g->bias))) {
+        pe->status = 500;
+        return exsa_param_fail(pe, "logit_bias", "internal_error", "out of memory");
+    }
+    int k = 0;
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *x;
+        json_object_foreach((json_t *)v, key, x)
+        {
+            char *end;
+            char where[96];
+            snprintf(where, sizeof where, "key '%.40s'", key);
+            long long id = strtoll(key, &end, 10);
+            if (end == key || *end || strlen(key) > 12)
+                return exsa_param_fail(pe, "logit_bias", "invalid_value",
+                                       "'logit_bias' %s: keys must be token ids", where);
+            if (bias_token(id, where, n_vocab, &g->bias[k].token, pe) ||
+                bias_value(x, where, &g->bias[k].bias, pe))
+                return EXSA_EINVAL;
+            k++;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            const json_t *p = json_array_get(v, i);
+            char where[48];
+            snprintf(where, sizeof where, "entry %zu", i);
+            if (!json_is_array(p) || json_array_size(p) != 2 ||
+                !json_is_integer(json_array_get(p, 0)))
+                return exsa_param_fail(pe, "logit_bias", "invalid_type",
+                                       "'logit_bias' %s must be a pair [token id, bias]", where);
+            if (bias_token(json_integer_value(json_array_get(p, 0)), where, n_vocab,
+                           &g->bias[k].token, pe) ||
+                bias_value(json_array_get(p, 1), where, &g->bias[k].bias, pe))
+                return EXSA_EINVAL;
+            k++;
+        }
+    }
+    g->rp.sampling.logit_bias = g->bias;
+    g->rp.sampling.n_logit_bias = k;
+    return 0;
+}
+
+/* ---- fields Exsa knows but does not act on ---- */
+
+enum { IGNORE, NEUTRAL_ONLY };
+
+/* A field either does not change the output (ignored, but its JSON type is
+ * still checked: 'b'oolean, 's'tring, 'i'nteger, 'o'bject, 'a'rray, 0 any),
+ * or does and Exsa cannot honour it: then only its "off" value (null,
+ * false, 0, "", [], or a listed string / {"type": string}) is accepted,
+ * anything else is a 400 naming it. */
+static const struct {
+    const char *name;
+    int kind;
+    char type;      /* IGNORE: expected JSON type */
+    const char *ok; /* NEUTRAL_ONLY: a string value that is also fine, or NULL */
+    const char *why;
+} other_fields[] = {
+    {"user", IGNORE, 's', NULL, NULL},
+    {"cache_prompt", IGNORE, 'b', NULL, NULL},
+    {"store", IGNORE, 'b', NULL, NULL},
+    {"metadata", IGNORE, 'o', NULL, NULL},
+    {"service_tier", IGNORE, 's', NULL, NULL},
+    {"parallel_tool_calls", IGNORE, 'b', NULL, NULL},
+    {"prediction", IGNORE, 'o', NULL, NULL},
+    {"reasoning_effort", IGNORE, 's', NULL, NULL},
+    {"n_keep", IGNORE, 'i', NULL, NULL},
+    {"id_slot", IGNORE, 'i', NULL, NULL},
+    {"slot_id", IGNORE, 'i', NULL, NULL},
+    {"t_max_predict_ms", IGNORE, 'i', NULL, NULL},
+    {"t_max_prompt_ms", IGNORE, 'i', NULL, NULL},
+    {"timings_per_token", IGNORE, 'b', NULL, NULL},
+    {"return_tokens", IGNORE, 'b', NULL, NULL},
+    {"penalize_nl", IGNORE, 'b', NULL, NULL},
+    {"min_keep", IGNORE, 'i', NULL, NULL},
+    {"samplers", IGNORE, 0, NULL, NULL},
+    {"dynatemp_exponent", IGNORE, 0, NULL, NULL},
+    {"response_format", NEUTRAL_ONLY, 0, "text",
+     "structured output (json_object / json_schema) is not supported yet; only {\"type\": "
+     "\"text\"}"},
+    {"tools", NEUTRAL_ONLY, 0, NULL, "tool calling is not supported yet"},
+    {"tool_choice", NEUTRAL_ONLY, 0, "none", "tool calling is not supported yet"},
+    {"functions", NEUTRAL_ONLY, 0, NULL, "function calling is not supported"},
+    {"function_call", NEUTRAL_ONLY, 0, "none", "function calling is not supported"},
+    {"audio", NEUTRAL_ONLY, 0, NULL, "audio output is not supported"},
+    {"modalities", NEUTRAL_ONLY, 0, "text", "only text output is supported"},
+    {"web_search_options", NEUTRAL_ONLY, 0, NULL, "web search is not supported"},
+    {"grammar", NEUTRAL_ONLY, 0, NULL, "grammar-constrained sampling is not supported yet"},
+    {"json_schema", NEUTRAL_ONLY, 0, NULL, "JSON-schema constrained sampling is not supported yet"},
+    {"n_probs", NEUTRAL_ONLY, 0, NULL, "n_probs is not supported; use logprobs / top_logprobs"},
+    {"dry_multiplier", NEUTRAL_ONLY, 0, NULL, "DRY sampling is not supported"},
+    {"xtc_probability", NEUTRAL_ONLY, 0, NULL, "XTC sampling is not supported"},
+    {"dynatemp_range", NEUTRAL_ONLY, 0, NULL, "dynamic temperature is not supported"},
+    {"lora", NEUTRAL_ONLY, 0, NULL, "LoRA adapters are not supported"},
+    {"image_data", NEUTRAL_ONLY, 0, NULL, "images are not supported"},
+    {"multimodal_data", NEUTRAL_ONLY, 0, NULL, "multimodal input is not supported"},
+    {"echo", NEUTRAL_ONLY, 0, NULL, "echo is not supported"},
+    {"suffix", NEUTRAL_ONLY, 0, NULL, "suffix (insertion) is not supported"},
+};
+
+static int has_type(const json_t *v, char t)
+{
+    switch (t) {
+    case 'b': return json_is_boolean(v);
+    case 's': return json_is_string(v);
+    case 'i': return json_is_integer(v);
+    case 'o': return json_is_object(v);
+    case 'a': return json_is_array(v);
+    default: return 1;
+    }
+}
+
+static const char *type_word(char t)
+{
+    switch (t) {
+    case 'b': return "true or false";
+    case 's': return "a string";
+    case 'i': return "an integer";
+    case 'o': return "an object";
+    default: return "an array";
+    }
+}
+
+/* Fields each endpoint reads itself (prompt, model) or reads below. */
+static const char *const handled_fields[] = {
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "n_predict",
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "tfs_z",
+    "repeat_penalty",
+    "repeat_last_n",
+    "presence_penalty",
+    "frequency_penalty",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "seed",
+    "logit_bias",
+    "stop",
+    "n",
+    "priority",
+    "ignore_eos",
+    "logprobs",
+    "top_logprobs",
+    "max_completion_tokens",
+    "best_of",
+    "messages",
+    "prompt",
+    "tokens",
+    "add_special",
+    "parse_special",
+};
+
+static int neutral(const json_t *v, const char *ok)
+{
+    switch (json_typeof(v)) {
+    case JSON_NULL:
+    case JSON_FALSE: return 1;
+    case JSON_INTEGER: return json_integer_value(v) == 0;
+    case JSON_REAL: return json_real_value(v) == 0;
+    case JSON_STRING:
+        return json_string_length(v) == 0 || (ok && !strcmp(json_string_value(v), ok));
+    case JSON_ARRAY:
+        if (json_array_size(v) == 0)
+            return 1;
+        /* ["text"] for modalities */
+        return ok && json_array_size(v) == 1 && json_is_string(json_array_get(v, 0)) &&
+               !strcmp(json_string_value(json_array_get(v, 0)), ok);
+    case JSON_OBJECT: {
+        /* {} is neutral for fields without a named off value; one with
+         * (response_format) needs {"type": that value}. */
+        if (json_object_size(v) == 0)
+            return !ok;
+        const json_t *t = json_object_get(v, "type");
+        return ok && json_object_size(v) == 1 && json_is_string(t) &&
+               !strcmp(json_string_value(t), ok);
+    }
+    default: return 0;
+    }
+}
+
+static int check_other_fields(const json_t *body, int kind, exsa_param_err *pe)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)body, key, v)
+    {
+        int known = 0;
+        for (size_t i = 0; i < sizeof handled_fields / sizeof handled_fields[0] && !known; i++)
+            known = !strcmp(key, handled_fields[i]);
+        if (known)
+            continue;
+        for (size_t i = 0; i < sizeof other_fields / sizeof other_fields[0] && !known; i++) {
+            if (strcmp(key, other_fields[i].name))
+                continue;
+            known = 1;
+            if (other_fields[i].kind == IGNORE && !json_is_null(v) &&
+                !has_type(v, other_fields[i].type))
+                return exsa_param_fail(pe, key, "invalid_type", "'%s' must be %s, got %s", key,
+                                       type_word(other_fields[i].type), type_name(v));
+            if (other_fields[i].kind == NEUTRAL_ONLY && !neutral(v, other_fields[i].ok)) {
+                char what[96] = "";
+                const json_t *t = json_is_object(v) ? json_object_get(v, "type") : NULL;
+                if (json_is_string(t))
+                    snprintf(what, sizeof what, " (type '%.40s')", json_string_value(t));
+                return exsa_param_fail(pe, key, "unsupported_parameter", "'%s'%s: %s", key, what,
+                                       other_fields[i].why);
+            }
+        }
+        if (!known && exsa_log_enabled(EXSA_LOG_DEBUG))
+            exsa_log(EXSA_LOG_DEBUG, NULL, "request field '%.80s' is not known; ignored", key);
+    }
+    (void)kind;
+    return 0;
+}
+
+/* ---- the whole set ---- */
+
+static uint64_t random_seed(void)
+{
+    uint64_t s;
+    if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t)sizeof s)
+        s = (uint64_t)exsa_time_ns() * 0x9E3779B97F4A7C15ull;
+    return s == EXSA_SEED_RANDOM ? 0 : s;
+}
+
+int exsa_reqparams_parse(const json_t *body, int kind, int n_vocab, exsa_gen_params *g,
+                         exsa_param_err *pe)
+{
+    memset(g, 0, sizeof *g);
+    exsa_request_params_default(&g->rp);
+    g->rp.max_tokens = 0;
+    g->n = 1;
+    exsa_sampling_params *s = &g->rp.sampling;
+    long long i;
+    double d;
+    int has, b;
+
+    if (check_other_fields(body, kind, pe))
+        return EXSA_EINVAL;
+
+    if (exsa_reqparams_bool(body, "stream", &g->stream, NULL, pe))
+        return EXSA_EINVAL;
+    const json_t *so = field(body, "stream_options");
+    if (so) {
+        if (!json_is_object(so))
+            return exsa_param_fail(pe, "stream_options", "invalid_type",
+                                   "'stream_options' must be an object, got %s", type_name(so));
+        if (exsa_reqparams_bool(so, "include_usage", &g->include_usage, NULL, pe))
+            return exsa_param_fail(pe, "stream_options.include_usage", "invalid_type",
+                                   "'stream_options.include_usage' must be true or false");
+    }
+
+    /* Token budget: OpenAI's max_tokens / max_completion_tokens (>= 1), or
+     * llama-server's n_predict (-1 = until the context is full). */
+    int has_mt, has_mct, has_np;
+    long long mt = 0, mct = 0, np = 0;
+    if (exsa_reqparams_int(body, "max_tokens", 1, INT32_MAX, &mt, &has_mt, pe) ||
+        exsa_reqparams_int(body, "max_completion_tokens", 1, INT32_MAX, &mct, &has_mct, pe) ||
+        exsa_reqparams_int(body, "n_predict", -1, INT32_MAX, &np, &has_np, pe))
+        return EXSA_EINVAL;
+    if (has_np && np == 0)
+        return exsa_param_fail(pe, "n_predict", "invalid_value",
+                               "'n_predict' must be -1 (no limit) or >= 1, got 0");
+    if (kind != EXSA_API_CHAT && has_mct)
+        return exsa_param_fail(pe, "max_completion_tokens", "invalid_value",
+                               "'max_completion_tokens' is a chat completions field; use "
+                               "'max_tokens'");
+    g->max_tokens = has_mct ? (int)mct : has_mt ? (int)mt : has_np ? (int)np : 0;
+
+    if (exsa_reqparams_num(body, "temperature", 0, 2, &d, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        s->temperature = (float)d;
+    if (exsa_reqparams_int(body, "top_k", 0, 1 << 30, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        s->top_k = (int32_t)i;
+    static const struct {
+        const char *name;
+        double lo, hi;
+        size_t off;
+    } floats[] = {
+        {"top_p", 0, 1, offsetof(exsa_sampling_params, top_p)},
+        {"min_p", 0, 1, offsetof(exsa_sampling_params, min_p)},
+        {"typical_p", 0, 1, offsetof(exsa_sampling_params, typical_p)},
+        {"tfs_z", 1e-6, 1, offsetof(exsa_sampling_params, tfs_z)},
+        {"repeat_penalty", 1e-6, 100, offsetof(exsa_sampling_params, repeat_penalty)},
+        {"presence_penalty", -2, 2, offsetof(exsa_sampling_params, presence_penalty)},
+        {"frequency_penalty", -2, 2, offsetof(exsa_sampling_params, frequency_penalty)},
+        {"mirostat_tau", 0, 100, offsetof(exsa_sampling_params, mirostat_tau)},
+        {"mirostat_eta", 1e-6, 1, offsetof(exsa_sampling_params, mirostat_eta)},
+    };
+    for (size_t k = 0; k < sizeof floats / sizeof floats[0]; k++) {
+        if (exsa_reqparams_num(body, floats[k].name, floats[k].lo, floats[k].hi, &d, &has, pe))
+            return EXSA_EINVAL;
+        if (has)
+            *(float *)(void *)((char *)s + floats[k].off) = (float)d;
+    }
+    if (exsa_reqparams_int(body, "repeat_last_n", -1, 1 << 30, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        s->repeat_last_n = (int32_t)i;
+    if (exsa_reqparams_int(body, "mirostat", 0, 2, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        s->mirostat = (int32_t)i;
+    if (exsa_reqparams_int(body, "seed", -1, INT64_MAX, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has && i >= 0) {
+        g->seed_given = 1;
+        g->seed = (uint64_t)i;
+    } else {
+        g->seed = random_seed();
+    }
+    s->seed = g->seed;
+    if (parse_logit_bias(body, n_vocab, g, pe) || parse_stop(body, g, pe))
+        return EXSA_EINVAL;
+
+    if (exsa_reqparams_int(body, "n", 1, EXSA_MAX_CHOICES, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        g->n = (int)i;
+    if (exsa_reqparams_int(body, "best_of", 1, EXSA_MAX_CHOICES, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has && i != g->n)
+        return exsa_param_fail(pe, "best_of", "unsupported_parameter",
+                               "'best_of' other than n is not supported");
+    if (exsa_reqparams_int(body, "priority", -1000000, 1000000, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        g->rp.priority = (int)i;
+    if (exsa_reqparams_bool(body, "ignore_eos", &b, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        g->rp.ignore_eos = b;
+
+    /* logprobs: chat and native take a boolean plus top_logprobs; the
+     * legacy completions API takes the number of alternatives. */
+    if (kind == EXSA_API_COMPLETION) {
+        if (field(body, "top_logprobs"))
+            return exsa_param_fail(pe, "top_logprobs", "invalid_value",
+                                   "'top_logprobs' is a chat completions field; completions take "
+                                   "'logprobs': N");
+        if (exsa_reqparams_int(body, "logprobs", 0, EXSA_MAX_TOP_LOGPROBS, &i, &has, pe))
+            return EXSA_EINVAL;
+        if (has) {
+            g->logprobs = 1;
+            g->top_logprobs = (int)i;
+        }
+    } else {
+        if (exsa_reqparams_bool(body, "logprobs", &g->logprobs, NULL, pe))
+            return EXSA_EINVAL;
+        if (exsa_reqparams_int(body, "top_logprobs", 0, EXSA_MAX_TOP_LOGPROBS, &i, &has, pe))
+            return EXSA_EINVAL;
+        if (has) {
+            if (!g->logprobs && i > 0)
+                return exsa_param_fail(pe, "top_logprobs", "invalid_value",
+                                       "'top_logprobs' requires 'logprobs': true");
+            g->top_logprobs = (int)i;
+        }
+    }
+    g->rp.logprobs = g->logprobs;
+    g->rp.top_logprobs = g->top_logprobs;
+    return 0;
+}
+
+void exsa_reqparams_free(exsa_gen_params *g)
+{
+    if (!g)
+        return;
+    if (g->stop)
+        for (int i = 0; i < g->rp.n_stop; i++)
+            free(g->stop[i]);
+    free(g->stop);
+    free(g->bias);
+    g->stop = NULL;
+    g->bias = NULL;
+}
+
+int exsa_reqparams_budget(const exsa_gen_params *p, int n_prompt, int n_ctx, int max_cap,
+                          int max_prompt, const char *prompt_field, int *out, exsa_param_err *pe)
+{
+    if (n_prompt <= 0)
+        return exsa_param_fail(pe, prompt_field, "invalid_value", "'%s' is empty (no tokens)",
+                               prompt_field);
+    if (max_prompt > 0 && n_prompt > max_prompt)
+        return exsa_param_fail(pe, prompt_field, "context_length_exceeded",
+                               "'%s' has %d tokens; this server accepts at most %d "
+                               "(--max-prompt-tokens)",
+                               prompt_field, n_prompt, max_prompt);
+    if (n_prompt >= n_ctx)
+        return exsa_param_fail(pe, prompt_field, "context_length_exceeded",
+                               "this model's context is %d tokens, and '%s' alone has %d tokens",
+                               n_ctx, prompt_field, n_prompt);
+    int room = n_ctx - n_prompt;
+    if (p->max_tokens > 0) {
+        if (max_cap > 0 && p->max_tokens > max_cap)
+            return exsa_param_fail(pe, "max_tokens", "invalid_value",
+                                   "'max_tokens' is %d; this server allows at most %d "
+                                   "(--max-tokens-cap)",
+                                   p->max_tokens, max_cap);
+        if (p->max_tokens > room)
+            return exsa_param_fail(pe, "max_tokens", "context_length_exceeded",
+                                   "this model's context is %d tokens; %d in '%s' + %d "
+                                   "'max_tokens' do not fit",
+                                   n_ctx, n_prompt, prompt_field, p->max_tokens);
+        *out = p->max_tokens;
+        return 0;
+    }
+    /* Not given (or n_predict -1): up to the end of the context, within the cap. */
+    *out = max_cap > 0 && max_cap < room ? max_cap : room;
+    return 0;
+}
