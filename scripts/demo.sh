@@ -1,7 +1,9 @@
 #!/bin/sh
-# Installs dependencies, builds, and runs Exsa on $MODEL_PATH, or on a demo
-# model with random weights made by `exsa gen-model` (its output is random
-# text: the weights are random, the demo shows the machinery working).
+# Installs dependencies, builds, and serves $MODEL_PATH with `exsa serve`
+# (OpenAI-compatible HTTP API on http://127.0.0.1:8080, Ctrl-C stops it), or
+# a demo model with random weights made by `exsa gen-model` (its output is
+# random text: the weights are random, the demo shows the machinery working).
+# HOST, PORT and the other settings of `exsa serve --help` apply.
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -13,4 +15,5 @@ if [ -z "$model" ]; then
         --heads 12 --kv-heads 12 --ff 2048 --vocab 32000 --type Q4_0 --seed 1
 fi
 build/exsa info "$model" | tail -n 8
-build/exsa run -m "$model" -p "${PROMPT:-Once upon a time}" -n 64 --seed 42
+echo "try: curl -s http://${HOST:-127.0.0.1}:${PORT:-8080}/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'"
+exec build/exsa serve -m "$model"
