@@ -135,6 +135,18 @@ unset JV_SSE
 # Every sampling field of exsa_sampling_params is accepted by its name.
 http POST /v1/generate '{"prompt":"hello","max_tokens":4,"temperature":0.7,"top_k":20,"top_p":0.9,"min_p":0.1,"typical_p":0.95,"tfs_z":0.98,"repeat_penalty":1.1,"repeat_last_n":32,"presence_penalty":0.2,"frequency_penalty":0.3,"mirostat":0,"mirostat_tau":5,"mirostat_eta":0.1,"seed":5,"logit_bias":{"65":0.5},"priority":1,"ignore_eos":true}'
 expect_code 200 "generate with every sampling field"
+all_fields=$(jv 'JSON.stringify(j.tokens)')
+http POST /v1/generate '{"prompt":"hello","max_tokens":4,"temperature":0.7,"top_k":20,"top_p":0.9,"min_p":0.1,"typical_p":0.95,"tfs_z":0.98,"repeat_penalty":1.1,"repeat_last_n":32,"presence_penalty":0.2,"frequency_penalty":0.3,"mirostat":0,"mirostat_tau":5,"mirostat_eta":0.1,"seed":5,"logit_bias":{"65":0.5},"priority":1,"ignore_eos":true}'
+expect_eq "$(jv 'JSON.stringify(j.tokens)')" "$all_fields" "the full sampling chain with seed 5 is reproducible"
+# Penalties and biases reach the sampler as `exsa run` applies them (greedy,
+# so only they decide).
+"$EXSA" run -m "$TINY" -p "hello" -n 12 --temp 0 --ignore-eos --repeat-penalty 1.5 --repeat-last-n 16 \
+    --presence-penalty 0.5 --frequency-penalty 0.7 --logit-bias 335-5 --json >"$WORK/run_pen.json" 2>/dev/null ||
+    fail "exsa run with penalties failed"
+http POST /v1/generate '{"prompt":"hello","max_tokens":12,"temperature":0,"ignore_eos":true,"repeat_penalty":1.5,"repeat_last_n":16,"presence_penalty":0.5,"frequency_penalty":0.7,"logit_bias":{"335":-5}}'
+expect_code 200 "generate with penalties" &&
+    expect_eq "$(jv 'JSON.stringify(j.tokens)')" "$(jv 'JSON.stringify(j.tokens)' "$WORK/run_pen.json")" \
+        "greedy with repeat/presence/frequency penalties and a logit bias = exsa run's"
 http POST /v1/generate '{"prompt":"hello","max_tokens":4,"mirostat":2,"mirostat_tau":4,"mirostat_eta":0.2,"seed":1,"ignore_eos":true}'
 expect_code 200 "generate with mirostat 2"
 # logit_bias both forms: +100 on one token makes greedy pick only it.
@@ -326,7 +338,7 @@ if expect_code 200 "GET /metrics"; then
     for m in exsa_requests_total exsa_prompt_tokens_total exsa_generated_tokens_total \
         exsa_time_to_first_token_seconds exsa_inter_token_latency_seconds exsa_request_duration_seconds \
         exsa_queue_length exsa_running_sequences exsa_kv_blocks_used exsa_kv_blocks_free \
-        exsa_prefix_cache_hit_tokens_total; do
+        exsa_kv_blocks_cached exsa_prefix_cache_hit_tokens_total exsa_preemptions_total; do
         grep -q "^# TYPE $m " "$WORK/metrics.txt" || fail "/metrics lacks '# TYPE $m'"
     done
     grep -q '^# TYPE exsa_time_to_first_token_seconds histogram' "$WORK/metrics.txt" || fail "TTFT is not a histogram"

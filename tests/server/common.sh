@@ -30,9 +30,11 @@ BASE=""
 # A sanitized binary runs several times slower: scale the waits.
 SLOW=1
 if nm "$EXSA" 2>/dev/null | grep -q '__asan_init'; then SLOW=4; fi
-# Only this test's own requests: no proxy from the environment.
-unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
-export NO_PROXY='*' no_proxy='*'
+# The server is on loopback: curl never goes through a proxy from the
+# environment (which npm in setup-node.sh may need, so it stays set); node's
+# fetch and the openai package ignore proxy variables.
+printf 'noproxy = "*"\n' >"$WORK/.curlrc"
+export CURL_HOME="$WORK"
 
 fail() {
     echo "FAIL: $*" >&2

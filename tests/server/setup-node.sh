@@ -12,8 +12,10 @@ if [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; then
     (
         flock -w 300 9 || exit 1
         [ -f "$NODE_DIR/node_modules/openai/package.json" ] && exit 0
+        # Few, short retries: without a registry this should skip soon.
         timeout 300 npm install --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error \
-            'openai@^4' >"$WORK/npm.log" 2>&1
+            --fetch-retries=1 --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
+            --fetch-timeout=60000 'openai@^4' >"$WORK/npm.log" 2>&1
     ) 9>"$NODE_DIR/.install.lock"
     if [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; then
         cat "$WORK/npm.log" 2>/dev/null
