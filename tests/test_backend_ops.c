@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_repack.h"
 #include "quant/quant.h"
 #include "test_util.h"
 
@@ -267,9 +268,11 @@ static void *maybe_repack(exsa_tensor *t)
     void *buf = NULL;
     if (g_repack) {
         assert_int_equal(exsa_cpu_repack(t, &buf, NULL), 0);
-        /* Q4_0 with whole groups of 8 rows must take the repacked path. */
+        /* Q4_0 / Q4_K with whole groups of 8 rows must take the repacked path. */
         if (t->type == EXSA_TYPE_Q4_0 && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_0X8);
+        if (t->type == EXSA_TYPE_Q4_K && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q4_KX8);
     }
     return buf;
 }
@@ -327,7 +330,55 @@ static void test_get_rows(void **state)
     check_get_rows(EXSA_TYPE_Q4_0, 0.15, 11);
     g_repack = 1;
     check_get_rows(EXSA_TYPE_Q4_0, 0.15, 16);
+    check_get_rows(EXSA_TYPE_Q4_K, 0.15, 16);
     g_repack = 0;
+}
+
+/* Repacking is lossless: every row read back from the repacked layout is
+ * the GGUF row byte for byte, for arbitrary bytes (every bit of Q4_K's
+ * packed 6-bit scales and mins, any f16 pattern), and the layouts decline
+ * shapes they cannot hold. */
+static void check_repack_lossless(int type, int n_in, int n_out, int want_layout)
+{
+    size_t rb = exsa_type_row_size(type, n_in);
+    unsigned char *data = xmalloc(rb * (size_t)n_out);
+    for (size_t i = 0; i < rb * (size_t)n_out; i++)
+        data[i] = (unsigned char)exsa_test_rand_u64(&g_rng);
+    exsa_tensor t = {"w", type, n_in, n_out, rb, data, EXSA_LAYOUT_ROWS};
+    void *buf = NULL;
+    assert_int_equal(exsa_cpu_repack(&t, &buf, NULL), 0);
+    assert_int_equal(t.layout, want_layout);
+    if (want_layout == EXSA_LAYOUT_ROWS) {
+        assert_null(buf);
+        assert_ptr_equal(t.data, data);
+    } else {
+        assert_non_null(buf);
+        assert_ptr_equal(t.data, buf);
+        unsigned char *row = xmalloc(rb);
+        for (int r = 0; r < n_out; r++) {
+            exsa_cpu_repacked_row(&t, r, row);
+            if (memcmp(row, data + (size_t)r * rb, rb) != 0)
+                fail_msg("repack %s %dx%d: row %d differs after the round trip",
+                         exsa_type_traits_get(type)->name, n_out, n_in, r);
+        }
+        free(row);
+    }
+    free(buf);
+    free(data);
+}
+
+static void test_repack_lossless(void **state)
+{
+    (void)state;
+    check_repack_lossless(EXSA_TYPE_Q4_0, 96, 16, EXSA_LAYOUT_Q4_0X8);
+    check_repack_lossless(EXSA_TYPE_Q4_K, 768, 24, EXSA_LAYOUT_Q4_KX8);
+    check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_Q4_KX8);
+    check_repack_lossless(EXSA_TYPE_Q4_K, 256, 12, EXSA_LAYOUT_ROWS); /* n_out % 8 */
+    check_repack_lossless(EXSA_TYPE_Q5_K, 256, 8, EXSA_LAYOUT_ROWS);  /* no layout */
+    /* EXSA_REPACK=0 turns repacking off. */
+    setenv("EXSA_REPACK", "0", 1);
+    check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_ROWS);
+    unsetenv("EXSA_REPACK");
 }
 
 /* ---- rms_norm ---------------------------------------------------------------- */
@@ -509,6 +560,10 @@ static void matmul_shapes(int invariance)
     check_matmul(EXSA_TYPE_Q4_0, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q4_0, 96, 40, invariance);
     check_matmul(EXSA_TYPE_Q4_0, 256, 1024, invariance);
+    /* Repacked Q4_K: one group, longer rows, many groups and chunks. */
+    check_matmul(EXSA_TYPE_Q4_K, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q4_K, 2816, 16, invariance);
+    check_matmul(EXSA_TYPE_Q4_K, 256, 1024, invariance);
     g_repack = 0;
 }
 
@@ -901,6 +956,7 @@ static int run_suite(int n_threads, const char *label)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_describe_alloc),
         cmocka_unit_test(test_get_rows),
+        cmocka_unit_test(test_repack_lossless),
         cmocka_unit_test(test_rms_norm),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_batch_invariance),

@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "backend/cpu/cpu_features.h"
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kernels_internal.h"
@@ -632,6 +633,177 @@ static void test_isa_gemm_x8(void **state)
     check_gemm_x8(((const isa_case *)*state)->table);
 }
 
+/* ------------------------------------------------- repacked Q4_K x 8 */
+
+/* Row r's value e of a repacked super-block column, decoded from the layout
+ * kernels.h documents: d * scale * q - dmin * min in double. */
+static double kx8_weight(const exsa_block_q4_Kx8 *g, int r, int e)
+{
+    const int s = e / 32, l = e % 32;
+    const uint8_t byte = g->qs[256 * (s / 2) + 32 * (l / 4) + 4 * r + l % 4];
+    const int q = s % 2 ? byte >> 4 : byte & 15;
+    const double d = exsa_fp16_to_fp32(g->d[r]), dmin = exsa_fp16_to_fp32(g->dmin[r]);
+    return d * g->scales[8 * s + r] * q - dmin * g->mins[16 * (s / 2) + 2 * r + s % 2];
+}
+
+/* Rounding bound of one output: the sum of |terms| of both halves of the
+ * Q4_K expansion (d * scale * q * a and dmin * min * a), which the float
+ * steps round, even where they cancel. */
+static double kx8_mag(const exsa_block_q4_Kx8 *g, int r, int e, double a)
+{
+    const int s = e / 32, l = e % 32;
+    const uint8_t byte = g->qs[256 * (s / 2) + 32 * (l / 4) + 4 * r + l % 4];
+    const int q = s % 2 ? byte >> 4 : byte & 15;
+    const double d = exsa_fp16_to_fp32(g->d[r]), dmin = exsa_fp16_to_fp32(g->dmin[r]);
+    return fabs(a) * (fabs(d) * g->scales[8 * s + r] * q +
+                      fabs(dmin) * g->mins[16 * (s / 2) + 2 * r + s % 2]);
+}
+
+/* Q8_K activation block with bsums that match its values. */
+static void fill_q8_K(exsa_block_q8_K *a, int extreme, int k, uint64_t *rng)
+{
+    for (int i = 0; i < EXSA_QK_K; i++)
+        a->qs[i] = (int8_t)(extreme ? (k % 2 ? -128 : 127)
+                                    : (int)(exsa_test_rand_u64(rng) % 256) - 128);
+    for (int i = 0; i < EXSA_QK_K / 16; i++) {
+        int sum = 0;
+        for (int l = 0; l < 16; l++)
+            sum += a->qs[16 * i + l];
+        a->bsums[i] = (int16_t)sum;
+    }
+    a->d = 0.02f * exsa_test_rand_uniform(rng) + 1e-4f;
+}
+
+/* gemm_q4_Kx8 as check_gemm_x8 does for Q4_0: the scalar table against an
+ * exact double dot of the decoded values, every other table bit for bit
+ * against the scalar one. Random blocks cover every 6-bit scale and min;
+ * the extreme case (all nibbles 15, scales and mins 63, activations 127 or
+ * -128) would saturate an int16 sum or overflow an int32 one if one were
+ * too long. */
+static void check_gemm_kx8(const exsa_cpu_kernels *isa)
+{
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 57u;
+        for (int zi = 0; zi < ARRAY_LEN(sizes_k); zi++) {
+            const int n = sizes_k[zi], nb = n / EXSA_QK_K, max_act = 9;
+            exsa_block_q4_Kx8 *w = xmalloc((size_t)nb * sizeof *w);
+            exsa_block_q8_K *a = xmalloc((size_t)nb * max_act * sizeof *a);
+            const int extreme = si == 2 && zi == 1;
+            for (int b = 0; b < nb; b++) {
+                for (int r = 0; r < 8; r++) {
+                    w[b].d[r] = exsa_fp32_to_fp16(0.001f + 0.01f * exsa_test_rand_uniform(&rng));
+                    w[b].dmin[r] = exsa_fp32_to_fp16(0.001f + 0.01f * exsa_test_rand_uniform(&rng));
+                }
+                for (int i = 0; i < 64; i++) {
+                    w[b].scales[i] = extreme ? 63 : (uint8_t)(exsa_test_rand_u64(&rng) % 64);
+                    w[b].mins[i] = extreme ? 63 : (uint8_t)(exsa_test_rand_u64(&rng) % 64);
+                }
+                for (int i = 0; i < 1024; i++)
+                    w[b].qs[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
+            }
+            for (int k = 0; k < nb * max_act; k++)
+                fill_q8_K(&a[k], extreme, k, &rng);
+            for (int n_act = 1; n_act <= max_act; n_act++) {
+                float got[9 * 8], want[9 * 8];
+                const size_t as = (size_t)nb * sizeof *a;
+                ref->gemm_q4_Kx8(n, w, a, as, n_act, want, 8);
+                if (isa) {
+                    isa->gemm_q4_Kx8(n, w, a, as, n_act, got, 8);
+                    for (int i = 0; i < 8 * n_act; i++)
+                        if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+                            fail_msg("%s gemm_q4_Kx8 n=%d n_act=%d out %d: %.9g, scalar %.9g",
+                                     isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+                    continue;
+                }
+                for (int j = 0; j < n_act; j++)
+                    for (int r = 0; r < 8; r++) {
+                        double dot = 0, mag = 0;
+                        for (int b = 0; b < nb; b++) {
+                            const exsa_block_q8_K *ab = &a[(size_t)j * nb + b];
+                            for (int e = 0; e < EXSA_QK_K; e++) {
+                                const double av = (double)ab->d * ab->qs[e];
+                                dot += kx8_weight(&w[b], r, e) * av;
+                                mag += kx8_mag(&w[b], r, e, av);
+                            }
+                        }
+                        double g = want[j * 8 + r];
+                        if (!(fabs(g - dot) <= 1e-5 * mag + 1e-30))
+                            fail_msg("scalar gemm_q4_Kx8 n=%d row %d act %d: %.9g vs exact %.9g",
+                                     n, r, j, g, dot);
+                    }
+            }
+            free(w);
+            free(a);
+        }
+    }
+}
+
+/* The layout against GGUF: 8 Q4_K rows from the reference quantizer,
+ * repacked by exsa_cpu_repack, through the scalar gemm, against the exact
+ * dot of the GGUF rows decoded by quant.c and of Q8_K activations. */
+static void check_gemm_kx8_gguf(void)
+{
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    for (int zi = 0; zi < ARRAY_LEN(sizes_k); zi++) {
+        uint64_t rng = 1234u + (uint64_t)zi;
+        const int n = sizes_k[zi], nb = n / EXSA_QK_K, n_act = 3;
+        const size_t rb = (size_t)nb * sizeof(exsa_block_q4_K);
+        float *x = xmalloc(sizeof(float) * (size_t)n * 8);
+        float *wd = xmalloc(sizeof(float) * (size_t)n * 8);
+        float *ad = xmalloc(sizeof(float) * (size_t)n * n_act);
+        char *raw = xmalloc(rb * 8);
+        exsa_block_q8_K *a = xmalloc((size_t)nb * n_act * sizeof *a);
+        fill_random(x, n * 8, &rng);
+        for (int r = 0; r < 8; r++) {
+            exsa_quantize_row_q4_K_ref(x + (size_t)r * n, raw + r * rb, n);
+            exsa_dequantize_row_q4_K(raw + r * rb, wd + (size_t)r * n, n);
+        }
+        fill_random(x, n * n_act, &rng);
+        for (int j = 0; j < n_act; j++) {
+            exsa_quantize_row_q8_K_ref(x + (size_t)j * n, a + (size_t)j * nb, n);
+            exsa_dequantize_row_q8_K(a + (size_t)j * nb, ad + (size_t)j * n, n);
+        }
+        exsa_tensor t = {"w", EXSA_TYPE_Q4_K, n, 8, rb, raw, EXSA_LAYOUT_ROWS};
+        void *buf = NULL;
+        assert_int_equal(exsa_cpu_repack(&t, &buf, NULL), 0);
+        assert_non_null(buf);
+        assert_int_equal(t.layout, EXSA_LAYOUT_Q4_KX8);
+        float got[3 * 8];
+        ref->gemm_q4_Kx8(n, t.data, a, (size_t)nb * sizeof *a, n_act, got, 8);
+        for (int j = 0; j < n_act; j++)
+            for (int r = 0; r < 8; r++) {
+                double dot, mag;
+                exact_dot(wd + (size_t)r * n, ad + (size_t)j * n, n, &dot, &mag);
+                /* the float scale products of the kernel (d * scale, dmin *
+                 * min) round differently from quant.c's decode */
+                if (!(fabs(got[j * 8 + r] - dot) <= 1e-4 * mag + 1e-30))
+                    fail_msg("gemm_q4_Kx8 vs GGUF rows n=%d row %d act %d: %.9g vs %.9g", n, r,
+                             j, (double)got[j * 8 + r], dot);
+            }
+        free(buf);
+        free(a);
+        free(raw);
+        free(ad);
+        free(wd);
+        free(x);
+    }
+}
+
+static void test_scalar_gemm_kx8(void **state)
+{
+    (void)state;
+    check_gemm_kx8(NULL);
+    check_gemm_kx8_gguf();
+}
+
+static void test_isa_gemm_kx8(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_gemm_kx8(((const isa_case *)*state)->table);
+}
+
 static void test_scalar_f16_acc(void **state)
 {
     (void)state;
@@ -779,6 +951,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[2]),
+        cmocka_unit_test(test_scalar_gemm_kx8),
+        cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_f16_acc, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_f16_acc, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_f16_acc, &isa_cases[2]),

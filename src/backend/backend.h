@@ -20,10 +20,11 @@
 enum exsa_tensor_layout {
     EXSA_LAYOUT_ROWS = 0,    /* GGUF's: n_out rows, row_bytes apart */
     EXSA_LAYOUT_Q4_0X8 = 1,  /* Q4_0 in groups of 8 interleaved rows (CPU) */
+    EXSA_LAYOUT_Q4_KX8 = 2,  /* Q4_K in groups of 8 interleaved rows (CPU) */
 };
 
 /* A 2-D weight: n_out rows of n_in elements of `type`, row_bytes apart
- * (or, for another layout, the same bytes arranged as that layout says). */
+ * (or, for another layout, the same values arranged as that layout says). */
 typedef struct exsa_tensor {
     const char *name;
     int type;
@@ -113,11 +114,12 @@ struct exsa_backend {
 };
 
 /* Rearranges a host weight into the CPU kernels' faster layout when there is
- * one for its type and shape (Q4_0 with n_out % 8 == 0): *buf receives the
- * new bytes (64-byte aligned, same size; the caller owns them and frees
- * them with free() after the tensor's last use) and w->data / w->layout
- * change. Nothing happens (*buf NULL) for other tensors, or when
- * EXSA_REPACK=0 is set in the environment. Returns 0 or EXSA_ENOMEM. */
+ * one for its type and shape (Q4_0 or Q4_K with n_out % 8 == 0): *buf
+ * receives the new bytes (64-byte aligned; Q4_0 the same size, Q4_K 2.8%
+ * more; the caller owns them and frees them with free() after the tensor's
+ * last use) and w->data / w->layout change. Nothing happens (*buf NULL) for
+ * other tensors, or when EXSA_REPACK=0 is set in the environment. Returns 0
+ * or EXSA_ENOMEM. */
 int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err);
 
 /* CPU backend with n_threads workers (<= 0: physical cores). */

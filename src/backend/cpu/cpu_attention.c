@@ -1,11 +1,14 @@
 /* CPU backend: KV stores and paged attention.
  *
- * Attention runs one task per (query row, query head). A task walks its
- * row's context through the block table in chunks of ATTN_CHUNK tokens:
- * scores for the chunk, then an online-softmax update (rescale the running
- * sum and accumulator only when the chunk raises the running max) and the
- * weighted sum of V. One pass over K and V, no buffer that grows with the
- * context: per-thread scratch is a few head_dim-sized rows.
+ * Attention runs one task per (query row, run of consecutive query heads):
+ * as few runs per row as leave every thread 4 tasks, so a decode step of
+ * a few rows gives each task whole token rows to read (all its heads'
+ * slices, in order) rather than one head's 128-byte slice out of every
+ * row. A task walks its row's context through the block table in chunks,
+ * keeping per-head state (running max m, sum l, accumulator) in per-thread
+ * scratch; one pass over K and V, no buffer that grows with the context.
+ * Each head's arithmetic is the same whatever the split, so results do not
+ * depend on the thread count or the batch.
  *
  * An F16 cache follows llama.cpp's CPU flash attention to the rounding:
  * q is rounded to f16 like K, the softmax is updated token by token, and the
@@ -13,20 +16,34 @@
  * any 5e-4 difference in attention output to ~1.5e-2 in the logits of
  * quantized models (rounding steps flip), so only the same rounding lets
  * Exsa's logits be checked against llama.cpp's within a quarter of the
- * quantization error (fixtures/README.md); it costs no speed.
+ * quantization error (fixtures/README.md). The inner loops are the
+ * attention kernels (attn_kernels.h): per chunk of F16_CHUNK tokens and kv
+ * head, the scores of the task's query heads on it, then per head the
+ * softmax factors (here, scalar expf in token order) and the V update,
+ * whose accumulator stays in registers across the chunk. The next chunk is
+ * prefetched meanwhile: each layer has its own cache, so a step's K/V
+ * comes from memory, and strided head slices defeat the hardware
+ * prefetchers.
  *
- * Q8_0 K/V rows are quantized across all kv heads of a token, so a head's
- * slice may start inside a block; it is dequantized into scratch (the blocks
- * covering it) and then handled as float.
+ * F32 and Q8_0 caches use chunks of ATTN_CHUNK tokens: scores for the
+ * chunk, then an online-softmax update (rescale the running sum and
+ * accumulator only when the chunk raises the running max) and the
+ * weighted sum of V. Q8_0 K/V rows are quantized across all kv heads of a
+ * token, so a head's slice may start inside a block; the task dequantizes
+ * the blocks covering its heads once per token row and reads them as
+ * float.
  */
 #include "backend/cpu/cpu_backend_impl.h"
 
 #include <math.h>
 #include <string.h>
 
+#include "backend/cpu/attn_kernels.h"
 #include "quant/quant.h"
 
 #define ATTN_CHUNK 64
+/* F16 path: tokens per chunk (two blocks of the engine's 16). */
+#define F16_CHUNK 32
 
 /* ---- kv_store ----------------------------------------------------------- */
 
@@ -90,138 +107,266 @@ typedef struct {
     const exsa_attn_args *a;
     int group;     /* query heads per kv head */
     size_t hd_pad; /* head_dim rounded up to 16 floats */
+    const exsa_cpu_attn_kernels *ak;
+    int hp;        /* query heads per task */
+    int n_parts;   /* tasks per row: ceil(n_head / hp) */
 } attn_job;
 
 /* Dequantizes the Q8_0 blocks that cover elements [e0, e0 + n) of a token
  * row into tmp; returns where element e0 landed. */
-static const float *q8_span(const void *row, int64_t e0, int n, float *restrict tmp)
+static const float *q8_span(const exsa_cpu_attn_kernels *ak, const void *row, int64_t e0, int n,
+                            float *tmp)
 {
-    const exsa_block_q8_0 *blk = row;
     int64_t b0 = e0 / EXSA_QK8_0, b1 = (e0 + n - 1) / EXSA_QK8_0;
-    for (int64_t bi = b0; bi <= b1; bi++) {
-        float d = exsa_fp16_to_fp32(blk[bi].d);
-        /* restrict: int8 may alias anything, and the loop only vectorizes
-         * once the compiler knows the float stores leave qs alone. */
-        const int8_t *restrict qs = blk[bi].qs;
-        float *restrict t = tmp + (bi - b0) * EXSA_QK8_0;
-        for (int i = 0; i < EXSA_QK8_0; i++)
-            t[i] = d * (float)qs[i];
-    }
+    ak->dequant_q8_0((const exsa_block_q8_0 *)row + b0, tmp, b1 - b0 + 1);
     return tmp + (e0 - b0 * EXSA_QK8_0);
 }
 
-/* One (row, head) over an F16 cache; see the header comment. The scores
- * of a chunk come first (they do not depend on the softmax state, so the
- * dots of consecutive tokens overlap in the core); then the softmax and
- * the accumulator advance token by token, the accumulator stored as f16 so
- * that each fused update does the rounding of the reference. */
-static void attn_f16(const attn_job *j, const float *q, float *out, int nc, const int32_t *bt,
-                     int64_t e0, exsa_fp16 *acc, float *q16, exsa_fp16 *tmp)
+/* ---- F16 cache ---------------------------------------------------------- */
+
+/* Per-thread scratch of an F16 task of hp query heads, in floats: q16 and
+ * acc rows (hd_pad each), f16 staging of q (hd_pad / 2), m and l, and the
+ * scores of one chunk. 0, or -1 if the size overflows. */
+static int f16_scratch(int hp, size_t hd_pad, size_t *n)
 {
-    const exsa_attn_args *a = j->a;
-    const exsa_kv_layer *kv = a->kv;
-    const exsa_cpu_kernels *k = j->c->k;
-    const int hd = kv->head_dim, bs = kv->block_size;
-    k->f32_to_f16(q, tmp, hd); /* q rounded to f16 like K, kept as f32 */
-    k->f16_to_f32(tmp, q16, hd);
-    memset(acc, 0, (size_t)hd * sizeof *acc);
-    float m = -INFINITY, l = 0.0f;
-    float sc[ATTN_CHUNK];
-    const exsa_fp16 *vrow[ATTN_CHUNK];
-    for (int t0 = 0; t0 < nc; t0 += ATTN_CHUNK) {
-        int n = nc - t0 < ATTN_CHUNK ? nc - t0 : ATTN_CHUNK;
-        for (int i = 0; i < n; i++) {
-            int t = t0 + i;
-            size_t off = ((size_t)bt[t / bs] * (size_t)bs + (size_t)(t % bs)) * kv->token_bytes;
-            const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + off) + e0;
-            vrow[i] = (const exsa_fp16 *)((const char *)kv->v + off) + e0;
-            sc[i] = k->dot_f16_f32(hd, kp, q16) * a->scale;
-        }
-        for (int i = 0; i < n; i++) {
-            float s = sc[i], ms = 1.0f, vs = 1.0f;
-            if (s > m) {
-                ms = expf(m - s);
-                m = s;
-                k->scale_f16_acc(hd, ms, acc);
-            } else {
-                vs = expf(s - m);
-            }
-            k->mad_f16_acc(hd, vs, vrow[i], acc);
-            l = l * ms + vs;
-        }
-    }
-    k->f16_to_f32(acc, q16, hd);
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int d = 0; d < hd; d++)
-        out[d] = q16[d] * inv;
+    size_t per_head = 2 * hd_pad + hd_pad / 2 + 2 + F16_CHUNK;
+    return __builtin_mul_overflow((size_t)hp, per_head, n) ? -1 : 0;
 }
 
-static void attn_task(void *vctx, int task, int thread)
+/* Token t's row in a cache half (k or v), walking the block table. */
+static const char *token_row(const exsa_kv_layer *kv, const void *base, const int32_t *bt, int bi,
+                             int bo)
 {
-    attn_job *j = vctx;
+    size_t slot = (size_t)bt[bi] * (size_t)kv->block_size + (size_t)bo;
+    return (const char *)base + slot * kv->token_bytes;
+}
+
+/* Asks for bytes [lo, hi) of the K and V rows of n tokens from block bi,
+ * offset bo on: the next chunk, while this one is computed. A task reads
+ * only its heads' slices of each token row, a strided pattern the
+ * hardware prefetchers follow poorly, and a decode step's cache does not
+ * fit in the caches (every layer has its own). */
+static void prefetch_chunk(const exsa_kv_layer *kv, const int32_t *bt, int bi, int bo, int n,
+                           size_t lo, size_t hi)
+{
+    for (int i = 0; i < n; i++) {
+        const char *kr = token_row(kv, kv->k, bt, bi, bo);
+        const char *vr = token_row(kv, kv->v, bt, bi, bo);
+        for (size_t o = lo; o < hi; o += 64) {
+            __builtin_prefetch(kr + o);
+            __builtin_prefetch(vr + o);
+        }
+        __builtin_prefetch(kr + hi - 1);
+        __builtin_prefetch(vr + hi - 1);
+        if (++bo == kv->block_size) {
+            bo = 0;
+            bi++;
+        }
+    }
+}
+
+/* One task: query heads [h0, h1) of row r (see the header comment and
+ * attn_kernels.h). Per chunk of tokens and per kv head among them: the
+ * scores of the task's query heads on that kv head (each K row read once
+ * for them), then per query head the online softmax, token by token in
+ * the reference's order, and the V update with the factors it produced. */
+static void attn_f16_task(void *vctx, int task, int thread)
+{
+    const attn_job *j = vctx;
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
     const exsa_cpu_kernels *k = j->c->k;
-    int hd = kv->head_dim;
-    int r = task / a->n_head, h = task % a->n_head;
-    int64_t e0 = (int64_t)(h / j->group) * hd; /* kv head's first element in a token row */
-    size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
-    const float *q = a->q + off;
-    float *out = a->out + off;
-    int nc = a->n_ctx[r];
+    const exsa_cpu_attn_kernels *ak = j->ak;
+    const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
+    const int r = task / j->n_parts, h0 = task % j->n_parts * j->hp;
+    const int h1 = h0 + j->hp < a->n_head ? h0 + j->hp : a->n_head, nh = h1 - h0;
+    const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
+    const size_t hdp = j->hd_pad;
+    const size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
+    const int nc = a->n_ctx[r];
     const int32_t *bt = a->block_table[r];
-    int bs = kv->block_size;
 
-    float *acc = cpu_tls(j->c, thread);
-    float *kbuf = acc + j->hd_pad;              /* hd_pad + 64 floats */
-    float *vbuf = kbuf + j->hd_pad + 64;        /* hd_pad + 64 floats */
-    if (kv->type == EXSA_TYPE_F16) {
-        attn_f16(j, q, out, nc, bt, e0, (exsa_fp16 *)acc, kbuf, (exsa_fp16 *)vbuf);
-        return;
+    /* scratch (f16_scratch): q16 [nh][hd] (rows hd apart, as scores_f16
+     * reads them), acc [nh][hdp], m [nh], l [nh], sc [nh][F16_CHUNK], then
+     * nh * hd halves of staging */
+    float *q16 = cpu_tls(j->c, thread);
+    float *acc = q16 + (size_t)nh * hdp;
+    float *m = acc + (size_t)nh * hdp, *l = m + nh;
+    float *sc = l + nh;
+    exsa_fp16 *tmp = (exsa_fp16 *)(sc + (size_t)nh * F16_CHUNK);
+    k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd); /* q rounded to f16 like K */
+    k->f16_to_f32(tmp, q16, (int64_t)nh * hd);
+    memset(acc, 0, (size_t)nh * hdp * sizeof *acc);
+    for (int h = 0; h < nh; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
     }
-    memset(acc, 0, (size_t)hd * sizeof *acc);
 
-    float m = -INFINITY, l = 0.0f;
-    float s[ATTN_CHUNK];
-    size_t slot_off[ATTN_CHUNK];
-    for (int t0 = 0; t0 < nc; t0 += ATTN_CHUNK) {
-        int n = nc - t0 < ATTN_CHUNK ? nc - t0 : ATTN_CHUNK;
-        float cmax = -INFINITY;
+    const size_t lo = (size_t)kv0 * (size_t)hd * sizeof(exsa_fp16);
+    const size_t hi = (size_t)kv1 * (size_t)hd * sizeof(exsa_fp16);
+    float ms[F16_CHUNK], vs[F16_CHUNK];
+    const char *krow[F16_CHUNK], *vrow[F16_CHUNK];
+    const exsa_fp16 *kp[F16_CHUNK], *vp[F16_CHUNK];
+    int bi = 0, bo = 0; /* block index and offset of the next token */
+    for (int t0 = 0; t0 < nc; t0 += F16_CHUNK) {
+        const int n = nc - t0 < F16_CHUNK ? nc - t0 : F16_CHUNK;
         for (int i = 0; i < n; i++) {
-            int t = t0 + i;
-            size_t slot = (size_t)bt[t / bs] * (size_t)bs + (size_t)(t % bs);
-            slot_off[i] = slot * kv->token_bytes;
-            const char *kp = (const char *)kv->k + slot_off[i];
-            float dot;
-            if (kv->type == EXSA_TYPE_Q8_0)
-                dot = k->dot_f32(hd, q8_span(kp, e0, hd, kbuf), q);
-            else
-                dot = k->dot_f32(hd, (const float *)kp + e0, q);
-            s[i] = dot * a->scale;
-            cmax = s[i] > cmax ? s[i] : cmax;
-        }
-        if (cmax > m) {
-            if (l > 0.0f) {
-                float corr = expf(m - cmax);
-                l *= corr;
-                for (int d = 0; d < hd; d++)
-                    acc[d] *= corr;
+            krow[i] = token_row(kv, kv->k, bt, bi, bo);
+            vrow[i] = token_row(kv, kv->v, bt, bi, bo);
+            if (++bo == bs) {
+                bo = 0;
+                bi++;
             }
-            m = cmax;
         }
-        for (int i = 0; i < n; i++) {
-            float w = expf(s[i] - m);
-            l += w;
-            const char *vp = (const char *)kv->v + slot_off[i];
-            if (kv->type == EXSA_TYPE_Q8_0)
-                k->axpy_f32(hd, w, q8_span(vp, e0, hd, vbuf), acc);
-            else
-                k->axpy_f32(hd, w, (const float *)vp + e0, acc);
+        int left = nc - t0 - n;
+        prefetch_chunk(kv, bt, bi, bo, left < F16_CHUNK ? left : F16_CHUNK, lo, hi);
+        for (int kh = kv0; kh < kv1; kh++) {
+            const int ha = kh * group > h0 ? kh * group : h0;
+            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+            for (int i = 0; i < n; i++) {
+                kp[i] = (const exsa_fp16 *)krow[i] + (size_t)kh * (size_t)hd;
+                vp[i] = (const exsa_fp16 *)vrow[i] + (size_t)kh * (size_t)hd;
+            }
+            ak->scores_f16(hd, n, kp, q16 + (size_t)(ha - h0) * (size_t)hd, hb - ha, a->scale,
+                           sc);
+            for (int h = ha - h0; h < hb - h0; h++) {
+                const float *s = sc + (size_t)(h - (ha - h0)) * (size_t)n;
+                float mh = m[h], lh = l[h];
+                for (int i = 0; i < n; i++) {
+                    float msi = 1.0f, vsi = 1.0f;
+                    if (s[i] > mh) {
+                        msi = expf(mh - s[i]);
+                        mh = s[i];
+                    } else {
+                        vsi = expf(s[i] - mh);
+                    }
+                    ms[i] = msi;
+                    vs[i] = vsi;
+                    lh = lh * msi + vsi;
+                }
+                m[h] = mh;
+                l[h] = lh;
+                ak->accum_f16(hd, n, vp, ms, vs, acc + (size_t)h * hdp);
+            }
         }
     }
-    float inv = l > 0.0f ? 1.0f / l : 0.0f; /* empty context: zeros */
-    for (int d = 0; d < hd; d++)
-        out[d] = acc[d] * inv;
+    for (int h = 0; h < nh; h++) {
+        float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f; /* empty context: zeros */
+        float *o = a->out + off + (size_t)h * (size_t)hd;
+        const float *ah = acc + (size_t)h * hdp;
+        for (int d = 0; d < hd; d++)
+            o[d] = ah[d] * inv;
+    }
+}
+
+/* ---- F32 and Q8_0 caches -------------------------------------------------- */
+
+/* Per-thread scratch of an F32/Q8_0 task of hp query heads, in floats: acc
+ * rows, m and l, the chunk's scores, and a token row's span of hp heads
+ * dequantized (Q8_0). 0, or -1 if the size overflows. */
+static int f32_scratch(int hp, int hd, size_t hd_pad, size_t *n)
+{
+    size_t per_head = hd_pad + 2 + ATTN_CHUNK, span;
+    if (__builtin_mul_overflow((size_t)hp, (size_t)hd, &span) ||
+        __builtin_mul_overflow((size_t)hp, per_head, n) ||
+        __builtin_add_overflow(*n, span + 2 * EXSA_QK8_0, n))
+        return -1;
+    return 0;
+}
+
+/* A token row's elements [e_lo, e_hi) as floats: the row itself (F32) or
+ * the Q8_0 blocks covering them dequantized into buf. */
+static const float *span_f32(const attn_job *j, const char *row, int64_t e_lo, int64_t e_hi,
+                             float *buf)
+{
+    if (j->a->kv->type == EXSA_TYPE_Q8_0)
+        return q8_span(j->ak, row, e_lo, (int)(e_hi - e_lo), buf);
+    return (const float *)row + e_lo;
+}
+
+/* One task: query heads [h0, h1) of row r. Per chunk of ATTN_CHUNK tokens:
+ * the scores of all heads token by token (each K row read once, in order),
+ * then per head the chunk's max and rescale, then the weights and V sums
+ * token by token. Each head's arithmetic is exactly the one-head loop's
+ * (dots, max in token order, correction, weights and sums in token order),
+ * only interleaved with the other heads'. */
+static void attn_task(void *vctx, int task, int thread)
+{
+    const attn_job *j = vctx;
+    const exsa_attn_args *a = j->a;
+    const exsa_kv_layer *kv = a->kv;
+    const exsa_cpu_kernels *k = j->c->k;
+    const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
+    const int r = task / j->n_parts, h0 = task % j->n_parts * j->hp;
+    const int h1 = h0 + j->hp < a->n_head ? h0 + j->hp : a->n_head, nh = h1 - h0;
+    const int64_t e_lo = (int64_t)(h0 / group) * hd, e_hi = (int64_t)((h1 - 1) / group + 1) * hd;
+    const size_t hdp = j->hd_pad;
+    const size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
+    const int nc = a->n_ctx[r];
+    const int32_t *bt = a->block_table[r];
+
+    /* scratch (f32_scratch): acc [nh][hdp], m [nh], l [nh],
+     * s [nh][ATTN_CHUNK], then the dequantized span */
+    float *acc = cpu_tls(j->c, thread);
+    float *m = acc + (size_t)nh * hdp, *l = m + nh;
+    float *s = l + nh;
+    float *buf = s + (size_t)nh * ATTN_CHUNK;
+    memset(acc, 0, (size_t)nh * hdp * sizeof *acc);
+    for (int h = 0; h < nh; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+    }
+
+    size_t slot_off[ATTN_CHUNK];
+    int bi = 0, bo = 0; /* block index and offset of the next token */
+    for (int t0 = 0; t0 < nc; t0 += ATTN_CHUNK) {
+        const int n = nc - t0 < ATTN_CHUNK ? nc - t0 : ATTN_CHUNK;
+        for (int i = 0; i < n; i++) {
+            slot_off[i] = ((size_t)bt[bi] * (size_t)bs + (size_t)bo) * kv->token_bytes;
+            if (++bo == bs) {
+                bo = 0;
+                bi++;
+            }
+            const float *kr = span_f32(j, (const char *)kv->k + slot_off[i], e_lo, e_hi, buf);
+            for (int h = 0; h < nh; h++) {
+                const int64_t e0 = (int64_t)((h0 + h) / group) * hd - e_lo;
+                float dot = k->dot_f32(hd, kr + e0, a->q + off + (size_t)h * (size_t)hd);
+                s[(size_t)h * ATTN_CHUNK + (size_t)i] = dot * a->scale;
+            }
+        }
+        for (int h = 0; h < nh; h++) {
+            const float *sh = s + (size_t)h * ATTN_CHUNK;
+            float cmax = -INFINITY;
+            for (int i = 0; i < n; i++)
+                cmax = sh[i] > cmax ? sh[i] : cmax;
+            if (cmax > m[h]) {
+                if (l[h] > 0.0f) {
+                    float corr = expf(m[h] - cmax);
+                    float *ah = acc + (size_t)h * hdp;
+                    l[h] *= corr;
+                    for (int d = 0; d < hd; d++)
+                        ah[d] *= corr;
+                }
+                m[h] = cmax;
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            const float *vr = span_f32(j, (const char *)kv->v + slot_off[i], e_lo, e_hi, buf);
+            for (int h = 0; h < nh; h++) {
+                const int64_t e0 = (int64_t)((h0 + h) / group) * hd - e_lo;
+                float w = expf(s[(size_t)h * ATTN_CHUNK + (size_t)i] - m[h]);
+                l[h] += w;
+                k->axpy_f32(hd, w, vr + e0, acc + (size_t)h * hdp);
+            }
+        }
+    }
+    for (int h = 0; h < nh; h++) {
+        float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f; /* empty context: zeros */
+        float *o = a->out + off + (size_t)h * (size_t)hd;
+        const float *ah = acc + (size_t)h * hdp;
+        for (int d = 0; d < hd; d++)
+            o[d] = ah[d] * inv;
+    }
 }
 
 void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
@@ -237,10 +382,30 @@ void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
              total <= INT32_MAX &&
              (kv->type == EXSA_TYPE_F32 || kv->type == EXSA_TYPE_F16 ||
               kv->type == EXSA_TYPE_Q8_0);
-    if (!ok || cpu_tls_reserve(c, 3 * hd_pad + 128) != 0) {
-        cpu_fill_nan(a->out, total * hd);
+    attn_job j = {c, a, ok ? a->n_head / kv->n_kv_head : 1, hd_pad, NULL, 1, 1};
+    size_t scratch = 0;
+    if (ok) {
+        /* As few parts per row as leave 4 tasks per thread (balance), so
+         * that a task reads long runs of each token row; parts of whole
+         * kv groups where a part holds more than one group. */
+        int64_t want = (4 * (int64_t)c->n_threads + a->n_rows - 1) / a->n_rows;
+        int parts = want < a->n_head ? (int)want : a->n_head;
+        j.hp = (a->n_head + parts - 1) / parts;
+        if (j.hp > j.group)
+            j.hp = (j.hp + j.group - 1) / j.group * j.group;
+        j.n_parts = (a->n_head + j.hp - 1) / j.hp;
+        total = (int64_t)a->n_rows * j.n_parts;
+        j.ak = exsa_cpu_attn_kernels_for(c->k);
+        if (kv->type == EXSA_TYPE_F16) {
+            ok = f16_scratch(j.hp, hd_pad, &scratch) == 0;
+        } else {
+            ok = f32_scratch(j.hp, hd, hd_pad, &scratch) == 0;
+        }
+    }
+    if (!ok || total > INT32_MAX || cpu_tls_reserve(c, scratch) != 0) {
+        cpu_fill_nan(a->out, (int64_t)a->n_rows * a->n_head * hd);
         return;
     }
-    attn_job j = {c, a, a->n_head / kv->n_kv_head, hd_pad};
-    exsa_threadpool_run(c->pool, attn_task, &j, (int)total);
+    exsa_threadpool_run(c->pool, kv->type == EXSA_TYPE_F16 ? attn_f16_task : attn_task, &j,
+                        (int)total);
 }

@@ -24,7 +24,8 @@
 /* Activation rows per kernel call: 64 rows of 4096 Q8_0 values are ~280 KB. */
 #define ACT_TILE 64
 /* Repacked kernels: activation rows per call (64 rows of 4096 values are
- * 320 KB of Q8_0s blocks, in L2 while the weight group sits in L1). */
+ * 320 KB of Q8_0s blocks or 299 KB of Q8_K, in L2 while the weight group
+ * sits in L1). */
 #define X8_TILE 64
 /* Output rows per task, bounds. */
 #define CHUNK_MIN 4
@@ -314,8 +315,9 @@ static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
 }
 
 typedef struct {
-    exsa_gemm_x8_fn gemm;
+    const exsa_cpu_kernels *k;
     const exsa_tensor *w;
+    int64_t nb;      /* block columns per group */
     const char *act;
     size_t act_stride;
     int n_act;
@@ -332,22 +334,39 @@ static void x8_task(void *vctx, int task, int thread)
     int tile = task / j->n_chunks, chunk = task % j->n_chunks;
     int j0 = tile * X8_TILE;
     int nj = j->n_act - j0 < X8_TILE ? j->n_act - j0 : X8_TILE;
-    int64_t n_groups = w->n_out / 8, nb = w->n_in / 32;
+    int64_t n_groups = w->n_out / 8, nb = j->nb;
     int64_t g0 = (int64_t)chunk * j->chunk_groups;
     int64_t g1 = g0 + j->chunk_groups < n_groups ? g0 + j->chunk_groups : n_groups;
     const char *act = j->act + (size_t)j0 * j->act_stride;
     float *y = j->y + (size_t)j0 * (size_t)w->n_out;
+    if (w->layout == EXSA_LAYOUT_Q4_KX8) {
+        const exsa_block_q4_Kx8 *wb = w->data;
+        for (int64_t g = g0; g < g1; g++)
+            j->k->gemm_q4_Kx8((int)w->n_in, wb + g * nb, (const exsa_block_q8_K *)act,
+                              j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
+        return;
+    }
     const exsa_block_q4_0x8 *wb = w->data;
     for (int64_t g = g0; g < g1; g++)
-        j->gemm((int)w->n_in, wb + g * nb, (const exsa_block_q8_0s *)act, j->act_stride, nj,
-                y + 8 * g, (size_t)w->n_out);
+        j->k->gemm_q4_0x8((int)w->n_in, wb + g * nb, (const exsa_block_q8_0s *)act,
+                          j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
 }
 
+/* Repacked weights (EXSA_LAYOUT_Q4_0X8 / Q4_KX8): activations quantized
+ * once per pass into the layout's activation format (Q8_0s / Q8_K), then
+ * tasks of (activation tile, chunk of 8-row groups) as for the row layout. */
 static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, float *y, int n_rows)
 {
     int64_t n_in = w->n_in, n_out = w->n_out;
-    exsa_gemm_x8_fn gemm = c->k->gemm_q4_0x8;
-    size_t act_stride = (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
+    const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8;
+    const int64_t block = is_k ? EXSA_QK_K : 32;
+    const int has_gemm = is_k ? c->k->gemm_q4_Kx8 != NULL : c->k->gemm_q4_0x8 != NULL;
+    if (!has_gemm || n_in <= 0 || n_in > INT32_MAX || n_in % block != 0 || n_out % 8 != 0) {
+        cpu_fill_nan(y, (int64_t)n_rows * n_out);
+        return;
+    }
+    size_t act_stride = is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
+                             : (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
     act_stride = (act_stride + 63) & ~(size_t)63;
     int rows_per_pass = n_rows;
     while (rows_per_pass > 0) {
@@ -357,7 +376,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
             break;
         rows_per_pass /= 2;
     }
-    if (!gemm || rows_per_pass == 0) {
+    if (rows_per_pass == 0) {
         cpu_fill_nan(y, (int64_t)n_rows * n_out);
         return;
     }
@@ -370,10 +389,16 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
     int n_chunks = (int)((n_groups + chunk_groups - 1) / chunk_groups);
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
-        q8s_job q = {c->k->quantize_q8_0, x + (size_t)r0 * (size_t)n_in, n_in, c->act, act_stride};
-        cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
+        const float *xr = x + (size_t)r0 * (size_t)n_in;
+        if (is_k) {
+            quant_job q = {c->k->quantize_q8_K, xr, n_in, c->act, act_stride};
+            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
+        } else {
+            q8s_job q = {c->k->quantize_q8_0, xr, n_in, c->act, act_stride};
+            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
+        }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;
-        x8_job d = {gemm, w, c->act, act_stride, nr, n_chunks, chunk_groups,
+        x8_job d = {c->k, w, n_in / block, c->act, act_stride, nr, n_chunks, chunk_groups,
                     y + (size_t)r0 * (size_t)n_out};
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
         if (n_tasks > INT32_MAX) {
@@ -399,7 +424,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
     cpu_backend *c = cpu_of(b);
     if (n_rows <= 0 || w->n_out <= 0)
         return;
-    if (w->layout == EXSA_LAYOUT_Q4_0X8) {
+    if (w->layout == EXSA_LAYOUT_Q4_0X8 || w->layout == EXSA_LAYOUT_Q4_KX8) {
         matmul_x8(c, w, x, y, n_rows);
         return;
     }

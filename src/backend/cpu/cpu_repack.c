@@ -1,8 +1,10 @@
 /* Weight repacking for the CPU kernels (kernels.h describes the layouts).
  *
- * Done once at model load, on the load thread: a Q4_0 matrix of n_out rows
- * becomes n_out / 8 groups of interleaved block columns. The bytes are the
- * same count, so memory does not grow once the mapping's pages are dropped.
+ * Done once at model load, on the load thread: a Q4_0 or Q4_K matrix of
+ * n_out rows becomes n_out / 8 groups of interleaved block columns. Q4_0
+ * keeps its byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
+ * unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
+ * the GGUF bytes exactly.
  */
 #include "backend/cpu/cpu_repack.h"
 
@@ -12,29 +14,12 @@
 #include "backend/cpu/kernels.h"
 #include "util/err.h"
 
-int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
+static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, int64_t ng)
 {
-    *buf = NULL;
-    const char *env = getenv("EXSA_REPACK");
-    if (env && strcmp(env, "0") == 0)
-        return 0;
-    if (w->layout != EXSA_LAYOUT_ROWS || w->type != EXSA_TYPE_Q4_0 || w->n_out % 8 != 0 ||
-        w->n_in % 32 != 0 || w->n_in <= 0 || w->n_in > INT32_MAX || !w->data)
-        return 0;
-    const int64_t nb = w->n_in / 32, ng = w->n_out / 8;
-    size_t bytes;
-    if (__builtin_mul_overflow((size_t)nb, (size_t)ng, &bytes) ||
-        __builtin_mul_overflow(bytes, sizeof(exsa_block_q4_0x8), &bytes) ||
-        bytes > SIZE_MAX - 63)
-        return exsa_err_set(err, EXSA_ENOMEM, "repack: tensor '%s' too large", w->name);
-    exsa_block_q4_0x8 *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (!dst)
-        return exsa_err_set(err, EXSA_ENOMEM, "repack: out of memory for '%s' (%zu bytes)",
-                            w->name, bytes);
     for (int64_t g = 0; g < ng; g++) {
         for (int r = 0; r < 8; r++) {
-            const exsa_block_q4_0 *src =
-                (const exsa_block_q4_0 *)((const char *)w->data + (size_t)(8 * g + r) * w->row_bytes);
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            const exsa_block_q4_0 *src = (const exsa_block_q4_0 *)row;
             for (int64_t b = 0; b < nb; b++) {
                 exsa_block_q4_0x8 *o = &dst[g * nb + b];
                 o->d[r] = src[b].d;
@@ -43,17 +28,108 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
             }
         }
     }
+}
+
+static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, int64_t ng)
+{
+    for (int64_t g = 0; g < ng; g++) {
+        for (int r = 0; r < 8; r++) {
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            const exsa_block_q4_K *src = (const exsa_block_q4_K *)row;
+            for (int64_t b = 0; b < nb; b++) {
+                exsa_block_q4_Kx8 *o = &dst[g * nb + b];
+                o->d[r] = src[b].d;
+                o->dmin[r] = src[b].dmin;
+                for (int s = 0; s < 8; s++) {
+                    uint8_t sc, mn;
+                    exsa_get_scale_min_k4(s, src[b].scales, &sc, &mn);
+                    o->scales[8 * s + r] = sc;
+                    o->mins[16 * (s / 2) + 2 * r + s % 2] = mn;
+                }
+                for (int c = 0; c < 4; c++)
+                    for (int t = 0; t < 8; t++)
+                        memcpy(o->qs + 256 * c + 32 * t + 4 * r, src[b].qs + 32 * c + 4 * t, 4);
+            }
+        }
+    }
+}
+
+int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
+{
+    *buf = NULL;
+    const char *env = getenv("EXSA_REPACK");
+    if (env && strcmp(env, "0") == 0)
+        return 0;
+    if (w->layout != EXSA_LAYOUT_ROWS || w->n_out % 8 != 0 || w->n_in <= 0 ||
+        w->n_in > INT32_MAX || !w->data)
+        return 0;
+    int64_t block;
+    size_t col_bytes;
+    if (w->type == EXSA_TYPE_Q4_0 && w->n_in % 32 == 0) {
+        block = 32;
+        col_bytes = sizeof(exsa_block_q4_0x8);
+    } else if (w->type == EXSA_TYPE_Q4_K && w->n_in % EXSA_QK_K == 0) {
+        block = EXSA_QK_K;
+        col_bytes = sizeof(exsa_block_q4_Kx8);
+    } else {
+        return 0;
+    }
+    const int64_t nb = w->n_in / block, ng = w->n_out / 8;
+    size_t bytes;
+    if (__builtin_mul_overflow((size_t)nb, (size_t)ng, &bytes) ||
+        __builtin_mul_overflow(bytes, col_bytes, &bytes) || bytes > SIZE_MAX - 63)
+        return exsa_err_set(err, EXSA_ENOMEM, "repack: tensor '%s' too large", w->name);
+    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!dst)
+        return exsa_err_set(err, EXSA_ENOMEM, "repack: out of memory for '%s' (%zu bytes)",
+                            w->name, bytes);
+    if (block == 32) {
+        pack_q4_0(w, dst, nb, ng);
+        w->layout = EXSA_LAYOUT_Q4_0X8;
+    } else {
+        pack_q4_K(w, dst, nb, ng);
+        w->layout = EXSA_LAYOUT_Q4_KX8;
+    }
     w->data = dst;
-    w->layout = EXSA_LAYOUT_Q4_0X8;
     *buf = dst;
     return 0;
 }
 
+/* The inverse of exsa_get_scale_min_k4: 8 6-bit (scale, min) pairs into
+ * Q4_K's 12 bytes (every bit is used, so this restores the GGUF bytes). */
+static void pack_scale_min_k4(const uint8_t *sc, const uint8_t *mn, uint8_t *q)
+{
+    for (int j = 0; j < 4; j++) {
+        q[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+        q[j + 4] = (uint8_t)(mn[j] | (mn[j + 4] >> 4) << 6);
+        q[j + 8] = (uint8_t)((sc[j + 4] & 0x0F) | (mn[j + 4] & 0x0F) << 4);
+    }
+}
+
 void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
 {
+    const int r = (int)(row % 8);
+    if (w->layout == EXSA_LAYOUT_Q4_KX8) {
+        const int64_t nb = w->n_in / EXSA_QK_K;
+        const exsa_block_q4_Kx8 *g = (const exsa_block_q4_Kx8 *)w->data + (row / 8) * nb;
+        exsa_block_q4_K *dst = out;
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t sc[8], mn[8];
+            for (int s = 0; s < 8; s++) {
+                sc[s] = g[b].scales[8 * s + r];
+                mn[s] = g[b].mins[16 * (s / 2) + 2 * r + s % 2];
+            }
+            dst[b].d = g[b].d[r];
+            dst[b].dmin = g[b].dmin[r];
+            pack_scale_min_k4(sc, mn, dst[b].scales);
+            for (int c = 0; c < 4; c++)
+                for (int t = 0; t < 8; t++)
+                    memcpy(dst[b].qs + 32 * c + 4 * t, g[b].qs + 256 * c + 32 * t + 4 * r, 4);
+        }
+        return;
+    }
     const int64_t nb = w->n_in / 32;
     const exsa_block_q4_0x8 *g = (const exsa_block_q4_0x8 *)w->data + (row / 8) * nb;
-    const int r = (int)(row % 8);
     exsa_block_q4_0 *dst = out;
     for (int64_t b = 0; b < nb; b++) {
         dst[b].d = g[b].d[r];

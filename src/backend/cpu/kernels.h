@@ -52,6 +52,42 @@ typedef struct {
 typedef void (*exsa_gemm_x8_fn)(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
                                 size_t act_stride, int n_act, float *out, size_t out_stride);
 
+/* Q4_K weights repacked 8 rows at a time: super-block column b of a group of
+ * 8 rows (256 elements of each) holds the 8 rows' d and dmin, their 6-bit
+ * sub-block scales and mins unpacked to bytes, and their nibbles interleaved
+ * in 4-byte quads as in exsa_block_q4_0x8:
+ *   scales[8 * j + r]                  = scale of sub-block j of row r
+ *   mins[16 * (j / 2) + 2 * r + j % 2] = min of sub-block j of row r
+ *     (16 bytes zero-extended to int16 are one vpmaddwd operand: the 8
+ *     rows' pairs (min of sub-block 2k, min of 2k + 1))
+ *   qs[256 * c + 32 * t + 4 * r + i]   = row r's GGUF qs[32 * c + 4 * t + i]
+ * so one 32-byte load at qs + 256c + 32t holds in dword r row r's elements
+ * 32(2c) + 4t..+3 (low nibbles) and 32(2c+1) + 4t..+3 (high nibbles).
+ * 1184 bytes for 8 Q4_K blocks of 144 (+2.8%); repacking is lossless. */
+typedef struct {
+    exsa_fp16 d[8];
+    exsa_fp16 dmin[8];
+    uint8_t scales[64];
+    uint8_t mins[64];
+    uint8_t qs[1024];
+} exsa_block_q4_Kx8;
+_Static_assert(sizeof(exsa_block_q4_Kx8) == 1184, "q4_Kx8 block");
+
+/* out[j * out_stride + r] = dot(row r of the 8-row group w, act row j) with
+ * Q8_K activations (act rows act_stride bytes apart, n % 256 == 0, bsums the
+ * sums of qs as quantize_q8_K makes them). Per output and super-block, in
+ * order, with q the nibbles, s_j / m_j row r's sub-block scale / min:
+ *   isum = sum_j s_j * sum_{e in j} q_e * a_e          (int32, exact)
+ *   msum = sum_j m_j * sum_{e in j} a_e                (int32, exact)
+ *   acc  = fmaf((float)isum, d_r * d_a, acc)
+ *   acc  = fmaf(-(float)msum, dmin_r * d_a, acc)
+ * (d_r, dmin_r widened from f16, the products rounded to float, (float)
+ * rounding to nearest even), acc from 0.0f, so every table and every n_act
+ * gives the same bits. */
+typedef void (*exsa_gemm_q4_Kx8_fn)(int n, const exsa_block_q4_Kx8 *w,
+                                    const exsa_block_q8_K *act, size_t act_stride, int n_act,
+                                    float *out, size_t out_stride);
+
 typedef struct exsa_cpu_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     exsa_dot_fn dot[EXSA_TYPE_COUNT]; /* NULL where the type has no kernel */
@@ -74,6 +110,7 @@ typedef struct exsa_cpu_kernels {
     void (*mad_f16_acc)(int n, float a, const exsa_fp16 *v, exsa_fp16 *acc);
     void (*scale_f16_acc)(int n, float s, exsa_fp16 *acc);
     exsa_gemm_x8_fn gemm_q4_0x8;
+    exsa_gemm_q4_Kx8_fn gemm_q4_Kx8;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

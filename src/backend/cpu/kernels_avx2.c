@@ -806,6 +806,126 @@ static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0
         q4_0x8_rows(nb, w, a, 1, o, out_stride);
 }
 
+/* ------------------------------------------------- repacked Q4_K x 8 */
+
+/* One sub-block (32 elements) of 8 rows against R activation rows: q[t]
+ * holds the 8 rows' elements 4t..4t+3 (0..15), sc the 8 rows' scales as
+ * int16 in both halves of each dword. Per row: 8 vpmaddubsw by broadcast
+ * activation quads summed in int16 (8 x 2 x 15 x 128 = 30720 cannot
+ * saturate), then one vpmaddwd with sc = scale * dot exactly in int32. */
+INLINE void q4_Kx8_sub(const __m256i *q, __m256i sc, const exsa_block_q8_K *const *a, int b,
+                       int s, const int R, __m256i *isum)
+{
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++) {
+        const int8_t *qa = a[k][b].qs + 32 * s;
+        __m256i x[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            int32_t quad;
+            memcpy(&quad, qa + 4 * t, 4);
+            x[t] = _mm256_maddubs_epi16(q[t], _mm256_set1_epi32(quad));
+        }
+        const __m256i s16 =
+            _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(x[0], x[1]),
+                                              _mm256_add_epi16(x[2], x[3])),
+                             _mm256_add_epi16(_mm256_add_epi16(x[4], x[5]),
+                                              _mm256_add_epi16(x[6], x[7])));
+        isum[k] = _mm256_add_epi32(isum[k], _mm256_madd_epi16(s16, sc));
+    }
+}
+
+/* Sub-block s's 8 scales (bytes) as int16 pairs (s, s) per dword. */
+INLINE __m256i q4_Kx8_scales(const exsa_block_q4_Kx8 *g, int s)
+{
+    const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(g->scales + 8 * s)));
+    return _mm256_or_si256(v, _mm256_slli_epi32(v, 16));
+}
+
+/* R activation rows against one 8-row group (kernels.h). The nibbles of a
+ * sub-block are decoded once for all R rows; per super-block and row the
+ * scaled dots sum in int32 over the 8 sub-blocks, the mins term is 4
+ * vpmaddwd of the 8 rows' min pairs by broadcast pairs of sub-block sums,
+ * then one cvt and two FMAs serve 8 outputs. */
+INLINE void q4_Kx8_rows(int nb, const exsa_block_q4_Kx8 *w, const exsa_block_q8_K *const *a,
+                        const int R, float *out, size_t os)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q4_Kx8 *g = &w[b];
+        __m256i isum[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            isum[k] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *qs = g->qs + 256 * c;
+            __m256i q[8];
+            /* sub-block 2c: low nibbles */
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                q[t] = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(qs + 32 * t)), m4);
+            q4_Kx8_sub(q, q4_Kx8_scales(g, 2 * c), a, b, 2 * c, R, isum);
+            /* sub-block 2c + 1: high nibbles */
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                q[t] = _mm256_and_si256(
+                    _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qs + 32 * t)), 4), m4);
+            q4_Kx8_sub(q, q4_Kx8_scales(g, 2 * c + 1), a, b, 2 * c + 1, R, isum);
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->d));
+        const __m256 dm = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->dmin));
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            /* int16 sums of the 8 sub-blocks (|sum| <= 32 x 128): the pair
+             * of sub-blocks 2i, 2i + 1 is dword i % 2 of lane i / 2 */
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a[k][b].bsums);
+            const __m256i h = _mm256_hadd_epi16(bs, bs);
+            __m256i ms = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                const __m256i pair =
+                    _mm256_permutevar8x32_epi32(h, _mm256_set1_epi32(i % 2 + 4 * (i / 2)));
+                const __m256i mn =
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(g->mins + 16 * i)));
+                ms = _mm256_add_epi32(ms, _mm256_madd_epi16(pair, mn));
+            }
+            const __m256 da = _mm256_set1_ps(a[k][b].d);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k]), _mm256_mul_ps(dw, da), acc[k]);
+            acc[k] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dm, da), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+static void gemm_q4_Kx8(int n, const exsa_block_q4_Kx8 *w, const exsa_block_q8_K *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / EXSA_QK_K;
+    const exsa_block_q8_K *a[4];
+    int j = 0;
+    for (; j + 4 <= n_act; j += 4) {
+        for (int k = 0; k < 4; k++)
+            a[k] = (const exsa_block_q8_K *)((const char *)act + (size_t)(j + k) * act_stride);
+        q4_Kx8_rows(nb, w, a, 4, out + (size_t)j * out_stride, out_stride);
+    }
+    const int left = n_act - j;
+    for (int k = 0; k < left; k++)
+        a[k] = (const exsa_block_q8_K *)((const char *)act + (size_t)(j + k) * act_stride);
+    float *o = out + (size_t)j * out_stride;
+    if (left == 3)
+        q4_Kx8_rows(nb, w, a, 3, o, out_stride);
+    else if (left == 2)
+        q4_Kx8_rows(nb, w, a, 2, o, out_stride);
+    else if (left == 1)
+        q4_Kx8_rows(nb, w, a, 1, o, out_stride);
+}
+
 static const exsa_cpu_kernels avx2_table = {
     .isa = "avx2",
     .dot = {
@@ -834,6 +954,7 @@ static const exsa_cpu_kernels avx2_table = {
     .mad_f16_acc = mad_f16_acc,
     .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
+    .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table = &avx2_table;

@@ -444,6 +444,40 @@ static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0
     }
 }
 
+/* The reference of the repacked Q4_K kernel (kernels.h): exact integer
+ * sums per super-block (activation sums from the quants, not from bsums),
+ * then two fused multiply-adds per super-block per output. */
+static void gemm_q4_Kx8(int n, const exsa_block_q4_Kx8 *w, const exsa_block_q8_K *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / EXSA_QK_K;
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_K *a = (const exsa_block_q8_K *)((const char *)act + j * act_stride);
+        for (int r = 0; r < 8; r++) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const exsa_block_q4_Kx8 *g = &w[b];
+                int32_t isum = 0, msum = 0;
+                for (int s = 0; s < 8; s++) {
+                    /* sub-block s: nibble s % 2 of chunk s / 2 (kernels.h) */
+                    const uint8_t *qs = g->qs + 256 * (s / 2) + 4 * r;
+                    int32_t dot = 0, sa = 0;
+                    for (int e = 0; e < 32; e++) {
+                        const int q = (qs[32 * (e / 4) + e % 4] >> (4 * (s % 2))) & 0x0F;
+                        dot += q * a[b].qs[32 * s + e];
+                        sa += a[b].qs[32 * s + e];
+                    }
+                    isum += g->scales[8 * s + r] * dot;
+                    msum += g->mins[16 * (s / 2) + 2 * r + s % 2] * sa;
+                }
+                acc = fmaf((float)isum, h2f(g->d[r]) * a[b].d, acc);
+                acc = fmaf(-(float)msum, h2f(g->dmin[r]) * a[b].d, acc);
+            }
+            out[(size_t)j * out_stride + (size_t)r] = acc;
+        }
+    }
+}
+
 static const exsa_cpu_kernels scalar_table = {
     .isa = "scalar",
     .dot = {
@@ -472,6 +506,7 @@ static const exsa_cpu_kernels scalar_table = {
     .mad_f16_acc = mad_f16_acc,
     .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
+    .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void)

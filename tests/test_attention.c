@@ -1,0 +1,602 @@
+/* Paged attention over an F16 KV cache: the fast path, bit for bit against
+ * a plain scalar implementation of its defining semantics (written here).
+ *
+ * The semantics (cpu_attention.c, attn_kernels.h) follow llama.cpp's CPU
+ * flash attention: per (row, query head), q rounded to f16; for each
+ * context token in order, s = dot_f16_f32(k, q16) * scale with the dot of
+ * the kernel table in use; if s > m: ms = expf(m - s), m = s, acc =
+ * f16(acc * ms), vs = 1, else vs = expf(s - m); acc = f16(fmaf(v, vs,
+ * acc)); l = l * ms + vs; out = acc / l (0 for an empty context). The
+ * reference below does exactly that with quant.c's f16 converters and an
+ * f16 array for acc; only the dot comes from the kernel table (test_kernels
+ * checks it), since each table's dot rounds in its own order.
+ *
+ * F32 and Q8_0 caches keep their own (float) semantics, also checked
+ * exactly against a reference here: per (row, head), chunks of 64 tokens;
+ * the chunk's scores (dot_f32 of the kernel table on the row's values, Q8_0
+ * dequantized as d * q), the chunk max, a rescale of l and acc by
+ * expf(m - max) when it rises (and l > 0), then per token w = expf(s - m),
+ * l += w, axpy_f32(w, v).
+ *
+ * Every comparison is memcmp-exact:
+ *   - the backend op against the reference: odd and large head dims (more
+ *     than one register slice), GQA ratios 1..8, contexts crossing blocks,
+ *     block sizes other than 16, many rows at once (prefill chunks of one
+ *     sequence and decode rows of several), 1..7 threads (different task
+ *     splits), f16 overflow (acc becomes inf) and subnormal values;
+ *   - each attention table (scalar, AVX2, AVX-512 where the CPU has them)
+ *     directly: scores_f16 against its kernel table's dot times the scale,
+ *     accum_f16 against the formula, and that lanes past the head (beyond
+ *     hd rounded to 16) are never written; dequant_q8_0 against d * q.
+ * The whole suite also runs in children with EXSA_CPU=scalar (and avx2 on
+ * AVX-512 CPUs), so each table is used through the op as well (the table
+ * is chosen once per process).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "backend/cpu/attn_kernels.h"
+#include "backend/cpu/cpu_features.h"
+#include "backend/cpu/kernels.h"
+#include "quant/quant.h"
+#include "test_util.h"
+
+static uint64_t g_rng = 0xa77e11u;
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    assert_non_null(p);
+    return p;
+}
+
+static float h2f(exsa_fp16 h)
+{
+    return exsa_fp16_to_fp32(h);
+}
+
+static exsa_fp16 f2h(float f)
+{
+    return exsa_fp32_to_fp16(f);
+}
+
+/* Keeps the first failure; tests report it after freeing their buffers. */
+static char g_fail[512];
+static void note_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note_fail(const char *fmt, ...)
+{
+    if (g_fail[0])
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_fail, sizeof g_fail, fmt, ap);
+    va_end(ap);
+}
+
+static void report_fail(void)
+{
+    if (g_fail[0]) {
+        char msg[sizeof g_fail];
+        memcpy(msg, g_fail, sizeof msg);
+        g_fail[0] = '\0';
+        fail_msg("%s", msg);
+    }
+}
+
+/* First index where a and b differ bitwise, or -1. */
+static long first_diff(const float *a, const float *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(a + i, b + i, sizeof(float)) != 0)
+            return (long)i;
+    return -1;
+}
+
+/* ---- the reference ------------------------------------------------------ */
+
+typedef float (*dot_fn)(int n, const exsa_fp16 *x, const float *y);
+
+static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
+{
+    const exsa_kv_layer *kv = a->kv;
+    const int hd = kv->head_dim, group = a->n_head / kv->n_kv_head;
+    float *q16 = xmalloc(sizeof(float) * (size_t)hd);
+    exsa_fp16 *acc = xmalloc(sizeof(exsa_fp16) * (size_t)hd);
+    for (int r = 0; r < a->n_rows; r++)
+        for (int h = 0; h < a->n_head; h++) {
+            size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
+            size_t e0 = (size_t)(h / group) * (size_t)hd;
+            for (int d = 0; d < hd; d++) {
+                q16[d] = h2f(f2h(a->q[off + d]));
+                acc[d] = 0;
+            }
+            float m = -INFINITY, l = 0.0f;
+            for (int t = 0; t < a->n_ctx[r]; t++) {
+                int32_t blk = a->block_table[r][t / kv->block_size];
+                size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
+                const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
+                const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + slot * kv->token_bytes) + e0;
+                float s = dot(hd, kp, q16) * a->scale, ms = 1.0f, vs = 1.0f;
+                if (s > m) {
+                    ms = expf(m - s);
+                    m = s;
+                    for (int d = 0; d < hd; d++)
+                        acc[d] = f2h(h2f(acc[d]) * ms);
+                } else {
+                    vs = expf(s - m);
+                }
+                for (int d = 0; d < hd; d++)
+                    acc[d] = f2h(fmaf(h2f(vp[d]), vs, h2f(acc[d])));
+                l = l * ms + vs;
+            }
+            float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            for (int d = 0; d < hd; d++)
+                out[off + d] = h2f(acc[d]) * inv;
+        }
+    free(acc);
+    free(q16);
+}
+
+enum { F32_CHUNK = 64 };
+
+/* A token row's element e of a float-semantics cache. */
+static float cache_elem(const exsa_kv_layer *kv, const char *row, size_t e)
+{
+    if (kv->type == EXSA_TYPE_F32)
+        return ((const float *)row)[e];
+    const exsa_block_q8_0 *b = (const exsa_block_q8_0 *)row + e / EXSA_QK8_0;
+    return h2f(b->d) * (float)b->qs[e % EXSA_QK8_0];
+}
+
+static void reference_f32(const exsa_attn_args *a, const exsa_cpu_kernels *kt, float *out)
+{
+    const exsa_kv_layer *kv = a->kv;
+    const int hd = kv->head_dim, group = a->n_head / kv->n_kv_head;
+    float *acc = xmalloc(sizeof(float) * (size_t)hd);
+    float *kx = xmalloc(sizeof(float) * (size_t)hd * F32_CHUNK);
+    float *vx = xmalloc(sizeof(float) * (size_t)hd * F32_CHUNK);
+    float s[F32_CHUNK];
+    for (int r = 0; r < a->n_rows; r++)
+        for (int h = 0; h < a->n_head; h++) {
+            size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
+            size_t e0 = (size_t)(h / group) * (size_t)hd;
+            memset(acc, 0, sizeof(float) * (size_t)hd);
+            float m = -INFINITY, l = 0.0f;
+            for (int t0 = 0; t0 < a->n_ctx[r]; t0 += F32_CHUNK) {
+                int n = a->n_ctx[r] - t0 < F32_CHUNK ? a->n_ctx[r] - t0 : F32_CHUNK;
+                float cmax = -INFINITY;
+                for (int i = 0; i < n; i++) {
+                    int t = t0 + i;
+                    int32_t blk = a->block_table[r][t / kv->block_size];
+                    size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
+                    for (int d = 0; d < hd; d++) {
+                        kx[(size_t)i * (size_t)hd + (size_t)d] =
+                            cache_elem(kv, (const char *)kv->k + slot * kv->token_bytes, e0 + (size_t)d);
+                        vx[(size_t)i * (size_t)hd + (size_t)d] =
+                            cache_elem(kv, (const char *)kv->v + slot * kv->token_bytes, e0 + (size_t)d);
+                    }
+                    s[i] = kt->dot_f32(hd, kx + (size_t)i * (size_t)hd, a->q + off) * a->scale;
+                    cmax = s[i] > cmax ? s[i] : cmax;
+                }
+                if (cmax > m) {
+                    if (l > 0.0f) {
+                        float corr = expf(m - cmax);
+                        l *= corr;
+                        for (int d = 0; d < hd; d++)
+                            acc[d] *= corr;
+                    }
+                    m = cmax;
+                }
+                for (int i = 0; i < n; i++) {
+                    float w = expf(s[i] - m);
+                    l += w;
+                    kt->axpy_f32(hd, w, vx + (size_t)i * (size_t)hd, acc);
+                }
+            }
+            float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            for (int d = 0; d < hd; d++)
+                out[off + d] = acc[d] * inv;
+        }
+    free(vx);
+    free(kx);
+    free(acc);
+}
+
+/* ---- the op against the reference --------------------------------------- */
+
+enum { MAX_ROWS = 12 };
+
+/* Values for the cache and q: normal ones, or special ranges. */
+enum fill { FILL_NORMAL, FILL_OVERFLOW, FILL_TINY };
+
+typedef struct {
+    int n_head, n_kv, hd, block_size;
+    int n_rows;
+    int n_ctx[MAX_ROWS];
+    int seq[MAX_ROWS]; /* rows with the same seq share a block table */
+    enum fill fill;
+} attn_case;
+
+static exsa_fp16 rand_half(enum fill f, float scale)
+{
+    float x = exsa_test_rand_normal(&g_rng) * scale;
+    if (f == FILL_OVERFLOW) /* positive and large: the sum passes 65504 */
+        x = 20000.0f + 10000.0f * exsa_test_rand_uniform(&g_rng);
+    else if (f == FILL_TINY) /* around and below f16's smallest normal */
+        x *= 1e-5f;
+    return f2h(x);
+}
+
+/* Token row values of a cache of `type` at dst (row elements). */
+static void store_row(int type, const float *x, size_t row, char *dst)
+{
+    if (type == EXSA_TYPE_F32)
+        memcpy(dst, x, row * sizeof(float));
+    else if (type == EXSA_TYPE_F16)
+        for (size_t e = 0; e < row; e++)
+            ((exsa_fp16 *)dst)[e] = f2h(x[e]);
+    else
+        exsa_quantize_row_q8_0_ref(x, dst, (int64_t)row);
+}
+
+static float rand_value(enum fill f, float scale)
+{
+    return h2f(rand_half(f, scale));
+}
+
+static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
+{
+    const int hd = c->hd, bs = c->block_size;
+    const size_t row = (size_t)c->n_kv * (size_t)hd;
+    const size_t tb = exsa_type_row_size(type, (int64_t)row);
+    assert_true(tb > 0);
+    /* blocks per sequence: enough for its longest row */
+    int max_ctx[MAX_ROWS] = {0}, n_seq = 0;
+    for (int r = 0; r < c->n_rows; r++) {
+        if (c->seq[r] + 1 > n_seq)
+            n_seq = c->seq[r] + 1;
+        if (c->n_ctx[r] > max_ctx[c->seq[r]])
+            max_ctx[c->seq[r]] = c->n_ctx[r];
+    }
+    int n_blocks = 0, first[MAX_ROWS];
+    for (int s = 0; s < n_seq; s++) {
+        first[s] = n_blocks;
+        n_blocks += (max_ctx[s] + bs - 1) / bs;
+    }
+    n_blocks += 3; /* blocks nobody uses, holding NaN: must not be read */
+
+    exsa_kv_layer kv = {NULL, NULL, type, bs, c->n_kv, hd, tb};
+    size_t n_slots = (size_t)n_blocks * (size_t)bs;
+    char *kc = xmalloc(n_slots * tb), *vc = xmalloc(n_slots * tb);
+    float *kx = xmalloc(sizeof(float) * row), *vx = xmalloc(sizeof(float) * row);
+    /* shuffled block ids: tables are not contiguous */
+    int32_t *perm = xmalloc(sizeof(int32_t) * (size_t)n_blocks);
+    for (int i = 0; i < n_blocks; i++)
+        perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(exsa_test_rand_u64(&g_rng) % (uint64_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (size_t slot = 0; slot < n_slots; slot++) {
+        int unused = 0;
+        for (int i = n_blocks - 3; i < n_blocks; i++)
+            unused |= slot / (size_t)bs == (size_t)perm[i];
+        for (size_t e = 0; e < row; e++) {
+            kx[e] = unused ? NAN : rand_value(c->fill == FILL_TINY ? FILL_TINY : FILL_NORMAL, 1.0f);
+            vx[e] = unused ? NAN : rand_value(c->fill, 1.0f);
+        }
+        store_row(type, kx, row, kc + slot * tb);
+        store_row(type, vx, row, vc + slot * tb);
+    }
+    kv.k = kc;
+    kv.v = vc;
+
+    const size_t qrow = (size_t)c->n_head * (size_t)hd;
+    const size_t nout = qrow * (size_t)c->n_rows;
+    float *q = xmalloc(sizeof(float) * nout), *out = xmalloc(sizeof(float) * nout);
+    float *ref = xmalloc(sizeof(float) * nout);
+    float qscale = c->fill == FILL_NORMAL ? 3.0f : 1.0f; /* 3: peaked softmax */
+    for (size_t i = 0; i < nout; i++)
+        q[i] = exsa_test_rand_normal(&g_rng) * qscale;
+    if (c->fill == FILL_OVERFLOW) /* equal scores: every token adds fully */
+        memset(q, 0, sizeof(float) * nout);
+    int32_t n_ctx[MAX_ROWS];
+    const int32_t *bt[MAX_ROWS];
+    for (int r = 0; r < c->n_rows; r++) {
+        n_ctx[r] = c->n_ctx[r];
+        bt[r] = perm + first[c->seq[r]];
+    }
+    for (size_t i = 0; i < nout; i++)
+        memcpy(out + i, &(uint32_t){0x7fc00123u}, sizeof(float)); /* all must be written */
+    exsa_attn_args a = {c->n_rows, c->n_head, q, out, n_ctx, bt, &kv, 1.0f / sqrtf((float)hd)};
+    B->ops->attention(B, &a);
+    if (type == EXSA_TYPE_F16)
+        reference(&a, exsa_cpu_kernels_best()->dot_f16_f32, ref);
+    else
+        reference_f32(&a, exsa_cpu_kernels_best(), ref);
+
+    const char *tname = exsa_type_traits_get(type)->name;
+    long d = first_diff(out, ref, nout);
+    if (d >= 0) {
+        int r = (int)((size_t)d / qrow), h = (int)((size_t)d % qrow / (size_t)hd);
+        note_fail("%s heads %d/%d dim %d block %d rows %d threads %d fill %d: row %d (n_ctx %d) "
+                  "head %d dim %d: got %.9g, reference %.9g",
+                  tname, c->n_head, c->n_kv, hd, bs, c->n_rows, threads, (int)c->fill, r,
+                  n_ctx[r], h, (int)((size_t)d % (size_t)hd), (double)out[d], (double)ref[d]);
+    }
+    if (c->fill == FILL_OVERFLOW && type == EXSA_TYPE_F16) {
+        /* the case must really overflow, or it tests nothing */
+        int saw_inf = 0;
+        for (size_t i = 0; i < nout; i++)
+            saw_inf |= isinf(ref[i]);
+        if (!saw_inf)
+            note_fail("overflow case: no inf in the reference");
+    }
+    free(ref);
+    free(out);
+    free(q);
+    free(perm);
+    free(vx);
+    free(kx);
+    free(vc);
+    free(kc);
+    report_fail();
+}
+
+static const attn_case cases[] = {
+    /* the 110M shape: decode rows of 8 sequences */
+    {12, 12, 64, 16, 8, {320, 257, 256, 255, 17, 16, 1, 300}, {0, 1, 2, 3, 4, 5, 6, 7}, FILL_NORMAL},
+    /* a prefill chunk of one sequence (causal: n_ctx grows by row) */
+    {4, 4, 64, 16, 10, {31, 32, 33, 34, 35, 36, 37, 38, 39, 40}, {0}, FILL_NORMAL},
+    /* GQA ratios 2, 3, 4, 8; odd and large head dims */
+    {8, 4, 128, 16, 3, {100, 1, 64}, {0, 1, 0}, FILL_NORMAL},
+    {6, 2, 40, 16, 4, {5, 48, 49, 70}, {0, 1, 1, 0}, FILL_NORMAL},
+    {8, 2, 72, 16, 2, {80, 33}, {0, 1}, FILL_NORMAL},
+    {16, 2, 80, 16, 2, {65, 3}, {0, 1}, FILL_NORMAL},
+    {3, 1, 13, 16, 3, {1, 16, 47}, {0, 0, 0}, FILL_NORMAL},
+    {2, 2, 7, 16, 2, {9, 40}, {0, 1}, FILL_NORMAL},
+    {4, 2, 200, 16, 2, {50, 19}, {0, 1}, FILL_NORMAL},
+    {2, 1, 264, 16, 2, {33, 70}, {0, 1}, FILL_NORMAL},
+    {2, 2, 1, 16, 2, {3, 20}, {0, 1}, FILL_NORMAL},
+    /* block sizes other than 16; an empty context (zeros) */
+    {4, 2, 64, 5, 3, {23, 0, 11}, {0, 1, 2}, FILL_NORMAL},
+    {6, 3, 24, 7, 2, {50, 64}, {0, 1}, FILL_NORMAL},
+    {2, 2, 64, 64, 2, {130, 64}, {0, 1}, FILL_NORMAL},
+    /* acc overflows f16 to inf; values in the f16 subnormal range */
+    {2, 1, 24, 16, 2, {40, 3}, {0, 1}, FILL_OVERFLOW},
+    {4, 2, 40, 16, 2, {60, 17}, {0, 1}, FILL_TINY},
+};
+
+static void run_cases(int type, const int *thread_counts, size_t n_counts)
+{
+    for (size_t t = 0; t < n_counts; t++) {
+        exsa_err err = {0};
+        exsa_backend *B = exsa_backend_cpu_create(thread_counts[t], &err);
+        assert_non_null(B);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            const attn_case *c = &cases[i];
+            /* Q8_0 rows are whole blocks; overflow is an f16 matter */
+            if (type == EXSA_TYPE_Q8_0 && (c->n_kv * c->hd) % EXSA_QK8_0 != 0)
+                continue;
+            if (type != EXSA_TYPE_F16 && c->fill == FILL_OVERFLOW)
+                continue;
+            run_case(B, type, c, thread_counts[t]);
+        }
+        exsa_backend_free(B);
+    }
+}
+
+static void test_f16_matches_reference(void **state)
+{
+    (void)state;
+    static const int threads[] = {1, 2, 3, 7};
+    run_cases(EXSA_TYPE_F16, threads, 4);
+}
+
+static void test_f32_q8_0_match_reference(void **state)
+{
+    (void)state;
+    static const int threads[] = {1, 3};
+    run_cases(EXSA_TYPE_F32, threads, 2);
+    run_cases(EXSA_TYPE_Q8_0, threads, 2);
+}
+
+/* The op picks the attention table that pairs with the kernel table. */
+static void test_table_pairing(void **state)
+{
+    (void)state;
+    const exsa_cpu_kernels *k = exsa_cpu_kernels_best();
+    const exsa_cpu_attn_kernels *ak = exsa_cpu_attn_kernels_for(k);
+    assert_non_null(ak);
+    assert_string_equal(ak->isa, k->isa);
+    assert_string_equal(exsa_cpu_attn_kernels_for(exsa_cpu_kernels_scalar())->isa, "scalar");
+    if (exsa_cpu_kernels_avx2())
+        assert_ptr_equal(exsa_cpu_attn_kernels_for(exsa_cpu_kernels_avx2()),
+                         exsa_cpu_attn_kernels_avx2());
+    else
+        assert_null(exsa_cpu_attn_kernels_avx2());
+    if (exsa_cpu_kernels_avx512())
+        assert_ptr_equal(exsa_cpu_attn_kernels_for(exsa_cpu_kernels_avx512()),
+                         exsa_cpu_attn_kernels_avx512());
+    else
+        assert_null(exsa_cpu_attn_kernels_avx512());
+}
+
+/* ---- each table's kernels directly --------------------------------------- */
+
+enum { GUARD = 32, MAX_N = 40 };
+
+static void check_table(const char *name, const exsa_cpu_attn_kernels *ak,
+                        const exsa_cpu_kernels *k)
+{
+    static const int hds[] = {1, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 80, 96, 127,
+                              128, 129, 136, 192, 255, 256, 257, 300};
+    static const int ns[] = {1, 2, 7, 16, 32, MAX_N};
+    for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
+        const int hd = hds[hi], hdp = (hd + 15) / 16 * 16, nq = 1 + (int)(hi % 4);
+        /* rows at odd offsets and strides, so nothing is aligned */
+        exsa_fp16 *kv = xmalloc(sizeof(exsa_fp16) * ((size_t)MAX_N * (size_t)(hd + 3) + 1));
+        for (size_t i = 0; i < (size_t)MAX_N * (size_t)(hd + 3) + 1; i++)
+            kv[i] = rand_half(FILL_NORMAL, 1.0f);
+        const exsa_fp16 *rows[MAX_N];
+        for (int i = 0; i < MAX_N; i++)
+            rows[i] = kv + 1 + (size_t)i * (size_t)(hd + 3);
+        float *q = xmalloc(sizeof(float) * (size_t)nq * (size_t)hd);
+        for (int i = 0; i < nq * hd; i++)
+            q[i] = h2f(f2h(exsa_test_rand_normal(&g_rng)));
+        float *acc = xmalloc(sizeof(float) * (size_t)(hdp + GUARD));
+        float *want = xmalloc(sizeof(float) * (size_t)hdp);
+        float sc[4 * MAX_N], ms[MAX_N], vs[MAX_N];
+
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+            const int n = ns[ni];
+            ak->scores_f16(hd, n, rows, q, nq, 0.125f, sc);
+            for (int h = 0; h < nq; h++)
+                for (int i = 0; i < n; i++) {
+                    float w = k->dot_f16_f32(hd, rows[i], q + (size_t)h * (size_t)hd) * 0.125f;
+                    if (memcmp(&w, &sc[h * n + i], sizeof w) != 0)
+                        note_fail("%s scores_f16 hd %d n %d head %d token %d: %.9g, dot %.9g",
+                                  name, hd, n, h, i, (double)sc[h * n + i], (double)w);
+                }
+
+            /* factors: rescales (0 < ms < 1, ms == 0 as for the first token,
+             * ms == 1 exactly) among plain weights */
+            for (int i = 0; i < n; i++) {
+                uint64_t u = exsa_test_rand_u64(&g_rng) % 8;
+                ms[i] = u == 0 ? 0.0f : u == 1 ? exsa_test_rand_uniform(&g_rng) : 1.0f;
+                vs[i] = ms[i] != 1.0f ? 1.0f : exsa_test_rand_uniform(&g_rng);
+            }
+            for (int d = 0; d < hdp + GUARD; d++)
+                acc[d] = d < hd ? h2f(f2h(exsa_test_rand_normal(&g_rng))) : 0.0f;
+            for (int d = hdp; d < hdp + GUARD; d++)
+                acc[d] = -12345.0f; /* guard */
+            memcpy(want, acc, sizeof(float) * (size_t)hd);
+            for (int i = 0; i < n; i++) {
+                for (int d = 0; d < hd; d++)
+                    want[d] = h2f(f2h(want[d] * ms[i]));
+                for (int d = 0; d < hd; d++)
+                    want[d] = h2f(f2h(fmaf(h2f(rows[i][d]), vs[i], want[d])));
+            }
+            ak->accum_f16(hd, n, rows, ms, vs, acc);
+            long d = first_diff(acc, want, (size_t)hd);
+            if (d >= 0)
+                note_fail("%s accum_f16 hd %d n %d: lane %ld %.9g, want %.9g", name, hd, n, d,
+                          (double)acc[d], (double)want[d]);
+            for (int g = hdp; g < hdp + GUARD; g++)
+                if (acc[g] != -12345.0f)
+                    note_fail("%s accum_f16 hd %d: wrote lane %d past the padded head", name, hd,
+                              g);
+        }
+        free(want);
+        free(acc);
+        free(q);
+        free(kv);
+        report_fail();
+    }
+}
+
+/* dequant_q8_0 against d * q, for blocks with every int8 value and
+ * assorted scales (negative, subnormal, zero). */
+static void check_dequant(const char *name, const exsa_cpu_attn_kernels *ak)
+{
+    enum { NB = 13 };
+    exsa_block_q8_0 x[NB];
+    float y[NB * EXSA_QK8_0 + 1];
+    for (int b = 0; b < NB; b++) {
+        x[b].d = b == 0 ? 0 : b == 1 ? 0x0001 : b == 2 ? 0x8123 : rand_half(FILL_NORMAL, 1.0f);
+        for (int i = 0; i < EXSA_QK8_0; i++)
+            x[b].qs[i] = (int8_t)(uint8_t)((b * EXSA_QK8_0 + i) * 37 % 256);
+    }
+    for (int nb = 0; nb <= NB; nb++) {
+        y[nb * EXSA_QK8_0] = -7.0f; /* guard */
+        ak->dequant_q8_0(x, y, nb);
+        for (int e = 0; e < nb * EXSA_QK8_0; e++) {
+            float want = h2f(x[e / EXSA_QK8_0].d) * (float)x[e / EXSA_QK8_0].qs[e % EXSA_QK8_0];
+            if (memcmp(&want, &y[e], sizeof want) != 0)
+                fail_msg("%s dequant_q8_0 %d blocks: element %d %.9g, want %.9g", name, nb, e,
+                         (double)y[e], (double)want);
+        }
+        if (y[nb * EXSA_QK8_0] != -7.0f)
+            fail_msg("%s dequant_q8_0 %d blocks: wrote past them", name, nb);
+    }
+}
+
+static void test_tables(void **state)
+{
+    (void)state;
+    check_table("scalar", exsa_cpu_attn_kernels_scalar(), exsa_cpu_kernels_scalar());
+    check_dequant("scalar", exsa_cpu_attn_kernels_scalar());
+    if (exsa_cpu_attn_kernels_avx2()) {
+        check_table("avx2", exsa_cpu_attn_kernels_avx2(), exsa_cpu_kernels_avx2());
+        check_dequant("avx2", exsa_cpu_attn_kernels_avx2());
+    } else
+        print_message("avx2 attention kernels: not available here, not tested\n");
+    if (exsa_cpu_attn_kernels_avx512()) {
+        check_table("avx512", exsa_cpu_attn_kernels_avx512(), exsa_cpu_kernels_avx512());
+        check_dequant("avx512", exsa_cpu_attn_kernels_avx512());
+    } else
+        print_message("avx512 attention kernels: not available here, not tested\n");
+}
+
+/* ---- driver -------------------------------------------------------------- */
+
+static int run_suite(const char *label)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table_pairing),
+        cmocka_unit_test(test_tables),
+        cmocka_unit_test(test_f16_matches_reference),
+        cmocka_unit_test(test_f32_q8_0_match_reference),
+    };
+    char name[64];
+    snprintf(name, sizeof name, "attention %s", label);
+    return cmocka_run_group_tests_name(name, tests, NULL, NULL);
+}
+
+/* The kernel table is chosen once per process, so each cap of EXSA_CPU
+ * runs in a child. */
+static int run_child(const char *cpu)
+{
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return 1;
+    }
+    if (pid == 0) {
+        setenv("EXSA_CPU", cpu, 1);
+        exit(run_suite(cpu) != 0);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid)
+        return 1;
+    return !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+}
+
+int main(void)
+{
+    /* EXSA_CPU=avx2 differs from the best table only on AVX-512 CPUs (the
+     * features are read directly: asking for a table would fix the choice
+     * before the children set EXSA_CPU) */
+    exsa_cpu_features f;
+    exsa_cpu_features_detect(&f);
+    int failed = run_child("scalar");
+    if (f.avx512f)
+        failed |= run_child("avx2");
+    failed |= run_suite("best") != 0;
+    return failed;
+}
