@@ -545,12 +545,13 @@ void exsa_api_openai_completions(exsa_http_req *rq, void *app)
                         "list of token id lists");
         goto bad;
     }
+    /* One list of ids is one prompt, however long. */
+    if (ids_list)
+        n = 1;
     if (n == 0 || n > 64) {
         exsa_param_fail(&pe, "prompt", "invalid_value", "'prompt' must have 1 to 64 prompts");
         goto bad;
     }
-    if (ids_list)
-        n = 1;
     for (size_t i = 0; i < n; i++) {
         const json_t *x = json_is_string(pr) || ids_list ? pr : json_array_get(pr, i);
         char field[32];

@@ -259,6 +259,11 @@ async function mainTests() {
         eq(r.choices[0].text, comp.choices[0].text, 'completions: token-id prompt (= tokenize of the string, with BOS) gives the string prompt\'s text');
         eq(r.usage.prompt_tokens, ids.length, 'completions: token-id prompt: prompt_tokens = number of ids');
         eq(comp.usage.prompt_tokens, ids.length, 'completions: string prompt: prompt_tokens = tokenize(prompt, add_special) length');
+        // A long id list is still ONE prompt (not 100 prompts).
+        const long = Array.from({ length: 100 }, (_, i) => ids[i % ids.length]);
+        const rl = await client.completions.create({ ...compReq, prompt: long });
+        eq(rl.choices.length, 1, 'completions: a 100-id prompt is one prompt');
+        eq(rl.usage.prompt_tokens, 100, 'completions: a 100-id prompt: prompt_tokens = 100');
     });
 
     await section('completions (list of prompts)', async () => {
