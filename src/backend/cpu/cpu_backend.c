@@ -355,6 +355,22 @@ static void x8_task(void *vctx, int task, int thread)
 /* Repacked weights (EXSA_LAYOUT_Q4_0X8 / Q4_KX8): activations quantized
  * once per pass into the layout's activation format (Q8_0s / Q8_K), then
  * tasks of (activation tile, chunk of 8-row groups) as for the row layout. */
+/* Reserves the activation buffer for as many rows of act_stride bytes as
+ * possible, all n_rows at once unless memory is short (then halving).
+ * Returns the rows per pass, 0 when not even one fits. */
+static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
+{
+    int rows = n_rows;
+    while (rows > 0) {
+        size_t need;
+        if (!__builtin_mul_overflow(act_stride, (size_t)rows, &need) &&
+            cpu_reserve(&c->act, &c->act_cap, need) == 0)
+            break;
+        rows /= 2;
+    }
+    return rows;
+}
+
 static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, float *y, int n_rows)
 {
     int64_t n_in = w->n_in, n_out = w->n_out;
@@ -368,14 +384,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
     size_t act_stride = is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
                              : (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
     act_stride = (act_stride + 63) & ~(size_t)63;
-    int rows_per_pass = n_rows;
-    while (rows_per_pass > 0) {
-        size_t need;
-        if (!__builtin_mul_overflow(act_stride, (size_t)rows_per_pass, &need) &&
-            cpu_reserve(&c->act, &c->act_cap, need) == 0)
-            break;
-        rows_per_pass /= 2;
-    }
+    int rows_per_pass = act_rows_per_pass(c, act_stride, n_rows);
     if (rows_per_pass == 0) {
         cpu_fill_nan(y, (int64_t)n_rows * n_out);
         return;
@@ -450,14 +459,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
             return;
         }
         act_stride = (rs + 63) & ~(size_t)63; /* each row on its own cache lines */
-        /* Try all rows at once; under memory pressure, fewer rows per pass. */
-        while (rows_per_pass > 0) {
-            size_t need;
-            if (!__builtin_mul_overflow(act_stride, (size_t)rows_per_pass, &need) &&
-                cpu_reserve(&c->act, &c->act_cap, need) == 0)
-                break;
-            rows_per_pass /= 2;
-        }
+        rows_per_pass = act_rows_per_pass(c, act_stride, n_rows);
         if (rows_per_pass == 0) {
             cpu_fill_nan(y, (int64_t)n_rows * n_out);
             return;

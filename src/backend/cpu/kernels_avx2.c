@@ -783,28 +783,7 @@ INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_
         _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
 }
 
-static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
-                        size_t act_stride, int n_act, float *out, size_t out_stride)
-{
-    const int nb = n / 32;
-    const exsa_block_q8_0s *a[4];
-    int j = 0;
-    for (; j + 4 <= n_act; j += 4) {
-        for (int k = 0; k < 4; k++)
-            a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
-        q4_0x8_rows(nb, w, a, 4, out + (size_t)j * out_stride, out_stride);
-    }
-    const int left = n_act - j;
-    for (int k = 0; k < left; k++)
-        a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
-    float *o = out + (size_t)j * out_stride;
-    if (left == 3)
-        q4_0x8_rows(nb, w, a, 3, o, out_stride);
-    else if (left == 2)
-        q4_0x8_rows(nb, w, a, 2, o, out_stride);
-    else if (left == 1)
-        q4_0x8_rows(nb, w, a, 1, o, out_stride);
-}
+EXSA_X8_DRIVER(gemm_q4_0x8, exsa_block_q4_0x8, exsa_block_q8_0s, 32, q4_0x8_rows)
 
 /* ------------------------------------------------- repacked Q4_K x 8 */
 
@@ -903,28 +882,7 @@ INLINE void q4_Kx8_rows(int nb, const exsa_block_q4_Kx8 *w, const exsa_block_q8_
         _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
 }
 
-static void gemm_q4_Kx8(int n, const exsa_block_q4_Kx8 *w, const exsa_block_q8_K *act,
-                        size_t act_stride, int n_act, float *out, size_t out_stride)
-{
-    const int nb = n / EXSA_QK_K;
-    const exsa_block_q8_K *a[4];
-    int j = 0;
-    for (; j + 4 <= n_act; j += 4) {
-        for (int k = 0; k < 4; k++)
-            a[k] = (const exsa_block_q8_K *)((const char *)act + (size_t)(j + k) * act_stride);
-        q4_Kx8_rows(nb, w, a, 4, out + (size_t)j * out_stride, out_stride);
-    }
-    const int left = n_act - j;
-    for (int k = 0; k < left; k++)
-        a[k] = (const exsa_block_q8_K *)((const char *)act + (size_t)(j + k) * act_stride);
-    float *o = out + (size_t)j * out_stride;
-    if (left == 3)
-        q4_Kx8_rows(nb, w, a, 3, o, out_stride);
-    else if (left == 2)
-        q4_Kx8_rows(nb, w, a, 2, o, out_stride);
-    else if (left == 1)
-        q4_Kx8_rows(nb, w, a, 1, o, out_stride);
-}
+EXSA_X8_DRIVER(gemm_q4_Kx8, exsa_block_q4_Kx8, exsa_block_q8_K, EXSA_QK_K, q4_Kx8_rows)
 
 static const exsa_cpu_kernels avx2_table = {
     .isa = "avx2",

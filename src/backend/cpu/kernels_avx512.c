@@ -609,28 +609,7 @@ INLINE void q4_0x8_rows_vnni(int nb, const exsa_block_q4_0x8 *w,
         _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
 }
 
-static void gemm_q4_0x8_vnni(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
-                             size_t act_stride, int n_act, float *out, size_t out_stride)
-{
-    const int nb = n / 32;
-    const exsa_block_q8_0s *a[4];
-    int j = 0;
-    for (; j + 4 <= n_act; j += 4) {
-        for (int k = 0; k < 4; k++)
-            a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
-        q4_0x8_rows_vnni(nb, w, a, 4, out + (size_t)j * out_stride, out_stride);
-    }
-    const int left = n_act - j;
-    for (int k = 0; k < left; k++)
-        a[k] = (const exsa_block_q8_0s *)((const char *)act + (size_t)(j + k) * act_stride);
-    float *o = out + (size_t)j * out_stride;
-    if (left == 3)
-        q4_0x8_rows_vnni(nb, w, a, 3, o, out_stride);
-    else if (left == 2)
-        q4_0x8_rows_vnni(nb, w, a, 2, o, out_stride);
-    else if (left == 1)
-        q4_0x8_rows_vnni(nb, w, a, 1, o, out_stride);
-}
+EXSA_X8_DRIVER(gemm_q4_0x8_vnni, exsa_block_q4_0x8, exsa_block_q8_0s, 32, q4_0x8_rows_vnni)
 
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",

@@ -178,6 +178,32 @@ INLINE __m256 round_half_away(__m256 v)
     return _mm256_add_ps(t, step);
 }
 
+/* Defines NAME, an exsa_gemm_x8_fn-shaped driver of a repacked kernel:
+ * activation rows in groups of 4 (then the 1-3 left), each group through
+ * ROWS(nb, w, a, R, out, out_stride) with R a constant, so that ROWS'
+ * per-row loops unroll. BLOCK is the weight block length in elements. */
+#define EXSA_X8_DRIVER(NAME, WTYPE, ATYPE, BLOCK, ROWS)                                    \
+    static void NAME(int n, const WTYPE *w, const ATYPE *act, size_t act_stride, int n_act, \
+                     float *out, size_t out_stride)                                        \
+    {                                                                                      \
+        const int nb = n / (BLOCK);                                                        \
+        const ATYPE *a[4];                                                                 \
+        for (int j = 0; j < n_act; j += 4) {                                               \
+            const int r = n_act - j < 4 ? n_act - j : 4;                                   \
+            for (int k = 0; k < r; k++)                                                    \
+                a[k] = (const ATYPE *)((const char *)act + (size_t)(j + k) * act_stride);  \
+            float *o = out + (size_t)j * out_stride;                                       \
+            if (r == 4)                                                                    \
+                ROWS(nb, w, a, 4, o, out_stride);                                          \
+            else if (r == 3)                                                               \
+                ROWS(nb, w, a, 3, o, out_stride);                                          \
+            else if (r == 2)                                                               \
+                ROWS(nb, w, a, 2, o, out_stride);                                          \
+            else                                                                           \
+                ROWS(nb, w, a, 1, o, out_stride);                                          \
+        }                                                                                  \
+    }
+
 #endif
 
 #endif
