@@ -55,6 +55,19 @@ static double run_tokens(bench_ctx *b, int n, int chunk, exsa_err *err)
     return (double)(exsa_time_ns() - t0) / 1e9;
 }
 
+/* Bytes a decoded token reads: every weight, except that an untied model
+ * reads one row of token_embd rather than all of it (the roofline of
+ * token generation is bandwidth / this). */
+static uint64_t stream_bytes(const exsa_model *m)
+{
+    const exsa_gguf *g = exsa_model_gguf(m);
+    uint64_t total = exsa_model_weight_bytes(m);
+    const exsa_gguf_tensor *emb = exsa_gguf_find_tensor(g, "token_embd.weight");
+    if (emb && exsa_gguf_find_tensor(g, "output.weight") && emb->size <= total)
+        total -= emb->size;
+    return total;
+}
+
 int exsa_cmd_bench(int argc, char **argv)
 {
     const char *cmd = "bench", *path = exsa_cli_env_model();
@@ -191,10 +204,12 @@ int exsa_cmd_bench(int argc, char **argv)
         if (json) {
             printf("%s  {\"test\": \"%s\", \"n_prompt\": %d, \"n_gen\": %d, \"threads\": %d, "
                    "\"avg_ts\": %.3f, \"stddev_ts\": %.3f, \"model_type\": \"%s\", "
-                   "\"model_size\": %llu, \"model_n_params\": %llu, \"backend\": \"%s\"}",
+                   "\"model_size\": %llu, \"stream_bytes\": %llu, \"model_n_params\": %llu, "
+                   "\"backend\": \"%s\"}",
                    first ? "" : ",\n", name, test == 0 ? n : 0, test == 0 ? 0 : n, n_threads,
                    avg, sd, model_type, (unsigned long long)exsa_model_weight_bytes(m),
-                   (unsigned long long)exsa_model_n_params(m), backend);
+                   (unsigned long long)stream_bytes(m), (unsigned long long)exsa_model_n_params(m),
+                   backend);
         } else {
             printf("| %s | %.2f MiB | %.2f M | %s | %s | %.2f ± %.2f |\n", model_type,
                    (double)exsa_model_weight_bytes(m) / 1048576.0, params / 1e6, backend, name,
