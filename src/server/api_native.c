@@ -65,6 +65,25 @@ static const char *state_name(int s)
     return s == EXSA_MODEL_LOADING ? "loading" : s == EXSA_MODEL_READY ? "ready" : "draining";
 }
 
+/* A registry entry's common fields as a new JSON object; *eng receives the
+ * entry's engine, acquired (the caller releases it), when the model is
+ * ready, else NULL. NULL when out of memory. */
+static json_t *entry_json(exsa_app *a, const exsa_registry_entry *ent, exsa_engine **eng)
+{
+    *eng = NULL;
+    json_t *m = json_object();
+    if (!m)
+        return NULL;
+    json_object_set_new(m, "name", exsa_json_str(ent->name));
+    json_object_set_new(m, "path", exsa_json_str(ent->path));
+    json_object_set_new(m, "state", json_string(state_name(ent->state)));
+    json_object_set_new(m, "active", json_boolean(ent->active));
+    json_object_set_new(m, "holders", json_integer(ent->holders));
+    if (ent->state == EXSA_MODEL_READY)
+        *eng = exsa_registry_acquire(a->reg, ent->name, NULL);
+    return m;
+}
+
 void exsa_api_status(exsa_http_req *rq, void *app)
 {
     exsa_app *a = app;
@@ -84,18 +103,12 @@ void exsa_api_status(exsa_http_req *rq, void *app)
     double tps = 0;
     const char *active = NULL;
     for (int i = 0; i < n; i++) {
-        json_t *m = json_object();
+        exsa_engine *e;
+        json_t *m = entry_json(a, &ent[i], &e);
         if (!m)
             continue;
-        json_object_set_new(m, "name", exsa_json_str(ent[i].name));
-        json_object_set_new(m, "path", exsa_json_str(ent[i].path));
-        json_object_set_new(m, "state", json_string(state_name(ent[i].state)));
-        json_object_set_new(m, "active", json_boolean(ent[i].active));
         if (ent[i].active)
             active = ent[i].name;
-        exsa_engine *e = ent[i].state == EXSA_MODEL_READY
-                             ? exsa_registry_acquire(a->reg, ent[i].name, NULL)
-                             : NULL;
         if (e) {
             exsa_engine_stats st;
             exsa_model_info info;
@@ -982,19 +995,12 @@ void exsa_api_models_list(exsa_http_req *rq, void *app)
     }
     const char *active = NULL;
     for (int i = 0; i < n; i++) {
-        json_t *m = json_object();
+        exsa_engine *e;
+        json_t *m = entry_json(a, &ent[i], &e);
         if (!m)
             continue;
-        json_object_set_new(m, "name", exsa_json_str(ent[i].name));
-        json_object_set_new(m, "path", exsa_json_str(ent[i].path));
-        json_object_set_new(m, "state", json_string(state_name(ent[i].state)));
-        json_object_set_new(m, "active", json_boolean(ent[i].active));
-        json_object_set_new(m, "holders", json_integer(ent[i].holders));
         if (ent[i].active)
             active = ent[i].name;
-        exsa_engine *e = ent[i].state == EXSA_MODEL_READY
-                             ? exsa_registry_acquire(a->reg, ent[i].name, NULL)
-                             : NULL;
         if (e) {
             exsa_model_info info;
             exsa_engine_model_info(e, &info);
