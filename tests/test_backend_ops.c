@@ -137,6 +137,18 @@ static void decode_q4_0(const void *src, double *y, int n)
     }
 }
 
+static void decode_q4_1(const void *src, double *y, int n)
+{
+    const exsa_block_q4_1 *b = src;
+    for (int i = 0; i < n / 32; i++) {
+        double d = half_to_float(b[i].d), m = half_to_float(b[i].m);
+        for (int j = 0; j < 16; j++) {
+            y[i * 32 + j] = d * (b[i].qs[j] & 0x0F) + m;
+            y[i * 32 + j + 16] = d * (b[i].qs[j] >> 4) + m;
+        }
+    }
+}
+
 static void k4_scale_min(int j, const uint8_t *q, int *sc, int *mn)
 {
     if (j < 4) {
@@ -186,6 +198,9 @@ static void decode_row(int type, const void *src, double *y, int n)
         break;
     case EXSA_TYPE_Q4_0:
         decode_q4_0(src, y, n);
+        break;
+    case EXSA_TYPE_Q4_1:
+        decode_q4_1(src, y, n);
         break;
     default:
         fail_msg("no test decoder for type %d", type);
@@ -273,6 +288,8 @@ static void *maybe_repack(exsa_tensor *t)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_0X8);
         if (t->type == EXSA_TYPE_Q4_K && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_KX8);
+        if (t->type == EXSA_TYPE_Q4_1 && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q4_1X8);
     }
     return buf;
 }
@@ -331,6 +348,7 @@ static void test_get_rows(void **state)
     g_repack = 1;
     check_get_rows(EXSA_TYPE_Q4_0, 0.15, 16);
     check_get_rows(EXSA_TYPE_Q4_K, 0.15, 16);
+    check_get_rows(EXSA_TYPE_Q4_1, 0.15, 16);
     g_repack = 0;
 }
 
@@ -371,6 +389,7 @@ static void test_repack_lossless(void **state)
 {
     (void)state;
     check_repack_lossless(EXSA_TYPE_Q4_0, 96, 16, EXSA_LAYOUT_Q4_0X8);
+    check_repack_lossless(EXSA_TYPE_Q4_1, 96, 16, EXSA_LAYOUT_Q4_1X8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 768, 24, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 12, EXSA_LAYOUT_ROWS); /* n_out % 8 */
@@ -564,6 +583,10 @@ static void matmul_shapes(int invariance)
     check_matmul(EXSA_TYPE_Q4_K, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q4_K, 2816, 16, invariance);
     check_matmul(EXSA_TYPE_Q4_K, 256, 1024, invariance);
+    /* Repacked Q4_1. */
+    check_matmul(EXSA_TYPE_Q4_1, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q4_1, 96, 40, invariance);
+    check_matmul(EXSA_TYPE_Q4_1, 256, 1024, invariance);
     g_repack = 0;
 }
 

@@ -549,27 +549,34 @@ static void check_f16_acc(const exsa_cpu_kernels *isa)
 
 /* ------------------------------------------------- repacked Q4_0 x 8 */
 
-/* gemm_q4_0x8: the scalar table against an exact double dot of the decoded
- * values (it is the definition of the others' rounding), every other table
- * bit for bit against the scalar one; the extreme case (all nibbles 15 or
- * 0, activations +-127) would saturate an int16 sum if one were too long. */
-static void check_gemm_x8(const exsa_cpu_kernels *isa)
+/* gemm_q4_0x8 / gemm_q4_1x8: the scalar table against an exact double dot
+ * of the decoded values (it is the definition of the others' rounding),
+ * every other table bit for bit against the scalar one; the extreme case
+ * (all nibbles 15 or 0, activations +-127) would saturate an int16 sum if
+ * one were too long. Both layouts share the nibbles and scales here; Q4_1
+ * adds a min per row. */
+static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
 {
     static const int sizes[] = {32, 96, 544, 2048};
     const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    const char *name = q4_1 ? "gemm_q4_1x8" : "gemm_q4_0x8";
     for (int si = 0; si < ARRAY_LEN(seeds); si++) {
         uint64_t rng = seeds[si] + 31u;
         for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
             const int n = sizes[zi], nb = n / 32, max_act = 9;
             exsa_block_q4_0x8 *w = xmalloc((size_t)nb * sizeof *w);
+            exsa_block_q4_1x8 *w1 = xmalloc((size_t)nb * sizeof *w1);
             exsa_block_q8_0s *a = xmalloc((size_t)nb * max_act * sizeof *a);
             const int extreme = si == 2 && zi == 1;
             for (int b = 0; b < nb; b++) {
-                for (int r = 0; r < 8; r++)
-                    w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                for (int r = 0; r < 8; r++) {
+                    w[b].d[r] = w1[b].d[r] =
+                        exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                    w1[b].m[r] = exsa_fp32_to_fp16(0.5f * exsa_test_rand_normal(&rng));
+                }
                 for (int i = 0; i < 128; i++)
-                    w[b].qs[i] = extreme ? (i % 3 ? 0xFF : 0xF0)
-                                         : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
+                    w[b].qs[i] = w1[b].qs[i] = extreme ? (i % 3 ? 0xFF : 0xF0)
+                                                       : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
             }
             for (int k = 0; k < nb * max_act; k++) {
                 int32_t sum = 0;
@@ -585,13 +592,19 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa)
             for (int n_act = 1; n_act <= max_act; n_act++) {
                 float got[9 * 8], want[9 * 8];
                 const size_t as = (size_t)nb * sizeof *a;
-                ref->gemm_q4_0x8(n, w, a, as, n_act, want, 8);
+                if (q4_1)
+                    ref->gemm_q4_1x8(n, w1, a, as, n_act, want, 8);
+                else
+                    ref->gemm_q4_0x8(n, w, a, as, n_act, want, 8);
                 if (isa) {
-                    isa->gemm_q4_0x8(n, w, a, as, n_act, got, 8);
+                    if (q4_1)
+                        isa->gemm_q4_1x8(n, w1, a, as, n_act, got, 8);
+                    else
+                        isa->gemm_q4_0x8(n, w, a, as, n_act, got, 8);
                     for (int i = 0; i < 8 * n_act; i++)
                         if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
-                            fail_msg("%s gemm_q4_0x8 n=%d n_act=%d out %d: %.9g, scalar %.9g",
-                                     isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+                            fail_msg("%s %s n=%d n_act=%d out %d: %.9g, scalar %.9g", isa->isa,
+                                     name, n, n_act, i, (double)got[i], (double)want[i]);
                     continue;
                 }
                 for (int j = 0; j < n_act; j++)
@@ -600,21 +613,24 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa)
                         for (int b = 0; b < nb; b++) {
                             const exsa_block_q8_0s *ab = &a[(size_t)j * nb + b];
                             double dw = exsa_fp16_to_fp32(w[b].d[r]);
+                            double mw = q4_1 ? exsa_fp16_to_fp32(w1[b].m[r]) : 0.0;
                             for (int e = 0; e < 32; e++) {
                                 const int q = e < 16 ? w[b].qs[32 * (e / 4 % 4) + 4 * r + e % 4] & 15
                                                      : w[b].qs[32 * ((e - 16) / 4) + 4 * r + e % 4] >> 4;
-                                double t = dw * (q - 8) * ((double)ab->d * ab->qs[e]);
+                                double wv = q4_1 ? dw * q + mw : dw * (q - 8);
+                                double t = wv * ((double)ab->d * ab->qs[e]);
                                 dot += t;
                                 mag += fabs(t);
                             }
                         }
                         double g = want[j * 8 + r];
                         if (!(fabs(g - dot) <= 1e-5 * mag + 1e-30))
-                            fail_msg("scalar gemm_q4_0x8 n=%d row %d act %d: %.9g vs exact %.9g",
-                                     n, r, j, g, dot);
+                            fail_msg("scalar %s n=%d row %d act %d: %.9g vs exact %.9g", name, n,
+                                     r, j, g, dot);
                     }
             }
             free(w);
+            free(w1);
             free(a);
         }
     }
@@ -623,14 +639,16 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa)
 static void test_scalar_gemm_x8(void **state)
 {
     (void)state;
-    check_gemm_x8(NULL);
+    check_gemm_x8(NULL, 0);
+    check_gemm_x8(NULL, 1);
 }
 
 static void test_isa_gemm_x8(void **state)
 {
     if (!usable(state))
         skip();
-    check_gemm_x8(((const isa_case *)*state)->table);
+    check_gemm_x8(((const isa_case *)*state)->table, 0);
+    check_gemm_x8(((const isa_case *)*state)->table, 1);
 }
 
 /* ------------------------------------------------- repacked Q4_K x 8 */

@@ -1,8 +1,8 @@
 /* Weight repacking for the CPU kernels (kernels.h describes the layouts).
  *
- * Done once at model load, on the load thread: a Q4_0 or Q4_K matrix of
- * n_out rows becomes n_out / 8 groups of interleaved block columns. Q4_0
- * keeps its byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
+ * Done once at model load, on the load thread: a Q4_0, Q4_1 or Q4_K matrix
+ * of n_out rows becomes n_out / 8 groups of interleaved block columns. Q4_0
+ * and Q4_1 keep their byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
  * unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
  * the GGUF bytes exactly.
  */
@@ -23,6 +23,23 @@ static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, 
             for (int64_t b = 0; b < nb; b++) {
                 exsa_block_q4_0x8 *o = &dst[g * nb + b];
                 o->d[r] = src[b].d;
+                for (int j = 0; j < 4; j++)
+                    memcpy(o->qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+            }
+        }
+    }
+}
+
+static void pack_q4_1(const exsa_tensor *w, exsa_block_q4_1x8 *dst, int64_t nb, int64_t ng)
+{
+    for (int64_t g = 0; g < ng; g++) {
+        for (int r = 0; r < 8; r++) {
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            const exsa_block_q4_1 *src = (const exsa_block_q4_1 *)row;
+            for (int64_t b = 0; b < nb; b++) {
+                exsa_block_q4_1x8 *o = &dst[g * nb + b];
+                o->d[r] = src[b].d;
+                o->m[r] = src[b].m;
                 for (int j = 0; j < 4; j++)
                     memcpy(o->qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
             }
@@ -68,6 +85,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     if (w->type == EXSA_TYPE_Q4_0 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q4_0x8);
+    } else if (w->type == EXSA_TYPE_Q4_1 && w->n_in % 32 == 0) {
+        block = 32;
+        col_bytes = sizeof(exsa_block_q4_1x8);
     } else if (w->type == EXSA_TYPE_Q4_K && w->n_in % EXSA_QK_K == 0) {
         block = EXSA_QK_K;
         col_bytes = sizeof(exsa_block_q4_Kx8);
@@ -83,9 +103,12 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     if (!dst)
         return exsa_err_set(err, EXSA_ENOMEM, "repack: out of memory for '%s' (%zu bytes)",
                             w->name, bytes);
-    if (block == 32) {
+    if (w->type == EXSA_TYPE_Q4_0) {
         pack_q4_0(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_0X8;
+    } else if (w->type == EXSA_TYPE_Q4_1) {
+        pack_q4_1(w, dst, nb, ng);
+        w->layout = EXSA_LAYOUT_Q4_1X8;
     } else {
         pack_q4_K(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_KX8;
@@ -129,6 +152,17 @@ void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
         return;
     }
     const int64_t nb = w->n_in / 32;
+    if (w->layout == EXSA_LAYOUT_Q4_1X8) {
+        const exsa_block_q4_1x8 *g = (const exsa_block_q4_1x8 *)w->data + (row / 8) * nb;
+        exsa_block_q4_1 *dst = out;
+        for (int64_t b = 0; b < nb; b++) {
+            dst[b].d = g[b].d[r];
+            dst[b].m = g[b].m[r];
+            for (int j = 0; j < 4; j++)
+                memcpy(dst[b].qs + 4 * j, g[b].qs + 32 * j + 4 * r, 4);
+        }
+        return;
+    }
     const exsa_block_q4_0x8 *g = (const exsa_block_q4_0x8 *)w->data + (row / 8) * nb;
     exsa_block_q4_0 *dst = out;
     for (int64_t b = 0; b < nb; b++) {

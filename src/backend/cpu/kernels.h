@@ -52,6 +52,22 @@ typedef struct {
 typedef void (*exsa_gemm_x8_fn)(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
                                 size_t act_stride, int n_act, float *out, size_t out_stride);
 
+/* Q4_1 weights repacked like Q4_0 (same nibble arrangement), with the 8
+ * rows' mins after their scales. Same 160 bytes as 8 Q4_1 blocks. */
+typedef struct {
+    exsa_fp16 d[8];
+    exsa_fp16 m[8];
+    uint8_t qs[128];
+} exsa_block_q4_1x8;
+
+/* As exsa_gemm_x8_fn for Q4_1 (q in 0..15, value d * q + m). Per output:
+ *   acc = fmaf((float)dot(q, a), d_w * d_a, acc);
+ *   acc = fmaf(m_w, d_a * (float)sum(a), acc)
+ * over the blocks in order. */
+typedef void (*exsa_gemm_q4_1x8_fn)(int n, const exsa_block_q4_1x8 *w,
+                                    const exsa_block_q8_0s *act, size_t act_stride, int n_act,
+                                    float *out, size_t out_stride);
+
 /* Q4_K weights repacked 8 rows at a time: super-block column b of a group of
  * 8 rows (256 elements of each) holds the 8 rows' d and dmin, their 6-bit
  * sub-block scales and mins unpacked to bytes, and their nibbles interleaved
@@ -111,6 +127,7 @@ typedef struct exsa_cpu_kernels {
     void (*scale_f16_acc)(int n, float s, exsa_fp16 *acc);
     exsa_gemm_x8_fn gemm_q4_0x8;
     exsa_gemm_q4_Kx8_fn gemm_q4_Kx8;
+    exsa_gemm_q4_1x8_fn gemm_q4_1x8;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

@@ -735,9 +735,10 @@ static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
  * saturate), one vpmaddwd to int32 lanes = 8 rows' exact dots, minus
  * 8 * sum(a), then one FMA for 8 outputs. The nibbles are decoded once per
  * block column for all R rows. */
-INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *const *a,
-                        const int R, float *out, size_t os)
+INLINE void q4x8_rows(int nb, const void *w, const int has_min,
+                      const exsa_block_q8_0s *const *a, const int R, float *out, size_t os)
 {
+    const size_t stride = has_min ? sizeof(exsa_block_q4_1x8) : sizeof(exsa_block_q4_0x8);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4];
@@ -745,16 +746,19 @@ INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_
     for (int k = 0; k < R; k++)
         acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        const exsa_block_q4_0x8 *g = &w[b];
+        const char *blk = (const char *)w + (size_t)b * stride;
+        const uint8_t *qs = (const uint8_t *)blk + (has_min ? 32 : 16);
         /* q[j]: elements 4j..4j+3, q[4 + j]: 16+4j..16+4j+3 of each row */
         __m256i q[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
-            const __m256i raw = _mm256_loadu_si256((const __m256i *)(g->qs + 32 * j));
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
             q[j] = _mm256_and_si256(raw, m4);
             q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->d));
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk));
+        const __m256 mw = has_min ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16)))
+                                  : _mm256_setzero_ps();
         /* One row at a time with a tree of adds: the 8 products of a row
          * are independent, and nothing lives across rows but acc (the
          * row-interleaved order made the compiler spill them). */
@@ -773,9 +777,13 @@ INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_
                                  _mm256_add_epi16(_mm256_add_epi16(x[4], x[5]),
                                                   _mm256_add_epi16(x[6], x[7])));
             __m256i s32 = _mm256_madd_epi16(s16, ones);
-            s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * a[k][b].sum));
+            if (!has_min)
+                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * a[k][b].sum));
             const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a[k][b].d));
             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), d, acc[k]);
+            if (has_min)
+                acc[k] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a[k][b].d * (float)a[k][b].sum),
+                                         acc[k]);
         }
     }
 #pragma GCC unroll 4
@@ -783,7 +791,20 @@ INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_
         _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
 }
 
+INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *const *a,
+                        const int R, float *out, size_t os)
+{
+    q4x8_rows(nb, w, 0, a, R, out, os);
+}
+
+INLINE void q4_1x8_rows(int nb, const exsa_block_q4_1x8 *w, const exsa_block_q8_0s *const *a,
+                        const int R, float *out, size_t os)
+{
+    q4x8_rows(nb, w, 1, a, R, out, os);
+}
+
 EXSA_X8_DRIVER(gemm_q4_0x8, exsa_block_q4_0x8, exsa_block_q8_0s, 32, q4_0x8_rows)
+EXSA_X8_DRIVER(gemm_q4_1x8, exsa_block_q4_1x8, exsa_block_q8_0s, 32, q4_1x8_rows)
 
 /* ------------------------------------------------- repacked Q4_K x 8 */
 
@@ -912,6 +933,7 @@ static const exsa_cpu_kernels avx2_table = {
     .mad_f16_acc = mad_f16_acc,
     .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
+    .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 

@@ -418,8 +418,21 @@ static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
         acc[i] = exsa_fp32_to_fp16(h2f(acc[i]) * s);
 }
 
-/* The reference of the repacked Q4_0 kernel (kernels.h): exact integer dot
- * per block, then one fused multiply-add per block per output. */
+/* The references of the repacked Q4_0 / Q4_1 kernels (kernels.h): an exact
+ * integer dot per block, then fused multiply-adds in a fixed order. */
+
+/* Dot of row r of a repacked Q4_0/Q4_1 block column (nibbles unsigned). */
+static int32_t q4x8_dot(const uint8_t *qs, int r, const exsa_block_q8_0s *a)
+{
+    int32_t isum = 0;
+    for (int k = 0; k < 4; k++)
+        for (int t = 0; t < 4; t++) {
+            const uint8_t q = qs[32 * k + 4 * r + t];
+            isum += (q & 0x0F) * a->qs[4 * k + t] + (q >> 4) * a->qs[16 + 4 * k + t];
+        }
+    return isum;
+}
+
 static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
                         size_t act_stride, int n_act, float *out, size_t out_stride)
 {
@@ -429,15 +442,26 @@ static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0
         for (int r = 0; r < 8; r++) {
             float acc = 0.0f;
             for (int b = 0; b < nb; b++) {
-                const exsa_block_q4_0x8 *g = &w[b];
-                int32_t isum = 0;
-                for (int k = 0; k < 4; k++)
-                    for (int t = 0; t < 4; t++) {
-                        const uint8_t q = g->qs[32 * k + 4 * r + t];
-                        isum += (q & 0x0F) * a[b].qs[4 * k + t] + (q >> 4) * a[b].qs[16 + 4 * k + t];
-                    }
-                isum -= 8 * a[b].sum;
-                acc = fmaf((float)isum, h2f(g->d[r]) * a[b].d, acc);
+                const int32_t isum = q4x8_dot(w[b].qs, r, &a[b]) - 8 * a[b].sum;
+                acc = fmaf((float)isum, h2f(w[b].d[r]) * a[b].d, acc);
+            }
+            out[(size_t)j * out_stride + (size_t)r] = acc;
+        }
+    }
+}
+
+static void gemm_q4_1x8(int n, const exsa_block_q4_1x8 *w, const exsa_block_q8_0s *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / 32;
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
+        for (int r = 0; r < 8; r++) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const int32_t isum = q4x8_dot(w[b].qs, r, &a[b]);
+                acc = fmaf((float)isum, h2f(w[b].d[r]) * a[b].d, acc);
+                acc = fmaf(h2f(w[b].m[r]), a[b].d * (float)a[b].sum, acc);
             }
             out[(size_t)j * out_stride + (size_t)r] = acc;
         }
@@ -506,6 +530,7 @@ static const exsa_cpu_kernels scalar_table = {
     .mad_f16_acc = mad_f16_acc,
     .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
+    .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 
