@@ -149,6 +149,28 @@ static void decode_q4_1(const void *src, double *y, int n)
     }
 }
 
+/* Q5_0 (d, qh, qs; value d * (q - 16)) and Q5_1 (d, m, qh, qs; d * q + m):
+ * the fifth bit of element i is bit i of the little-endian qh word. */
+static void decode_q5(const void *src, int has_min, double *y, int n)
+{
+    const uint8_t *p = src;
+    const size_t bytes = has_min ? 24 : 22;
+    for (int i = 0; i < n / 32; i++, p += bytes) {
+        uint16_t dh, mh = 0;
+        memcpy(&dh, p, 2);
+        if (has_min)
+            memcpy(&mh, p + 2, 2);
+        const double d = half_to_float(dh), m = half_to_float(mh);
+        const uint8_t *qh = p + 2 + 2 * has_min, *qs = qh + 4;
+        const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 |
+                           (uint32_t)qh[3] << 24;
+        for (int j = 0; j < 32; j++) {
+            int q = (j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4) | (int)((h >> j) & 1) << 4;
+            y[i * 32 + j] = has_min ? d * q + m : d * (q - 16);
+        }
+    }
+}
+
 static void k4_scale_min(int j, const uint8_t *q, int *sc, int *mn)
 {
     if (j < 4) {
@@ -201,6 +223,10 @@ static void decode_row(int type, const void *src, double *y, int n)
         break;
     case EXSA_TYPE_Q4_1:
         decode_q4_1(src, y, n);
+        break;
+    case EXSA_TYPE_Q5_0:
+    case EXSA_TYPE_Q5_1:
+        decode_q5(src, type == EXSA_TYPE_Q5_1, y, n);
         break;
     default:
         fail_msg("no test decoder for type %d", type);
@@ -290,6 +316,10 @@ static void *maybe_repack(exsa_tensor *t)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_KX8);
         if (t->type == EXSA_TYPE_Q4_1 && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_1X8);
+        if (t->type == EXSA_TYPE_Q5_0 && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q5_0X8);
+        if (t->type == EXSA_TYPE_Q5_1 && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q5_1X8);
     }
     return buf;
 }
@@ -349,6 +379,8 @@ static void test_get_rows(void **state)
     check_get_rows(EXSA_TYPE_Q4_0, 0.15, 16);
     check_get_rows(EXSA_TYPE_Q4_K, 0.15, 16);
     check_get_rows(EXSA_TYPE_Q4_1, 0.15, 16);
+    check_get_rows(EXSA_TYPE_Q5_0, 0.1, 16);
+    check_get_rows(EXSA_TYPE_Q5_1, 0.1, 16);
     g_repack = 0;
 }
 
@@ -390,6 +422,8 @@ static void test_repack_lossless(void **state)
     (void)state;
     check_repack_lossless(EXSA_TYPE_Q4_0, 96, 16, EXSA_LAYOUT_Q4_0X8);
     check_repack_lossless(EXSA_TYPE_Q4_1, 96, 16, EXSA_LAYOUT_Q4_1X8);
+    check_repack_lossless(EXSA_TYPE_Q5_0, 96, 16, EXSA_LAYOUT_Q5_0X8);
+    check_repack_lossless(EXSA_TYPE_Q5_1, 160, 24, EXSA_LAYOUT_Q5_1X8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 768, 24, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 12, EXSA_LAYOUT_ROWS); /* n_out % 8 */
@@ -587,6 +621,11 @@ static void matmul_shapes(int invariance)
     check_matmul(EXSA_TYPE_Q4_1, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q4_1, 96, 40, invariance);
     check_matmul(EXSA_TYPE_Q4_1, 256, 1024, invariance);
+    /* Repacked Q5_0 / Q5_1. */
+    check_matmul(EXSA_TYPE_Q5_0, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q5_0, 96, 40, invariance);
+    check_matmul(EXSA_TYPE_Q5_1, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q5_1, 256, 1024, invariance);
     g_repack = 0;
 }
 

@@ -555,17 +555,23 @@ static void check_f16_acc(const exsa_cpu_kernels *isa)
  * (all nibbles 15 or 0, activations +-127) would saturate an int16 sum if
  * one were too long. Both layouts share the nibbles and scales here; Q4_1
  * adds a min per row. */
-static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
+static void check_gemm_x8(const exsa_cpu_kernels *isa, int kind)
 {
     static const int sizes[] = {32, 96, 544, 2048};
     const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
-    const char *name = q4_1 ? "gemm_q4_1x8" : "gemm_q4_0x8";
+    /* kind: 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1 (the Q5 forms add fifth bits) */
+    static const char *const names[] = {"gemm_q4_0x8", "gemm_q4_1x8", "gemm_q5_0x8",
+                                        "gemm_q5_1x8"};
+    const char *name = names[kind];
+    const int q4_1 = kind & 1, q5 = kind >= 2;
     for (int si = 0; si < ARRAY_LEN(seeds); si++) {
         uint64_t rng = seeds[si] + 31u;
         for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
             const int n = sizes[zi], nb = n / 32, max_act = 9;
             exsa_block_q4_0x8 *w = xmalloc((size_t)nb * sizeof *w);
             exsa_block_q4_1x8 *w1 = xmalloc((size_t)nb * sizeof *w1);
+            exsa_block_q5_0x8 *w5 = xmalloc((size_t)nb * sizeof *w5);
+            exsa_block_q5_1x8 *w51 = xmalloc((size_t)nb * sizeof *w51);
             exsa_block_q8_0s *a = xmalloc((size_t)nb * max_act * sizeof *a);
             const int extreme = si == 2 && zi == 1;
             for (int b = 0; b < nb; b++) {
@@ -577,6 +583,14 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
                 for (int i = 0; i < 128; i++)
                     w[b].qs[i] = w1[b].qs[i] = extreme ? (i % 3 ? 0xFF : 0xF0)
                                                        : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
+                memcpy(w5[b].d, w[b].d, sizeof w5[b].d);
+                memcpy(w51[b].d, w1[b].d, sizeof w51[b].d);
+                memcpy(w51[b].m, w1[b].m, sizeof w51[b].m);
+                memcpy(w5[b].qs, w[b].qs, sizeof w5[b].qs);
+                memcpy(w51[b].qs, w[b].qs, sizeof w51[b].qs);
+                for (int i = 0; i < 32; i++)
+                    w5[b].qh[i] = w51[b].qh[i] =
+                        extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
             }
             for (int k = 0; k < nb * max_act; k++) {
                 int32_t sum = 0;
@@ -592,15 +606,20 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
             for (int n_act = 1; n_act <= max_act; n_act++) {
                 float got[9 * 8], want[9 * 8];
                 const size_t as = (size_t)nb * sizeof *a;
-                if (q4_1)
-                    ref->gemm_q4_1x8(n, w1, a, as, n_act, want, 8);
-                else
-                    ref->gemm_q4_0x8(n, w, a, as, n_act, want, 8);
-                if (isa) {
-                    if (q4_1)
-                        isa->gemm_q4_1x8(n, w1, a, as, n_act, got, 8);
+                const exsa_cpu_kernels *tabs[2] = {ref, isa};
+                float *outs[2] = {want, got};
+                for (int ti = 0; ti < (isa ? 2 : 1); ti++) {
+                    const exsa_cpu_kernels *kt = tabs[ti];
+                    if (kind == 0)
+                        kt->gemm_q4_0x8(n, w, a, as, n_act, outs[ti], 8);
+                    else if (kind == 1)
+                        kt->gemm_q4_1x8(n, w1, a, as, n_act, outs[ti], 8);
+                    else if (kind == 2)
+                        kt->gemm_q5_0x8(n, w5, a, as, n_act, outs[ti], 8);
                     else
-                        isa->gemm_q4_0x8(n, w, a, as, n_act, got, 8);
+                        kt->gemm_q5_1x8(n, w51, a, as, n_act, outs[ti], 8);
+                }
+                if (isa) {
                     for (int i = 0; i < 8 * n_act; i++)
                         if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
                             fail_msg("%s %s n=%d n_act=%d out %d: %.9g, scalar %.9g", isa->isa,
@@ -615,9 +634,11 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
                             double dw = exsa_fp16_to_fp32(w[b].d[r]);
                             double mw = q4_1 ? exsa_fp16_to_fp32(w1[b].m[r]) : 0.0;
                             for (int e = 0; e < 32; e++) {
-                                const int q = e < 16 ? w[b].qs[32 * (e / 4 % 4) + 4 * r + e % 4] & 15
-                                                     : w[b].qs[32 * ((e - 16) / 4) + 4 * r + e % 4] >> 4;
-                                double wv = q4_1 ? dw * q + mw : dw * (q - 8);
+                                int q = e < 16 ? w[b].qs[32 * (e / 4 % 4) + 4 * r + e % 4] & 15
+                                               : w[b].qs[32 * ((e - 16) / 4) + 4 * r + e % 4] >> 4;
+                                if (q5) /* bit e % 4 (+4 for the high half) of qh[8 j + r] */
+                                    q |= ((w5[b].qh[8 * ((e % 16) / 4) + r] >> (e % 4 + (e < 16 ? 0 : 4))) & 1) << 4;
+                                double wv = q4_1 ? dw * q + mw : dw * (q - (q5 ? 16 : 8));
                                 double t = wv * ((double)ab->d * ab->qs[e]);
                                 dot += t;
                                 mag += fabs(t);
@@ -631,6 +652,8 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
             }
             free(w);
             free(w1);
+            free(w5);
+            free(w51);
             free(a);
         }
     }
@@ -639,16 +662,16 @@ static void check_gemm_x8(const exsa_cpu_kernels *isa, int q4_1)
 static void test_scalar_gemm_x8(void **state)
 {
     (void)state;
-    check_gemm_x8(NULL, 0);
-    check_gemm_x8(NULL, 1);
+    for (int kind = 0; kind < 4; kind++)
+        check_gemm_x8(NULL, kind);
 }
 
 static void test_isa_gemm_x8(void **state)
 {
     if (!usable(state))
         skip();
-    check_gemm_x8(((const isa_case *)*state)->table, 0);
-    check_gemm_x8(((const isa_case *)*state)->table, 1);
+    for (int kind = 0; kind < 4; kind++)
+        check_gemm_x8(((const isa_case *)*state)->table, kind);
 }
 
 /* ------------------------------------------------- repacked Q4_K x 8 */

@@ -22,6 +22,8 @@ enum exsa_tensor_layout {
     EXSA_LAYOUT_Q4_0X8 = 1,  /* Q4_0 in groups of 8 interleaved rows (CPU) */
     EXSA_LAYOUT_Q4_KX8 = 2,  /* Q4_K in groups of 8 interleaved rows (CPU) */
     EXSA_LAYOUT_Q4_1X8 = 3,  /* Q4_1 in groups of 8 interleaved rows (CPU) */
+    EXSA_LAYOUT_Q5_0X8 = 4,  /* Q5_0 in groups of 8 interleaved rows (CPU) */
+    EXSA_LAYOUT_Q5_1X8 = 5,  /* Q5_1 in groups of 8 interleaved rows (CPU) */
 };
 
 /* A 2-D weight: n_out rows of n_in elements of `type`, row_bytes apart

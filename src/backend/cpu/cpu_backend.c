@@ -346,11 +346,24 @@ static void x8_task(void *vctx, int task, int thread)
                               j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
         return;
     }
+    const exsa_block_q8_0s *aq = (const exsa_block_q8_0s *)act;
+    const int n = (int)w->n_in;
     if (w->layout == EXSA_LAYOUT_Q4_1X8) {
         const exsa_block_q4_1x8 *wb = w->data;
         for (int64_t g = g0; g < g1; g++)
-            j->k->gemm_q4_1x8((int)w->n_in, wb + g * nb, (const exsa_block_q8_0s *)act,
-                              j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
+            j->k->gemm_q4_1x8(n, wb + g * nb, aq, j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
+        return;
+    }
+    if (w->layout == EXSA_LAYOUT_Q5_0X8) {
+        const exsa_block_q5_0x8 *wb = w->data;
+        for (int64_t g = g0; g < g1; g++)
+            j->k->gemm_q5_0x8(n, wb + g * nb, aq, j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
+        return;
+    }
+    if (w->layout == EXSA_LAYOUT_Q5_1X8) {
+        const exsa_block_q5_1x8 *wb = w->data;
+        for (int64_t g = g0; g < g1; g++)
+            j->k->gemm_q5_1x8(n, wb + g * nb, aq, j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
         return;
     }
     const exsa_block_q4_0x8 *wb = w->data;
@@ -375,7 +388,8 @@ static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
     return rows;
 }
 
-/* Repacked weights (EXSA_LAYOUT_Q4_0X8 / Q4_1X8 / Q4_KX8): activations
+/* Repacked weights (EXSA_LAYOUT_Q4_0X8 / Q4_1X8 / Q5_0X8 / Q5_1X8 /
+ * Q4_KX8): activations
  * quantized once per pass into the layout's activation format (Q8_0s /
  * Q8_K), then tasks of (activation tile, chunk of 8-row groups) as for the
  * row layout. */
@@ -384,8 +398,10 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
     int64_t n_in = w->n_in, n_out = w->n_out;
     const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8;
     const int64_t block = is_k ? EXSA_QK_K : 32;
-    const int has_gemm = is_k ? c->k->gemm_q4_Kx8 != NULL
+    const int has_gemm = is_k                                 ? c->k->gemm_q4_Kx8 != NULL
                          : w->layout == EXSA_LAYOUT_Q4_1X8 ? c->k->gemm_q4_1x8 != NULL
+                         : w->layout == EXSA_LAYOUT_Q5_0X8 ? c->k->gemm_q5_0x8 != NULL
+                         : w->layout == EXSA_LAYOUT_Q5_1X8 ? c->k->gemm_q5_1x8 != NULL
                                                            : c->k->gemm_q4_0x8 != NULL;
     if (!has_gemm || n_in <= 0 || n_in > INT32_MAX || n_in % block != 0 || n_out % 8 != 0) {
         cpu_fill_nan(y, (int64_t)n_rows * n_out);

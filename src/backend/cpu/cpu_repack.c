@@ -1,8 +1,8 @@
 /* Weight repacking for the CPU kernels (kernels.h describes the layouts).
  *
- * Done once at model load, on the load thread: a Q4_0, Q4_1 or Q4_K matrix
- * of n_out rows becomes n_out / 8 groups of interleaved block columns. Q4_0
- * and Q4_1 keep their byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
+ * Done once at model load, on the load thread: a Q4_0, Q4_1, Q5_0, Q5_1 or
+ * Q4_K matrix of n_out rows becomes n_out / 8 groups of interleaved block
+ * columns. The 32-element formats keep their byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
  * unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
  * the GGUF bytes exactly.
  */
@@ -47,6 +47,61 @@ static void pack_q4_1(const exsa_tensor *w, exsa_block_q4_1x8 *dst, int64_t nb, 
     }
 }
 
+/* Q5_0 / Q5_1: the nibbles as Q4_x, the fifth bits regrouped per quad
+ * (kernels.h: qh[8 * j + r]). dst points at the first block column; the
+ * columns are col_bytes apart. */
+static void pack_q5(const exsa_tensor *w, char *dst, size_t col_bytes, int has_min, int64_t nb,
+                    int64_t ng)
+{
+    const size_t src_bytes = has_min ? sizeof(exsa_block_q5_1) : sizeof(exsa_block_q5_0);
+    for (int64_t g = 0; g < ng; g++) {
+        for (int r = 0; r < 8; r++) {
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            for (int64_t b = 0; b < nb; b++) {
+                const char *src = row + (size_t)b * src_bytes;
+                char *o = dst + (size_t)(g * nb + b) * col_bytes;
+                memcpy(o + 2 * r, src, 2); /* d */
+                if (has_min)
+                    memcpy(o + 16 + 2 * r, src + 2, 2); /* m */
+                uint32_t qh;
+                memcpy(&qh, src + 2 + 2 * has_min, 4);
+                uint8_t *oqh = (uint8_t *)o + 16 + 16 * has_min;
+                for (int j = 0; j < 4; j++)
+                    oqh[8 * j + r] = (uint8_t)(((qh >> (4 * j)) & 0x0F) |
+                                               ((qh >> (16 + 4 * j)) & 0x0F) << 4);
+                const uint8_t *qs = (const uint8_t *)src + 6 + 2 * has_min;
+                for (int j = 0; j < 4; j++)
+                    memcpy(oqh + 32 + 32 * j + 4 * r, qs + 4 * j, 4);
+            }
+        }
+    }
+}
+
+static void unpack_q5(const exsa_tensor *w, int64_t row, int has_min, size_t col_bytes,
+                      char *out)
+{
+    const int64_t nb = w->n_in / 32;
+    const int r = (int)(row % 8);
+    const size_t dst_bytes = has_min ? sizeof(exsa_block_q5_1) : sizeof(exsa_block_q5_0);
+    const char *g = (const char *)w->data + (size_t)(row / 8) * (size_t)nb * col_bytes;
+    for (int64_t b = 0; b < nb; b++) {
+        const char *c = g + (size_t)b * col_bytes;
+        char *dst = out + (size_t)b * dst_bytes;
+        memcpy(dst, c + 2 * r, 2);
+        if (has_min)
+            memcpy(dst + 2, c + 16 + 2 * r, 2);
+        const uint8_t *cqh = (const uint8_t *)c + 16 + 16 * has_min;
+        uint32_t qh = 0;
+        for (int j = 0; j < 4; j++) {
+            qh |= (uint32_t)(cqh[8 * j + r] & 0x0F) << (4 * j);
+            qh |= (uint32_t)(cqh[8 * j + r] >> 4) << (16 + 4 * j);
+        }
+        memcpy(dst + 2 + 2 * has_min, &qh, 4);
+        for (int j = 0; j < 4; j++)
+            memcpy(dst + 6 + 2 * has_min + 4 * j, cqh + 32 + 32 * j + 4 * r, 4);
+    }
+}
+
 static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, int64_t ng)
 {
     for (int64_t g = 0; g < ng; g++) {
@@ -88,6 +143,12 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q4_1x8);
+    } else if (w->type == EXSA_TYPE_Q5_0 && w->n_in % 32 == 0) {
+        block = 32;
+        col_bytes = sizeof(exsa_block_q5_0x8);
+    } else if (w->type == EXSA_TYPE_Q5_1 && w->n_in % 32 == 0) {
+        block = 32;
+        col_bytes = sizeof(exsa_block_q5_1x8);
     } else if (w->type == EXSA_TYPE_Q4_K && w->n_in % EXSA_QK_K == 0) {
         block = EXSA_QK_K;
         col_bytes = sizeof(exsa_block_q4_Kx8);
@@ -109,6 +170,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1) {
         pack_q4_1(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_1X8;
+    } else if (w->type == EXSA_TYPE_Q5_0 || w->type == EXSA_TYPE_Q5_1) {
+        pack_q5(w, dst, col_bytes, w->type == EXSA_TYPE_Q5_1, nb, ng);
+        w->layout = w->type == EXSA_TYPE_Q5_1 ? EXSA_LAYOUT_Q5_1X8 : EXSA_LAYOUT_Q5_0X8;
     } else {
         pack_q4_K(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_KX8;
@@ -149,6 +213,12 @@ void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
                 for (int t = 0; t < 8; t++)
                     memcpy(dst[b].qs + 32 * c + 4 * t, g[b].qs + 256 * c + 32 * t + 4 * r, 4);
         }
+        return;
+    }
+    if (w->layout == EXSA_LAYOUT_Q5_0X8 || w->layout == EXSA_LAYOUT_Q5_1X8) {
+        const int has_min = w->layout == EXSA_LAYOUT_Q5_1X8;
+        unpack_q5(w, row, has_min, has_min ? sizeof(exsa_block_q5_1x8) : sizeof(exsa_block_q5_0x8),
+                  out);
         return;
     }
     const int64_t nb = w->n_in / 32;

@@ -68,6 +68,32 @@ typedef void (*exsa_gemm_q4_1x8_fn)(int n, const exsa_block_q4_1x8 *w,
                                     const exsa_block_q8_0s *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
+/* Q5_0 / Q5_1 repacked like Q4_0 / Q4_1, with the fifth bits arranged for
+ * the nibble quads: qh[8 * j + r] holds, in bits 0..3, the fifth bits of row
+ * r's elements 4j..4j+3 and, in bits 4..7, those of 16+4j..16+4j+3. Same
+ * bytes as 8 Q5_0 (176) / Q5_1 (192) blocks. */
+typedef struct {
+    exsa_fp16 d[8];
+    uint8_t qh[32];
+    uint8_t qs[128];
+} exsa_block_q5_0x8;
+
+typedef struct {
+    exsa_fp16 d[8];
+    exsa_fp16 m[8];
+    uint8_t qh[32];
+    uint8_t qs[128];
+} exsa_block_q5_1x8;
+
+/* As the Q4 forms with q in 0..31: Q5_0 subtracts 16 * sum(a) like Q4_0's
+ * 8 * sum(a); Q5_1 adds the min like Q4_1. */
+typedef void (*exsa_gemm_q5_0x8_fn)(int n, const exsa_block_q5_0x8 *w,
+                                    const exsa_block_q8_0s *act, size_t act_stride, int n_act,
+                                    float *out, size_t out_stride);
+typedef void (*exsa_gemm_q5_1x8_fn)(int n, const exsa_block_q5_1x8 *w,
+                                    const exsa_block_q8_0s *act, size_t act_stride, int n_act,
+                                    float *out, size_t out_stride);
+
 /* Q4_K weights repacked 8 rows at a time: super-block column b of a group of
  * 8 rows (256 elements of each) holds the 8 rows' d and dmin, their 6-bit
  * sub-block scales and mins unpacked to bytes, and their nibbles interleaved
@@ -128,6 +154,8 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_x8_fn gemm_q4_0x8;
     exsa_gemm_q4_Kx8_fn gemm_q4_Kx8;
     exsa_gemm_q4_1x8_fn gemm_q4_1x8;
+    exsa_gemm_q5_0x8_fn gemm_q5_0x8;
+    exsa_gemm_q5_1x8_fn gemm_q5_1x8;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

@@ -735,10 +735,14 @@ static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
  * saturate), one vpmaddwd to int32 lanes = 8 rows' exact dots, minus
  * 8 * sum(a), then one FMA for 8 outputs. The nibbles are decoded once per
  * block column for all R rows. */
-INLINE void q4x8_rows(int nb, const void *w, const int has_min,
-                      const exsa_block_q8_0s *const *a, const int R, float *out, size_t os)
+/* Q4_0 / Q4_1 / Q5_0 / Q5_1 repacked (kernels.h); kind 0..3 as in the
+ * scalar reference: bit 0 = has mins, kind >= 2 = has fifth bits. */
+INLINE void qx8_rows(int nb, const void *w, const int kind, const exsa_block_q8_0s *const *a,
+                     const int R, float *out, size_t os)
 {
-    const size_t stride = has_min ? sizeof(exsa_block_q4_1x8) : sizeof(exsa_block_q4_0x8);
+    const int has_min = kind & 1, has_high = kind >= 2;
+    const size_t stride = 16 + 16 * (size_t)has_min + 32 * (size_t)has_high + 128;
+    const int32_t offset = has_high ? 16 : 8;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4];
@@ -747,7 +751,8 @@ INLINE void q4x8_rows(int nb, const void *w, const int has_min,
         acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const char *blk = (const char *)w + (size_t)b * stride;
-        const uint8_t *qs = (const uint8_t *)blk + (has_min ? 32 : 16);
+        const uint8_t *qh = (const uint8_t *)blk + 16 + 16 * has_min;
+        const uint8_t *qs = qh + 32 * has_high;
         /* q[j]: elements 4j..4j+3, q[4 + j]: 16+4j..16+4j+3 of each row */
         __m256i q[8];
 #pragma GCC unroll 4
@@ -755,6 +760,25 @@ INLINE void q4x8_rows(int nb, const void *w, const int has_min,
             const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
             q[j] = _mm256_and_si256(raw, m4);
             q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+            if (has_high) {
+                /* byte r of the 8 -> the 4 bytes of lane r, then bit t of
+                 * it (low half) / bit 4 + t (high half) -> 16 in byte t */
+                int64_t h8;
+                memcpy(&h8, qh + 8 * j, 8);
+                const __m256i idx = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3,
+                                                     3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7,
+                                                     7, 7);
+                const __m256i hv = _mm256_shuffle_epi8(_mm256_set1_epi64x(h8), idx);
+                const __m256i blo = _mm256_set1_epi32(0x08040201);
+                const __m256i bhi = _mm256_set1_epi32((int32_t)0x80402010u);
+                const __m256i b16 = _mm256_set1_epi8(0x10);
+                q[j] = _mm256_or_si256(
+                    q[j], _mm256_and_si256(
+                              _mm256_cmpeq_epi8(_mm256_and_si256(hv, blo), blo), b16));
+                q[j + 4] = _mm256_or_si256(
+                    q[j + 4], _mm256_and_si256(
+                                  _mm256_cmpeq_epi8(_mm256_and_si256(hv, bhi), bhi), b16));
+            }
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk));
         const __m256 mw = has_min ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16)))
@@ -771,14 +795,17 @@ INLINE void q4x8_rows(int nb, const void *w, const int has_min,
                 memcpy(&quad, a[k][b].qs + 4 * t, 4);
                 x[t] = _mm256_maddubs_epi16(q[t], _mm256_set1_epi32(quad));
             }
-            const __m256i s16 =
-                _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(x[0], x[1]),
-                                                  _mm256_add_epi16(x[2], x[3])),
-                                 _mm256_add_epi16(_mm256_add_epi16(x[4], x[5]),
-                                                  _mm256_add_epi16(x[6], x[7])));
-            __m256i s32 = _mm256_madd_epi16(s16, ones);
+            const __m256i s16a = _mm256_add_epi16(_mm256_add_epi16(x[0], x[1]),
+                                                  _mm256_add_epi16(x[2], x[3]));
+            const __m256i s16b = _mm256_add_epi16(_mm256_add_epi16(x[4], x[5]),
+                                                  _mm256_add_epi16(x[6], x[7]));
+            /* 4-bit values: all 8 fit one int16 sum (<= 30480); 5-bit ones
+             * (<= 7874 a pair) only 4 at a time */
+            __m256i s32 = has_high ? _mm256_add_epi32(_mm256_madd_epi16(s16a, ones),
+                                                      _mm256_madd_epi16(s16b, ones))
+                                   : _mm256_madd_epi16(_mm256_add_epi16(s16a, s16b), ones);
             if (!has_min)
-                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(8 * a[k][b].sum));
+                s32 = _mm256_sub_epi32(s32, _mm256_set1_epi32(offset * a[k][b].sum));
             const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(a[k][b].d));
             acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), d, acc[k]);
             if (has_min)
@@ -794,17 +821,31 @@ INLINE void q4x8_rows(int nb, const void *w, const int has_min,
 INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *const *a,
                         const int R, float *out, size_t os)
 {
-    q4x8_rows(nb, w, 0, a, R, out, os);
+    qx8_rows(nb, w, 0, a, R, out, os);
 }
 
 INLINE void q4_1x8_rows(int nb, const exsa_block_q4_1x8 *w, const exsa_block_q8_0s *const *a,
                         const int R, float *out, size_t os)
 {
-    q4x8_rows(nb, w, 1, a, R, out, os);
+    qx8_rows(nb, w, 1, a, R, out, os);
+}
+
+INLINE void q5_0x8_rows(int nb, const exsa_block_q5_0x8 *w, const exsa_block_q8_0s *const *a,
+                        const int R, float *out, size_t os)
+{
+    qx8_rows(nb, w, 2, a, R, out, os);
+}
+
+INLINE void q5_1x8_rows(int nb, const exsa_block_q5_1x8 *w, const exsa_block_q8_0s *const *a,
+                        const int R, float *out, size_t os)
+{
+    qx8_rows(nb, w, 3, a, R, out, os);
 }
 
 EXSA_X8_DRIVER(gemm_q4_0x8, exsa_block_q4_0x8, exsa_block_q8_0s, 32, q4_0x8_rows)
 EXSA_X8_DRIVER(gemm_q4_1x8, exsa_block_q4_1x8, exsa_block_q8_0s, 32, q4_1x8_rows)
+EXSA_X8_DRIVER(gemm_q5_0x8, exsa_block_q5_0x8, exsa_block_q8_0s, 32, q5_0x8_rows)
+EXSA_X8_DRIVER(gemm_q5_1x8, exsa_block_q5_1x8, exsa_block_q8_0s, 32, q5_1x8_rows)
 
 /* ------------------------------------------------- repacked Q4_K x 8 */
 
@@ -934,6 +975,8 @@ static const exsa_cpu_kernels avx2_table = {
     .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
     .gemm_q4_1x8 = gemm_q4_1x8,
+    .gemm_q5_0x8 = gemm_q5_0x8,
+    .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 

@@ -422,50 +422,74 @@ static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
  * integer dot per block, then fused multiply-adds in a fixed order. */
 
 /* Dot of row r of a repacked Q4_0/Q4_1 block column (nibbles unsigned). */
-static int32_t q4x8_dot(const uint8_t *qs, int r, const exsa_block_q8_0s *a)
+static int32_t q4x8_dot(const uint8_t *qs, const uint8_t *qh, int r, const exsa_block_q8_0s *a)
 {
     int32_t isum = 0;
     for (int k = 0; k < 4; k++)
         for (int t = 0; t < 4; t++) {
             const uint8_t q = qs[32 * k + 4 * r + t];
-            isum += (q & 0x0F) * a->qs[4 * k + t] + (q >> 4) * a->qs[16 + 4 * k + t];
+            const int h = qh ? qh[8 * k + r] : 0;
+            const int lo = (q & 0x0F) | ((h >> t) & 1) << 4;
+            const int hi = (q >> 4) | ((h >> (4 + t)) & 1) << 4;
+            isum += lo * a->qs[4 * k + t] + hi * a->qs[16 + 4 * k + t];
         }
     return isum;
+}
+
+/* kind: 0 Q4_0, 1 Q4_1, 2 Q5_0, 3 Q5_1 (the layouts differ only in the
+ * optional mins and fifth bits, kernels.h). */
+static void gemm_qx8(int kind, int n, const void *w, const exsa_block_q8_0s *act,
+                     size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int has_min = kind & 1, has_high = kind >= 2;
+    const size_t stride = 16 + 16 * (size_t)has_min + 32 * (size_t)has_high + 128;
+    const int nb = n / 32, offset = has_high ? 16 : 8;
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
+        for (int r = 0; r < 8; r++) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                const uint8_t *blk = (const uint8_t *)w + (size_t)b * stride;
+                exsa_fp16 d, m = 0;
+                memcpy(&d, blk + 2 * r, 2);
+                if (has_min)
+                    memcpy(&m, blk + 16 + 2 * r, 2);
+                const uint8_t *qh = has_high ? blk + 16 + 16 * has_min : NULL;
+                const uint8_t *qs = blk + 16 + 16 * has_min + 32 * has_high;
+                int32_t isum = q4x8_dot(qs, qh, r, &a[b]);
+                if (!has_min)
+                    isum -= offset * a[b].sum;
+                acc = fmaf((float)isum, h2f(d) * a[b].d, acc);
+                if (has_min)
+                    acc = fmaf(h2f(m), a[b].d * (float)a[b].sum, acc);
+            }
+            out[(size_t)j * out_stride + (size_t)r] = acc;
+        }
+    }
 }
 
 static void gemm_q4_0x8(int n, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *act,
                         size_t act_stride, int n_act, float *out, size_t out_stride)
 {
-    const int nb = n / 32;
-    for (int j = 0; j < n_act; j++) {
-        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
-        for (int r = 0; r < 8; r++) {
-            float acc = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                const int32_t isum = q4x8_dot(w[b].qs, r, &a[b]) - 8 * a[b].sum;
-                acc = fmaf((float)isum, h2f(w[b].d[r]) * a[b].d, acc);
-            }
-            out[(size_t)j * out_stride + (size_t)r] = acc;
-        }
-    }
+    gemm_qx8(0, n, w, act, act_stride, n_act, out, out_stride);
 }
 
 static void gemm_q4_1x8(int n, const exsa_block_q4_1x8 *w, const exsa_block_q8_0s *act,
                         size_t act_stride, int n_act, float *out, size_t out_stride)
 {
-    const int nb = n / 32;
-    for (int j = 0; j < n_act; j++) {
-        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
-        for (int r = 0; r < 8; r++) {
-            float acc = 0.0f;
-            for (int b = 0; b < nb; b++) {
-                const int32_t isum = q4x8_dot(w[b].qs, r, &a[b]);
-                acc = fmaf((float)isum, h2f(w[b].d[r]) * a[b].d, acc);
-                acc = fmaf(h2f(w[b].m[r]), a[b].d * (float)a[b].sum, acc);
-            }
-            out[(size_t)j * out_stride + (size_t)r] = acc;
-        }
-    }
+    gemm_qx8(1, n, w, act, act_stride, n_act, out, out_stride);
+}
+
+static void gemm_q5_0x8(int n, const exsa_block_q5_0x8 *w, const exsa_block_q8_0s *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    gemm_qx8(2, n, w, act, act_stride, n_act, out, out_stride);
+}
+
+static void gemm_q5_1x8(int n, const exsa_block_q5_1x8 *w, const exsa_block_q8_0s *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    gemm_qx8(3, n, w, act, act_stride, n_act, out, out_stride);
 }
 
 /* The reference of the repacked Q4_K kernel (kernels.h): exact integer
@@ -531,6 +555,8 @@ static const exsa_cpu_kernels scalar_table = {
     .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
     .gemm_q4_1x8 = gemm_q4_1x8,
+    .gemm_q5_0x8 = gemm_q5_0x8,
+    .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 
