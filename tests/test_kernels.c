@@ -499,54 +499,6 @@ static int usable(void **state)
     return 1;
 }
 
-/* ------------------------------------------ F16 attention accumulator */
-
-/* mad_f16_acc / scale_f16_acc against the definition (fmaf / product, then
- * round to nearest even f16), bit for bit, over sequences of updates like
- * attention's: factors in (0, 1], exact 0 and 1, and ones that push values
- * into f16 subnormals or past its range. */
-static void check_f16_acc(const exsa_cpu_kernels *isa)
-{
-    static const int sizes[] = {0, 1, 7, 8, 33, 64, 80, 128, 130};
-    static const float special[] = {0.0f, 1.0f, 1e-6f, 3e4f, -2.5f};
-    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
-        uint64_t rng = seeds[si] + 9u;
-        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
-            const int n = sizes[zi];
-            exsa_fp16 *v = xmalloc((size_t)n * sizeof(exsa_fp16) + 1);
-            exsa_fp16 *got = xmalloc((size_t)n * sizeof(exsa_fp16) + 1);
-            exsa_fp16 *want = xmalloc((size_t)n * sizeof(exsa_fp16) + 1);
-            for (int i = 0; i < n; i++)
-                got[i] = want[i] = exsa_fp32_to_fp16(exsa_test_rand_normal(&rng));
-            for (int step = 0; step < 40; step++) {
-                float f = (float)((exsa_test_rand_u64(&rng) >> 40) + 1) / (float)(1 << 24);
-                if (step % 8 == 7)
-                    f = special[(step / 8) % ARRAY_LEN(special)];
-                if (step % 3 == 2) {
-                    isa->scale_f16_acc(n, f, got);
-                    for (int i = 0; i < n; i++)
-                        want[i] = exsa_fp32_to_fp16(exsa_fp16_to_fp32(want[i]) * f);
-                } else {
-                    for (int i = 0; i < n; i++)
-                        v[i] = exsa_fp32_to_fp16(4.0f * exsa_test_rand_normal(&rng));
-                    isa->mad_f16_acc(n, f, v, got);
-                    for (int i = 0; i < n; i++)
-                        want[i] = exsa_fp32_to_fp16(fmaf(exsa_fp16_to_fp32(v[i]), f,
-                                                         exsa_fp16_to_fp32(want[i])));
-                }
-                for (int i = 0; i < n; i++)
-                    if (got[i] != want[i])
-                        fail_msg("%s %s n=%d step %d [%d]: 0x%04x, want 0x%04x", isa->isa,
-                                 step % 3 == 2 ? "scale_f16_acc" : "mad_f16_acc", n, step, i,
-                                 got[i], want[i]);
-            }
-            free(v);
-            free(got);
-            free(want);
-        }
-    }
-}
-
 /* ------------------------------------------------- repacked Q4_0 x 8 */
 
 /* gemm_q4_0x8 / gemm_q4_1x8: the scalar table against an exact double dot
@@ -845,19 +797,6 @@ static void test_isa_gemm_kx8(void **state)
     check_gemm_kx8(((const isa_case *)*state)->table);
 }
 
-static void test_scalar_f16_acc(void **state)
-{
-    (void)state;
-    check_f16_acc(exsa_cpu_kernels_scalar());
-}
-
-static void test_isa_f16_acc(void **state)
-{
-    if (!usable(state))
-        skip();
-    check_f16_acc(((const isa_case *)*state)->table);
-}
-
 static void test_scalar_vs_double(void **state)
 {
     (void)state;
@@ -987,7 +926,6 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_scalar_helpers),
         cmocka_unit_test(test_scalar_batch_invariance),
         cmocka_unit_test(test_selection),
-        cmocka_unit_test(test_scalar_f16_acc),
         cmocka_unit_test(test_scalar_gemm_x8),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[1]),
@@ -996,9 +934,6 @@ int main(int argc, char **argv)
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[2]),
-        cmocka_unit_test_prestate(test_isa_f16_acc, &isa_cases[0]),
-        cmocka_unit_test_prestate(test_isa_f16_acc, &isa_cases[1]),
-        cmocka_unit_test_prestate(test_isa_f16_acc, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_dots, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_batch_invariance, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[0]),

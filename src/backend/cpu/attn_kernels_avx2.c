@@ -11,7 +11,7 @@
  *
  * V update: the accumulator lives in ymm registers as f32 holding f16
  * values; vcvtps2ph + vcvtph2ps after each fma rounds exactly as storing
- * f16 and loading it back does (mad_f16_acc). Head dims are done in slices
+ * f16 and loading it back does (the scalar table's definition). Head dims are done in slices
  * of up to 64 (8 registers), each slice run over the whole chunk of tokens
  * (the chunk's V rows stay in L1 between slices), and the slice is only
  * loaded and stored once per chunk.

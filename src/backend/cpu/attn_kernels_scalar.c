@@ -2,8 +2,9 @@
  * (for its own kernel table's dot), and the fallback without AVX2.
  *
  * The score is kernels_scalar.c's F16 dot (double accumulation, rounded to
- * float once) times the scale; the V update is mad_f16_acc / scale_f16_acc
- * of that file on an f32 copy of the accumulator.
+ * float once) times the scale; the V accumulator holds f16 values, each
+ * update acc = f16(fmaf(f32(v), a, acc)) and rescale acc = f16(acc * s)
+ * rounding to nearest even like llama.cpp's CPU flash attention.
  */
 #include <math.h>
 

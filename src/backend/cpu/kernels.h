@@ -143,14 +143,6 @@ typedef struct exsa_cpu_kernels {
     void (*axpy_f16)(int n, float a, const exsa_fp16 *x, float *y); /* y += a*x */
     void (*f32_to_f16)(const float *x, exsa_fp16 *y, int64_t n);
     void (*f16_to_f32)(const exsa_fp16 *x, float *y, int64_t n);
-    /* F16 attention accumulator, stored as f16 so that every update rounds
-     * like llama.cpp's CPU flash attention (and moves half the bytes):
-     *   mad_f16_acc:   acc[i] = f16(fmaf(f32(v[i]), a, f32(acc[i])))
-     *   scale_f16_acc: acc[i] = f16(f32(acc[i]) * s)
-     * f16() rounds to nearest even (exsa_fp32_to_fp16). Every table gives
-     * the same bits as the scalar one. */
-    void (*mad_f16_acc)(int n, float a, const exsa_fp16 *v, exsa_fp16 *acc);
-    void (*scale_f16_acc)(int n, float s, exsa_fp16 *acc);
     exsa_gemm_x8_fn gemm_q4_0x8;
     exsa_gemm_q4_Kx8_fn gemm_q4_Kx8;
     exsa_gemm_q4_1x8_fn gemm_q4_1x8;

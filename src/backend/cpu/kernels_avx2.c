@@ -680,53 +680,6 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
         y[i] = h2f(x[i]);
 }
 
-/* The F16 accumulator kernels: 8 lanes at a time, the tail through an
- * 8-lane stack copy so that it rounds exactly like the body (F16C converts
- * with round-to-nearest-even, as exsa_fp32_to_fp16 does). */
-INLINE void mad8(__m256 va, const exsa_fp16 *v, exsa_fp16 *acc)
-{
-    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)v));
-    const __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)acc));
-    _mm_storeu_si128((__m128i *)acc,
-                     _mm256_cvtps_ph(_mm256_fmadd_ps(x, va, y), _MM_FROUND_TO_NEAREST_INT));
-}
-
-static void mad_f16_acc(int n, float a, const exsa_fp16 *v, exsa_fp16 *acc)
-{
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        mad8(va, v + i, acc + i);
-    if (i < n) {
-        exsa_fp16 tv[8] = {0}, ta[8] = {0};
-        memcpy(tv, v + i, (size_t)(n - i) * sizeof *tv);
-        memcpy(ta, acc + i, (size_t)(n - i) * sizeof *ta);
-        mad8(va, tv, ta);
-        memcpy(acc + i, ta, (size_t)(n - i) * sizeof *ta);
-    }
-}
-
-INLINE void scale8(__m256 vs, exsa_fp16 *acc)
-{
-    const __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)acc));
-    _mm_storeu_si128((__m128i *)acc,
-                     _mm256_cvtps_ph(_mm256_mul_ps(y, vs), _MM_FROUND_TO_NEAREST_INT));
-}
-
-static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
-{
-    const __m256 vs = _mm256_set1_ps(s);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        scale8(vs, acc + i);
-    if (i < n) {
-        exsa_fp16 ta[8] = {0};
-        memcpy(ta, acc + i, (size_t)(n - i) * sizeof *ta);
-        scale8(vs, ta);
-        memcpy(acc + i, ta, (size_t)(n - i) * sizeof *ta);
-    }
-}
-
 /* ------------------------------------------------- repacked Q4_0 x 8 */
 
 /* R activation rows against one 8-row group (kernels.h). Per block column
@@ -971,8 +924,6 @@ static const exsa_cpu_kernels avx2_table = {
     .axpy_f16 = axpy_f16,
     .f32_to_f16 = f32_to_f16,
     .f16_to_f32 = f16_to_f32,
-    .mad_f16_acc = mad_f16_acc,
-    .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q5_0x8 = gemm_q5_0x8,

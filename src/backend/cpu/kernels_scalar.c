@@ -406,18 +406,6 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
         y[i] = h2f(x[i]);
 }
 
-static void mad_f16_acc(int n, float a, const exsa_fp16 *v, exsa_fp16 *acc)
-{
-    for (int i = 0; i < n; i++)
-        acc[i] = exsa_fp32_to_fp16(fmaf(h2f(v[i]), a, h2f(acc[i])));
-}
-
-static void scale_f16_acc(int n, float s, exsa_fp16 *acc)
-{
-    for (int i = 0; i < n; i++)
-        acc[i] = exsa_fp32_to_fp16(h2f(acc[i]) * s);
-}
-
 /* The references of the repacked Q4_0 / Q4_1 kernels (kernels.h): an exact
  * integer dot per block, then fused multiply-adds in a fixed order. */
 
@@ -551,8 +539,6 @@ static const exsa_cpu_kernels scalar_table = {
     .axpy_f16 = axpy_f16,
     .f32_to_f16 = f32_to_f16,
     .f16_to_f32 = f16_to_f32,
-    .mad_f16_acc = mad_f16_acc,
-    .scale_f16_acc = scale_f16_acc,
     .gemm_q4_0x8 = gemm_q4_0x8,
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q5_0x8 = gemm_q5_0x8,
