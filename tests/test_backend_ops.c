@@ -316,6 +316,9 @@ static void *maybe_repack(exsa_tensor *t)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_KX8);
         if (t->type == EXSA_TYPE_Q4_1 && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q4_1X8);
+        if ((t->type == EXSA_TYPE_F32 || t->type == EXSA_TYPE_F16 ||
+             t->type == EXSA_TYPE_BF16) && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_FX8);
         if (t->type == EXSA_TYPE_Q5_0 && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q5_0X8);
         if (t->type == EXSA_TYPE_Q5_1 && t->n_out % 8 == 0)
@@ -381,6 +384,8 @@ static void test_get_rows(void **state)
     check_get_rows(EXSA_TYPE_Q4_1, 0.15, 16);
     check_get_rows(EXSA_TYPE_Q5_0, 0.1, 16);
     check_get_rows(EXSA_TYPE_Q5_1, 0.1, 16);
+    check_get_rows(EXSA_TYPE_F32, 0, 16);
+    check_get_rows(EXSA_TYPE_F16, 1e-3, 24);
     g_repack = 0;
 }
 
@@ -423,6 +428,8 @@ static void test_repack_lossless(void **state)
     check_repack_lossless(EXSA_TYPE_Q4_0, 96, 16, EXSA_LAYOUT_Q4_0X8);
     check_repack_lossless(EXSA_TYPE_Q4_1, 96, 16, EXSA_LAYOUT_Q4_1X8);
     check_repack_lossless(EXSA_TYPE_Q5_0, 96, 16, EXSA_LAYOUT_Q5_0X8);
+    check_repack_lossless(EXSA_TYPE_F16, 37, 16, EXSA_LAYOUT_FX8);
+    check_repack_lossless(EXSA_TYPE_F32, 5, 8, EXSA_LAYOUT_FX8);
     check_repack_lossless(EXSA_TYPE_Q5_1, 160, 24, EXSA_LAYOUT_Q5_1X8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 768, 24, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_Q4_KX8);
@@ -626,6 +633,12 @@ static void matmul_shapes(int invariance)
     check_matmul(EXSA_TYPE_Q5_0, 96, 40, invariance);
     check_matmul(EXSA_TYPE_Q5_1, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q5_1, 256, 1024, invariance);
+    /* Repacked floats: odd lengths, one group, groups not a multiple of
+     * the kernel's 2 / 4 per call. */
+    check_matmul(EXSA_TYPE_F32, 100, 8, invariance);
+    check_matmul(EXSA_TYPE_F16, 333, 40, invariance);
+    check_matmul(EXSA_TYPE_BF16, 128, 56, invariance);
+    check_matmul(EXSA_TYPE_F16, 128, 1000, invariance);
     g_repack = 0;
 }
 

@@ -626,6 +626,88 @@ static void test_isa_gemm_x8(void **state)
         check_gemm_x8(((const isa_case *)*state)->table, kind);
 }
 
+/* ------------------------------------------------- repacked floats x 8 */
+
+/* gemm_fx: scalar against an exact double dot, other tables bit for bit
+ * against scalar, for 1-4 groups at once and 1-9 activation rows, odd n. */
+static void check_gemm_fx(const exsa_cpu_kernels *isa)
+{
+    static const int types[] = {EXSA_TYPE_F32, EXSA_TYPE_F16, EXSA_TYPE_BF16};
+    static const int sizes[] = {1, 7, 64, 333};
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    uint64_t rng = 99;
+    for (int ti = 0; ti < ARRAY_LEN(types); ti++)
+        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
+            const int type = types[ti], n = sizes[zi], max_act = 9, elem = type == EXSA_TYPE_F32 ? 4 : 2;
+            const size_t gb = (size_t)8 * n * elem;
+            char *w = xmalloc(4 * gb);
+            float *wf = xmalloc(sizeof(float) * 4 * 8 * n); /* decoded [g][k][r] */
+            for (int i = 0; i < 4 * 8 * n; i++) {
+                float v = exsa_test_rand_normal(&rng);
+                if (type == EXSA_TYPE_F16) {
+                    exsa_fp16 h = exsa_fp32_to_fp16(v);
+                    memcpy(w + 2 * (size_t)i, &h, 2);
+                    wf[i] = exsa_fp16_to_fp32(h);
+                } else if (type == EXSA_TYPE_BF16) {
+                    exsa_bf16 h = exsa_fp32_to_bf16(v);
+                    memcpy(w + 2 * (size_t)i, &h, 2);
+                    wf[i] = exsa_bf16_to_fp32(h);
+                } else {
+                    memcpy(w + 4 * (size_t)i, &v, 4);
+                    wf[i] = v;
+                }
+            }
+            float *a = xmalloc(sizeof(float) * (size_t)max_act * n);
+            for (int i = 0; i < max_act * n; i++)
+                a[i] = exsa_test_rand_normal(&rng);
+            for (int ng = 1; ng <= 4; ng++)
+                for (int n_act = 1; n_act <= max_act; n_act++) {
+                    float got[9 * 32], want[9 * 32];
+                    const size_t os = 32, as = sizeof(float) * (size_t)n;
+                    ref->gemm_fx(type, n, w, gb, ng, a, as, n_act, want, os);
+                    if (isa) {
+                        isa->gemm_fx(type, n, w, gb, ng, a, as, n_act, got, os);
+                        for (int j = 0; j < n_act; j++)
+                            for (int o = 0; o < 8 * ng; o++)
+                                if (memcmp(&got[j * os + o], &want[j * os + o], 4) != 0)
+                                    fail_msg("%s gemm_fx type %d n=%d groups %d n_act=%d out %d/%d: "
+                                             "%.9g, scalar %.9g", isa->isa, type, n, ng, n_act, j, o,
+                                             (double)got[j * os + o], (double)want[j * os + o]);
+                        continue;
+                    }
+                    for (int j = 0; j < n_act; j++)
+                        for (int o = 0; o < 8 * ng; o++) {
+                            double dot = 0, mag = 0;
+                            for (int k = 0; k < n; k++) {
+                                double t = (double)wf[(size_t)(o / 8) * 8 * n + 8 * (size_t)k + o % 8] *
+                                           a[(size_t)j * n + k];
+                                dot += t;
+                                mag += fabs(t);
+                            }
+                            if (!(fabs(want[j * os + o] - dot) <= 1e-5 * mag + 1e-30))
+                                fail_msg("scalar gemm_fx type %d n=%d out %d/%d: %.9g vs exact %.9g",
+                                         type, n, j, o, (double)want[j * os + o], dot);
+                        }
+                }
+            free(a);
+            free(wf);
+            free(w);
+        }
+}
+
+static void test_scalar_gemm_fx(void **state)
+{
+    (void)state;
+    check_gemm_fx(NULL);
+}
+
+static void test_isa_gemm_fx(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_gemm_fx(((const isa_case *)*state)->table);
+}
+
 /* ------------------------------------------------- repacked Q4_K x 8 */
 
 /* Row r's value e of a repacked super-block column, decoded from the layout
@@ -927,6 +1009,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_scalar_batch_invariance),
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_scalar_gemm_x8),
+        cmocka_unit_test(test_scalar_gemm_fx),
+        cmocka_unit_test_prestate(test_isa_gemm_fx, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_gemm_fx, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_gemm_fx, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[2]),

@@ -317,7 +317,7 @@ static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
 typedef struct {
     const exsa_cpu_kernels *k;
     const exsa_tensor *w;
-    int64_t nb;      /* block columns per group */
+    int64_t nb;      /* block columns per group (floats: bytes per group) */
     const char *act;
     size_t act_stride;
     int n_act;
@@ -339,6 +339,19 @@ static void x8_task(void *vctx, int task, int thread)
     int64_t g1 = g0 + j->chunk_groups < n_groups ? g0 + j->chunk_groups : n_groups;
     const char *act = j->act + (size_t)j0 * j->act_stride;
     float *y = j->y + (size_t)j0 * (size_t)w->n_out;
+    if (w->layout == EXSA_LAYOUT_FX8) {
+        /* nb is the bytes of one group here */
+        /* decode: 4 groups give a lone row 4 independent FMA chains;
+         * batches: 2 groups x 6 rows keep the tile's weights in L1 */
+        const int gmax = nj <= 3 ? 4 : 2;
+        for (int64_t g = g0; g < g1; g += gmax) {
+            const int ng = g1 - g < gmax ? (int)(g1 - g) : gmax;
+            j->k->gemm_fx(w->type, (int)w->n_in, (const char *)w->data + (size_t)(g * nb),
+                          (size_t)nb, ng, (const float *)act, j->act_stride, nj, y + 8 * g,
+                          (size_t)w->n_out);
+        }
+        return;
+    }
     if (w->layout == EXSA_LAYOUT_Q4_KX8) {
         const exsa_block_q4_Kx8 *wb = w->data;
         for (int64_t g = g0; g < g1; g++)
@@ -388,17 +401,17 @@ static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
     return rows;
 }
 
-/* Repacked weights (EXSA_LAYOUT_Q4_0X8 / Q4_1X8 / Q5_0X8 / Q5_1X8 /
- * Q4_KX8): activations
- * quantized once per pass into the layout's activation format (Q8_0s /
- * Q8_K), then tasks of (activation tile, chunk of 8-row groups) as for the
- * row layout. */
+/* Repacked weights (EXSA_LAYOUT_*X8): activations quantized once per pass
+ * into the layout's activation format (Q8_0s / Q8_K; float weights take the
+ * rows as they are), then tasks of (activation tile, chunk of 8-row groups)
+ * as for the row layout. */
 static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, float *y, int n_rows)
 {
     int64_t n_in = w->n_in, n_out = w->n_out;
-    const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8;
-    const int64_t block = is_k ? EXSA_QK_K : 32;
-    const int has_gemm = is_k                                 ? c->k->gemm_q4_Kx8 != NULL
+    const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8, is_f = w->layout == EXSA_LAYOUT_FX8;
+    const int64_t block = is_k ? EXSA_QK_K : is_f ? 1 : 32;
+    const int has_gemm = is_f                                 ? c->k->gemm_fx != NULL
+                         : is_k                               ? c->k->gemm_q4_Kx8 != NULL
                          : w->layout == EXSA_LAYOUT_Q4_1X8 ? c->k->gemm_q4_1x8 != NULL
                          : w->layout == EXSA_LAYOUT_Q5_0X8 ? c->k->gemm_q5_0x8 != NULL
                          : w->layout == EXSA_LAYOUT_Q5_1X8 ? c->k->gemm_q5_1x8 != NULL
@@ -407,10 +420,13 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
         cpu_fill_nan(y, (int64_t)n_rows * n_out);
         return;
     }
-    size_t act_stride = is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
-                             : (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
-    act_stride = (act_stride + 63) & ~(size_t)63;
-    int rows_per_pass = act_rows_per_pass(c, act_stride, n_rows);
+    /* Float weights take the float rows as they are. */
+    size_t act_stride = is_f   ? (size_t)n_in * sizeof(float)
+                        : is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
+                               : (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
+    if (!is_f)
+        act_stride = (act_stride + 63) & ~(size_t)63;
+    int rows_per_pass = is_f ? n_rows : act_rows_per_pass(c, act_stride, n_rows);
     if (rows_per_pass == 0) {
         cpu_fill_nan(y, (int64_t)n_rows * n_out);
         return;
@@ -425,7 +441,10 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
         const float *xr = x + (size_t)r0 * (size_t)n_in;
-        if (is_k) {
+        const char *act = is_f ? (const char *)xr : c->act;
+        if (is_f) {
+            /* nothing to convert */
+        } else if (is_k) {
             quant_job q = {c->k->quantize_q8_K, xr, n_in, c->act, act_stride};
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
         } else {
@@ -433,7 +452,8 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
         }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;
-        x8_job d = {c->k, w, n_in / block, c->act, act_stride, nr, n_chunks, chunk_groups,
+        int64_t nb = is_f ? 8 * n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2) : n_in / block;
+        x8_job d = {c->k, w, nb, act, act_stride, nr, n_chunks, chunk_groups,
                     y + (size_t)r0 * (size_t)n_out};
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
         if (n_tasks > INT32_MAX) {

@@ -1,8 +1,8 @@
 /* Weight repacking for the CPU kernels (kernels.h describes the layouts).
  *
- * Done once at model load, on the load thread: a Q4_0, Q4_1, Q5_0, Q5_1 or
- * Q4_K matrix of n_out rows becomes n_out / 8 groups of interleaved block
- * columns. The 32-element formats keep their byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
+ * Done once at model load, on the load thread: an F32, F16, BF16, Q4_0,
+ * Q4_1, Q5_0, Q5_1 or Q4_K matrix of n_out rows becomes n_out / 8 groups of
+ * interleaved columns. All but Q4_K keep their byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
  * unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
  * the GGUF bytes exactly.
  */
@@ -126,6 +126,19 @@ static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, 
     }
 }
 
+/* F32 / F16 / BF16: element k of the group's 8 rows side by side. */
+static void pack_float(const exsa_tensor *w, char *dst, size_t elem, int64_t ng)
+{
+    const size_t n = (size_t)w->n_in;
+    for (int64_t g = 0; g < ng; g++)
+        for (int r = 0; r < 8; r++) {
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            char *o = dst + (size_t)g * 8 * n * elem + (size_t)r * elem;
+            for (size_t k = 0; k < n; k++)
+                memcpy(o + 8 * k * elem, row + k * elem, elem);
+        }
+}
+
 int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
 {
     *buf = NULL;
@@ -143,6 +156,10 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q4_1x8);
+    } else if (w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||
+               w->type == EXSA_TYPE_BF16) {
+        block = 1;
+        col_bytes = 8 * (w->type == EXSA_TYPE_F32 ? 4 : 2);
     } else if (w->type == EXSA_TYPE_Q5_0 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q5_0x8);
@@ -170,6 +187,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1) {
         pack_q4_1(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_1X8;
+    } else if (block == 1) {
+        pack_float(w, dst, col_bytes / 8, ng);
+        w->layout = EXSA_LAYOUT_FX8;
     } else if (w->type == EXSA_TYPE_Q5_0 || w->type == EXSA_TYPE_Q5_1) {
         pack_q5(w, dst, col_bytes, w->type == EXSA_TYPE_Q5_1, nb, ng);
         w->layout = w->type == EXSA_TYPE_Q5_1 ? EXSA_LAYOUT_Q5_1X8 : EXSA_LAYOUT_Q5_0X8;
@@ -213,6 +233,13 @@ void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
                 for (int t = 0; t < 8; t++)
                     memcpy(dst[b].qs + 32 * c + 4 * t, g[b].qs + 256 * c + 32 * t + 4 * r, 4);
         }
+        return;
+    }
+    if (w->layout == EXSA_LAYOUT_FX8) {
+        const size_t elem = w->type == EXSA_TYPE_F32 ? 4 : 2, n = (size_t)w->n_in;
+        const char *g = (const char *)w->data + (size_t)(row / 8) * 8 * n * elem;
+        for (size_t k = 0; k < n; k++)
+            memcpy((char *)out + k * elem, g + (8 * k + (size_t)r) * elem, elem);
         return;
     }
     if (w->layout == EXSA_LAYOUT_Q5_0X8 || w->layout == EXSA_LAYOUT_Q5_1X8) {

@@ -94,6 +94,19 @@ typedef void (*exsa_gemm_q5_1x8_fn)(int n, const exsa_block_q5_1x8 *w,
                                     const exsa_block_q8_0s *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
+/* F32 / F16 / BF16 weights repacked 8 rows at a time: a group is element
+ * k of its 8 rows side by side (8 values), k = 0..n-1, group_bytes long.
+ * gemm_fx computes n_groups consecutive groups (1..4) at once:
+ *   out[j * out_stride + 8 * g + r] = dot(row r of group g, act row j)
+ * for float activation rows act_stride bytes apart, each output as ONE
+ * accumulator over the elements in order, acc = fmaf(w, a, acc), so any
+ * n_groups and n_act give the same bits. Several groups at once give a lone
+ * activation row (decode) independent FMA chains; several rows at once
+ * reuse every weight vector from a register. type: EXSA_TYPE_F32/F16/BF16. */
+typedef void (*exsa_gemm_fx_fn)(int type, int n, const void *w, size_t group_bytes,
+                                int n_groups, const float *act, size_t act_stride, int n_act,
+                                float *out, size_t out_stride);
+
 /* Q4_K weights repacked 8 rows at a time: super-block column b of a group of
  * 8 rows (256 elements of each) holds the 8 rows' d and dmin, their 6-bit
  * sub-block scales and mins unpacked to bytes, and their nibbles interleaved
@@ -148,6 +161,7 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_q4_1x8_fn gemm_q4_1x8;
     exsa_gemm_q5_0x8_fn gemm_q5_0x8;
     exsa_gemm_q5_1x8_fn gemm_q5_1x8;
+    exsa_gemm_fx_fn gemm_fx;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

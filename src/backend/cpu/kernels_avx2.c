@@ -800,6 +800,92 @@ EXSA_X8_DRIVER(gemm_q4_1x8, exsa_block_q4_1x8, exsa_block_q8_0s, 32, q4_1x8_rows
 EXSA_X8_DRIVER(gemm_q5_0x8, exsa_block_q5_0x8, exsa_block_q8_0s, 32, q5_0x8_rows)
 EXSA_X8_DRIVER(gemm_q5_1x8, exsa_block_q5_1x8, exsa_block_q8_0s, 32, q5_1x8_rows)
 
+/* ------------------------------------------------- repacked floats x 8 */
+
+/* Element k of a group's 8 rows as floats. */
+INLINE __m256 fx_load(const void *w, size_t k, const int kind)
+{
+    switch (kind) {
+    case K_F16:
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const exsa_fp16 *)w + 8 * k)));
+    case K_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const exsa_bf16 *)w + 8 * k))),
+            16));
+    default:
+        return _mm256_loadu_ps((const float *)w + 8 * k);
+    }
+}
+
+/* G groups x R activation rows (G * R <= 12): 12 accumulators, G weight
+ * vectors and one broadcast fit the 16 registers. */
+INLINE void fx_tile(int n, const char *w, size_t gb, const int G, const float *const *a,
+                    const int R, float *out, size_t os, const int kind)
+{
+    __m256 acc[12];
+#pragma GCC unroll 12
+    for (int t = 0; t < G * R; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int i = 0; i < n; i++) {
+        __m256 wv[4];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            wv[g] = fx_load(w + (size_t)g * gb, (size_t)i, kind);
+#pragma GCC unroll 6
+        for (int k = 0; k < R; k++) {
+            const __m256 b = _mm256_broadcast_ss(a[k] + i);
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++)
+                acc[g * R + k] = _mm256_fmadd_ps(wv[g], b, acc[g * R + k]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int k = 0; k < R; k++)
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            _mm256_storeu_ps(out + (size_t)k * os + 8 * (size_t)g, acc[g * R + k]);
+}
+
+#define FX_CASE(G, R)                                                                     \
+    case (G) * 8 + (R):                                                                   \
+        fx_tile(n, w, gb, G, a, R, o, os, kind);                                          \
+        break;
+
+INLINE void fx_drive(int n, const char *w, size_t gb, int G, const float *act, size_t as,
+                     int n_act, float *out, size_t os, const int kind)
+{
+    const int rmax = G >= 4 ? 3 : G == 3 ? 4 : 6; /* G * R <= 12 */
+    const float *a[6];
+    for (int j = 0; j < n_act; j += rmax) {
+        const int r = n_act - j < rmax ? n_act - j : rmax;
+        for (int k = 0; k < r; k++)
+            a[k] = (const float *)((const char *)act + (size_t)(j + k) * as);
+        float *o = out + (size_t)j * os;
+        switch (G * 8 + r) {
+            FX_CASE(4, 1) FX_CASE(4, 2) FX_CASE(4, 3)
+            FX_CASE(3, 1) FX_CASE(3, 2) FX_CASE(3, 3) FX_CASE(3, 4)
+            FX_CASE(2, 1) FX_CASE(2, 2) FX_CASE(2, 3) FX_CASE(2, 4) FX_CASE(2, 5) FX_CASE(2, 6)
+            FX_CASE(1, 1) FX_CASE(1, 2) FX_CASE(1, 3) FX_CASE(1, 4) FX_CASE(1, 5) FX_CASE(1, 6)
+        default:
+            break;
+        }
+    }
+}
+#undef FX_CASE
+
+static void gemm_fx(int type, int n, const void *w, size_t group_bytes, int n_groups,
+                    const float *act, size_t act_stride, int n_act, float *out,
+                    size_t out_stride)
+{
+    const int kind = type == EXSA_TYPE_F16 ? K_F16 : type == EXSA_TYPE_BF16 ? K_BF16 : K_F32;
+    if (kind == K_F16)
+        fx_drive(n, w, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F16);
+    else if (kind == K_BF16)
+        fx_drive(n, w, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_BF16);
+    else
+        fx_drive(n, w, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F32);
+}
+
 /* ------------------------------------------------- repacked Q4_K x 8 */
 
 /* One sub-block (32 elements) of 8 rows against R activation rows: q[t]
@@ -928,6 +1014,7 @@ static const exsa_cpu_kernels avx2_table = {
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q5_0x8 = gemm_q5_0x8,
     .gemm_q5_1x8 = gemm_q5_1x8,
+    .gemm_fx = gemm_fx,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 

@@ -514,6 +514,34 @@ static void gemm_q4_Kx8(int n, const exsa_block_q4_Kx8 *w, const exsa_block_q8_K
     }
 }
 
+/* The reference of the repacked float kernel (kernels.h). */
+static float fx_weight(int type, const void *w, size_t i)
+{
+    if (type == EXSA_TYPE_F16)
+        return h2f(((const exsa_fp16 *)w)[i]);
+    if (type == EXSA_TYPE_BF16)
+        return exsa_bf16_to_fp32(((const exsa_bf16 *)w)[i]);
+    return ((const float *)w)[i];
+}
+
+static void gemm_fx(int type, int n, const void *w, size_t group_bytes, int n_groups,
+                    const float *act, size_t act_stride, int n_act, float *out,
+                    size_t out_stride)
+{
+    for (int g = 0; g < n_groups; g++) {
+        const void *wg = (const char *)w + (size_t)g * group_bytes;
+        for (int j = 0; j < n_act; j++) {
+            const float *a = (const float *)((const char *)act + (size_t)j * act_stride);
+            for (int r = 0; r < 8; r++) {
+                float acc = 0.0f;
+                for (int k = 0; k < n; k++)
+                    acc = fmaf(fx_weight(type, wg, 8 * (size_t)k + (size_t)r), a[k], acc);
+                out[(size_t)j * out_stride + 8 * (size_t)g + (size_t)r] = acc;
+            }
+        }
+    }
+}
+
 static const exsa_cpu_kernels scalar_table = {
     .isa = "scalar",
     .dot = {
@@ -543,6 +571,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q5_0x8 = gemm_q5_0x8,
     .gemm_q5_1x8 = gemm_q5_1x8,
+    .gemm_fx = gemm_fx,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
 
