@@ -317,7 +317,7 @@ static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
 typedef struct {
     const exsa_cpu_kernels *k;
     const exsa_tensor *w;
-    int64_t nb;      /* block columns per group (floats: bytes per group) */
+    size_t group_bytes; /* one 8-row group of the repacked weights */
     const char *act;
     size_t act_stride;
     int n_act;
@@ -325,6 +325,37 @@ typedef struct {
     int chunk_groups;
     float *y;
 } x8_job;
+
+/* The kernel of a repacked block layout (NULL if the table has none). */
+static int x8_has_kernel(const exsa_cpu_kernels *k, int layout)
+{
+    switch (layout) {
+    case EXSA_LAYOUT_Q4_0X8: return k->gemm_q4_0x8 != NULL;
+    case EXSA_LAYOUT_Q4_1X8: return k->gemm_q4_1x8 != NULL;
+    case EXSA_LAYOUT_Q5_0X8: return k->gemm_q5_0x8 != NULL;
+    case EXSA_LAYOUT_Q5_1X8: return k->gemm_q5_1x8 != NULL;
+    case EXSA_LAYOUT_Q4_KX8: return k->gemm_q4_Kx8 != NULL;
+    case EXSA_LAYOUT_FX8: return k->gemm_fx != NULL;
+    default: return 0;
+    }
+}
+
+/* One 8-row group of a repacked block layout against nj activation rows. */
+static void x8_group(const exsa_cpu_kernels *k, int layout, int n, const void *wg,
+                     const char *act, size_t as, int nj, float *y, size_t os)
+{
+    const exsa_block_q8_0s *aq = (const exsa_block_q8_0s *)act;
+    switch (layout) {
+    case EXSA_LAYOUT_Q4_0X8: k->gemm_q4_0x8(n, wg, aq, as, nj, y, os); break;
+    case EXSA_LAYOUT_Q4_1X8: k->gemm_q4_1x8(n, wg, aq, as, nj, y, os); break;
+    case EXSA_LAYOUT_Q5_0X8: k->gemm_q5_0x8(n, wg, aq, as, nj, y, os); break;
+    case EXSA_LAYOUT_Q5_1X8: k->gemm_q5_1x8(n, wg, aq, as, nj, y, os); break;
+    case EXSA_LAYOUT_Q4_KX8:
+        k->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)act, as, nj, y, os);
+        break;
+    default: break;
+    }
+}
 
 static void x8_task(void *vctx, int task, int thread)
 {
@@ -334,55 +365,27 @@ static void x8_task(void *vctx, int task, int thread)
     int tile = task / j->n_chunks, chunk = task % j->n_chunks;
     int j0 = tile * X8_TILE;
     int nj = j->n_act - j0 < X8_TILE ? j->n_act - j0 : X8_TILE;
-    int64_t n_groups = w->n_out / 8, nb = j->nb;
+    int64_t n_groups = w->n_out / 8;
     int64_t g0 = (int64_t)chunk * j->chunk_groups;
     int64_t g1 = g0 + j->chunk_groups < n_groups ? g0 + j->chunk_groups : n_groups;
     const char *act = j->act + (size_t)j0 * j->act_stride;
-    float *y = j->y + (size_t)j0 * (size_t)w->n_out;
+    const char *wd = w->data;
+    const size_t gb = j->group_bytes, os = (size_t)w->n_out;
+    float *y = j->y + (size_t)j0 * os;
     if (w->layout == EXSA_LAYOUT_FX8) {
-        /* nb is the bytes of one group here */
         /* decode: 4 groups give a lone row 4 independent FMA chains;
          * batches: 2 groups x 6 rows keep the tile's weights in L1 */
         const int gmax = nj <= 3 ? 4 : 2;
         for (int64_t g = g0; g < g1; g += gmax) {
             const int ng = g1 - g < gmax ? (int)(g1 - g) : gmax;
-            j->k->gemm_fx(w->type, (int)w->n_in, (const char *)w->data + (size_t)(g * nb),
-                          (size_t)nb, ng, (const float *)act, j->act_stride, nj, y + 8 * g,
-                          (size_t)w->n_out);
+            j->k->gemm_fx(w->type, (int)w->n_in, wd + (size_t)g * gb, gb, ng, (const float *)act,
+                          j->act_stride, nj, y + 8 * g, os);
         }
         return;
     }
-    if (w->layout == EXSA_LAYOUT_Q4_KX8) {
-        const exsa_block_q4_Kx8 *wb = w->data;
-        for (int64_t g = g0; g < g1; g++)
-            j->k->gemm_q4_Kx8((int)w->n_in, wb + g * nb, (const exsa_block_q8_K *)act,
-                              j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
-        return;
-    }
-    const exsa_block_q8_0s *aq = (const exsa_block_q8_0s *)act;
-    const int n = (int)w->n_in;
-    if (w->layout == EXSA_LAYOUT_Q4_1X8) {
-        const exsa_block_q4_1x8 *wb = w->data;
-        for (int64_t g = g0; g < g1; g++)
-            j->k->gemm_q4_1x8(n, wb + g * nb, aq, j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
-        return;
-    }
-    if (w->layout == EXSA_LAYOUT_Q5_0X8) {
-        const exsa_block_q5_0x8 *wb = w->data;
-        for (int64_t g = g0; g < g1; g++)
-            j->k->gemm_q5_0x8(n, wb + g * nb, aq, j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
-        return;
-    }
-    if (w->layout == EXSA_LAYOUT_Q5_1X8) {
-        const exsa_block_q5_1x8 *wb = w->data;
-        for (int64_t g = g0; g < g1; g++)
-            j->k->gemm_q5_1x8(n, wb + g * nb, aq, j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
-        return;
-    }
-    const exsa_block_q4_0x8 *wb = w->data;
     for (int64_t g = g0; g < g1; g++)
-        j->k->gemm_q4_0x8((int)w->n_in, wb + g * nb, (const exsa_block_q8_0s *)act,
-                          j->act_stride, nj, y + 8 * g, (size_t)w->n_out);
+        x8_group(j->k, w->layout, (int)w->n_in, wd + (size_t)g * gb, act, j->act_stride, nj,
+                 y + 8 * g, os);
 }
 
 /* Reserves the activation buffer for as many rows of act_stride bytes as
@@ -410,12 +413,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
     int64_t n_in = w->n_in, n_out = w->n_out;
     const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8, is_f = w->layout == EXSA_LAYOUT_FX8;
     const int64_t block = is_k ? EXSA_QK_K : is_f ? 1 : 32;
-    const int has_gemm = is_f                                 ? c->k->gemm_fx != NULL
-                         : is_k                               ? c->k->gemm_q4_Kx8 != NULL
-                         : w->layout == EXSA_LAYOUT_Q4_1X8 ? c->k->gemm_q4_1x8 != NULL
-                         : w->layout == EXSA_LAYOUT_Q5_0X8 ? c->k->gemm_q5_0x8 != NULL
-                         : w->layout == EXSA_LAYOUT_Q5_1X8 ? c->k->gemm_q5_1x8 != NULL
-                                                           : c->k->gemm_q4_0x8 != NULL;
+    const int has_gemm = x8_has_kernel(c->k, w->layout);
     if (!has_gemm || n_in <= 0 || n_in > INT32_MAX || n_in % block != 0 || n_out % 8 != 0) {
         cpu_fill_nan(y, (int64_t)n_rows * n_out);
         return;
@@ -452,8 +450,9 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
         }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;
-        int64_t nb = is_f ? 8 * n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2) : n_in / block;
-        x8_job d = {c->k, w, nb, act, act_stride, nr, n_chunks, chunk_groups,
+        size_t gb = is_f ? (size_t)8 * (size_t)n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2)
+                         : (size_t)(n_in / block) * exsa_cpu_repacked_col_bytes(w->layout);
+        x8_job d = {c->k, w, gb, act, act_stride, nr, n_chunks, chunk_groups,
                     y + (size_t)r0 * (size_t)n_out};
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
         if (n_tasks > INT32_MAX) {

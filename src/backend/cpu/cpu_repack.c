@@ -139,6 +139,18 @@ static void pack_float(const exsa_tensor *w, char *dst, size_t elem, int64_t ng)
         }
 }
 
+size_t exsa_cpu_repacked_col_bytes(int layout)
+{
+    switch (layout) {
+    case EXSA_LAYOUT_Q4_0X8: return sizeof(exsa_block_q4_0x8);
+    case EXSA_LAYOUT_Q4_1X8: return sizeof(exsa_block_q4_1x8);
+    case EXSA_LAYOUT_Q5_0X8: return sizeof(exsa_block_q5_0x8);
+    case EXSA_LAYOUT_Q5_1X8: return sizeof(exsa_block_q5_1x8);
+    case EXSA_LAYOUT_Q4_KX8: return sizeof(exsa_block_q4_Kx8);
+    default: return 0;
+    }
+}
+
 int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
 {
     *buf = NULL;
