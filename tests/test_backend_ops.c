@@ -323,6 +323,8 @@ static void *maybe_repack(exsa_tensor *t)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q5_0X8);
         if (t->type == EXSA_TYPE_Q5_1 && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q5_1X8);
+        if (t->type == EXSA_TYPE_Q8_0 && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q8_0X8);
     }
     return buf;
 }
@@ -384,6 +386,7 @@ static void test_get_rows(void **state)
     check_get_rows(EXSA_TYPE_Q4_1, 0.15, 16);
     check_get_rows(EXSA_TYPE_Q5_0, 0.1, 16);
     check_get_rows(EXSA_TYPE_Q5_1, 0.1, 16);
+    check_get_rows(EXSA_TYPE_Q8_0, 1e-2, 16);
     check_get_rows(EXSA_TYPE_F32, 0, 16);
     check_get_rows(EXSA_TYPE_F16, 1e-3, 24);
     g_repack = 0;
@@ -428,6 +431,7 @@ static void test_repack_lossless(void **state)
     check_repack_lossless(EXSA_TYPE_Q4_0, 96, 16, EXSA_LAYOUT_Q4_0X8);
     check_repack_lossless(EXSA_TYPE_Q4_1, 96, 16, EXSA_LAYOUT_Q4_1X8);
     check_repack_lossless(EXSA_TYPE_Q5_0, 96, 16, EXSA_LAYOUT_Q5_0X8);
+    check_repack_lossless(EXSA_TYPE_Q8_0, 160, 24, EXSA_LAYOUT_Q8_0X8);
     check_repack_lossless(EXSA_TYPE_F16, 37, 16, EXSA_LAYOUT_FX8);
     check_repack_lossless(EXSA_TYPE_F32, 5, 8, EXSA_LAYOUT_FX8);
     check_repack_lossless(EXSA_TYPE_Q5_1, 160, 24, EXSA_LAYOUT_Q5_1X8);
@@ -633,6 +637,9 @@ static void matmul_shapes(int invariance)
     check_matmul(EXSA_TYPE_Q5_0, 96, 40, invariance);
     check_matmul(EXSA_TYPE_Q5_1, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q5_1, 256, 1024, invariance);
+    check_matmul(EXSA_TYPE_Q8_0, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q8_0, 96, 40, invariance);
+    check_matmul(EXSA_TYPE_Q8_0, 256, 1024, invariance);
     /* Repacked floats: odd lengths, one group, groups not a multiple of
      * the kernel's 2 / 4 per call. */
     check_matmul(EXSA_TYPE_F32, 100, 8, invariance);

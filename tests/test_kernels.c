@@ -626,6 +626,109 @@ static void test_isa_gemm_x8(void **state)
         check_gemm_x8(((const isa_case *)*state)->table, kind);
 }
 
+/* ------------------------------------------------- repacked Q8_0 x 8 */
+
+/* gemm_q8_0x8: the scalar table against an exact double dot; every other
+ * table bit for bit against the scalar one AND against its own row kernel
+ * dot[Q8_0] on the same rows (the repacked layout must not move Q8_0's
+ * logits away from the order the fixtures were made in). The extreme case
+ * (weights -128 / 127, activations +-127) is the largest pair sum. */
+static void check_gemm_q8x8(const exsa_cpu_kernels *isa)
+{
+    static const int sizes[] = {32, 96, 544, 2048};
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 53u;
+        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
+            const int n = sizes[zi], nb = n / 32, max_act = 6;
+            const int extreme = si == 2 && zi == 1;
+            exsa_block_q8_0x8 *w = xmalloc((size_t)nb * sizeof *w);
+            exsa_block_q8_0s *a = xmalloc((size_t)nb * max_act * sizeof *a);
+            /* the same data in GGUF's rows: 8 weight rows, Q8_0 activations */
+            exsa_block_q8_0 *wr = xmalloc((size_t)nb * 8 * sizeof *wr);
+            exsa_block_q8_0 *ar = xmalloc((size_t)nb * max_act * sizeof *ar);
+            for (int b = 0; b < nb; b++)
+                for (int r = 0; r < 8; r++) {
+                    w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                    wr[r * nb + b].d = w[b].d[r];
+                    for (int e = 0; e < 32; e++) {
+                        int v = extreme ? (e % 3 ? -128 : 127)
+                                        : (int)(exsa_test_rand_u64(&rng) % 256) - 128;
+                        w[b].qs[32 * (e / 4) + 4 * r + e % 4] = (int8_t)v;
+                        wr[r * nb + b].qs[e] = (int8_t)v;
+                    }
+                }
+            for (int k = 0; k < nb * max_act; k++) {
+                int32_t sum = 0;
+                ar[k].d = exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(&rng));
+                for (int i = 0; i < 32; i++) {
+                    int v = extreme ? (k % 2 ? -127 : 127)
+                                    : (int)(exsa_test_rand_u64(&rng) % 255) - 127;
+                    a[k].qs[i] = ar[k].qs[i] = (int8_t)v;
+                    sum += v;
+                }
+                a[k].sum = sum;
+                a[k].d = exsa_fp16_to_fp32(ar[k].d);
+            }
+            const size_t as = (size_t)nb * sizeof *a, ars = (size_t)nb * sizeof *ar;
+            for (int n_act = 1; n_act <= max_act; n_act++) {
+                float got[6 * 8], want[6 * 8], rows[6 * 8];
+                ref->gemm_q8_0x8(n, w, a, as, n_act, want, 8);
+                if (isa) {
+                    isa->gemm_q8_0x8(n, w, a, as, n_act, got, 8);
+                    for (int r = 0; r < 8; r++)
+                        isa->dot[EXSA_TYPE_Q8_0](n, wr + (size_t)r * nb, ar, ars, n_act,
+                                                 rows + r, 8);
+                    for (int i = 0; i < 8 * n_act; i++) {
+                        if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+                            fail_msg("%s gemm_q8_0x8 n=%d n_act=%d out %d: %.9g, scalar %.9g",
+                                     isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+                        if (memcmp(&got[i], &rows[i], sizeof got[i]) != 0)
+                            fail_msg("%s gemm_q8_0x8 n=%d n_act=%d out %d: %.9g, row kernel %.9g",
+                                     isa->isa, n, n_act, i, (double)got[i], (double)rows[i]);
+                    }
+                    continue;
+                }
+                for (int j = 0; j < n_act; j++)
+                    for (int r = 0; r < 8; r++) {
+                        double dot = 0, mag = 0;
+                        for (int b = 0; b < nb; b++) {
+                            const exsa_block_q8_0s *ab = &a[(size_t)j * nb + b];
+                            const double dw = exsa_fp16_to_fp32(w[b].d[r]);
+                            for (int e = 0; e < 32; e++) {
+                                double t = dw * w[b].qs[32 * (e / 4) + 4 * r + e % 4] *
+                                           ((double)ab->d * ab->qs[e]);
+                                dot += t;
+                                mag += fabs(t);
+                            }
+                        }
+                        double g = want[j * 8 + r];
+                        if (!(fabs(g - dot) <= 1e-5 * mag + 1e-30))
+                            fail_msg("scalar gemm_q8_0x8 n=%d row %d act %d: %.9g vs exact %.9g",
+                                     n, r, j, g, dot);
+                    }
+            }
+            free(w);
+            free(a);
+            free(wr);
+            free(ar);
+        }
+    }
+}
+
+static void test_scalar_gemm_q8x8(void **state)
+{
+    (void)state;
+    check_gemm_q8x8(NULL);
+}
+
+static void test_isa_gemm_q8x8(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_gemm_q8x8(((const isa_case *)*state)->table);
+}
+
 /* ------------------------------------------------- repacked floats x 8 */
 
 /* gemm_fx: scalar against an exact double dot, other tables bit for bit
@@ -1016,6 +1119,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[2]),
+        cmocka_unit_test(test_scalar_gemm_q8x8),
+        cmocka_unit_test_prestate(test_isa_gemm_q8x8, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_gemm_q8x8, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_gemm_q8x8, &isa_cases[2]),
         cmocka_unit_test(test_scalar_gemm_kx8),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[1]),

@@ -336,6 +336,7 @@ static int x8_has_kernel(const exsa_cpu_kernels *k, int layout)
     case EXSA_LAYOUT_Q5_1X8: return k->gemm_q5_1x8 != NULL;
     case EXSA_LAYOUT_Q4_KX8: return k->gemm_q4_Kx8 != NULL;
     case EXSA_LAYOUT_FX8: return k->gemm_fx != NULL;
+    case EXSA_LAYOUT_Q8_0X8: return k->gemm_q8_0x8 != NULL;
     default: return 0;
     }
 }
@@ -350,6 +351,7 @@ static void x8_group(const exsa_cpu_kernels *k, int layout, int n, const void *w
     case EXSA_LAYOUT_Q4_1X8: k->gemm_q4_1x8(n, wg, aq, as, nj, y, os); break;
     case EXSA_LAYOUT_Q5_0X8: k->gemm_q5_0x8(n, wg, aq, as, nj, y, os); break;
     case EXSA_LAYOUT_Q5_1X8: k->gemm_q5_1x8(n, wg, aq, as, nj, y, os); break;
+    case EXSA_LAYOUT_Q8_0X8: k->gemm_q8_0x8(n, wg, aq, as, nj, y, os); break;
     case EXSA_LAYOUT_Q4_KX8:
         k->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)act, as, nj, y, os);
         break;

@@ -1,9 +1,9 @@
 /* Weight repacking for the CPU kernels (kernels.h describes the layouts).
  *
  * Done once at model load, on the load thread: an F32, F16, BF16, Q4_0,
- * Q4_1, Q5_0, Q5_1 or Q4_K matrix of n_out rows becomes n_out / 8 groups of
- * interleaved columns. All but Q4_K keep their byte count; Q4_K grows by 2.8% (its 6-bit scales and mins are
- * unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
+ * Q4_1, Q5_0, Q5_1, Q8_0 or Q4_K matrix of n_out rows becomes n_out / 8
+ * groups of interleaved columns. All but Q4_K keep their byte count; Q4_K
+ * grows by 2.8% (its 6-bit scales and mins are unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
  * the GGUF bytes exactly.
  */
 #include "backend/cpu/cpu_repack.h"
@@ -25,6 +25,22 @@ static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, 
                 o->d[r] = src[b].d;
                 for (int j = 0; j < 4; j++)
                     memcpy(o->qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+            }
+        }
+    }
+}
+
+static void pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, int64_t ng)
+{
+    for (int64_t g = 0; g < ng; g++) {
+        for (int r = 0; r < 8; r++) {
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            const exsa_block_q8_0 *src = (const exsa_block_q8_0 *)row;
+            for (int64_t b = 0; b < nb; b++) {
+                exsa_block_q8_0x8 *o = &dst[g * nb + b];
+                o->d[r] = src[b].d;
+                for (int k = 0; k < 8; k++)
+                    memcpy(o->qs + 32 * k + 4 * r, src[b].qs + 4 * k, 4);
             }
         }
     }
@@ -147,6 +163,7 @@ size_t exsa_cpu_repacked_col_bytes(int layout)
     case EXSA_LAYOUT_Q5_0X8: return sizeof(exsa_block_q5_0x8);
     case EXSA_LAYOUT_Q5_1X8: return sizeof(exsa_block_q5_1x8);
     case EXSA_LAYOUT_Q4_KX8: return sizeof(exsa_block_q4_Kx8);
+    case EXSA_LAYOUT_Q8_0X8: return sizeof(exsa_block_q8_0x8);
     default: return 0;
     }
 }
@@ -168,6 +185,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q4_1x8);
+    } else if (w->type == EXSA_TYPE_Q8_0 && w->n_in % 32 == 0) {
+        block = 32;
+        col_bytes = sizeof(exsa_block_q8_0x8);
     } else if (w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||
                w->type == EXSA_TYPE_BF16) {
         block = 1;
@@ -196,6 +216,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     if (w->type == EXSA_TYPE_Q4_0) {
         pack_q4_0(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_0X8;
+    } else if (w->type == EXSA_TYPE_Q8_0) {
+        pack_q8_0(w, dst, nb, ng);
+        w->layout = EXSA_LAYOUT_Q8_0X8;
     } else if (w->type == EXSA_TYPE_Q4_1) {
         pack_q4_1(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_1X8;
@@ -261,6 +284,16 @@ void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
         return;
     }
     const int64_t nb = w->n_in / 32;
+    if (w->layout == EXSA_LAYOUT_Q8_0X8) {
+        const exsa_block_q8_0x8 *g = (const exsa_block_q8_0x8 *)w->data + (row / 8) * nb;
+        exsa_block_q8_0 *dst = out;
+        for (int64_t b = 0; b < nb; b++) {
+            dst[b].d = g[b].d[r];
+            for (int k = 0; k < 8; k++)
+                memcpy(dst[b].qs + 4 * k, g[b].qs + 32 * k + 4 * r, 4);
+        }
+        return;
+    }
     if (w->layout == EXSA_LAYOUT_Q4_1X8) {
         const exsa_block_q4_1x8 *g = (const exsa_block_q4_1x8 *)w->data + (row / 8) * nb;
         exsa_block_q4_1 *dst = out;

@@ -94,6 +94,24 @@ typedef void (*exsa_gemm_q5_1x8_fn)(int n, const exsa_block_q5_1x8 *w,
                                     const exsa_block_q8_0s *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
+/* Q8_0 weights repacked 8 rows at a time: the 8 scales, then for lane
+ * k = 0..7 the 4 values qs[4k..4k+3] of each row in turn, so that one 32-byte
+ * load holds lane k of the 8 rows. Same 272 bytes as 8 Q8_0 blocks. */
+typedef struct {
+    exsa_fp16 d[8];
+    int8_t qs[256];
+} exsa_block_q8_0x8;
+
+/* out[j * out_stride + r] = dot(row r of the group, act row j) in the order
+ * of the AVX2 row kernel (and of llama.cpp's Q8_0 kernels, whose logits the
+ * fixtures hold to a tight bound): per output, 8 lane accumulators, lane k
+ * taking the exact int sum of elements 4k..4k+3 of each block,
+ *   acc[k] = fmaf((float)lane_sum, d_w * d_a, acc[k])   (blocks in order)
+ * then ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)). */
+typedef void (*exsa_gemm_q8_0x8_fn)(int n, const exsa_block_q8_0x8 *w,
+                                    const exsa_block_q8_0s *act, size_t act_stride, int n_act,
+                                    float *out, size_t out_stride);
+
 /* F32 / F16 / BF16 weights repacked 8 rows at a time: a group is element
  * k of its 8 rows side by side (8 values), k = 0..n-1, group_bytes long.
  * gemm_fx computes n_groups consecutive groups (1..4) at once:
@@ -162,6 +180,7 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_q5_0x8_fn gemm_q5_0x8;
     exsa_gemm_q5_1x8_fn gemm_q5_1x8;
     exsa_gemm_fx_fn gemm_fx;
+    exsa_gemm_q8_0x8_fn gemm_q8_0x8;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

@@ -480,6 +480,31 @@ static void gemm_q5_1x8(int n, const exsa_block_q5_1x8 *w, const exsa_block_q8_0
     gemm_qx8(3, n, w, act, act_stride, n_act, out, out_stride);
 }
 
+/* The reference of the repacked Q8_0 kernel (kernels.h): 8 lane
+ * accumulators per output, combined as hsum_ps does in the AVX2 files. */
+static void gemm_q8_0x8(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0s *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / 32;
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
+        for (int r = 0; r < 8; r++) {
+            float acc[8] = {0};
+            for (int b = 0; b < nb; b++) {
+                const float d = h2f(w[b].d[r]) * a[b].d;
+                for (int k = 0; k < 8; k++) {
+                    int32_t lane = 0;
+                    for (int t = 0; t < 4; t++)
+                        lane += w[b].qs[32 * k + 4 * r + t] * a[b].qs[4 * k + t];
+                    acc[k] = fmaf((float)lane, d, acc[k]);
+                }
+            }
+            out[(size_t)j * out_stride + (size_t)r] =
+                ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+        }
+    }
+}
+
 /* The reference of the repacked Q4_K kernel (kernels.h): exact integer
  * sums per super-block (activation sums from the quants, not from bsums),
  * then two fused multiply-adds per super-block per output. */
@@ -571,6 +596,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_q4_1x8 = gemm_q4_1x8,
     .gemm_q5_0x8 = gemm_q5_0x8,
     .gemm_q5_1x8 = gemm_q5_1x8,
+    .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
 };
