@@ -10,7 +10,16 @@ reads (`stream_bytes` of exsa bench: the weights, less token_embd when the
 model has a separate output matrix).
 
   bench/compare.py --llama-bench /path/to/llama-bench [--threads 2] [--rounds 2]
-      [--reps 3] [--pp 512] [--tg 128] MODEL.gguf [MODEL.gguf ...]
+      [--reps 3] [--pp 512] [--tg 128] [--batched 8,32 [--llama-batched-bench PATH]
+      [--batched-pp 128] [--batched-tg 128] [--only-batched]] MODEL.gguf [MODEL.gguf ...]
+
+--batched adds batched decode: B sequences of --batched-pp prompt tokens
+each generating --batched-tg tokens, through Exsa's serving engine (`exsa
+bench --concurrency B --requests 1`: "decode t/s" sums each sequence's tokens
+after its first over the time they took) against llama-batched-bench's S_TG
+(B * tg / time of the generation phase), plus both engines' end-to-end t/s
+(generated tokens over the whole run for Exsa; S = all tokens over the whole
+run for llama-batched-bench, which counts the prompt too).
 
 Without --llama-bench only Exsa runs. Standard library only."""
 import argparse
@@ -35,6 +44,48 @@ def bandwidth(membw, threads):
     return None
 
 
+def cpu_model():
+    """model name, family and model numbers (a hypervisor may hide the name)."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k in ("model name", "cpu family", "model") and k not in info:
+                    info[k] = v.strip()
+    except OSError:
+        pass
+    return "%s (family %s, model %s)" % (info.get("model name", "unknown"),
+                                        info.get("cpu family", "?"), info.get("model", "?"))
+
+
+def run_jsonl(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def batched(a, m, rnd, brows):
+    levels = [int(x) for x in a.batched.split(",")]
+    ex = run_json([a.exsa, "bench", "-m", m, "--json", "-t", str(a.threads), "--concurrency",
+                   a.batched, "--prompt", str(a.batched_pp), "--gen", str(a.batched_tg),
+                   "--requests", "1"])
+    ll = []
+    if a.llama_batched_bench:
+        ctx = max(levels) * (a.batched_pp + a.batched_tg) + 64
+        ll = run_jsonl([a.llama_batched_bench, "-m", m, "-t", str(a.threads), "-c", str(ctx),
+                        "-b", "2048", "-ub", "512", "-npp", str(a.batched_pp), "-ntg",
+                        str(a.batched_tg), "-npl", a.batched, "--output-format", "jsonl"])
+    for e in ex:
+        b = e["concurrency"]
+        l = next((x for x in ll if x["pl"] == b), None)
+        brows.append((rnd, os.path.basename(m), b, e["decode_tps"], l["speed_tg"] if l else None,
+                      e["gen_tps"], l["speed"] if l else None))
+        print("  %s batched %d: exsa decode %.1f llama.cpp S_TG %s" % (
+            os.path.basename(m), b, e["decode_tps"], "%.1f" % l["speed_tg"] if l else "-"),
+            file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("models", nargs="+")
@@ -46,13 +97,22 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--batched", default=None)
+    ap.add_argument("--llama-batched-bench", default=os.environ.get("LLAMA_BATCHED_BENCH"))
+    ap.add_argument("--batched-pp", type=int, default=128)
+    ap.add_argument("--batched-tg", type=int, default=128)
+    ap.add_argument("--only-batched", action="store_true")
     a = ap.parse_args()
     common = ["-t", str(a.threads), "-p", str(a.pp), "-n", str(a.tg), "-r", str(a.reps)]
-    rows = []
+    rows, brows = [], []
     for rnd in range(1, a.rounds + 1):
         bw = bandwidth(a.membw, a.threads)
         print("round %d: read bandwidth %.1f GB/s" % (rnd, bw), file=sys.stderr)
         for m in a.models:
+            if a.batched:
+                batched(a, m, rnd, brows)
+            if a.only_batched:
+                continue
             ex = run_json([a.exsa, "bench", "-m", m, "--json"] + common)
             ll = []
             if a.llama_bench:
@@ -65,6 +125,19 @@ def main():
                 rows.append((rnd, os.path.basename(m), test, e["avg_ts"], lt, bw, roof))
                 print("  %s %s: exsa %.2f llama.cpp %s" % (os.path.basename(m), test, e["avg_ts"],
                       "%.2f" % lt if lt else "-"), file=sys.stderr)
+    print("CPU: %s, %d threads" % (cpu_model(), a.threads))
+    print()
+    if brows:
+        print("| round | model | sequences | Exsa decode t/s | llama.cpp S_TG t/s | ratio "
+              "| Exsa end-to-end gen t/s | llama.cpp S t/s |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        for rnd, m, b, ed, ld, ee, le in brows:
+            print("| %d | %s | %d | %.1f | %s | %s | %.1f | %s |" % (
+                rnd, m, b, ed, "%.1f" % ld if ld else "-", "%.2f" % (ed / ld) if ld else "-", ee,
+                "%.1f" % le if le else "-"))
+        print()
+    if a.only_batched:
+        return
     print("| round | model | test | Exsa t/s | llama.cpp t/s | ratio | read GB/s "
           "| roofline t/s | Exsa % of roofline |")
     print("|---:|---|---|---:|---:|---:|---:|---:|---:|")

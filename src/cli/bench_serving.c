@@ -23,6 +23,8 @@ typedef struct client {
     int id, n_req, n_prompt, n_gen, n_shared, n_vocab;
     double *ttft, *itl; /* [n_req], [n_req * n_gen] ms */
     int n_itl, failed, generated;
+    double decode_ms; /* first to last token, summed over requests */
+    int decode_tokens; /* tokens after the first */
     int done; /* set (atomically) when the thread ends */
     char err[sizeof(((exsa_err *)0)->msg)];
 } client;
@@ -64,8 +66,11 @@ static void *client_main(void *arg)
             if (ev.type == EXSA_EVENT_TOKEN) {
                 if (n == 0)
                     c->ttft[r] = (double)(now - t0) / 1e6;
-                else
+                else {
                     c->itl[c->n_itl++] = (double)(now - last) / 1e6;
+                    c->decode_ms += (double)(now - last) / 1e6;
+                    c->decode_tokens++;
+                }
                 last = now;
                 n++;
             } else {
@@ -125,9 +130,9 @@ int exsa_bench_serving(const char *path, const char *levels, int n_prompt, int n
     if (json)
         printf("[\n");
     else
-        printf("| clients | requests | gen t/s | ttft p50 ms | ttft p99 ms | itl p50 ms | "
-               "itl p99 ms | kv peak blocks | prefix hit tokens | failed |\n"
-               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+        printf("| clients | requests | gen t/s | decode t/s | ttft p50 ms | ttft p99 ms | "
+               "itl p50 ms | itl p99 ms | kv peak blocks | prefix hit tokens | failed |\n"
+               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (int l = 0; l < n_lv; l++) {
         int C = lv[l];
         exsa_engine_params ep;
@@ -186,21 +191,29 @@ int exsa_bench_serving(const char *path, const char *levels, int n_prompt, int n
             failed += cs[i].failed;
         }
         double tps = gen / wall;
+        /* Decode speed as llama-batched-bench's S_TG counts it: each client's
+         * tokens after its first over the time they took, summed (clients
+         * decode side by side in one batch). */
+        double dtps = 0;
+        for (int i = 0; i < C; i++)
+            if (cs[i].decode_ms > 0)
+                dtps += cs[i].decode_tokens / (cs[i].decode_ms / 1e3);
         double t50 = ttft ? pct(ttft, total_req, 50) : 0, t99 = ttft ? pct(ttft, total_req, 99) : 0;
         double i50 = itl ? pct(itl, n_itl, 50) : 0, i99 = itl ? pct(itl, n_itl, 99) : 0;
         if (json)
             printf("%s  {\"test\": \"serve\", \"concurrency\": %d, \"requests\": %d, "
                    "\"n_prompt\": %d, \"n_gen\": %d, \"shared_prefix\": %d, \"gen_tps\": %.3f, "
+                   "\"decode_tps\": %.3f, "
                    "\"ttft_ms_p50\": %.3f, \"ttft_ms_p99\": %.3f, \"itl_ms_p50\": %.3f, "
                    "\"itl_ms_p99\": %.3f, \"kv_blocks_peak\": %d, \"kv_blocks_total\": %d, "
                    "\"block_size\": %d, \"prefix_hit_tokens\": %lld, \"preemptions\": %lld, "
                    "\"failed\": %d, \"wall_s\": %.3f}",
-                   l ? ",\n" : "", C, total_req, n_prompt, n_gen, n_shared, tps, t50, t99, i50,
+                   l ? ",\n" : "", C, total_req, n_prompt, n_gen, n_shared, tps, dtps, t50, t99, i50,
                    i99, peak, st.kv_blocks_total, st.block_size,
                    (long long)st.prefix_hit_tokens, (long long)st.preemptions, failed, wall);
         else
-            printf("| %d | %d | %.1f | %.1f | %.1f | %.2f | %.2f | %d / %d | %lld | %d |\n", C,
-                   total_req, tps, t50, t99, i50, i99, peak, st.kv_blocks_total,
+            printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %d / %d | %lld | %d |\n",
+                   C, total_req, tps, dtps, t50, t99, i50, i99, peak, st.kv_blocks_total,
                    (long long)st.prefix_hit_tokens, failed);
         fflush(stdout);
         for (int i = 0; i < C; i++) {
