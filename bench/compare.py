@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Side by side: `exsa bench` and llama.cpp's llama-bench on the same model
 files, runs interleaved (exsa, llama.cpp, exsa, ... per file and round), the
-read bandwidth measured at the start of every round, and one table:
+read bandwidth measured just before every file's runs (it swings by 30%
+within minutes on a shared machine), and one table:
 
   model | test | Exsa t/s | llama.cpp t/s | ratio | read GB/s | roofline t/s | Exsa % of roofline
 
@@ -106,9 +107,10 @@ def main():
     common = ["-t", str(a.threads), "-p", str(a.pp), "-n", str(a.tg), "-r", str(a.reps)]
     rows, brows = [], []
     for rnd in range(1, a.rounds + 1):
-        bw = bandwidth(a.membw, a.threads)
-        print("round %d: read bandwidth %.1f GB/s" % (rnd, bw), file=sys.stderr)
         for m in a.models:
+            bw = bandwidth(a.membw, a.threads)
+            print("round %d, %s: read bandwidth %.1f GB/s" % (rnd, os.path.basename(m), bw),
+                  file=sys.stderr)
             if a.batched:
                 batched(a, m, rnd, brows)
             if a.only_batched:
