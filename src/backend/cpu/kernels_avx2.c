@@ -795,43 +795,8 @@ INLINE void q5_1x8_rows(int nb, const exsa_block_q5_1x8 *w, const exsa_block_q8_
     qx8_rows(nb, w, 3, a, R, out, os);
 }
 
-/* Repacked Q8_0 (kernels.h): one activation row at a time against the 8
- * rows; the 8 lane accumulators are 8 independent FMA chains (the row
- * kernel has one per row and waits on its latency), and one scale vector
- * serves 8 outputs. Batches re-read the group from L1/L2 per row: the 8
- * accumulators per activation row leave no registers to share a weight
- * load between rows. */
-static void gemm_q8_0x8(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0s *act,
-                        size_t act_stride, int n_act, float *out, size_t out_stride)
-{
-    const int nb = n / 32;
-    for (int j = 0; j < n_act; j++) {
-        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
-        __m256 acc[8];
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++)
-            acc[k] = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d)),
-                                           _mm256_set1_ps(a[b].d));
-#pragma GCC unroll 8
-            for (int k = 0; k < 8; k++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
-                int32_t quad;
-                memcpy(&quad, a[b].qs + 4 * k, 4);
-                const __m256i y = _mm256_sign_epi8(_mm256_set1_epi32(quad), x);
-                const __m256i p = dot_u8s8(_mm256_sign_epi8(x, x), y);
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[k]);
-            }
-        }
-        /* hsum_ps's tree, lane by lane */
-        const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[4]),
-                                                     _mm256_add_ps(acc[2], acc[6])),
-                                       _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]),
-                                                     _mm256_add_ps(acc[3], acc[7])));
-        _mm256_storeu_ps(out + (size_t)j * out_stride, s);
-    }
-}
+/* Repacked Q8_0 (kernels.h; the row kernel's order, bit for bit). */
+EXSA_Q8X8_GEMM(gemm_q8_0x8, dot_u8s8)
 
 EXSA_X8_DRIVER(gemm_q4_0x8, exsa_block_q4_0x8, exsa_block_q8_0s, 32, q4_0x8_rows)
 EXSA_X8_DRIVER(gemm_q4_1x8, exsa_block_q4_1x8, exsa_block_q8_0s, 32, q4_1x8_rows)

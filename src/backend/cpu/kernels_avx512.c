@@ -612,39 +612,14 @@ INLINE void q4_0x8_rows_vnni(int nb, const exsa_block_q4_0x8 *w,
 EXSA_X8_DRIVER(gemm_q4_0x8_vnni, exsa_block_q4_0x8, exsa_block_q8_0s, 32, q4_0x8_rows_vnni)
 
 /* Repacked Q8_0 (kernels.h) with vpdpbusd: one instruction gives lane k's
- * exact sum of 4 products for the 8 rows (|w| x sign-adjusted activation,
- * as in the AVX2 form), so the bits are the scalar reference's. */
-static void gemm_q8_0x8_vnni(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0s *act,
-                             size_t act_stride, int n_act, float *out, size_t out_stride)
+ * exact sum of 4 products for the 8 rows, so the bits are the scalar
+ * reference's. */
+INLINE __m256i dot_u8s8_vnni(__m256i u, __m256i s)
 {
-    const int nb = n / 32;
-    for (int j = 0; j < n_act; j++) {
-        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
-        __m256 acc[8];
-#pragma GCC unroll 8
-        for (int k = 0; k < 8; k++)
-            acc[k] = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d)),
-                                           _mm256_set1_ps(a[b].d));
-#pragma GCC unroll 8
-            for (int k = 0; k < 8; k++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
-                int32_t quad;
-                memcpy(&quad, a[b].qs + 4 * k, 4);
-                const __m256i y = _mm256_sign_epi8(_mm256_set1_epi32(quad), x);
-                const __m256i p =
-                    _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(x), y);
-                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[k]);
-            }
-        }
-        const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[4]),
-                                                     _mm256_add_ps(acc[2], acc[6])),
-                                       _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]),
-                                                     _mm256_add_ps(acc[3], acc[7])));
-        _mm256_storeu_ps(out + (size_t)j * out_stride, s);
-    }
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
 }
+
+EXSA_Q8X8_GEMM(gemm_q8_0x8_vnni, dot_u8s8_vnni)
 
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
