@@ -402,6 +402,18 @@ static void check_repack_lossless(int type, int n_in, int n_out, int want_layout
     unsigned char *data = xmalloc(rb * (size_t)n_out);
     for (size_t i = 0; i < rb * (size_t)n_out; i++)
         data[i] = (unsigned char)exsa_test_rand_u64(&g_rng);
+    if (type == EXSA_TYPE_Q8_0) {
+        /* Q8_0X8 holds -127..127 (kernels.h): a -128 anywhere keeps the
+         * row layout, so the layout case has none and the other has one */
+        exsa_block_q8_0 *blk = (exsa_block_q8_0 *)data;
+        const size_t n_blk = rb * (size_t)n_out / sizeof *blk;
+        for (size_t b = 0; b < n_blk; b++)
+            for (int i = 0; i < 32; i++)
+                if (blk[b].qs[i] == INT8_MIN)
+                    blk[b].qs[i] = INT8_MIN + 1;
+        if (want_layout == EXSA_LAYOUT_ROWS)
+            blk[n_blk - 1].qs[31] = INT8_MIN;
+    }
     exsa_tensor t = {"w", type, n_in, n_out, rb, data, EXSA_LAYOUT_ROWS};
     void *buf = NULL;
     assert_int_equal(exsa_cpu_repack(&t, &buf, NULL), 0);
@@ -432,6 +444,7 @@ static void test_repack_lossless(void **state)
     check_repack_lossless(EXSA_TYPE_Q4_1, 96, 16, EXSA_LAYOUT_Q4_1X8);
     check_repack_lossless(EXSA_TYPE_Q5_0, 96, 16, EXSA_LAYOUT_Q5_0X8);
     check_repack_lossless(EXSA_TYPE_Q8_0, 160, 24, EXSA_LAYOUT_Q8_0X8);
+    check_repack_lossless(EXSA_TYPE_Q8_0, 160, 24, EXSA_LAYOUT_ROWS); /* holds a -128 */
     check_repack_lossless(EXSA_TYPE_F16, 37, 16, EXSA_LAYOUT_FX8);
     check_repack_lossless(EXSA_TYPE_F32, 5, 8, EXSA_LAYOUT_FX8);
     check_repack_lossless(EXSA_TYPE_Q5_1, 160, 24, EXSA_LAYOUT_Q5_1X8);

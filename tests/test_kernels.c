@@ -631,8 +631,10 @@ static void test_isa_gemm_x8(void **state)
 /* gemm_q8_0x8: the scalar table against an exact double dot; every other
  * table bit for bit against the scalar one AND against its own row kernel
  * dot[Q8_0] on the same rows (the repacked layout must not move Q8_0's
- * logits away from the order the fixtures were made in). The extreme case
- * (weights -128 / 127, activations +-127) is the largest pair sum. */
+ * logits away from the order the fixtures were made in). Weights span
+ * -127..127, the range the layout takes (-128 stays in row layout, see
+ * test_backend_ops); the extreme case (weights and activations +-127) is
+ * the largest pair sum. */
 static void check_gemm_q8x8(const exsa_cpu_kernels *isa)
 {
     static const int sizes[] = {32, 96, 544, 2048};
@@ -643,7 +645,7 @@ static void check_gemm_q8x8(const exsa_cpu_kernels *isa)
             const int n = sizes[zi], nb = n / 32, max_act = 6;
             const int extreme = si == 2 && zi == 1;
             exsa_block_q8_0x8 *w = xmalloc((size_t)nb * sizeof *w);
-            exsa_block_q8_0s *a = xmalloc((size_t)nb * max_act * sizeof *a);
+            exsa_block_q8_0a *a = xmalloc((size_t)nb * max_act * sizeof *a);
             /* the same data in GGUF's rows: 8 weight rows, Q8_0 activations */
             exsa_block_q8_0 *wr = xmalloc((size_t)nb * 8 * sizeof *wr);
             exsa_block_q8_0 *ar = xmalloc((size_t)nb * max_act * sizeof *ar);
@@ -652,22 +654,20 @@ static void check_gemm_q8x8(const exsa_cpu_kernels *isa)
                     w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
                     wr[r * nb + b].d = w[b].d[r];
                     for (int e = 0; e < 32; e++) {
-                        int v = extreme ? (e % 3 ? -128 : 127)
-                                        : (int)(exsa_test_rand_u64(&rng) % 256) - 128;
+                        int v = extreme ? (e % 3 ? -127 : 127)
+                                        : (int)(exsa_test_rand_u64(&rng) % 255) - 127;
                         w[b].qs[32 * (e / 4) + 4 * r + e % 4] = (int8_t)v;
                         wr[r * nb + b].qs[e] = (int8_t)v;
                     }
                 }
             for (int k = 0; k < nb * max_act; k++) {
-                int32_t sum = 0;
                 ar[k].d = exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(&rng));
                 for (int i = 0; i < 32; i++) {
                     int v = extreme ? (k % 2 ? -127 : 127)
                                     : (int)(exsa_test_rand_u64(&rng) % 255) - 127;
                     a[k].qs[i] = ar[k].qs[i] = (int8_t)v;
-                    sum += v;
+                    a[k].aqs[i] = (uint8_t)(v < 0 ? -v : v);
                 }
-                a[k].sum = sum;
                 a[k].d = exsa_fp16_to_fp32(ar[k].d);
             }
             const size_t as = (size_t)nb * sizeof *a, ars = (size_t)nb * sizeof *ar;
@@ -693,7 +693,7 @@ static void check_gemm_q8x8(const exsa_cpu_kernels *isa)
                     for (int r = 0; r < 8; r++) {
                         double dot = 0, mag = 0;
                         for (int b = 0; b < nb; b++) {
-                            const exsa_block_q8_0s *ab = &a[(size_t)j * nb + b];
+                            const exsa_block_q8_0a *ab = &a[(size_t)j * nb + b];
                             const double dw = exsa_fp16_to_fp32(w[b].d[r]);
                             for (int e = 0; e < 32; e++) {
                                 double t = dw * w[b].qs[32 * (e / 4) + 4 * r + e % 4] *

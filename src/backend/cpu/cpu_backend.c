@@ -285,13 +285,16 @@ static void dot_task(void *vctx, int task, int thread)
                nj, y + o, (size_t)w->n_out);
 }
 
-/* Activation rows for the repacked kernels: Q8_0 with float scale and sum. */
+/* Activation rows for the repacked kernels: Q8_0 with the scale as float,
+ * plus the sum of the values (exsa_block_q8_0s, for the Q4_x/Q5_x offsets)
+ * or their magnitudes (exsa_block_q8_0a, for repacked Q8_0). */
 typedef struct {
     void (*quant)(const float *x, void *y, int64_t n);
     const float *x;
     int64_t n_in;
     char *act;
     size_t act_stride;
+    int with_abs;
 } q8s_job;
 
 static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
@@ -299,17 +302,26 @@ static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
     (void)thread;
     q8s_job *j = vctx;
     for (int64_t r = begin; r < end; r++) {
-        exsa_block_q8_0s *dst = (exsa_block_q8_0s *)(j->act + (size_t)r * j->act_stride);
+        char *row = j->act + (size_t)r * j->act_stride;
         const float *x = j->x + r * j->n_in;
         for (int64_t b = 0; b < j->n_in / 32; b++) {
             exsa_block_q8_0 q;
             j->quant(x + 32 * b, &q, 32);
+            if (j->with_abs) {
+                exsa_block_q8_0a *dst = (exsa_block_q8_0a *)row + b;
+                dst->d = exsa_fp16_to_fp32(q.d);
+                memcpy(dst->qs, q.qs, 32);
+                for (int i = 0; i < 32; i++)
+                    dst->aqs[i] = (uint8_t)(q.qs[i] < 0 ? -q.qs[i] : q.qs[i]);
+                continue;
+            }
+            exsa_block_q8_0s *dst = (exsa_block_q8_0s *)row + b;
             int32_t sum = 0;
             for (int i = 0; i < 32; i++)
                 sum += q.qs[i];
-            dst[b].d = exsa_fp16_to_fp32(q.d);
-            dst[b].sum = sum;
-            memcpy(dst[b].qs, q.qs, 32);
+            dst->d = exsa_fp16_to_fp32(q.d);
+            dst->sum = sum;
+            memcpy(dst->qs, q.qs, 32);
         }
     }
 }
@@ -351,7 +363,9 @@ static void x8_group(const exsa_cpu_kernels *k, int layout, int n, const void *w
     case EXSA_LAYOUT_Q4_1X8: k->gemm_q4_1x8(n, wg, aq, as, nj, y, os); break;
     case EXSA_LAYOUT_Q5_0X8: k->gemm_q5_0x8(n, wg, aq, as, nj, y, os); break;
     case EXSA_LAYOUT_Q5_1X8: k->gemm_q5_1x8(n, wg, aq, as, nj, y, os); break;
-    case EXSA_LAYOUT_Q8_0X8: k->gemm_q8_0x8(n, wg, aq, as, nj, y, os); break;
+    case EXSA_LAYOUT_Q8_0X8:
+        k->gemm_q8_0x8(n, wg, (const exsa_block_q8_0a *)act, as, nj, y, os);
+        break;
     case EXSA_LAYOUT_Q4_KX8:
         k->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)act, as, nj, y, os);
         break;
@@ -414,6 +428,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
 {
     int64_t n_in = w->n_in, n_out = w->n_out;
     const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8, is_f = w->layout == EXSA_LAYOUT_FX8;
+    const int is_q8 = w->layout == EXSA_LAYOUT_Q8_0X8;
     const int64_t block = is_k ? EXSA_QK_K : is_f ? 1 : 32;
     const int has_gemm = x8_has_kernel(c->k, w->layout);
     if (!has_gemm || n_in <= 0 || n_in > INT32_MAX || n_in % block != 0 || n_out % 8 != 0) {
@@ -423,7 +438,8 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
     /* Float weights take the float rows as they are. */
     size_t act_stride = is_f   ? (size_t)n_in * sizeof(float)
                         : is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
-                               : (size_t)(n_in / 32) * sizeof(exsa_block_q8_0s);
+                               : (size_t)(n_in / 32) * (is_q8 ? sizeof(exsa_block_q8_0a)
+                                                               : sizeof(exsa_block_q8_0s));
     if (!is_f)
         act_stride = (act_stride + 63) & ~(size_t)63;
     int rows_per_pass = is_f ? n_rows : act_rows_per_pass(c, act_stride, n_rows);
@@ -448,7 +464,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
             quant_job q = {c->k->quantize_q8_K, xr, n_in, c->act, act_stride};
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
         } else {
-            q8s_job q = {c->k->quantize_q8_0, xr, n_in, c->act, act_stride};
+            q8s_job q = {c->k->quantize_q8_0, xr, n_in, c->act, act_stride, is_q8};
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
         }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;

@@ -46,6 +46,23 @@ static void pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, 
     }
 }
 
+/* A Q8_0 value of -128 (llama.cpp's quantizer never writes one, a file
+ * may): the repacked kernel negates weights (kernels.h, exsa_block_q8_0a),
+ * so such a tensor keeps the row layout, whose kernel takes any value. */
+static int q8_0_has_min_value(const exsa_tensor *w)
+{
+    const int64_t nb = w->n_in / 32;
+    for (int64_t o = 0; o < w->n_out; o++) {
+        const exsa_block_q8_0 *src =
+            (const exsa_block_q8_0 *)((const char *)w->data + (size_t)o * w->row_bytes);
+        for (int64_t b = 0; b < nb; b++)
+            for (int i = 0; i < 32; i++)
+                if (src[b].qs[i] == INT8_MIN)
+                    return 1;
+    }
+    return 0;
+}
+
 static void pack_q4_1(const exsa_tensor *w, exsa_block_q4_1x8 *dst, int64_t nb, int64_t ng)
 {
     for (int64_t g = 0; g < ng; g++) {
@@ -185,7 +202,7 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q4_1x8);
-    } else if (w->type == EXSA_TYPE_Q8_0 && w->n_in % 32 == 0) {
+    } else if (w->type == EXSA_TYPE_Q8_0 && w->n_in % 32 == 0 && !q8_0_has_min_value(w)) {
         block = 32;
         col_bytes = sizeof(exsa_block_q8_0x8);
     } else if (w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||

@@ -102,6 +102,17 @@ typedef struct {
     int8_t qs[256];
 } exsa_block_q8_0x8;
 
+/* Activation block for repacked Q8_0: the values, their magnitudes and the
+ * scale as float. With |a| at hand the x86 kernels form a * w as
+ * |a| * (w with a's sign): one vpsignb per 32 products instead of an abs
+ * and a sign. That needs w != -128 (negating it overflows), so weights
+ * holding -128 are not repacked (cpu_repack.c). aqs[i] = |qs[i]|. */
+typedef struct {
+    float d;
+    int8_t qs[32];
+    uint8_t aqs[32];
+} exsa_block_q8_0a;
+
 /* out[j * out_stride + r] = dot(row r of the group, act row j) in the order
  * of the AVX2 row kernel (and of llama.cpp's Q8_0 kernels, whose logits the
  * fixtures hold to a tight bound): per output, 8 lane accumulators, lane k
@@ -109,7 +120,7 @@ typedef struct {
  *   acc[k] = fmaf((float)lane_sum, d_w * d_a, acc[k])   (blocks in order)
  * then ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)). */
 typedef void (*exsa_gemm_q8_0x8_fn)(int n, const exsa_block_q8_0x8 *w,
-                                    const exsa_block_q8_0s *act, size_t act_stride, int n_act,
+                                    const exsa_block_q8_0a *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
 /* F32 / F16 / BF16 weights repacked 8 rows at a time: a group is element

@@ -207,19 +207,21 @@ INLINE __m256 round_half_away(__m256 v)
 /* Defines NAME, an exsa_gemm_q8_0x8_fn (kernels.h) for one activation row
  * at a time: the 8 lanes of the 8-row group are 8 independent FMA chains,
  * one scale vector serves 8 outputs, and the lanes are summed in hsum_ps's
- * tree. LANE_DOT(abs_w, signed_a) gives the 8 rows' exact int32 sums of 4
- * products (vpmaddubsw + vpmaddwd, or vpdpbusd). Batches re-read the group
- * from L1/L2 per row: 8 accumulators per row leave no registers to share a
+ * tree. LANE_DOT(u8, s8) gives the 8 rows' exact int32 sums of 4 products
+ * (vpmaddubsw + vpmaddwd, or vpdpbusd), here of |a| and w with a's sign:
+ * the activation's magnitudes come precomputed, so a quad of products costs
+ * one vpsignb besides the dot, cvt and fma. Batches re-read the group from
+ * L1/L2 per row: 8 accumulators per row leave no registers to share a
  * weight load (sharing it between 2 rows, lanes in two passes, measured no
  * gain on Zen 3). */
 #define EXSA_Q8X8_GEMM(NAME, LANE_DOT)                                                       \
-    static void NAME(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0s *act,          \
+    static void NAME(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0a *act,          \
                      size_t act_stride, int n_act, float *out, size_t out_stride)            \
     {                                                                                        \
         const int nb = n / 32;                                                               \
         for (int j = 0; j < n_act; j++) {                                                    \
-            const exsa_block_q8_0s *a =                                                      \
-                (const exsa_block_q8_0s *)((const char *)act + j * act_stride);              \
+            const exsa_block_q8_0a *a =                                                      \
+                (const exsa_block_q8_0a *)((const char *)act + j * act_stride);              \
             __m256 acc[8];                                                                   \
             for (int k = 0; k < 8; k++)                                                      \
                 acc[k] = _mm256_setzero_ps();                                                \
@@ -230,10 +232,11 @@ INLINE __m256 round_half_away(__m256 v)
                 _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++)                          \
                 {                                                                            \
                     const __m256i x = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k)); \
-                    int32_t quad;                                                            \
+                    int32_t quad, aquad;                                                     \
                     memcpy(&quad, a[b].qs + 4 * k, 4);                                       \
-                    const __m256i y = _mm256_sign_epi8(_mm256_set1_epi32(quad), x);          \
-                    const __m256i p = LANE_DOT(_mm256_sign_epi8(x, x), y);                   \
+                    memcpy(&aquad, a[b].aqs + 4 * k, 4);                                     \
+                    const __m256i s = _mm256_sign_epi8(x, _mm256_set1_epi32(quad));          \
+                    const __m256i p = LANE_DOT(_mm256_set1_epi32(aquad), s);                 \
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), d, acc[k]);              \
                 }                                                                            \
             }                                                                                \

@@ -482,12 +482,12 @@ static void gemm_q5_1x8(int n, const exsa_block_q5_1x8 *w, const exsa_block_q8_0
 
 /* The reference of the repacked Q8_0 kernel (kernels.h): 8 lane
  * accumulators per output, combined as hsum_ps does in the AVX2 files. */
-static void gemm_q8_0x8(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0s *act,
+static void gemm_q8_0x8(int n, const exsa_block_q8_0x8 *w, const exsa_block_q8_0a *act,
                         size_t act_stride, int n_act, float *out, size_t out_stride)
 {
     const int nb = n / 32;
     for (int j = 0; j < n_act; j++) {
-        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + j * act_stride);
+        const exsa_block_q8_0a *a = (const exsa_block_q8_0a *)((const char *)act + j * act_stride);
         for (int r = 0; r < 8; r++) {
             float acc[8] = {0};
             for (int b = 0; b < nb; b++) {
