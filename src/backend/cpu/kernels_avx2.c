@@ -310,7 +310,12 @@ INLINE void g16_rows(const rows_t *r, int j0, const int R, const int kind)
         acc[k] = _mm256_setzero_ps();
     }
     const int nb = r->n / EXSA_QK_K;
+    const size_t bb = kind == K_Q2_K   ? sizeof(exsa_block_q2_K)
+                      : kind == K_Q3_K ? sizeof(exsa_block_q3_K)
+                                       : sizeof(exsa_block_q6_K);
     for (int i = 0; i < nb; i++) {
+        if (j0 == 0)
+            prefetch_ahead((const char *)r->w + (size_t)i * bb, bb);
         __m256i sc16, mn16;
         float d, dmin;
         g16_scales(r->w, i, kind, &sc16, &mn16, &d, &dmin);
@@ -365,7 +370,10 @@ INLINE void g32_rows(const rows_t *r, int j0, const int R, const int kind)
     }
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     const int nb = r->n / EXSA_QK_K;
+    const size_t bb = kind == K_Q4_K ? sizeof(exsa_block_q4_K) : sizeof(exsa_block_q5_K);
     for (int i = 0; i < nb; i++) {
+        if (j0 == 0)
+            prefetch_ahead((const char *)r->w + (size_t)i * bb, bb);
         const uint8_t *qs, *scales, *qh = NULL;
         float d, dmin;
         if (kind == K_Q4_K) {
@@ -691,7 +699,7 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
 /* Q4_0 / Q4_1 / Q5_0 / Q5_1 repacked (kernels.h); kind 0..3 as in the
  * scalar reference: bit 0 = has mins, kind >= 2 = has fifth bits. */
 INLINE void qx8_rows(int nb, const void *w, const int kind, const exsa_block_q8_0s *const *a,
-                     const int R, float *out, size_t os)
+                     const int R, float *out, size_t os, int pf)
 {
     const int has_min = kind & 1, has_high = kind >= 2;
     const size_t stride = 16 + 16 * (size_t)has_min + 32 * (size_t)has_high + 128;
@@ -704,6 +712,8 @@ INLINE void qx8_rows(int nb, const void *w, const int kind, const exsa_block_q8_
         acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const char *blk = (const char *)w + (size_t)b * stride;
+        if (pf)
+            prefetch_ahead(blk, stride);
         const uint8_t *qh = (const uint8_t *)blk + 16 + 16 * has_min;
         const uint8_t *qs = qh + 32 * has_high;
         /* q[j]: elements 4j..4j+3, q[4 + j]: 16+4j..16+4j+3 of each row */
@@ -772,27 +782,27 @@ INLINE void qx8_rows(int nb, const void *w, const int kind, const exsa_block_q8_
 }
 
 INLINE void q4_0x8_rows(int nb, const exsa_block_q4_0x8 *w, const exsa_block_q8_0s *const *a,
-                        const int R, float *out, size_t os)
+                        const int R, float *out, size_t os, int pf)
 {
-    qx8_rows(nb, w, 0, a, R, out, os);
+    qx8_rows(nb, w, 0, a, R, out, os, pf);
 }
 
 INLINE void q4_1x8_rows(int nb, const exsa_block_q4_1x8 *w, const exsa_block_q8_0s *const *a,
-                        const int R, float *out, size_t os)
+                        const int R, float *out, size_t os, int pf)
 {
-    qx8_rows(nb, w, 1, a, R, out, os);
+    qx8_rows(nb, w, 1, a, R, out, os, pf);
 }
 
 INLINE void q5_0x8_rows(int nb, const exsa_block_q5_0x8 *w, const exsa_block_q8_0s *const *a,
-                        const int R, float *out, size_t os)
+                        const int R, float *out, size_t os, int pf)
 {
-    qx8_rows(nb, w, 2, a, R, out, os);
+    qx8_rows(nb, w, 2, a, R, out, os, pf);
 }
 
 INLINE void q5_1x8_rows(int nb, const exsa_block_q5_1x8 *w, const exsa_block_q8_0s *const *a,
-                        const int R, float *out, size_t os)
+                        const int R, float *out, size_t os, int pf)
 {
-    qx8_rows(nb, w, 3, a, R, out, os);
+    qx8_rows(nb, w, 3, a, R, out, os, pf);
 }
 
 /* Repacked Q8_0 (kernels.h; the row kernel's order, bit for bit). */
@@ -829,8 +839,13 @@ INLINE void fx_tile(int n, const char *w, size_t gb, const int G, const float *c
 #pragma GCC unroll 12
     for (int t = 0; t < G * R; t++)
         acc[t] = _mm256_setzero_ps();
+    const size_t elem = kind == K_F32 ? 4 : 2;
     for (int i = 0; i < n; i++) {
         __m256 wv[4];
+        if ((i * 8 * elem) % 64 == 0)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++)
+                prefetch_ahead(w + (size_t)g * gb + (size_t)i * 8 * elem, 64);
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++)
             wv[g] = fx_load(w + (size_t)g * gb, (size_t)i, kind);
@@ -931,7 +946,7 @@ INLINE __m256i q4_Kx8_scales(const exsa_block_q4_Kx8 *g, int s)
  * vpmaddwd of the 8 rows' min pairs by broadcast pairs of sub-block sums,
  * then one cvt and two FMAs serve 8 outputs. */
 INLINE void q4_Kx8_rows(int nb, const exsa_block_q4_Kx8 *w, const exsa_block_q8_K *const *a,
-                        const int R, float *out, size_t os)
+                        const int R, float *out, size_t os, int pf)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[4];
@@ -940,6 +955,8 @@ INLINE void q4_Kx8_rows(int nb, const exsa_block_q4_Kx8 *w, const exsa_block_q8_
         acc[k] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const exsa_block_q4_Kx8 *g = &w[b];
+        if (pf)
+            prefetch_ahead(g, sizeof *g);
         __m256i isum[4];
 #pragma GCC unroll 4
         for (int k = 0; k < R; k++)

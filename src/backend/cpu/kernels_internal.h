@@ -94,6 +94,20 @@ INLINE __m256i bits_to_bytes(const uint8_t *p)
     return _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
 }
 
+/* Decode streams every weight byte once from memory. Zen 3's hardware
+ * prefetchers alone left tg128 8-15% short (bench/RESULTS.md, 2026-11-25
+ * third session), so the streaming kernels also ask for the lines
+ * PREFETCH_DIST bytes ahead of the block they read (1024..2048 measured
+ * alike; 4096 lost). A batch's later rows find the lines cached and the
+ * hints cost a load slot each. */
+#define PREFETCH_DIST 1536
+INLINE void prefetch_ahead(const void *p, size_t bytes)
+{
+    const char *c = (const char *)p + PREFETCH_DIST;
+    for (size_t i = 0; i < bytes; i += 64)
+        _mm_prefetch(c + i, _MM_HINT_T0);
+}
+
 /* Sum of products of unsigned u and signed s bytes, as 8 int32 lanes. */
 INLINE __m256i dot_u8s8(__m256i u, __m256i s)
 {
@@ -180,8 +194,10 @@ INLINE __m256 round_half_away(__m256 v)
 
 /* Defines NAME, an exsa_gemm_x8_fn-shaped driver of a repacked kernel:
  * activation rows in groups of 4 (then the 1-3 left), each group through
- * ROWS(nb, w, a, R, out, out_stride) with R a constant, so that ROWS'
- * per-row loops unroll. BLOCK is the weight block length in elements. */
+ * ROWS(nb, w, a, R, out, out_stride, pf) with R a constant, so that ROWS'
+ * per-row loops unroll. BLOCK is the weight block length in elements. pf
+ * is set for the first group only, the one that streams the weights from
+ * memory (prefetch hints on the later ones cost pp512 of Q4_K 13%). */
 #define EXSA_X8_DRIVER(NAME, WTYPE, ATYPE, BLOCK, ROWS)                                    \
     static void NAME(int n, const WTYPE *w, const ATYPE *act, size_t act_stride, int n_act, \
                      float *out, size_t out_stride)                                        \
@@ -194,13 +210,13 @@ INLINE __m256 round_half_away(__m256 v)
                 a[k] = (const ATYPE *)((const char *)act + (size_t)(j + k) * act_stride);  \
             float *o = out + (size_t)j * out_stride;                                       \
             if (r == 4)                                                                    \
-                ROWS(nb, w, a, 4, o, out_stride);                                          \
+                ROWS(nb, w, a, 4, o, out_stride, j == 0);                                  \
             else if (r == 3)                                                               \
-                ROWS(nb, w, a, 3, o, out_stride);                                          \
+                ROWS(nb, w, a, 3, o, out_stride, j == 0);                                  \
             else if (r == 2)                                                               \
-                ROWS(nb, w, a, 2, o, out_stride);                                          \
+                ROWS(nb, w, a, 2, o, out_stride, j == 0);                                  \
             else                                                                           \
-                ROWS(nb, w, a, 1, o, out_stride);                                          \
+                ROWS(nb, w, a, 1, o, out_stride, j == 0);                                  \
         }                                                                                  \
     }
 
@@ -226,6 +242,8 @@ INLINE __m256 round_half_away(__m256 v)
             for (int k = 0; k < 8; k++)                                                      \
                 acc[k] = _mm256_setzero_ps();                                                \
             for (int b = 0; b < nb; b++) {                                                   \
+                if (j == 0)                                                                  \
+                    prefetch_ahead(&w[b], sizeof w[b]);                                      \
                 const __m256 d = _mm256_mul_ps(                                              \
                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)w[b].d)),               \
                     _mm256_set1_ps(a[b].d));                                                 \
