@@ -1,5 +1,6 @@
-/* Memory bandwidth probe (STREAM-like): read-only sum and triad a = b + s*c
- * over arrays far larger than the caches, with N threads. Prints GB/s so
+/* Memory bandwidth probe (STREAM-like): read-only sum (plain, and with
+ * software prefetch as the kernels use) and triad a = b + s*c over arrays
+ * far larger than the caches, with N threads. Prints GB/s so
  * that token-generation speed can be put next to the machine's roofline in
  * the same run (bytes of weights read per token / bandwidth).
  * usage: membw [threads=2] [MiB per array=512] [reps=5] */
@@ -13,7 +14,7 @@
 typedef struct {
     float *a, *b, *c;
     size_t n;
-    int mode; /* 0 read, 1 triad */
+    int mode; /* 0 read, 1 triad, 2 read with software prefetch */
     double sum;
 } job;
 
@@ -26,6 +27,19 @@ static void *work(void *p)
         uint64_t x = 0;
         for (size_t i = 0; i < j->n / 2; i++)
             x ^= p64[i];
+        j->sum = (double)(x & 1);
+    } else if (j->mode == 2) {
+        /* As the streaming kernels do (kernels_internal.h): a hint 1.5 KB
+         * ahead per cache line, so the roofline is not set by the
+         * hardware prefetcher alone when the kernels do better than it. */
+        const uint64_t *p64 = (const uint64_t *)j->b;
+        const size_t n64 = j->n / 2 / 8 * 8;
+        uint64_t x = 0;
+        for (size_t i = 0; i < n64; i += 8) {
+            __builtin_prefetch(p64 + i + 192);
+            for (int k = 0; k < 8; k++)
+                x ^= p64[i + k];
+        }
         j->sum = (double)(x & 1);
     } else {
         for (size_t i = 0; i < j->n; i++)
@@ -59,8 +73,8 @@ int main(int argc, char **argv)
         a[i] = 0, b[i] = (float)(i & 1023), c[i] = 1.0f;
     pthread_t th[256];
     job jobs[256];
-    const char *names[2] = {"read", "triad"};
-    for (int mode = 0; mode < 2; mode++) {
+    const char *names[3] = {"read", "triad", "read_prefetch"};
+    for (int mode = 0; mode < 3; mode++) {
         double best = 0, sum = 0;
         for (int r = 0; r < reps; r++) {
             double t0 = now();
@@ -73,7 +87,7 @@ int main(int argc, char **argv)
                 pthread_join(th[t], NULL);
                 sum += jobs[t].sum;
             }
-            double bytes = (double)n * sizeof(float) * (mode == 0 ? 1 : 3);
+            double bytes = (double)n * sizeof(float) * (mode == 1 ? 3 : 1);
             double gbs = bytes / (now() - t0) / 1e9;
             best = gbs > best ? gbs : best;
         }
