@@ -30,7 +30,11 @@ static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, 
     }
 }
 
-static void pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, int64_t ng)
+/* Returns -1, leaving dst partly written, at a value of -128 (llama.cpp's
+ * quantizer never writes one, a file may): the repacked kernel negates
+ * weights (kernels.h, exsa_block_q8_0a), so such a tensor keeps the row
+ * layout, whose kernel takes any value. */
+static int pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, int64_t ng)
 {
     for (int64_t g = 0; g < ng; g++) {
         for (int r = 0; r < 8; r++) {
@@ -39,26 +43,13 @@ static void pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, 
             for (int64_t b = 0; b < nb; b++) {
                 exsa_block_q8_0x8 *o = &dst[g * nb + b];
                 o->d[r] = src[b].d;
+                for (int i = 0; i < 32; i++)
+                    if (src[b].qs[i] == INT8_MIN)
+                        return -1;
                 for (int k = 0; k < 8; k++)
                     memcpy(o->qs + 32 * k + 4 * r, src[b].qs + 4 * k, 4);
             }
         }
-    }
-}
-
-/* A Q8_0 value of -128 (llama.cpp's quantizer never writes one, a file
- * may): the repacked kernel negates weights (kernels.h, exsa_block_q8_0a),
- * so such a tensor keeps the row layout, whose kernel takes any value. */
-static int q8_0_has_min_value(const exsa_tensor *w)
-{
-    const int64_t nb = w->n_in / 32;
-    for (int64_t o = 0; o < w->n_out; o++) {
-        const exsa_block_q8_0 *src =
-            (const exsa_block_q8_0 *)((const char *)w->data + (size_t)o * w->row_bytes);
-        for (int64_t b = 0; b < nb; b++)
-            for (int i = 0; i < 32; i++)
-                if (src[b].qs[i] == INT8_MIN)
-                    return 1;
     }
     return 0;
 }
@@ -202,7 +193,7 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_1 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q4_1x8);
-    } else if (w->type == EXSA_TYPE_Q8_0 && w->n_in % 32 == 0 && !q8_0_has_min_value(w)) {
+    } else if (w->type == EXSA_TYPE_Q8_0 && w->n_in % 32 == 0) {
         block = 32;
         col_bytes = sizeof(exsa_block_q8_0x8);
     } else if (w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||
@@ -234,7 +225,10 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
         pack_q4_0(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_0X8;
     } else if (w->type == EXSA_TYPE_Q8_0) {
-        pack_q8_0(w, dst, nb, ng);
+        if (pack_q8_0(w, dst, nb, ng) != 0) {
+            free(dst);
+            return 0;
+        }
         w->layout = EXSA_LAYOUT_Q8_0X8;
     } else if (w->type == EXSA_TYPE_Q4_1) {
         pack_q4_1(w, dst, nb, ng);

@@ -833,7 +833,7 @@ INLINE __m256 fx_load(const void *w, size_t k, const int kind)
 /* G groups x R activation rows (G * R <= 12): 12 accumulators, G weight
  * vectors and one broadcast fit the 16 registers. */
 INLINE void fx_tile(int n, const char *w, size_t gb, const int G, const float *const *a,
-                    const int R, float *out, size_t os, const int kind)
+                    const int R, float *out, size_t os, const int kind, int pf)
 {
     __m256 acc[12];
 #pragma GCC unroll 12
@@ -842,7 +842,7 @@ INLINE void fx_tile(int n, const char *w, size_t gb, const int G, const float *c
     const size_t elem = kind == K_F32 ? 4 : 2;
     for (int i = 0; i < n; i++) {
         __m256 wv[4];
-        if ((i * 8 * elem) % 64 == 0)
+        if (pf && (i * 8 * elem) % 64 == 0)
 #pragma GCC unroll 4
             for (int g = 0; g < G; g++)
                 prefetch_ahead(w + (size_t)g * gb + (size_t)i * 8 * elem, 64);
@@ -866,7 +866,7 @@ INLINE void fx_tile(int n, const char *w, size_t gb, const int G, const float *c
 
 #define FX_CASE(G, R)                                                                     \
     case (G) * 8 + (R):                                                                   \
-        fx_tile(n, w, gb, G, a, R, o, os, kind);                                          \
+        fx_tile(n, w, gb, G, a, R, o, os, kind, j == 0);                                  \
         break;
 
 INLINE void fx_drive(int n, const char *w, size_t gb, int G, const float *act, size_t as,
