@@ -982,6 +982,136 @@ static void test_isa_gemm_kx8(void **state)
     check_gemm_kx8(((const isa_case *)*state)->table);
 }
 
+/* The two-group forms (gemm_*x16, where a table has them) bit for bit
+ * against the scalar x8 kernel on each of the two groups, for 1..9
+ * activation rows (every row-block size and remainder of the drivers).
+ * Random blocks plus an extreme case per layout: weights and activations
+ * at the ends of their ranges (Q8_0 weights include -128, which the
+ * unsigned-offset form handles too). */
+static void fill_q8_0a(exsa_block_q8_0a *a, int extreme, int k, uint64_t *rng)
+{
+    for (int i = 0; i < 32; i++) {
+        int v = extreme ? (k % 2 ? -127 : 127) : (int)(exsa_test_rand_u64(rng) % 255) - 127;
+        a->qs[i] = (int8_t)v;
+        a->aqs[i] = (uint8_t)(v < 0 ? -v : v);
+    }
+    for (int l = 0; l < 8; l++)
+        a->corr[l] = -128 * (a->qs[4 * l] + a->qs[4 * l + 1] + a->qs[4 * l + 2] + a->qs[4 * l + 3]);
+    a->d = exsa_fp16_to_fp32(exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(rng)));
+}
+
+static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
+{
+    static const char *const names[] = {"gemm_q4_0x16", "gemm_q8_0x16", "gemm_q4_Kx16"};
+    exsa_gemm_x16_fn x16 = layout == 0   ? isa->gemm_q4_0x16
+                           : layout == 1 ? isa->gemm_q8_0x16
+                                         : isa->gemm_q4_Kx16;
+    if (!x16)
+        return;
+    static const int sizes32[] = {32, 96, 544, 2048};
+    const int *sizes = layout == 2 ? sizes_k : sizes32;
+    const int n_sizes = layout == 2 ? ARRAY_LEN(sizes_k) : ARRAY_LEN(sizes32);
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 71u;
+        for (int zi = 0; zi < n_sizes; zi++) {
+            const int n = sizes[zi], max_act = 9, extreme = si == 2 && zi == 1;
+            const int nb = layout == 2 ? n / EXSA_QK_K : n / 32;
+            const size_t wsz = layout == 0   ? sizeof(exsa_block_q4_0x8)
+                               : layout == 1 ? sizeof(exsa_block_q8_0x8)
+                                             : sizeof(exsa_block_q4_Kx8);
+            const size_t asz = layout == 0   ? sizeof(exsa_block_q8_0s)
+                               : layout == 1 ? sizeof(exsa_block_q8_0a)
+                                             : sizeof(exsa_block_q8_K);
+            const size_t gb = (size_t)nb * wsz, as = (size_t)nb * asz;
+            unsigned char *w = xmalloc(2 * gb), *a = xmalloc((size_t)max_act * as);
+            for (int b = 0; b < 2 * nb; b++) {
+                unsigned char *blk = w + (size_t)b * wsz;
+                if (layout == 0) {
+                    exsa_block_q4_0x8 *x = (exsa_block_q4_0x8 *)blk;
+                    for (int r = 0; r < 8; r++)
+                        x->d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                    for (int i = 0; i < 128; i++)
+                        x->qs[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
+                } else if (layout == 1) {
+                    exsa_block_q8_0x8 *x = (exsa_block_q8_0x8 *)blk;
+                    for (int r = 0; r < 8; r++)
+                        x->d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                    for (int i = 0; i < 256; i++)
+                        x->qs[i] = (int8_t)(extreme ? (i % 3 ? -128 : 127)
+                                                    : (int)(exsa_test_rand_u64(&rng) % 256) - 128);
+                } else {
+                    exsa_block_q4_Kx8 *x = (exsa_block_q4_Kx8 *)blk;
+                    for (int r = 0; r < 8; r++) {
+                        x->d[r] = exsa_fp32_to_fp16(0.001f + 0.01f * exsa_test_rand_uniform(&rng));
+                        x->dmin[r] =
+                            exsa_fp32_to_fp16(0.001f + 0.01f * exsa_test_rand_uniform(&rng));
+                    }
+                    for (int i = 0; i < 64; i++) {
+                        x->scales[i] = extreme ? 63 : (uint8_t)(exsa_test_rand_u64(&rng) % 64);
+                        x->mins[i] = extreme ? 63 : (uint8_t)(exsa_test_rand_u64(&rng) % 64);
+                    }
+                    for (int i = 0; i < 1024; i++)
+                        x->qs[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
+                }
+            }
+            for (int k = 0; k < nb * max_act; k++) {
+                unsigned char *blk = a + (size_t)k * asz;
+                if (layout == 0) {
+                    exsa_block_q8_0s *x = (exsa_block_q8_0s *)blk;
+                    int32_t sum = 0;
+                    for (int i = 0; i < 32; i++) {
+                        int v = extreme ? (k % 2 ? -127 : 127)
+                                        : (int)(exsa_test_rand_u64(&rng) % 255) - 127;
+                        x->qs[i] = (int8_t)v;
+                        sum += v;
+                    }
+                    x->sum = sum;
+                    x->d = exsa_fp16_to_fp32(exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(&rng)));
+                } else if (layout == 1) {
+                    fill_q8_0a((exsa_block_q8_0a *)blk, extreme, k, &rng);
+                } else {
+                    fill_q8_K((exsa_block_q8_K *)blk, extreme, k, &rng);
+                }
+            }
+            for (int n_act = 1; n_act <= max_act; n_act++) {
+                float got[9 * 16], want[9 * 16];
+                memset(got, 0xFF, sizeof got);
+                x16(n, w, gb, a, as, n_act, got, 16);
+                for (int g = 0; g < 2; g++) {
+                    const void *wg = w + (size_t)g * gb;
+                    if (layout == 0)
+                        ref->gemm_q4_0x8(n, wg, (const exsa_block_q8_0s *)a, as, n_act,
+                                         want + 8 * g, 16);
+                    else if (layout == 1)
+                        ref->gemm_q8_0x8(n, wg, (const exsa_block_q8_0a *)a, as, n_act,
+                                         want + 8 * g, 16);
+                    else
+                        ref->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)a, as, n_act,
+                                         want + 8 * g, 16);
+                }
+                for (int i = 0; i < 16 * n_act; i++)
+                    if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+                        fail_msg("%s %s n=%d n_act=%d out %d: %.9g, scalar x8 %.9g", isa->isa,
+                                 names[layout], n, n_act, i, (double)got[i], (double)want[i]);
+            }
+            free(w);
+            free(a);
+        }
+    }
+}
+
+static void test_isa_gemm_x16(void **state)
+{
+    if (!usable(state))
+        skip();
+    const exsa_cpu_kernels *isa = ((const isa_case *)*state)->table;
+    if (!isa->gemm_q4_0x16 && !isa->gemm_q8_0x16 && !isa->gemm_q4_Kx16)
+        skip(); /* this table has no two-group forms */
+    for (int layout = 0; layout < 3; layout++)
+        check_gemm_x16(isa, layout);
+}
+
 static void test_scalar_vs_double(void **state)
 {
     (void)state;
@@ -1127,6 +1257,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[2]),
+        cmocka_unit_test_prestate(test_isa_gemm_x16, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_gemm_x16, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_dots, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_batch_invariance, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_quantizers, &isa_cases[0]),

@@ -313,6 +313,9 @@ static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
                 memcpy(dst->qs, q.qs, 32);
                 for (int i = 0; i < 32; i++)
                     dst->aqs[i] = (uint8_t)(q.qs[i] < 0 ? -q.qs[i] : q.qs[i]);
+                for (int k = 0; k < 8; k++)
+                    dst->corr[k] = -128 * (q.qs[4 * k] + q.qs[4 * k + 1] + q.qs[4 * k + 2] +
+                                           q.qs[4 * k + 3]);
                 continue;
             }
             exsa_block_q8_0s *dst = (exsa_block_q8_0s *)row + b;
@@ -373,6 +376,17 @@ static void x8_group(const exsa_cpu_kernels *k, int layout, int n, const void *w
     }
 }
 
+/* The table's two-group form of a layout, NULL if it has none. */
+static exsa_gemm_x16_fn x16_kernel(const exsa_cpu_kernels *k, int layout)
+{
+    switch (layout) {
+    case EXSA_LAYOUT_Q4_0X8: return k->gemm_q4_0x16;
+    case EXSA_LAYOUT_Q8_0X8: return k->gemm_q8_0x16;
+    case EXSA_LAYOUT_Q4_KX8: return k->gemm_q4_Kx16;
+    default: return NULL;
+    }
+}
+
 static void x8_task(void *vctx, int task, int thread)
 {
     (void)thread;
@@ -399,7 +413,12 @@ static void x8_task(void *vctx, int task, int thread)
         }
         return;
     }
-    for (int64_t g = g0; g < g1; g++)
+    int64_t g = g0;
+    exsa_gemm_x16_fn x16 = x16_kernel(j->k, w->layout);
+    if (x16)
+        for (; g + 2 <= g1; g += 2)
+            x16((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);
+    for (; g < g1; g++)
         x8_group(j->k, w->layout, (int)w->n_in, wd + (size_t)g * gb, act, j->act_stride, nj,
                  y + 8 * g, os);
 }
@@ -453,6 +472,8 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
         chunk_groups = 1;
     if (chunk_groups > CHUNK_MAX / 8)
         chunk_groups = CHUNK_MAX / 8;
+    if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
+        chunk_groups++;
     int n_chunks = (int)((n_groups + chunk_groups - 1) / chunk_groups);
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;

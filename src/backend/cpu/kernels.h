@@ -111,6 +111,10 @@ typedef struct {
     float d;
     int8_t qs[32];
     uint8_t aqs[32];
+    /* -128 * (qs[4k] + ... + qs[4k+3]): with weights offset to unsigned
+     * (w + 128), vpdpbusd started from corr[k] gives lane k's exact sum of
+     * w * a (the AVX-512 VNNI kernels; AVX-512 has no vpsignb) */
+    int32_t corr[8];
 } exsa_block_q8_0a;
 
 /* out[j * out_stride + r] = dot(row r of the group, act row j) in the order
@@ -172,6 +176,16 @@ typedef void (*exsa_gemm_q4_Kx8_fn)(int n, const exsa_block_q4_Kx8 *w,
                                     const exsa_block_q8_K *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
+/* Two consecutive 8-row groups of a repacked layout at once, the second
+ * group_bytes after the first: out[j * out_stride + 8 * g + r] for g < 2,
+ * r < 8, bit for bit what the layout's x8 kernel gives for each group
+ * (act is that kernel's activation type). One 512-bit register holds the
+ * 16 outputs, so each activation broadcast and each dot instruction serves
+ * twice the rows; tables without such a form leave these NULL and the
+ * matmul takes groups one at a time. */
+typedef void (*exsa_gemm_x16_fn)(int n, const void *w, size_t group_bytes, const void *act,
+                                 size_t act_stride, int n_act, float *out, size_t out_stride);
+
 typedef struct exsa_cpu_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     exsa_dot_fn dot[EXSA_TYPE_COUNT]; /* NULL where the type has no kernel */
@@ -192,6 +206,9 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_q5_1x8_fn gemm_q5_1x8;
     exsa_gemm_fx_fn gemm_fx;
     exsa_gemm_q8_0x8_fn gemm_q8_0x8;
+    exsa_gemm_x16_fn gemm_q4_0x16;
+    exsa_gemm_x16_fn gemm_q8_0x16;
+    exsa_gemm_x16_fn gemm_q4_Kx16;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

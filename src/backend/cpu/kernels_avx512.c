@@ -622,6 +622,228 @@ INLINE __m256i dot_u8s8_vnni(__m256i u, __m256i s)
 
 EXSA_Q8X8_GEMM(gemm_q8_0x8_vnni, dot_u8s8_vnni)
 
+/* ------------------------------------------- two 8-row groups at once */
+
+/* The x16 forms (kernels.h exsa_gemm_x16_fn): lanes 0..7 of a zmm are the
+ * first group's 8 rows, lanes 8..15 the second's, each lane computed with
+ * the x8 kernel's exact integer sums and float operations in its order, so
+ * the bits are the x8 kernels'. A weight vector is two 256-bit loads (one
+ * per group); an activation broadcast then serves 16 rows. */
+
+/* Defines NAME, an exsa_gemm_x16_fn over ROWS(nb, w0, w1, a, R, out, os,
+ * pf) for up to RMAX activation rows at a time (R a constant). */
+#define X16_DRIVER(NAME, WTYPE, ATYPE, BLOCK, RMAX, ROWS)                                   \
+    static void NAME(int n, const void *w, size_t gbytes, const void *act, size_t as,       \
+                     int n_act, float *out, size_t os)                                      \
+    {                                                                                       \
+        const int nb = n / (BLOCK);                                                         \
+        const WTYPE *w0 = w, *w1 = (const WTYPE *)((const char *)w + gbytes);               \
+        const ATYPE *a[RMAX];                                                               \
+        for (int j = 0; j < n_act; j += RMAX) {                                             \
+            const int r = n_act - j < RMAX ? n_act - j : RMAX;                              \
+            for (int k = 0; k < r; k++)                                                     \
+                a[k] = (const ATYPE *)((const char *)act + (size_t)(j + k) * as);           \
+            float *o = out + (size_t)j * os;                                                \
+            if (r == RMAX)                                                                  \
+                ROWS(nb, w0, w1, a, RMAX, o, os, j == 0);                                   \
+            else if (r == 1)                                                                \
+                ROWS(nb, w0, w1, a, 1, o, os, j == 0);                                      \
+            else if (r == 2)                                                                \
+                ROWS(nb, w0, w1, a, (RMAX > 2 ? 2 : 1), o, os, j == 0);                     \
+            else                                                                            \
+                ROWS(nb, w0, w1, a, (RMAX > 3 ? 3 : 1), o, os, j == 0);                     \
+        }                                                                                   \
+    }
+
+/* The two groups' 8 f16 values at p0 and p1 as 16 floats. */
+INLINE __m512 cvt_pair_h(const void *p0, const void *p1)
+{
+    const __m256i h = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p0)),
+        _mm_loadu_si128((const __m128i *)p1), 1);
+    return _mm512_cvtph_ps(h);
+}
+
+/* Repacked Q4_0, as q4_0x8_rows_vnni for 16 rows. */
+INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q4_0x8 *w1,
+                         const exsa_block_q8_0s *const *a, const int R, float *out, size_t os,
+                         int pf)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        if (pf) {
+            prefetch_ahead(&w0[b], sizeof w0[b]);
+            prefetch_ahead(&w1[b], sizeof w1[b]);
+        }
+        __m512i q[8];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i raw = load2x256(w0[b].qs + 32 * j, w1[b].qs + 32 * j);
+            q[j] = _mm512_and_si512(raw, m4);
+            q[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        }
+        const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            __m512i s0 = _mm512_set1_epi32(-8 * a[k][b].sum), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                int32_t qa, qb;
+                memcpy(&qa, a[k][b].qs + 4 * t, 4);
+                memcpy(&qb, a[k][b].qs + 16 + 4 * t, 4);
+                s0 = _mm512_dpbusd_epi32(s0, q[t], _mm512_set1_epi32(qa));
+                s1 = _mm512_dpbusd_epi32(s1, q[t + 4], _mm512_set1_epi32(qb));
+            }
+            const __m512 d = _mm512_mul_ps(dw, _mm512_set1_ps(a[k][b].d));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        _mm512_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+X16_DRIVER(gemm_q4_0x16, exsa_block_q4_0x8, exsa_block_q8_0s, 32, 4, q4_0x16_rows)
+
+/* Repacked Q8_0, as the x8 kernel for 16 rows (8 lane accumulators per
+ * output, summed in its tree). AVX-512 has no vpsignb, so the weights are
+ * offset to unsigned (w ^ 0x80 = w + 128) and vpdpbusd starts from the
+ * activation's -128 * (quad sum): the same exact lane sums. */
+INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q8_0x8 *w1,
+                         const exsa_block_q8_0a *const *a, const int R, float *out, size_t os,
+                         int pf)
+{
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[2][8];
+#pragma GCC unroll 2
+    for (int k = 0; k < R; k++)
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++)
+            acc[k][l] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        if (pf) {
+            prefetch_ahead(&w0[b], sizeof w0[b]);
+            prefetch_ahead(&w1[b], sizeof w1[b]);
+        }
+        const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
+        __m512 d[2];
+#pragma GCC unroll 2
+        for (int k = 0; k < R; k++)
+            d[k] = _mm512_mul_ps(dw, _mm512_set1_ps(a[k][b].d));
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; l++) {
+            const __m512i x =
+                _mm512_xor_si512(load2x256(w0[b].qs + 32 * l, w1[b].qs + 32 * l), bias);
+#pragma GCC unroll 2
+            for (int k = 0; k < R; k++) {
+                int32_t quad;
+                memcpy(&quad, a[k][b].qs + 4 * l, 4);
+                const __m512i p = _mm512_dpbusd_epi32(_mm512_set1_epi32(a[k][b].corr[l]), x,
+                                                      _mm512_set1_epi32(quad));
+                acc[k][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), d[k], acc[k][l]);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int k = 0; k < R; k++) {
+        const __m512 *c = acc[k];
+        const __m512 s = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(c[0], c[4]), _mm512_add_ps(c[2], c[6])),
+            _mm512_add_ps(_mm512_add_ps(c[1], c[5]), _mm512_add_ps(c[3], c[7])));
+        _mm512_storeu_ps(out + (size_t)k * os, s);
+    }
+}
+
+X16_DRIVER(gemm_q8_0x16, exsa_block_q8_0x8, exsa_block_q8_0a, 32, 2, q8_0x16_rows)
+
+/* Repacked Q4_K, as q4_Kx8_rows (kernels_avx2.c) for 16 rows: per
+ * sub-block and row the exact int32 dot (vpdpbusd, two chains), times the
+ * rows' scales (vpmulld), summed over the super-block; the mins term by
+ * vpdpwssd of the rows' min pairs and broadcast pairs of sub-block sums. */
+INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q4_Kx8 *w1,
+                         const exsa_block_q8_K *const *a, const int R, float *out, size_t os,
+                         int pf)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q4_Kx8 *g0 = &w0[b], *g1 = &w1[b];
+        if (pf) {
+            prefetch_ahead(g0, sizeof *g0);
+            prefetch_ahead(g1, sizeof *g1);
+        }
+        __m512i isum[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            isum[k] = _mm512_setzero_si512();
+        for (int s = 0; s < 8; s++) {
+            const int c = s / 2, shift = 4 * (s % 2);
+            __m512i q[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                q[t] = _mm512_and_si512(
+                    _mm512_srli_epi16(load2x256(g0->qs + 256 * c + 32 * t,
+                                                g1->qs + 256 * c + 32 * t),
+                                      (unsigned)shift),
+                    m4);
+            const __m512i sc = _mm512_cvtepu8_epi32(
+                _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 8 * s)),
+                                   _mm_loadl_epi64((const __m128i *)(g1->scales + 8 * s))));
+#pragma GCC unroll 4
+            for (int k = 0; k < R; k++) {
+                const int8_t *qa = a[k][b].qs + 32 * s;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) {
+                    int32_t x0, x1;
+                    memcpy(&x0, qa + 4 * t, 4);
+                    memcpy(&x1, qa + 16 + 4 * t, 4);
+                    s0 = _mm512_dpbusd_epi32(s0, q[t], _mm512_set1_epi32(x0));
+                    s1 = _mm512_dpbusd_epi32(s1, q[t + 4], _mm512_set1_epi32(x1));
+                }
+                isum[k] = _mm512_add_epi32(
+                    isum[k], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
+            }
+        }
+        const __m512 dw = cvt_pair_h(g0->d, g1->d);
+        const __m512 dm = cvt_pair_h(g0->dmin, g1->dmin);
+        __m512i mn[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            mn[i] = _mm512_cvtepu8_epi16(
+                _mm256_inserti128_si256(
+                    _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(g0->mins + 16 * i))),
+                    _mm_loadu_si128((const __m128i *)(g1->mins + 16 * i)), 1));
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            /* sub-block sums as int16 pairs (2i, 2i + 1) = dword i */
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)a[k][b].bsums);
+            const __m256i h = _mm256_permute4x64_epi64(_mm256_hadd_epi16(bs, bs), 0x08);
+            __m512i ms = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                ms = _mm512_dpwssd_epi32(
+                    ms, _mm512_permutexvar_epi32(_mm512_set1_epi32(i), _mm512_castsi256_si512(h)),
+                    mn[i]);
+            const __m512 da = _mm512_set1_ps(a[k][b].d);
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), _mm512_mul_ps(dw, da), acc[k]);
+            acc[k] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(dm, da), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        _mm512_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+X16_DRIVER(gemm_q4_Kx16, exsa_block_q4_Kx8, exsa_block_q8_K, EXSA_QK_K, 4, q4_Kx16_rows)
+
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
     .dot = {
@@ -642,6 +864,9 @@ static const exsa_cpu_kernels avx512vnni_partial = {
     .f16_to_f32 = f16_to_f32,
     .gemm_q4_0x8 = gemm_q4_0x8_vnni,
     .gemm_q8_0x8 = gemm_q8_0x8_vnni,
+    .gemm_q4_0x16 = gemm_q4_0x16,
+    .gemm_q8_0x16 = gemm_q8_0x16,
+    .gemm_q4_Kx16 = gemm_q4_Kx16,
 };
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial = &avx512vnni_partial;
 #else
