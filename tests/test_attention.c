@@ -499,6 +499,49 @@ static void check_table(const char *name, const exsa_cpu_attn_kernels *ak,
                 if (acc[g] != -12345.0f)
                     note_fail("%s accum_f16 hd %d: wrote lane %d past the padded head", name, hd,
                               g);
+
+            /* accum_f16_rows: 1..6 accumulators (more than one pass of 4),
+             * each with its own factors, against accum_f16 of the same
+             * table on each, bit for bit */
+            enum { MAX_R = 6 };
+            float *racc = xmalloc(sizeof(float) * (size_t)MAX_R * (size_t)(hdp + GUARD));
+            float *rwant = xmalloc(sizeof(float) * (size_t)MAX_R * (size_t)hdp);
+            float rms[MAX_R][MAX_N], rvs[MAX_R][MAX_N];
+            for (int nr = 1; nr <= MAX_R; nr++) {
+                const float *msp[MAX_R], *vsp[MAX_R];
+                float *accp[MAX_R];
+                for (int r = 0; r < nr; r++) {
+                    for (int i = 0; i < n; i++) {
+                        uint64_t u = exsa_test_rand_u64(&g_rng) % 8;
+                        rms[r][i] = u == 0 ? 0.0f : u == 1 ? exsa_test_rand_uniform(&g_rng) : 1.0f;
+                        rvs[r][i] = rms[r][i] != 1.0f ? 1.0f : exsa_test_rand_uniform(&g_rng);
+                    }
+                    float *ar = racc + (size_t)r * (size_t)(hdp + GUARD);
+                    for (int d = 0; d < hdp + GUARD; d++)
+                        ar[d] = d < hd ? h2f(f2h(exsa_test_rand_normal(&g_rng)))
+                                : d < hdp ? 0.0f : -12345.0f;
+                    memcpy(rwant + (size_t)r * (size_t)hdp, ar, sizeof(float) * (size_t)hdp);
+                    ak->accum_f16(hd, n, rows, rms[r], rvs[r], rwant + (size_t)r * (size_t)hdp);
+                    msp[r] = rms[r];
+                    vsp[r] = rvs[r];
+                    accp[r] = ar;
+                }
+                ak->accum_f16_rows(hd, n, rows, nr, msp, vsp, accp);
+                for (int r = 0; r < nr; r++) {
+                    long dd = first_diff(accp[r], rwant + (size_t)r * (size_t)hdp, (size_t)hd);
+                    if (dd >= 0)
+                        note_fail("%s accum_f16_rows hd %d n %d rows %d: row %d lane %ld %.9g, "
+                                  "accum_f16 %.9g",
+                                  name, hd, n, nr, r, dd, (double)accp[r][dd],
+                                  (double)rwant[(size_t)r * (size_t)hdp + (size_t)dd]);
+                    for (int g = hdp; g < hdp + GUARD; g++)
+                        if (accp[r][g] != -12345.0f)
+                            note_fail("%s accum_f16_rows hd %d: wrote lane %d past the head",
+                                      name, hd, g);
+                }
+            }
+            free(rwant);
+            free(racc);
         }
         free(want);
         free(acc);

@@ -42,6 +42,13 @@ typedef struct exsa_cpu_attn_kernels {
      * scratch (left finite only if they start finite). */
     void (*accum_f16)(int hd, int n, const exsa_fp16 *const *v, const float *ms, const float *vs,
                       float *acc);
+    /* accum_f16 for n_r (1..4) accumulators over the same n V rows, each
+     * with its own factors: for r < n_r, exactly accum_f16(hd, n, v, ms[r],
+     * vs[r], acc[r]). Query rows of one sequence share their V rows; their
+     * updates are independent chains, so one pass keeps several in flight
+     * where a lone accumulator waits on each token's rounding. */
+    void (*accum_f16_rows)(int hd, int n, const exsa_fp16 *const *v, int n_r,
+                           const float *const *ms, const float *const *vs, float *const *acc);
     /* Q8_0 cache rows: y[32 * b + i] = f32(x[b].d) * x[b].qs[i] for the
      * n_blocks blocks at x (a product of two floats, so every table gives
      * the same bits). */

@@ -180,6 +180,77 @@ static void accum_f16(int hd, int n, const exsa_fp16 *const *v, const float *ms,
     }
 }
 
+/* accum_f16_rows: lanes [d0, d0 + 8 * nv) of R accumulators over n tokens,
+ * each lane's operations those of accum_slice; the R x nv chains are
+ * independent, so they overlap where one chain waits on its rounding. */
+INLINE void accum_rows_slice(const int R, const int nv, int tail, int d0, int n,
+                             const exsa_fp16 *const *v, const float *const *ms,
+                             const float *const *vs, float *const *acc)
+{
+    __m256 a[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int j = 0; j < nv; j++)
+            a[r][j] = _mm256_loadu_ps(acc[r] + d0 + 8 * j);
+    for (int i = 0; i < n; i++) {
+        const exsa_fp16 *vp = v[i] + d0;
+        __m256 x[2];
+#pragma GCC unroll 2
+        for (int j = 0; j < nv - 1; j++)
+            x[j] = load_h8(vp + 8 * j);
+        x[nv - 1] = tail ? load_h_tail(vp + 8 * (nv - 1), tail) : load_h8(vp + 8 * (nv - 1));
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            if (ms[r][i] != 1.0f) {
+                const __m256 sc = _mm256_set1_ps(ms[r][i]);
+#pragma GCC unroll 2
+                for (int j = 0; j < nv; j++)
+                    a[r][j] = round_h(_mm256_mul_ps(a[r][j], sc));
+            }
+            const __m256 w = _mm256_set1_ps(vs[r][i]);
+#pragma GCC unroll 2
+            for (int j = 0; j < nv; j++)
+                a[r][j] = round_h(_mm256_fmadd_ps(x[j], w, a[r][j]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int j = 0; j < nv; j++)
+            _mm256_storeu_ps(acc[r] + d0 + 8 * j, a[r][j]);
+}
+
+#define ROWS_CASE(R)                                                                          \
+    if (nv == 2)                                                                              \
+        accum_rows_slice(R, 2, t, d0, n, v, ms, vs, acc);                                     \
+    else                                                                                      \
+        accum_rows_slice(R, 1, t, d0, n, v, ms, vs, acc);
+
+static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
+                           const float *const *ms, const float *const *vs, float *const *acc)
+{
+    const int nvec = (hd + 7) / 8, tail = hd % 8;
+    for (int r0 = 0; r0 < n_r; r0 += 4) {
+        const int nr = n_r - r0 < 4 ? n_r - r0 : 4;
+        for (int j0 = 0; j0 < nvec; j0 += 2) {
+            const int nv = nvec - j0 < 2 ? nvec - j0 : 2;
+            const int t = j0 + nv == nvec ? tail : 0;
+            const int d0 = 8 * j0;
+            switch (nr) {
+            case 1: ROWS_CASE(1) break;
+            case 2: ROWS_CASE(2) break;
+            case 3: ROWS_CASE(3) break;
+            default: ROWS_CASE(4) break;
+            }
+        }
+        ms += 4;
+        vs += 4;
+        acc += 4;
+    }
+}
+#undef ROWS_CASE
+
 static void dequant_q8_0(const exsa_block_q8_0 *x, float *y, int64_t n_blocks)
 {
     dequant_q8_0_x86(x, y, n_blocks);
@@ -189,6 +260,7 @@ static const exsa_cpu_attn_kernels avx2_table = {
     .isa = "avx2",
     .scores_f16 = scores_f16,
     .accum_f16 = accum_f16,
+    .accum_f16_rows = accum_f16_rows,
     .dequant_q8_0 = dequant_q8_0,
 };
 

@@ -184,6 +184,80 @@ static void accum_f16(int hd, int n, const exsa_fp16 *const *v, const float *ms,
     }
 }
 
+/* accum_f16_rows: lanes [d0, d0 + 16 * nv) of R accumulators over n
+ * tokens, each lane's operations those of accum_slice; R x nv independent
+ * chains where a lone head has nv. */
+INLINE void accum_rows_slice(const int R, const int nv, __mmask16 m, int d0, int n,
+                             const exsa_fp16 *const *v, const float *const *ms,
+                             const float *const *vs, float *const *acc)
+{
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            a[r][j] = _mm512_loadu_ps(acc[r] + d0 + 16 * j);
+    for (int i = 0; i < n; i++) {
+        const exsa_fp16 *vp = v[i] + d0;
+        __m512 x[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < nv - 1; j++)
+            x[j] = load_h16(vp + 16 * j);
+        x[nv - 1] = load_h16_mask(vp + 16 * (nv - 1), m);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            if (ms[r][i] != 1.0f) {
+                const __m512 sc = _mm512_set1_ps(ms[r][i]);
+#pragma GCC unroll 4
+                for (int j = 0; j < nv; j++)
+                    a[r][j] = round_h16(_mm512_mul_ps(a[r][j], sc));
+            }
+            const __m512 w = _mm512_set1_ps(vs[r][i]);
+#pragma GCC unroll 4
+            for (int j = 0; j < nv; j++)
+                a[r][j] = round_h16(_mm512_fmadd_ps(x[j], w, a[r][j]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nv; j++)
+            _mm512_storeu_ps(acc[r] + d0 + 16 * j, a[r][j]);
+}
+
+#define ROWS_CASE(R)                                                                          \
+    switch (nv) {                                                                             \
+    case 1: accum_rows_slice(R, 1, m, d0, n, v, ms, vs, acc); break;                          \
+    case 2: accum_rows_slice(R, 2, m, d0, n, v, ms, vs, acc); break;                          \
+    case 3: accum_rows_slice(R, 3, m, d0, n, v, ms, vs, acc); break;                          \
+    default: accum_rows_slice(R, 4, m, d0, n, v, ms, vs, acc); break;                         \
+    }
+
+static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
+                           const float *const *ms, const float *const *vs, float *const *acc)
+{
+    const int nvec = (hd + 15) / 16, tail = hd % 16;
+    for (int r0 = 0; r0 < n_r; r0 += 4) {
+        const int nr = n_r - r0 < 4 ? n_r - r0 : 4;
+        for (int j0 = 0; j0 < nvec; j0 += 4) {
+            const int nv = nvec - j0 < 4 ? nvec - j0 : 4;
+            const int t = j0 + nv == nvec ? tail : 0;
+            const __mmask16 m = (__mmask16)(t ? (1u << t) - 1 : 0xFFFFu);
+            const int d0 = 16 * j0;
+            switch (nr) {
+            case 1: ROWS_CASE(1) break;
+            case 2: ROWS_CASE(2) break;
+            case 3: ROWS_CASE(3) break;
+            default: ROWS_CASE(4) break;
+            }
+        }
+        ms += 4;
+        vs += 4;
+        acc += 4;
+    }
+}
+#undef ROWS_CASE
+
 static void dequant_q8_0(const exsa_block_q8_0 *x, float *y, int64_t n_blocks)
 {
     dequant_q8_0_x86(x, y, n_blocks);
@@ -193,6 +267,7 @@ static const exsa_cpu_attn_kernels avx512_table = {
     .isa = "avx512",
     .scores_f16 = scores_f16,
     .accum_f16 = accum_f16,
+    .accum_f16_rows = accum_f16_rows,
     .dequant_q8_0 = dequant_q8_0,
 };
 

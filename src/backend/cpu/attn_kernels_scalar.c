@@ -43,6 +43,13 @@ static void accum_f16(int hd, int n, const exsa_fp16 *const *v, const float *ms,
     }
 }
 
+static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
+                           const float *const *ms, const float *const *vs, float *const *acc)
+{
+    for (int r = 0; r < n_r; r++)
+        accum_f16(hd, n, v, ms[r], vs[r], acc[r]);
+}
+
 static void dequant_q8_0(const exsa_block_q8_0 *x, float *y, int64_t n_blocks)
 {
     for (int64_t b = 0; b < n_blocks; b++) {
@@ -56,6 +63,7 @@ static const exsa_cpu_attn_kernels scalar_table = {
     .isa = "scalar",
     .scores_f16 = scores_f16,
     .accum_f16 = accum_f16,
+    .accum_f16_rows = accum_f16_rows,
     .dequant_q8_0 = dequant_q8_0,
 };
 

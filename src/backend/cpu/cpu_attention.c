@@ -165,46 +165,66 @@ static void prefetch_chunk(const exsa_kv_layer *kv, const int32_t *bt, int bi, i
     }
 }
 
-/* One task: query heads [h0, h1) of row r (see the header comment and
- * attn_kernels.h). Per chunk of tokens and per kv head among them: the
- * scores of the task's query heads on that kv head (each K row read once
- * for them), then per query head the online softmax, token by token in
- * the reference's order, and the V update with the factors it produced. */
-static void attn_f16_task(void *vctx, int task, int thread)
+/* Query rows of one sequence per F16 task: they read the same K and V
+ * rows, so one pass over the context serves all of them (K converted once
+ * for their scores, V loaded once for their updates, whose independent
+ * rounding chains then overlap). */
+#define F16_ROWS 4
+
+/* Query rows [r0, r0 + nr) of one sequence (one block table), heads
+ * [h0, h1): per chunk of tokens and per kv head among them, the scores of
+ * every (row, query head) on that kv head (each K row read once for all),
+ * then per row and head the online softmax, token by token in the
+ * reference's order, and the V update with the factors it produced. Rows
+ * whose context covers the whole chunk update together (accum_f16_rows);
+ * a row whose context ends inside it, alone. Each (row, head) sees exactly
+ * the arithmetic of a task of its own. */
+static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, int h1)
 {
-    const attn_job *j = vctx;
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
     const exsa_cpu_kernels *k = j->c->k;
     const exsa_cpu_attn_kernels *ak = j->ak;
     const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
-    const int r = task / j->n_parts, h0 = task % j->n_parts * j->hp;
-    const int h1 = h0 + j->hp < a->n_head ? h0 + j->hp : a->n_head, nh = h1 - h0;
+    const int nh = h1 - h0;
     const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
     const size_t hdp = j->hd_pad;
-    const size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
-    const int nc = a->n_ctx[r];
-    const int32_t *bt = a->block_table[r];
+    const int32_t *bt = a->block_table[r0];
 
-    /* scratch (f16_scratch): q16 [nh][hd] (rows hd apart, as scores_f16
-     * reads them), acc [nh][hdp], m [nh], l [nh], sc [nh][F16_CHUNK], then
-     * nh * hd halves of staging */
+    /* scratch (f16_scratch for nr * nh heads): q16 [nr * nh][hd], acc
+     * [nr * nh][hdp], m, l [nr * nh], sc [nr * nh][F16_CHUNK], then
+     * nh * hd halves of staging. q16 is by kv head, then row, then the
+     * heads of that kv head (scores_f16 takes one kv head's query rows
+     * contiguous); acc, m and l are by row, then head. */
+    const int nq = nr * nh;
     float *q16 = cpu_tls(j->c, thread);
-    float *acc = q16 + (size_t)nh * hdp;
-    float *m = acc + (size_t)nh * hdp, *l = m + nh;
-    float *sc = l + nh;
-    exsa_fp16 *tmp = (exsa_fp16 *)(sc + (size_t)nh * F16_CHUNK);
-    k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd); /* q rounded to f16 like K */
-    k->f16_to_f32(tmp, q16, (int64_t)nh * hd);
-    memset(acc, 0, (size_t)nh * hdp * sizeof *acc);
-    for (int h = 0; h < nh; h++) {
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
+    float *acc = q16 + (size_t)nq * hdp;
+    float *m = acc + (size_t)nq * hdp, *l = m + nq;
+    float *sc = l + nq;
+    exsa_fp16 *tmp = (exsa_fp16 *)(sc + (size_t)nq * F16_CHUNK);
+    int nc = 0;
+    for (int q = 0; q < nr; q++) {
+        const size_t off = ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
+        k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd); /* q rounded to f16 like K */
+        for (int kh = kv0; kh < kv1; kh++) {
+            const int ha = kh * group > h0 ? kh * group : h0;
+            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+            float *dst = q16 + ((size_t)nr * (size_t)(ha - h0) + (size_t)q * (size_t)(hb - ha)) *
+                                   (size_t)hd;
+            k->f16_to_f32(tmp + (size_t)(ha - h0) * (size_t)hd, dst, (int64_t)(hb - ha) * hd);
+        }
+        if (a->n_ctx[r0 + q] > nc)
+            nc = a->n_ctx[r0 + q];
+    }
+    memset(acc, 0, (size_t)nq * hdp * sizeof *acc);
+    for (int i = 0; i < nq; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
     }
 
     const size_t lo = (size_t)kv0 * (size_t)hd * sizeof(exsa_fp16);
     const size_t hi = (size_t)kv1 * (size_t)hd * sizeof(exsa_fp16);
-    float ms[F16_CHUNK], vs[F16_CHUNK];
+    float ms[F16_ROWS][F16_CHUNK], vs[F16_ROWS][F16_CHUNK];
     const char *krow[F16_CHUNK], *vrow[F16_CHUNK];
     const exsa_fp16 *kp[F16_CHUNK], *vp[F16_CHUNK];
     int bi = 0, bo = 0; /* block index and offset of the next token */
@@ -227,35 +247,78 @@ static void attn_f16_task(void *vctx, int task, int thread)
                 kp[i] = (const exsa_fp16 *)krow[i] + (size_t)kh * (size_t)hd;
                 vp[i] = (const exsa_fp16 *)vrow[i] + (size_t)kh * (size_t)hd;
             }
-            ak->scores_f16(hd, n, kp, q16 + (size_t)(ha - h0) * (size_t)hd, hb - ha, a->scale,
-                           sc);
+            /* scores of row q, head ha + hh: sc + (q * (hb - ha) + hh) * n */
+            ak->scores_f16(hd, n, kp, q16 + (size_t)nr * (size_t)(ha - h0) * (size_t)hd,
+                           nr * (hb - ha), a->scale, sc);
             for (int h = ha - h0; h < hb - h0; h++) {
-                const float *s = sc + (size_t)(h - (ha - h0)) * (size_t)n;
-                float mh = m[h], lh = l[h];
-                for (int i = 0; i < n; i++) {
-                    float msi = 1.0f, vsi = 1.0f;
-                    if (s[i] > mh) {
-                        msi = expf(mh - s[i]);
-                        mh = s[i];
-                    } else {
-                        vsi = expf(s[i] - mh);
+                const float *msp[F16_ROWS], *vsp[F16_ROWS];
+                float *accp[F16_ROWS];
+                int n_full = 0;
+                for (int q = 0; q < nr; q++) {
+                    const int left_q = a->n_ctx[r0 + q] - t0;
+                    const int nt = left_q < n ? left_q : n;
+                    if (nt <= 0)
+                        continue;
+                    const float *s =
+                        sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - (ha - h0))) * (size_t)n;
+                    const int x = q * nh + h;
+                    float mh = m[x], lh = l[x];
+                    for (int i = 0; i < nt; i++) {
+                        float msi = 1.0f, vsi = 1.0f;
+                        if (s[i] > mh) {
+                            msi = expf(mh - s[i]);
+                            mh = s[i];
+                        } else {
+                            vsi = expf(s[i] - mh);
+                        }
+                        ms[q][i] = msi;
+                        vs[q][i] = vsi;
+                        lh = lh * msi + vsi;
                     }
-                    ms[i] = msi;
-                    vs[i] = vsi;
-                    lh = lh * msi + vsi;
+                    m[x] = mh;
+                    l[x] = lh;
+                    if (nt < n) { /* its context ends inside this chunk */
+                        ak->accum_f16(hd, nt, vp, ms[q], vs[q], acc + (size_t)x * hdp);
+                        continue;
+                    }
+                    msp[n_full] = ms[q];
+                    vsp[n_full] = vs[q];
+                    accp[n_full++] = acc + (size_t)x * hdp;
                 }
-                m[h] = mh;
-                l[h] = lh;
-                ak->accum_f16(hd, n, vp, ms, vs, acc + (size_t)h * hdp);
+                if (n_full == 1)
+                    ak->accum_f16(hd, n, vp, msp[0], vsp[0], accp[0]);
+                else if (n_full > 1)
+                    ak->accum_f16_rows(hd, n, vp, n_full, msp, vsp, accp);
             }
         }
     }
-    for (int h = 0; h < nh; h++) {
-        float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f; /* empty context: zeros */
-        float *o = a->out + off + (size_t)h * (size_t)hd;
-        const float *ah = acc + (size_t)h * hdp;
-        for (int d = 0; d < hd; d++)
-            o[d] = ah[d] * inv;
+    for (int q = 0; q < nr; q++)
+        for (int h = 0; h < nh; h++) {
+            const int x = q * nh + h;
+            float inv = l[x] > 0.0f ? 1.0f / l[x] : 0.0f; /* empty context: zeros */
+            float *o = a->out + ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)(h0 + h)) *
+                                    (size_t)hd;
+            const float *ah = acc + (size_t)x * hdp;
+            for (int d = 0; d < hd; d++)
+                o[d] = ah[d] * inv;
+        }
+}
+
+/* One task: query heads [h0, h1) of the F16_ROWS rows of one tile, in
+ * runs of rows that share a sequence (the same block table). */
+static void attn_f16_task(void *vctx, int task, int thread)
+{
+    const attn_job *j = vctx;
+    const exsa_attn_args *a = j->a;
+    const int tile = task / j->n_parts, h0 = task % j->n_parts * j->hp;
+    const int h1 = h0 + j->hp < a->n_head ? h0 + j->hp : a->n_head;
+    const int r0 = tile * F16_ROWS, r1 = r0 + F16_ROWS < a->n_rows ? r0 + F16_ROWS : a->n_rows;
+    for (int rs = r0; rs < r1;) {
+        int re = rs + 1;
+        while (re < r1 && a->block_table[re] == a->block_table[rs])
+            re++;
+        attn_f16_run(j, thread, rs, re - rs, h0, h1);
+        rs = re;
     }
 }
 
@@ -388,16 +451,18 @@ void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
         /* As few parts per row as leave 4 tasks per thread (balance), so
          * that a task reads long runs of each token row; parts of whole
          * kv groups where a part holds more than one group. */
-        int64_t want = (4 * (int64_t)c->n_threads + a->n_rows - 1) / a->n_rows;
+        const int64_t units =
+            kv->type == EXSA_TYPE_F16 ? (a->n_rows + F16_ROWS - 1) / F16_ROWS : a->n_rows;
+        int64_t want = (4 * (int64_t)c->n_threads + units - 1) / units;
         int parts = want < a->n_head ? (int)want : a->n_head;
         j.hp = (a->n_head + parts - 1) / parts;
         if (j.hp > j.group)
             j.hp = (j.hp + j.group - 1) / j.group * j.group;
         j.n_parts = (a->n_head + j.hp - 1) / j.hp;
-        total = (int64_t)a->n_rows * j.n_parts;
+        total = units * j.n_parts;
         j.ak = exsa_cpu_attn_kernels_for(c->k);
         if (kv->type == EXSA_TYPE_F16) {
-            ok = f16_scratch(j.hp, hd_pad, &scratch) == 0;
+            ok = f16_scratch(j.hp * F16_ROWS, hd_pad, &scratch) == 0;
         } else {
             ok = f32_scratch(j.hp, hd, hd_pad, &scratch) == 0;
         }
