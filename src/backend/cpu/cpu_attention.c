@@ -171,6 +171,36 @@ static void prefetch_chunk(const exsa_kv_layer *kv, const int32_t *bt, int bi, i
  * rounding chains then overlap). */
 #define F16_ROWS 4
 
+/* The online softmax over scores s[0 .. n) in token order from running
+ * max m and sum *l: per token, if s > m the old state is rescaled by
+ * ms = expf(m - s) and m = s (vs = 1), else vs = expf(s - m) (ms = 1);
+ * l = l * ms + vs. Returns the new max. Both exponents are
+ * -|s - m_before| (IEEE subtraction is antisymmetric, and -inf / NaN cases
+ * give the same expf argument), so the expf calls are computed apart from
+ * the branch: independent calls the CPU overlaps, where the branchy loop
+ * waited on each. */
+static float softmax_factors(const float *s, int n, float m, float *l, float *ms, float *vs)
+{
+    float arg[F16_CHUNK];
+    unsigned char up[F16_CHUNK];
+    for (int i = 0; i < n; i++) {
+        up[i] = s[i] > m;
+        arg[i] = -fabsf(s[i] - m);
+        m = up[i] ? s[i] : m;
+    }
+    for (int i = 0; i < n; i++)
+        arg[i] = expf(arg[i]);
+    float lh = *l;
+    for (int i = 0; i < n; i++) {
+        const float msi = up[i] ? arg[i] : 1.0f, vsi = up[i] ? 1.0f : arg[i];
+        ms[i] = msi;
+        vs[i] = vsi;
+        lh = lh * msi + vsi;
+    }
+    *l = lh;
+    return m;
+}
+
 /* Query rows [r0, r0 + nr) of one sequence (one block table), heads
  * [h0, h1): per chunk of tokens and per kv head among them, the scores of
  * every (row, query head) on that kv head (each K row read once for all),
@@ -262,21 +292,7 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
                     const float *s =
                         sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - (ha - h0))) * (size_t)n;
                     const int x = q * nh + h;
-                    float mh = m[x], lh = l[x];
-                    for (int i = 0; i < nt; i++) {
-                        float msi = 1.0f, vsi = 1.0f;
-                        if (s[i] > mh) {
-                            msi = expf(mh - s[i]);
-                            mh = s[i];
-                        } else {
-                            vsi = expf(s[i] - mh);
-                        }
-                        ms[q][i] = msi;
-                        vs[q][i] = vsi;
-                        lh = lh * msi + vsi;
-                    }
-                    m[x] = mh;
-                    l[x] = lh;
+                    m[x] = softmax_factors(s, nt, m[x], &l[x], ms[q], vs[q]);
                     if (nt < n) { /* its context ends inside this chunk */
                         ak->accum_f16(hd, nt, vp, ms[q], vs[q], acc + (size_t)x * hdp);
                         continue;
