@@ -1044,6 +1044,80 @@ static void test_attention(void **state)
     }
 }
 
+/* ---- matmul_multi ----------------------------------------------------------- */
+
+/* matmul_multi must give, for each weight, the bits of matmul on it alone:
+ * weights of one repacked layout run fused (one quantized input, one pool
+ * run), others (row layout, another layout, n_out not a multiple of 8) on
+ * their own, in any mix. Weights repacked where they can be. */
+static void test_matmul_multi(void **state)
+{
+    (void)state;
+    static const struct {
+        int n_w, n_in;
+        int type[3], n_out[3];
+    } sets[] = {
+        {3, 256, {EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0}, {64, 32, 24}},
+        {3, 256, {EXSA_TYPE_Q4_K, EXSA_TYPE_Q6_K, EXSA_TYPE_Q4_K}, {64, 32, 16}},
+        {2, 256, {EXSA_TYPE_Q4_K, EXSA_TYPE_Q4_K}, {48, 32}},
+        {3, 64, {EXSA_TYPE_Q8_0, EXSA_TYPE_Q8_0, EXSA_TYPE_Q4_0}, {16, 40, 8}},
+        {2, 64, {EXSA_TYPE_F16, EXSA_TYPE_F32}, {16, 8}},
+        {3, 256, {EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0}, {12, 32, 8}},
+    };
+    static const int rows[] = {1, 5, 70};
+    char fail[512] = "";
+    g_repack = 1;
+    for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
+        const int n_w = sets[si].n_w, n_in = sets[si].n_in;
+        exsa_tensor t[3];
+        void *data[3], *rbuf[3];
+        float *want[3], *got[3];
+        float *x = xmalloc(sizeof(float) * (size_t)n_in * 70);
+        fill_normal(x, (size_t)n_in * 70, 1.0f);
+        for (int i = 0; i < n_w; i++) {
+            const int no = sets[si].n_out[i];
+            float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no);
+            fill_normal(src, (size_t)n_in * (size_t)no, 0.5f);
+            size_t rb;
+            data[i] = make_weights(sets[si].type[i], src, n_in, no, &rb);
+            free(src);
+            t[i] = (exsa_tensor){"w", sets[si].type[i], n_in, no, rb, data[i], EXSA_LAYOUT_ROWS};
+            rbuf[i] = maybe_repack(&t[i]);
+            want[i] = xmalloc(sizeof(float) * (size_t)no * 70);
+            got[i] = xmalloc(sizeof(float) * (size_t)no * 70);
+        }
+        const exsa_tensor *tp[3] = {&t[0], &t[1], &t[2]};
+        for (size_t ri = 0; ri < sizeof rows / sizeof rows[0] && !fail[0]; ri++) {
+            const int nr = rows[ri];
+            for (int i = 0; i < n_w; i++) {
+                memset(got[i], 0xFF, sizeof(float) * (size_t)t[i].n_out * (size_t)nr);
+                B->ops->matmul(B, &t[i], x, want[i], nr);
+            }
+            B->ops->matmul_multi(B, tp, n_w, x, got, nr);
+            for (int i = 0; i < n_w && !fail[0]; i++)
+                for (int e = 0; e < t[i].n_out * nr; e++)
+                    if (memcmp(&got[i][e], &want[i][e], sizeof(float)) != 0) {
+                        note_fail(fail, sizeof fail,
+                                  "matmul_multi set %zu weight %d (%s %dx%d) rows %d out %d: "
+                                  "%.9g, matmul %.9g",
+                                  si, i, exsa_type_traits_get(t[i].type)->name, n_in,
+                                  (int)t[i].n_out, nr, e, (double)got[i][e], (double)want[i][e]);
+                        break;
+                    }
+        }
+        for (int i = 0; i < n_w; i++) {
+            free(rbuf[i]);
+            free(data[i]);
+            free(want[i]);
+            free(got[i]);
+        }
+        free(x);
+    }
+    g_repack = 0;
+    if (fail[0])
+        fail_msg("%s", fail);
+}
+
 /* ---- driver ---------------------------------------------------------------------- */
 
 static int run_suite(int n_threads, const char *label)
@@ -1055,6 +1129,7 @@ static int run_suite(int n_threads, const char *label)
         cmocka_unit_test(test_rms_norm),
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_batch_invariance),
+        cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_swiglu),

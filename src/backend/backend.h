@@ -95,6 +95,11 @@ typedef struct exsa_backend_ops {
                      int dim, float eps);
     /* y[r][o] = sum_i W[o][i] * x[r][i]; x is [n_rows][n_in], y [n_rows][n_out]. */
     void (*matmul)(exsa_backend *b, const exsa_tensor *w, const float *x, float *y, int n_rows);
+    /* matmul of n_w weights that take the same x: y[i] = W_i x. One call
+     * lets the backend convert x once and run all weights' rows as one
+     * parallel job (q, k, v; gate, up). */
+    void (*matmul_multi)(exsa_backend *b, const exsa_tensor *const *w, int n_w, const float *x,
+                         float *const *y, int n_rows);
     /* y[r][i] += bias[i] for each of n_rows rows of dim. */
     void (*add_bias)(exsa_backend *b, float *y, const float *bias, int n_rows, int dim);
     /* y[i] += x[i]. */

@@ -272,9 +272,11 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
 
         /* attention */
         op->rms_norm(be, s->x, L->attn_norm, s->xb, n, E, hp->norm_eps);
-        op->matmul(be, &L->wq, s->xb, s->q, n);
-        op->matmul(be, &L->wk, s->xb, s->k, n);
-        op->matmul(be, &L->wv, s->xb, s->v, n);
+        {
+            const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
+            float *out[3] = {s->q, s->k, s->v};
+            op->matmul_multi(be, qkv, 3, s->xb, out, n);
+        }
         if (hp->has_qkv_bias) {
             op->add_bias(be, s->q, L->bq, n, Q);
             op->add_bias(be, s->k, L->bk, n, KV);
@@ -297,8 +299,11 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
 
         /* feed-forward (SwiGLU) */
         op->rms_norm(be, s->x, L->ffn_norm, s->xb, n, E, hp->norm_eps);
-        op->matmul(be, &L->w_gate, s->xb, s->ff1, n);
-        op->matmul(be, &L->w_up, s->xb, s->ff2, n);
+        {
+            const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
+            float *out[2] = {s->ff1, s->ff2};
+            op->matmul_multi(be, gu, 2, s->xb, out, n);
+        }
         op->swiglu(be, s->ff1, s->ff2, s->ff1, (int64_t)n * F);
         op->matmul(be, &L->w_down, s->ff1, s->xb, n);
         op->add(be, s->x, s->xb, (int64_t)n * E);

@@ -329,16 +329,21 @@ static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
     }
 }
 
+/* Weights of one layout that share their input, multiplied in one pass. */
+#define X8_MAX_W 3
+
 typedef struct {
     const exsa_cpu_kernels *k;
-    const exsa_tensor *w;
-    size_t group_bytes; /* one 8-row group of the repacked weights */
+    int n_w;
+    const exsa_tensor *w[X8_MAX_W];
+    size_t group_bytes[X8_MAX_W]; /* one 8-row group of the repacked weights */
+    int chunk_groups[X8_MAX_W];
+    int chunk_end[X8_MAX_W]; /* chunks of weights 0..i, summed */
+    float *y[X8_MAX_W];
     const char *act;
     size_t act_stride;
     int n_act;
-    int n_chunks;
-    int chunk_groups;
-    float *y;
+    int n_chunks; /* of all weights */
 } x8_job;
 
 /* The kernel of a repacked block layout (NULL if the table has none). */
@@ -391,17 +396,21 @@ static void x8_task(void *vctx, int task, int thread)
 {
     (void)thread;
     x8_job *j = vctx;
-    const exsa_tensor *w = j->w;
-    int tile = task / j->n_chunks, chunk = task % j->n_chunks;
+    int tile = task / j->n_chunks, chunk = task % j->n_chunks, i = 0;
+    while (chunk >= j->chunk_end[i])
+        i++;
+    if (i > 0)
+        chunk -= j->chunk_end[i - 1];
+    const exsa_tensor *w = j->w[i];
     int j0 = tile * X8_TILE;
     int nj = j->n_act - j0 < X8_TILE ? j->n_act - j0 : X8_TILE;
     int64_t n_groups = w->n_out / 8;
-    int64_t g0 = (int64_t)chunk * j->chunk_groups;
-    int64_t g1 = g0 + j->chunk_groups < n_groups ? g0 + j->chunk_groups : n_groups;
+    int64_t g0 = (int64_t)chunk * j->chunk_groups[i];
+    int64_t g1 = g0 + j->chunk_groups[i] < n_groups ? g0 + j->chunk_groups[i] : n_groups;
     const char *act = j->act + (size_t)j0 * j->act_stride;
     const char *wd = w->data;
-    const size_t gb = j->group_bytes, os = (size_t)w->n_out;
-    float *y = j->y + (size_t)j0 * os;
+    const size_t gb = j->group_bytes[i], os = (size_t)w->n_out;
+    float *y = j->y[i] + (size_t)j0 * os;
     if (w->layout == EXSA_LAYOUT_FX8) {
         /* decode: 4 groups give a lone row 4 independent FMA chains;
          * batches: 2 groups x 6 rows keep the tile's weights in L1 */
@@ -439,21 +448,32 @@ static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
     return rows;
 }
 
-/* Repacked weights (EXSA_LAYOUT_*X8): activations quantized once per pass
- * into the layout's activation format (Q8_0s / Q8_K; float weights take the
- * rows as they are), then tasks of (activation tile, chunk of 8-row groups)
- * as for the row layout. */
-static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, float *y, int n_rows)
+/* Whether matmul_x8 can take w (its layout has a kernel and the shape
+ * fits it); otherwise its outputs are NaN. */
+static int x8_fits(const cpu_backend *c, const exsa_tensor *w)
 {
-    int64_t n_in = w->n_in, n_out = w->n_out;
-    const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8, is_f = w->layout == EXSA_LAYOUT_FX8;
-    const int is_q8 = w->layout == EXSA_LAYOUT_Q8_0X8;
+    const int64_t block = w->layout == EXSA_LAYOUT_Q4_KX8 ? EXSA_QK_K
+                          : w->layout == EXSA_LAYOUT_FX8  ? 1
+                                                          : 32;
+    return x8_has_kernel(c->k, w->layout) && w->n_in > 0 && w->n_in <= INT32_MAX &&
+           w->n_in % block == 0 && w->n_out > 0 && w->n_out % 8 == 0;
+}
+
+/* Repacked weights (EXSA_LAYOUT_*X8), n_w (1..X8_MAX_W) of one layout and
+ * input size, all of them valid (x8_fits): activations quantized once per
+ * pass into the layout's activation format (Q8_0s / Q8_0a / Q8_K; float
+ * weights take the rows as they are), then one pool run of tasks (activation
+ * tile, weight, chunk of 8-row groups), tile-major as for the row layout.
+ * Several weights (q, k, v; gate, up) in one run share the quantized input
+ * and one wait for the pool instead of one each. */
+static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, const float *x,
+                      float *const *y, int n_rows)
+{
+    const exsa_tensor *w0 = ws[0];
+    const int64_t n_in = w0->n_in;
+    const int is_k = w0->layout == EXSA_LAYOUT_Q4_KX8, is_f = w0->layout == EXSA_LAYOUT_FX8;
+    const int is_q8 = w0->layout == EXSA_LAYOUT_Q8_0X8;
     const int64_t block = is_k ? EXSA_QK_K : is_f ? 1 : 32;
-    const int has_gemm = x8_has_kernel(c->k, w->layout);
-    if (!has_gemm || n_in <= 0 || n_in > INT32_MAX || n_in % block != 0 || n_out % 8 != 0) {
-        cpu_fill_nan(y, (int64_t)n_rows * n_out);
-        return;
-    }
     /* Float weights take the float rows as they are. */
     size_t act_stride = is_f   ? (size_t)n_in * sizeof(float)
                         : is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
@@ -463,18 +483,30 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
         act_stride = (act_stride + 63) & ~(size_t)63;
     int rows_per_pass = is_f ? n_rows : act_rows_per_pass(c, act_stride, n_rows);
     if (rows_per_pass == 0) {
-        cpu_fill_nan(y, (int64_t)n_rows * n_out);
+        for (int i = 0; i < n_w; i++)
+            cpu_fill_nan(y[i], (int64_t)n_rows * ws[i]->n_out);
         return;
     }
-    int64_t n_groups = n_out / 8;
-    int chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
-    if (chunk_groups < 1)
-        chunk_groups = 1;
-    if (chunk_groups > CHUNK_MAX / 8)
-        chunk_groups = CHUNK_MAX / 8;
-    if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
-        chunk_groups++;
-    int n_chunks = (int)((n_groups + chunk_groups - 1) / chunk_groups);
+    x8_job d = {.k = c->k, .n_w = n_w, .act_stride = act_stride};
+    int n_chunks = 0;
+    for (int i = 0; i < n_w; i++) {
+        const exsa_tensor *w = ws[i];
+        int64_t n_groups = w->n_out / 8;
+        int chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
+        if (chunk_groups < 1)
+            chunk_groups = 1;
+        if (chunk_groups > CHUNK_MAX / 8)
+            chunk_groups = CHUNK_MAX / 8;
+        if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
+            chunk_groups++;
+        d.w[i] = w;
+        d.chunk_groups[i] = chunk_groups;
+        n_chunks += (int)((n_groups + chunk_groups - 1) / chunk_groups);
+        d.chunk_end[i] = n_chunks;
+        d.group_bytes[i] = is_f ? (size_t)8 * (size_t)n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2)
+                                : (size_t)(n_in / block) * exsa_cpu_repacked_col_bytes(w->layout);
+    }
+    d.n_chunks = n_chunks;
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
         const float *xr = x + (size_t)r0 * (size_t)n_in;
@@ -489,13 +521,14 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *w, const float *x, floa
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
         }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;
-        size_t gb = is_f ? (size_t)8 * (size_t)n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2)
-                         : (size_t)(n_in / block) * exsa_cpu_repacked_col_bytes(w->layout);
-        x8_job d = {c->k, w, gb, act, act_stride, nr, n_chunks, chunk_groups,
-                    y + (size_t)r0 * (size_t)n_out};
+        d.act = act;
+        d.n_act = nr;
+        for (int i = 0; i < n_w; i++)
+            d.y[i] = y[i] + (size_t)r0 * (size_t)ws[i]->n_out;
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
         if (n_tasks > INT32_MAX) {
-            cpu_fill_nan(y + (size_t)r0 * (size_t)n_out, (int64_t)nr * n_out);
+            for (int i = 0; i < n_w; i++)
+                cpu_fill_nan(d.y[i], (int64_t)nr * ws[i]->n_out);
             continue;
         }
         exsa_threadpool_run(c->pool, x8_task, &d, (int)n_tasks);
@@ -518,7 +551,10 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
     if (n_rows <= 0 || w->n_out <= 0)
         return;
     if (w->layout != EXSA_LAYOUT_ROWS) {
-        matmul_x8(c, w, x, y, n_rows);
+        if (x8_fits(c, w))
+            matmul_x8(c, &w, 1, x, &y, n_rows);
+        else
+            cpu_fill_nan(y, (int64_t)n_rows * w->n_out);
         return;
     }
     int64_t n_out = w->n_out, n_in = w->n_in;
@@ -585,6 +621,28 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
 
 /* ---- creation ------------------------------------------------------------- */
 
+/* Runs of weights with one repacked layout and input size go through
+ * matmul_x8 together; the others one by one. */
+static void cpu_matmul_multi(exsa_backend *b, const exsa_tensor *const *w, int n_w,
+                             const float *x, float *const *y, int n_rows)
+{
+    cpu_backend *c = cpu_of(b);
+    if (n_rows <= 0)
+        return;
+    for (int i = 0; i < n_w;) {
+        int e = i + 1;
+        if (w[i]->layout != EXSA_LAYOUT_ROWS && x8_fits(c, w[i]))
+            while (e < n_w && e - i < X8_MAX_W && w[e]->layout == w[i]->layout &&
+                   w[e]->n_in == w[i]->n_in && x8_fits(c, w[e]))
+                e++;
+        if (e - i > 1)
+            matmul_x8(c, w + i, e - i, x, y + i, n_rows);
+        else
+            cpu_matmul(b, w[i], x, y[i], n_rows);
+        i = e;
+    }
+}
+
 static const exsa_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -594,6 +652,7 @@ static const exsa_backend_ops cpu_ops = {
     .get_rows = cpu_get_rows,
     .rms_norm = cpu_rms_norm,
     .matmul = cpu_matmul,
+    .matmul_multi = cpu_matmul_multi,
     .add_bias = cpu_add_bias,
     .add = cpu_add,
     .scale = cpu_scale,

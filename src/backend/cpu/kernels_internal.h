@@ -100,7 +100,9 @@ INLINE __m256i bits_to_bytes(const uint8_t *p)
  * PREFETCH_DIST bytes ahead of the block they read (1024..2048 measured
  * alike; 4096 lost). A batch's later rows find the lines cached and the
  * hints cost a load slot each. */
+#ifndef PREFETCH_DIST
 #define PREFETCH_DIST 1536
+#endif
 INLINE void prefetch_ahead(const void *p, size_t bytes)
 {
     const char *c = (const char *)p + PREFETCH_DIST;
