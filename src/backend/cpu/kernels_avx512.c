@@ -639,21 +639,31 @@ EXSA_Q8X8_GEMM(gemm_q8_0x8_vnni, dot_u8s8_vnni)
         const int nb = n / (BLOCK);                                                         \
         const WTYPE *w0 = w, *w1 = (const WTYPE *)((const char *)w + gbytes);               \
         const ATYPE *a[RMAX];                                                               \
-        for (int j = 0; j < n_act; j += RMAX) {                                             \
-            const int r = n_act - j < RMAX ? n_act - j : RMAX;                              \
+        for (int j = 0; j < n_act;) {                                                       \
+            const int left = n_act - j;                                                     \
+            const int r = left >= (RMAX) ? (RMAX) : left >= 4 ? 4 : left;                   \
             for (int k = 0; k < r; k++)                                                     \
                 a[k] = (const ATYPE *)((const char *)act + (size_t)(j + k) * as);           \
             float *o = out + (size_t)j * os;                                                \
-            if (r == RMAX)                                                                  \
-                ROWS(nb, w0, w1, a, RMAX, o, os, j == 0);                                   \
-            else if (r == 1)                                                                \
-                ROWS(nb, w0, w1, a, 1, o, os, j == 0);                                      \
+            if (r == (RMAX))                                                                \
+                ROWS(nb, w0, w1, a, (RMAX), o, os, j == 0);                                 \
+            else if (r == 4)                                                                \
+                ROWS(nb, w0, w1, a, ((RMAX) > 4 ? 4 : 1), o, os, j == 0);                   \
+            else if (r == 3)                                                                \
+                ROWS(nb, w0, w1, a, ((RMAX) > 3 ? 3 : 1), o, os, j == 0);                   \
             else if (r == 2)                                                                \
-                ROWS(nb, w0, w1, a, (RMAX > 2 ? 2 : 1), o, os, j == 0);                     \
+                ROWS(nb, w0, w1, a, ((RMAX) > 2 ? 2 : 1), o, os, j == 0);                   \
             else                                                                            \
-                ROWS(nb, w0, w1, a, (RMAX > 3 ? 3 : 1), o, os, j == 0);                     \
+                ROWS(nb, w0, w1, a, 1, o, os, j == 0);                                      \
+            j += r;                                                                         \
         }                                                                                   \
     }
+
+/* Activation rows per pass of the Q4_0 / Q4_K forms: each decoded weight
+ * vector serves this many rows from registers. */
+#ifndef X16_RMAX
+#define X16_RMAX 8
+#endif
 
 /* The two groups' 8 f16 values at p0 and p1 as 16 floats. */
 INLINE __m512 cvt_pair_h(const void *p0, const void *p1)
@@ -670,8 +680,8 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
                          int pf)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512 acc[4];
-#pragma GCC unroll 4
+    __m512 acc[X16_RMAX];
+#pragma GCC unroll 8
     for (int k = 0; k < R; k++)
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -687,7 +697,7 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
             q[j + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
         }
         const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int k = 0; k < R; k++) {
             __m512i s0 = _mm512_set1_epi32(-8 * a[k][b].sum), s1 = _mm512_setzero_si512();
 #pragma GCC unroll 4
@@ -702,12 +712,12 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
             acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, acc[k]);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int k = 0; k < R; k++)
         _mm512_storeu_ps(out + (size_t)k * os, acc[k]);
 }
 
-X16_DRIVER(gemm_q4_0x16, exsa_block_q4_0x8, exsa_block_q8_0s, 32, 4, q4_0x16_rows)
+X16_DRIVER(gemm_q4_0x16, exsa_block_q4_0x8, exsa_block_q8_0s, 32, X16_RMAX, q4_0x16_rows)
 
 /* Repacked Q8_0, as the x8 kernel for 16 rows (8 lane accumulators per
  * output, summed in its tree). AVX-512 has no vpsignb, so the weights are
@@ -769,8 +779,8 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
                          int pf)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512 acc[4];
-#pragma GCC unroll 4
+    __m512 acc[X16_RMAX];
+#pragma GCC unroll 8
     for (int k = 0; k < R; k++)
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
@@ -779,8 +789,8 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
             prefetch_ahead(g0, sizeof *g0);
             prefetch_ahead(g1, sizeof *g1);
         }
-        __m512i isum[4];
-#pragma GCC unroll 4
+        __m512i isum[X16_RMAX];
+#pragma GCC unroll 8
         for (int k = 0; k < R; k++)
             isum[k] = _mm512_setzero_si512();
         for (int s = 0; s < 8; s++) {
@@ -796,7 +806,7 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
             const __m512i sc = _mm512_cvtepu8_epi32(
                 _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 8 * s)),
                                    _mm_loadl_epi64((const __m128i *)(g1->scales + 8 * s))));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int k = 0; k < R; k++) {
                 const int8_t *qa = a[k][b].qs + 32 * s;
                 __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
@@ -821,7 +831,7 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
                 _mm256_inserti128_si256(
                     _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(g0->mins + 16 * i))),
                     _mm_loadu_si128((const __m128i *)(g1->mins + 16 * i)), 1));
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int k = 0; k < R; k++) {
             /* sub-block sums as int16 pairs (2i, 2i + 1) = dword i */
             const __m256i bs = _mm256_loadu_si256((const __m256i *)a[k][b].bsums);
@@ -837,12 +847,12 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
             acc[k] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms), _mm512_mul_ps(dm, da), acc[k]);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int k = 0; k < R; k++)
         _mm512_storeu_ps(out + (size_t)k * os, acc[k]);
 }
 
-X16_DRIVER(gemm_q4_Kx16, exsa_block_q4_Kx8, exsa_block_q8_K, EXSA_QK_K, 4, q4_Kx16_rows)
+X16_DRIVER(gemm_q4_Kx16, exsa_block_q4_Kx8, exsa_block_q8_K, EXSA_QK_K, X16_RMAX, q4_Kx16_rows)
 
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
