@@ -10,9 +10,28 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "backend/cpu/kernels.h"
 #include "util/err.h"
+
+/* Weights bigger than a huge page start on one and ask for transparent
+ * huge pages (where THP is in madvise mode, as Debian's default): decode
+ * streams every weight byte per token, and with 4 KB pages that is a TLB
+ * miss every 4 KB. Before the first touch, so the faults take huge pages.
+ * The alignment costs address space only: untouched pages stay unmapped. */
+#define HUGE_PAGE ((size_t)2 << 20)
+static void *alloc_weights(size_t bytes)
+{
+    if (bytes < HUGE_PAGE)
+        return aligned_alloc(64, bytes);
+    void *p = aligned_alloc(HUGE_PAGE, bytes);
+#ifdef MADV_HUGEPAGE
+    if (p)
+        (void)madvise(p, bytes & ~(size_t)4095, MADV_HUGEPAGE); /* a hint: failure is harmless */
+#endif
+    return p;
+}
 
 static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, int64_t ng)
 {
@@ -217,7 +236,7 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     if (__builtin_mul_overflow((size_t)nb, (size_t)ng, &bytes) ||
         __builtin_mul_overflow(bytes, col_bytes, &bytes) || bytes > SIZE_MAX - 63)
         return exsa_err_set(err, EXSA_ENOMEM, "repack: tensor '%s' too large", w->name);
-    void *dst = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    void *dst = alloc_weights((bytes + 63) & ~(size_t)63);
     if (!dst)
         return exsa_err_set(err, EXSA_ENOMEM, "repack: out of memory for '%s' (%zu bytes)",
                             w->name, bytes);
