@@ -325,6 +325,8 @@ static void *maybe_repack(exsa_tensor *t)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q5_1X8);
         if (t->type == EXSA_TYPE_Q8_0 && t->n_out % 8 == 0)
             assert_int_equal(t->layout, EXSA_LAYOUT_Q8_0X8);
+        if (t->type == EXSA_TYPE_Q6_K && t->n_out % 8 == 0)
+            assert_int_equal(t->layout, EXSA_LAYOUT_Q6_KX8);
     }
     return buf;
 }
@@ -451,6 +453,8 @@ static void test_repack_lossless(void **state)
     check_repack_lossless(EXSA_TYPE_Q4_K, 768, 24, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_Q4_KX8);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 12, EXSA_LAYOUT_ROWS); /* n_out % 8 */
+    check_repack_lossless(EXSA_TYPE_Q6_K, 768, 24, EXSA_LAYOUT_Q6_KX8);
+    check_repack_lossless(EXSA_TYPE_Q6_K, 256, 12, EXSA_LAYOUT_ROWS); /* n_out % 8 */
     check_repack_lossless(EXSA_TYPE_Q5_K, 256, 8, EXSA_LAYOUT_ROWS);  /* no layout */
     /* EXSA_REPACK=0 turns repacking off. */
     setenv("EXSA_REPACK", "0", 1);
@@ -641,6 +645,11 @@ static void matmul_shapes(int invariance)
     check_matmul(EXSA_TYPE_Q4_K, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q4_K, 2816, 16, invariance);
     check_matmul(EXSA_TYPE_Q4_K, 256, 1024, invariance);
+    /* Repacked Q6_K: one group, longer rows, many groups and chunks (and
+     * an odd number of groups, which leaves the two-group form one). */
+    check_matmul(EXSA_TYPE_Q6_K, 512, 8, invariance);
+    check_matmul(EXSA_TYPE_Q6_K, 2816, 24, invariance);
+    check_matmul(EXSA_TYPE_Q6_K, 256, 1024, invariance);
     /* Repacked Q4_1. */
     check_matmul(EXSA_TYPE_Q4_1, 512, 8, invariance);
     check_matmul(EXSA_TYPE_Q4_1, 96, 40, invariance);

@@ -968,6 +968,90 @@ static void check_gemm_kx8_gguf(void)
     }
 }
 
+/* gemm_q6_Kx8 as check_gemm_kx8: the scalar table against an exact double
+ * dot of the decoded values (d * scale * (q - 32)), every other table bit
+ * for bit against the scalar one. Random blocks cover every 6-bit value
+ * and signed scale; the extreme case (values 63, scales -128, activations
+ * at their ends) gives the largest int16 pair sums. */
+static void fill_q6_Kx8(exsa_block_q6_Kx8 *x, int extreme, uint64_t *rng)
+{
+    for (int r = 0; r < 8; r++)
+        x->d[r] = exsa_fp32_to_fp16(0.001f + 0.01f * exsa_test_rand_uniform(rng));
+    for (int i = 0; i < 128; i++)
+        x->scales[i] = (int8_t)(extreme ? -128 : (int)(exsa_test_rand_u64(rng) % 256) - 128);
+    for (int i = 0; i < 1024; i++)
+        x->ql[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(rng) & 0xFF);
+    for (int i = 0; i < 512; i++)
+        x->qh[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(rng) & 0xFF);
+}
+
+static void check_gemm_q6kx8(const exsa_cpu_kernels *isa)
+{
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    if (isa && !isa->gemm_q6_Kx8)
+        fail_msg("%s has no gemm_q6_Kx8 (repacked Q6_K would have no kernel)", isa->isa);
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 61u;
+        for (int zi = 0; zi < ARRAY_LEN(sizes_k); zi++) {
+            const int n = sizes_k[zi], nb = n / EXSA_QK_K, max_act = 9;
+            exsa_block_q6_Kx8 *w = xmalloc((size_t)nb * sizeof *w);
+            exsa_block_q8_K *a = xmalloc((size_t)nb * max_act * sizeof *a);
+            const int extreme = si == 2 && zi == 1;
+            for (int b = 0; b < nb; b++)
+                fill_q6_Kx8(&w[b], extreme, &rng);
+            for (int k = 0; k < nb * max_act; k++)
+                fill_q8_K(&a[k], extreme, k, &rng);
+            for (int n_act = 1; n_act <= max_act; n_act++) {
+                float got[9 * 8], want[9 * 8];
+                const size_t as = (size_t)nb * sizeof *a;
+                ref->gemm_q6_Kx8(n, w, a, as, n_act, want, 8);
+                if (isa) {
+                    isa->gemm_q6_Kx8(n, w, a, as, n_act, got, 8);
+                    for (int i = 0; i < 8 * n_act; i++)
+                        if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+                            fail_msg("%s gemm_q6_Kx8 n=%d n_act=%d out %d: %.9g, scalar %.9g",
+                                     isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+                    continue;
+                }
+                for (int j = 0; j < n_act; j++)
+                    for (int r = 0; r < 8; r++) {
+                        double dot = 0, mag = 0;
+                        for (int b = 0; b < nb; b++) {
+                            const exsa_block_q8_K *ab = &a[(size_t)j * nb + b];
+                            const double d = exsa_fp16_to_fp32(w[b].d[r]);
+                            for (int e = 0; e < EXSA_QK_K; e++) {
+                                const int q = exsa_q6_Kx8_value(&w[b], r, e);
+                                double t = d * w[b].scales[8 * (e / 16) + r] * (q - 32) *
+                                           ((double)ab->d * ab->qs[e]);
+                                dot += t;
+                                mag += fabs(t);
+                            }
+                        }
+                        double g = want[j * 8 + r];
+                        if (!(fabs(g - dot) <= 1e-5 * mag + 1e-30))
+                            fail_msg("scalar gemm_q6_Kx8 n=%d row %d act %d: %.9g vs exact %.9g",
+                                     n, r, j, g, dot);
+                    }
+            }
+            free(w);
+            free(a);
+        }
+    }
+}
+
+static void test_scalar_gemm_q6kx8(void **state)
+{
+    (void)state;
+    check_gemm_q6kx8(NULL);
+}
+
+static void test_isa_gemm_q6kx8(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_gemm_q6kx8(((const isa_case *)*state)->table);
+}
+
 static void test_scalar_gemm_kx8(void **state)
 {
     (void)state;
@@ -1002,24 +1086,28 @@ static void fill_q8_0a(exsa_block_q8_0a *a, int extreme, int k, uint64_t *rng)
 
 static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
 {
-    static const char *const names[] = {"gemm_q4_0x16", "gemm_q8_0x16", "gemm_q4_Kx16"};
+    static const char *const names[] = {"gemm_q4_0x16", "gemm_q8_0x16", "gemm_q4_Kx16",
+                                        "gemm_q6_Kx16"};
     exsa_gemm_x16_fn x16 = layout == 0   ? isa->gemm_q4_0x16
                            : layout == 1 ? isa->gemm_q8_0x16
-                                         : isa->gemm_q4_Kx16;
+                           : layout == 2 ? isa->gemm_q4_Kx16
+                                         : isa->gemm_q6_Kx16;
     if (!x16)
         return;
     static const int sizes32[] = {32, 96, 544, 2048};
-    const int *sizes = layout == 2 ? sizes_k : sizes32;
-    const int n_sizes = layout == 2 ? ARRAY_LEN(sizes_k) : ARRAY_LEN(sizes32);
+    const int kq = layout >= 2; /* K-quant super-blocks, Q8_K activations */
+    const int *sizes = kq ? sizes_k : sizes32;
+    const int n_sizes = kq ? ARRAY_LEN(sizes_k) : ARRAY_LEN(sizes32);
     const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
     for (int si = 0; si < ARRAY_LEN(seeds); si++) {
         uint64_t rng = seeds[si] + 71u;
         for (int zi = 0; zi < n_sizes; zi++) {
             const int n = sizes[zi], max_act = 9, extreme = si == 2 && zi == 1;
-            const int nb = layout == 2 ? n / EXSA_QK_K : n / 32;
+            const int nb = kq ? n / EXSA_QK_K : n / 32;
             const size_t wsz = layout == 0   ? sizeof(exsa_block_q4_0x8)
                                : layout == 1 ? sizeof(exsa_block_q8_0x8)
-                                             : sizeof(exsa_block_q4_Kx8);
+                               : layout == 2 ? sizeof(exsa_block_q4_Kx8)
+                                             : sizeof(exsa_block_q6_Kx8);
             const size_t asz = layout == 0   ? sizeof(exsa_block_q8_0s)
                                : layout == 1 ? sizeof(exsa_block_q8_0a)
                                              : sizeof(exsa_block_q8_K);
@@ -1040,6 +1128,8 @@ static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
                     for (int i = 0; i < 256; i++)
                         x->qs[i] = (int8_t)(extreme ? (i % 3 ? -128 : 127)
                                                     : (int)(exsa_test_rand_u64(&rng) % 256) - 128);
+                } else if (layout == 3) {
+                    fill_q6_Kx8((exsa_block_q6_Kx8 *)blk, extreme, &rng);
                 } else {
                     exsa_block_q4_Kx8 *x = (exsa_block_q4_Kx8 *)blk;
                     for (int r = 0; r < 8; r++) {
@@ -1086,8 +1176,11 @@ static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
                     else if (layout == 1)
                         ref->gemm_q8_0x8(n, wg, (const exsa_block_q8_0a *)a, as, n_act,
                                          want + 8 * g, 16);
-                    else
+                    else if (layout == 2)
                         ref->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)a, as, n_act,
+                                         want + 8 * g, 16);
+                    else
+                        ref->gemm_q6_Kx8(n, wg, (const exsa_block_q8_K *)a, as, n_act,
                                          want + 8 * g, 16);
                 }
                 for (int i = 0; i < 16 * n_act; i++)
@@ -1106,9 +1199,9 @@ static void test_isa_gemm_x16(void **state)
     if (!usable(state))
         skip();
     const exsa_cpu_kernels *isa = ((const isa_case *)*state)->table;
-    if (!isa->gemm_q4_0x16 && !isa->gemm_q8_0x16 && !isa->gemm_q4_Kx16)
+    if (!isa->gemm_q4_0x16 && !isa->gemm_q8_0x16 && !isa->gemm_q4_Kx16 && !isa->gemm_q6_Kx16)
         skip(); /* this table has no two-group forms */
-    for (int layout = 0; layout < 3; layout++)
+    for (int layout = 0; layout < 4; layout++)
         check_gemm_x16(isa, layout);
 }
 
@@ -1257,6 +1350,10 @@ int main(int argc, char **argv)
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_kx8, &isa_cases[2]),
+        cmocka_unit_test(test_scalar_gemm_q6kx8),
+        cmocka_unit_test_prestate(test_isa_gemm_q6kx8, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_gemm_q6kx8, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_gemm_q6kx8, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_gemm_x16, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_x16, &isa_cases[2]),
         cmocka_unit_test_prestate(test_isa_dots, &isa_cases[0]),

@@ -26,6 +26,7 @@ enum exsa_tensor_layout {
     EXSA_LAYOUT_Q5_1X8 = 5,  /* Q5_1 in groups of 8 interleaved rows (CPU) */
     EXSA_LAYOUT_FX8 = 6,     /* F32/F16/BF16, 8 rows' element k side by side (CPU) */
     EXSA_LAYOUT_Q8_0X8 = 7,  /* Q8_0 in groups of 8 interleaved rows (CPU) */
+    EXSA_LAYOUT_Q6_KX8 = 8,  /* Q6_K in groups of 8 interleaved rows (CPU) */
 };
 
 /* A 2-D weight: n_out rows of n_in elements of `type`, row_bytes apart

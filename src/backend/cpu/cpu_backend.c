@@ -357,6 +357,7 @@ static int x8_has_kernel(const exsa_cpu_kernels *k, int layout)
     case EXSA_LAYOUT_Q4_KX8: return k->gemm_q4_Kx8 != NULL;
     case EXSA_LAYOUT_FX8: return k->gemm_fx != NULL;
     case EXSA_LAYOUT_Q8_0X8: return k->gemm_q8_0x8 != NULL;
+    case EXSA_LAYOUT_Q6_KX8: return k->gemm_q6_Kx8 != NULL;
     default: return 0;
     }
 }
@@ -377,6 +378,9 @@ static void x8_group(const exsa_cpu_kernels *k, int layout, int n, const void *w
     case EXSA_LAYOUT_Q4_KX8:
         k->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)act, as, nj, y, os);
         break;
+    case EXSA_LAYOUT_Q6_KX8:
+        k->gemm_q6_Kx8(n, wg, (const exsa_block_q8_K *)act, as, nj, y, os);
+        break;
     default: break;
     }
 }
@@ -388,6 +392,7 @@ static exsa_gemm_x16_fn x16_kernel(const exsa_cpu_kernels *k, int layout)
     case EXSA_LAYOUT_Q4_0X8: return k->gemm_q4_0x16;
     case EXSA_LAYOUT_Q8_0X8: return k->gemm_q8_0x16;
     case EXSA_LAYOUT_Q4_KX8: return k->gemm_q4_Kx16;
+    case EXSA_LAYOUT_Q6_KX8: return k->gemm_q6_Kx16;
     default: return NULL;
     }
 }
@@ -452,7 +457,8 @@ static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
  * fits it); otherwise its outputs are NaN. */
 static int x8_fits(const cpu_backend *c, const exsa_tensor *w)
 {
-    const int64_t block = w->layout == EXSA_LAYOUT_Q4_KX8 ? EXSA_QK_K
+    const int64_t block = w->layout == EXSA_LAYOUT_Q4_KX8 || w->layout == EXSA_LAYOUT_Q6_KX8
+                              ? EXSA_QK_K
                           : w->layout == EXSA_LAYOUT_FX8  ? 1
                                                           : 32;
     return x8_has_kernel(c->k, w->layout) && w->n_in > 0 && w->n_in <= INT32_MAX &&
@@ -471,7 +477,8 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
 {
     const exsa_tensor *w0 = ws[0];
     const int64_t n_in = w0->n_in;
-    const int is_k = w0->layout == EXSA_LAYOUT_Q4_KX8, is_f = w0->layout == EXSA_LAYOUT_FX8;
+    const int is_k = w0->layout == EXSA_LAYOUT_Q4_KX8 || w0->layout == EXSA_LAYOUT_Q6_KX8;
+    const int is_f = w0->layout == EXSA_LAYOUT_FX8;
     const int is_q8 = w0->layout == EXSA_LAYOUT_Q8_0X8;
     const int64_t block = is_k ? EXSA_QK_K : is_f ? 1 : 32;
     /* Float weights take the float rows as they are. */

@@ -1,7 +1,7 @@
 /* Weight repacking for the CPU kernels (kernels.h describes the layouts).
  *
  * Done once at model load, on the load thread: an F32, F16, BF16, Q4_0,
- * Q4_1, Q5_0, Q5_1, Q8_0 or Q4_K matrix of n_out rows becomes n_out / 8
+ * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K matrix of n_out rows becomes n_out / 8
  * groups of interleaved columns. All but Q4_K keep their byte count; Q4_K
  * grows by 2.8% (its 6-bit scales and mins are unpacked to bytes). Both are lossless: exsa_cpu_repacked_row gives back
  * the GGUF bytes exactly.
@@ -169,6 +169,48 @@ static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, 
     }
 }
 
+/* Value e (0..63, stored +32) of a GGUF Q6_K block. */
+static int q6_K_get(const exsa_block_q6_K *b, int e)
+{
+    const int n = e / 128, m = e % 128 / 32, l = e % 32;
+    const uint8_t lo = b->ql[64 * n + l + 32 * (m & 1)];
+    return ((m >> 1 ? lo >> 4 : lo) & 15) | ((b->qh[32 * n + l] >> (2 * m)) & 3) << 4;
+}
+
+static void q6_K_set(exsa_block_q6_K *b, int e, int v)
+{
+    const int n = e / 128, m = e % 128 / 32, l = e % 32;
+    uint8_t *lo = &b->ql[64 * n + l + 32 * (m & 1)];
+    *lo = (uint8_t)(m >> 1 ? (*lo & 0x0F) | (v & 15) << 4 : (*lo & 0xF0) | (v & 15));
+    uint8_t *hi = &b->qh[32 * n + l];
+    *hi = (uint8_t)((*hi & ~(3 << (2 * m))) | ((v >> 4) & 3) << (2 * m));
+}
+
+static void pack_q6_K(const exsa_tensor *w, exsa_block_q6_Kx8 *dst, int64_t nb, int64_t ng)
+{
+    for (int64_t g = 0; g < ng; g++)
+        for (int64_t b = 0; b < nb; b++)
+            memset(&dst[g * nb + b], 0, sizeof dst[0]);
+    for (int64_t g = 0; g < ng; g++) {
+        for (int r = 0; r < 8; r++) {
+            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+            const exsa_block_q6_K *src = (const exsa_block_q6_K *)row;
+            for (int64_t b = 0; b < nb; b++) {
+                exsa_block_q6_Kx8 *o = &dst[g * nb + b];
+                o->d[r] = src[b].d;
+                for (int j = 0; j < 16; j++)
+                    o->scales[8 * j + r] = src[b].scales[j];
+                for (int e = 0; e < EXSA_QK_K; e++) {
+                    const int v = q6_K_get(&src[b], e);
+                    const int sb = e / 32, oi = 32 * (e % 32 / 4) + 4 * r + e % 4;
+                    o->ql[256 * (sb / 2) + oi] |= (uint8_t)((v & 15) << (4 * (sb % 2)));
+                    o->qh[256 * (sb / 4) + oi] |= (uint8_t)((v >> 4) << (2 * (sb % 4)));
+                }
+            }
+        }
+    }
+}
+
 /* F32 / F16 / BF16: element k of the group's 8 rows side by side. */
 static void pack_float(const exsa_tensor *w, char *dst, size_t elem, int64_t ng)
 {
@@ -191,6 +233,7 @@ size_t exsa_cpu_repacked_col_bytes(int layout)
     case EXSA_LAYOUT_Q5_1X8: return sizeof(exsa_block_q5_1x8);
     case EXSA_LAYOUT_Q4_KX8: return sizeof(exsa_block_q4_Kx8);
     case EXSA_LAYOUT_Q8_0X8: return sizeof(exsa_block_q8_0x8);
+    case EXSA_LAYOUT_Q6_KX8: return sizeof(exsa_block_q6_Kx8);
     default: return 0;
     }
 }
@@ -228,6 +271,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     } else if (w->type == EXSA_TYPE_Q4_K && w->n_in % EXSA_QK_K == 0) {
         block = EXSA_QK_K;
         col_bytes = sizeof(exsa_block_q4_Kx8);
+    } else if (w->type == EXSA_TYPE_Q6_K && w->n_in % EXSA_QK_K == 0) {
+        block = EXSA_QK_K;
+        col_bytes = sizeof(exsa_block_q6_Kx8);
     } else {
         return 0;
     }
@@ -249,6 +295,9 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
             return 0;
         }
         w->layout = EXSA_LAYOUT_Q8_0X8;
+    } else if (w->type == EXSA_TYPE_Q6_K) {
+        pack_q6_K(w, dst, nb, ng);
+        w->layout = EXSA_LAYOUT_Q6_KX8;
     } else if (w->type == EXSA_TYPE_Q4_1) {
         pack_q4_1(w, dst, nb, ng);
         w->layout = EXSA_LAYOUT_Q4_1X8;
@@ -297,6 +346,20 @@ void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
             for (int c = 0; c < 4; c++)
                 for (int t = 0; t < 8; t++)
                     memcpy(dst[b].qs + 32 * c + 4 * t, g[b].qs + 256 * c + 32 * t + 4 * r, 4);
+        }
+        return;
+    }
+    if (w->layout == EXSA_LAYOUT_Q6_KX8) {
+        const int64_t nb = w->n_in / EXSA_QK_K;
+        const exsa_block_q6_Kx8 *g = (const exsa_block_q6_Kx8 *)w->data + (row / 8) * nb;
+        exsa_block_q6_K *dst = out;
+        for (int64_t b = 0; b < nb; b++) {
+            memset(&dst[b], 0, sizeof dst[b]);
+            dst[b].d = g[b].d[r];
+            for (int j = 0; j < 16; j++)
+                dst[b].scales[j] = g[b].scales[8 * j + r];
+            for (int e = 0; e < EXSA_QK_K; e++)
+                q6_K_set(&dst[b], e, exsa_q6_Kx8_value(&g[b], r, e));
         }
         return;
     }

@@ -176,6 +176,43 @@ typedef void (*exsa_gemm_q4_Kx8_fn)(int n, const exsa_block_q4_Kx8 *w,
                                     const exsa_block_q8_K *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
+/* Q6_K weights repacked 8 rows at a time: super-block column b of a group
+ * of 8 rows (256 elements of each) holds the 8 rows' d, their 16 scales
+ * (one per 16 elements) and their 6-bit values (stored +32, as in Q6_K) in
+ * 4-byte quads as in exsa_block_q4_Kx8, for element e = 32 s + 4 t + i of
+ * row r (sub-block s < 8, quad t < 8, i < 4):
+ *   scales[8 * j + r]                   = scale j (elements 16j..16j+15)
+ *   ql[256 * (s / 2) + 32 * t + 4 * r + i], nibble s % 2 = its low 4 bits
+ *   qh[256 * (s / 4) + 32 * t + 4 * r + i], bits 2 (s % 4) + 0..1 = its top 2
+ * so one 32-byte load of ql and one of qh give sub-block s's quad t of the
+ * 8 rows. 1680 bytes, the same as 8 Q6_K blocks; lossless. */
+typedef struct {
+    exsa_fp16 d[8];
+    int8_t scales[128];
+    uint8_t ql[1024];
+    uint8_t qh[512];
+} exsa_block_q6_Kx8;
+_Static_assert(sizeof(exsa_block_q6_Kx8) == 1680, "q6_Kx8 block");
+
+/* Element e (0..255) of row r of a repacked Q6_K column, 0..63. */
+static inline int exsa_q6_Kx8_value(const exsa_block_q6_Kx8 *g, int r, int e)
+{
+    const int s = e / 32, t = e % 32 / 4, i = e % 4, o = 32 * t + 4 * r + i;
+    return ((g->ql[256 * (s / 2) + o] >> (4 * (s % 2))) & 15) |
+           ((g->qh[256 * (s / 4) + o] >> (2 * (s % 4))) & 3) << 4;
+}
+
+/* out[j * out_stride + r] = dot(row r of the 8-row group w, act row j) with
+ * Q8_K activations (n % 256 == 0). Per output and super-block, in order,
+ * with q the stored values and sc_j row r's scales:
+ *   isum = sum_j sc_j * sum_{e in j} (q_e - 32) * a_e      (int32, exact)
+ *   acc  = fmaf((float)isum, d_r * d_a, acc)
+ * (d_r widened from f16, the product rounded to float), acc from 0.0f, so
+ * every table and every n_act gives the same bits. */
+typedef void (*exsa_gemm_q6_Kx8_fn)(int n, const exsa_block_q6_Kx8 *w,
+                                    const exsa_block_q8_K *act, size_t act_stride, int n_act,
+                                    float *out, size_t out_stride);
+
 /* Two consecutive 8-row groups of a repacked layout at once, the second
  * group_bytes after the first: out[j * out_stride + 8 * g + r] for g < 2,
  * r < 8, bit for bit what the layout's x8 kernel gives for each group
@@ -206,9 +243,11 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_q5_1x8_fn gemm_q5_1x8;
     exsa_gemm_fx_fn gemm_fx;
     exsa_gemm_q8_0x8_fn gemm_q8_0x8;
+    exsa_gemm_q6_Kx8_fn gemm_q6_Kx8;
     exsa_gemm_x16_fn gemm_q4_0x16;
     exsa_gemm_x16_fn gemm_q8_0x16;
     exsa_gemm_x16_fn gemm_q4_Kx16;
+    exsa_gemm_x16_fn gemm_q6_Kx16;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

@@ -1005,6 +1005,98 @@ INLINE void q4_Kx8_rows(int nb, const exsa_block_q4_Kx8 *w, const exsa_block_q8_
 
 EXSA_X8_DRIVER(gemm_q4_Kx8, exsa_block_q4_Kx8, exsa_block_q8_K, EXSA_QK_K, q4_Kx8_rows)
 
+/* ------------------------------------------------- repacked Q6_K x 8 */
+
+/* Sub-block s's quad t of the 8 rows as bytes 0..63 (kernels.h layout). */
+INLINE __m256i q6_Kx8_quad(const exsa_block_q6_Kx8 *g, int s, int t)
+{
+    const __m256i lo = _mm256_loadu_si256((const __m256i *)(g->ql + 256 * (s / 2) + 32 * t));
+    const __m256i hi = _mm256_loadu_si256((const __m256i *)(g->qh + 256 * (s / 4) + 32 * t));
+    const __m256i l = _mm256_and_si256(s % 2 ? _mm256_srli_epi16(lo, 4) : lo,
+                                       _mm256_set1_epi8(0x0F));
+    /* the two bits of s to bits 4..5 of each byte */
+    const int u = s % 4;
+    const __m256i h = u == 0   ? _mm256_slli_epi16(hi, 4)
+                      : u == 1 ? _mm256_slli_epi16(hi, 2)
+                      : u == 2 ? hi
+                               : _mm256_srli_epi16(hi, 2);
+    return _mm256_or_si256(l, _mm256_and_si256(h, _mm256_set1_epi8(0x30)));
+}
+
+/* R activation rows against one 8-row group (kernels.h). Per sub-block the
+ * 8 quads are decoded once for all rows; per row, vpmaddubsw of the values
+ * by broadcast activation quads, two at a time in int16 (2 x 2 x 63 x 128
+ * = 32256 cannot saturate), vpmaddwd by the rows' scales as int16 pairs,
+ * and the -32 offset as sum_j sc_j * bsum_j (one vpmaddwd of scale pairs
+ * by a broadcast bsum pair per sub-block). Exact int32 per super-block,
+ * then one cvt and one FMA serve 8 outputs. */
+INLINE void q6_Kx8_rows(int nb, const exsa_block_q6_Kx8 *w, const exsa_block_q8_K *const *a,
+                        const int R, float *out, size_t os, int pf)
+{
+    __m256 acc[4];
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm256_setzero_ps();
+    const __m256i lo16 = _mm256_set1_epi32(0xFFFF);
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q6_Kx8 *g = &w[b];
+        if (pf)
+            prefetch_ahead(g, sizeof *g);
+        __m256i isum[4], off[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++)
+            isum[k] = off[k] = _mm256_setzero_si256();
+        for (int s = 0; s < 8; s++) {
+            __m256i q[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                q[t] = q6_Kx8_quad(g, s, t);
+            /* the 8 rows' scales 2s and 2s + 1: as (sc, sc) int16 pairs for
+             * the dots, as (sc_2s, sc_2s+1) pairs for the offset */
+            const __m256i sa =
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(g->scales + 16 * s)));
+            const __m256i sb =
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(g->scales + 16 * s + 8)));
+            const __m256i sca = _mm256_or_si256(_mm256_and_si256(sa, lo16), _mm256_slli_epi32(sa, 16));
+            const __m256i scb = _mm256_or_si256(_mm256_and_si256(sb, lo16), _mm256_slli_epi32(sb, 16));
+            const __m256i scp = _mm256_or_si256(_mm256_and_si256(sa, lo16), _mm256_slli_epi32(sb, 16));
+#pragma GCC unroll 4
+            for (int k = 0; k < R; k++) {
+                const int8_t *qa = a[k][b].qs + 32 * s;
+                __m256i x[8];
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; t++) {
+                    int32_t quad;
+                    memcpy(&quad, qa + 4 * t, 4);
+                    x[t] = _mm256_maddubs_epi16(q[t], _mm256_set1_epi32(quad));
+                }
+                const __m256i d0 = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_add_epi16(x[0], x[1]), sca),
+                    _mm256_madd_epi16(_mm256_add_epi16(x[2], x[3]), sca));
+                const __m256i d1 = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_add_epi16(x[4], x[5]), scb),
+                    _mm256_madd_epi16(_mm256_add_epi16(x[6], x[7]), scb));
+                isum[k] = _mm256_add_epi32(isum[k], _mm256_add_epi32(d0, d1));
+                int32_t bp;
+                memcpy(&bp, a[k][b].bsums + 2 * s, 4);
+                off[k] = _mm256_add_epi32(off[k], _mm256_madd_epi16(scp, _mm256_set1_epi32(bp)));
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)g->d));
+#pragma GCC unroll 4
+        for (int k = 0; k < R; k++) {
+            const __m256i tot = _mm256_sub_epi32(isum[k], _mm256_slli_epi32(off[k], 5));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot),
+                                     _mm256_mul_ps(dw, _mm256_set1_ps(a[k][b].d)), acc[k]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int k = 0; k < R; k++)
+        _mm256_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+EXSA_X8_DRIVER(gemm_q6_Kx8, exsa_block_q6_Kx8, exsa_block_q8_K, EXSA_QK_K, q6_Kx8_rows)
+
 static const exsa_cpu_kernels avx2_table = {
     .isa = "avx2",
     .dot = {
@@ -1037,6 +1129,7 @@ static const exsa_cpu_kernels avx2_table = {
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
+    .gemm_q6_Kx8 = gemm_q6_Kx8,
 };
 
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table = &avx2_table;

@@ -854,6 +854,148 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
 
 X16_DRIVER(gemm_q4_Kx16, exsa_block_q4_Kx8, exsa_block_q8_K, EXSA_QK_K, X16_RMAX, q4_Kx16_rows)
 
+/* Repacked Q6_K (kernels.h), 16 rows: per sub-block and row the exact
+ * int32 dots of its two 16-element halves (vpdpbusd chains that start from
+ * -32 * bsum of the half, the values' +32 offset), times the rows' scales
+ * (vpmulld), summed over the super-block; then one cvt and FMA. */
+/* One activation row (decode), the same integers and operations per output
+ * as q6_Kx16_rows, in another order: quads outer, so the 4 ql and 2 qh
+ * vectors of a quad serve all 8 sub-blocks (with one row there is nothing
+ * to share a decoded vector with, and the loads and shifts were most of the
+ * work). vpternlogd merges the masked high bits into the nibbles. */
+INLINE void q6_Kx16_one(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q6_Kx8 *w1,
+                        const exsa_block_q8_K *a, float *out, int pf)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
+        if (pf) {
+            prefetch_ahead(g0, sizeof *g0);
+            prefetch_ahead(g1, sizeof *g1);
+        }
+        __m512i isum = _mm512_setzero_si512();
+        for (int half = 0; half < 2; half++) {
+            __m512i d[8];
+#pragma GCC unroll 8
+            for (int sb = 0; sb < 8; sb++)
+                d[sb] = _mm512_set1_epi32(-32 * a[b].bsums[2 * sb + half]);
+#pragma GCC unroll 4
+            for (int t = 4 * half; t < 4 * half + 4; t++) {
+                __m512i lo[4], hi[2];
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++)
+                    lo[c] = load2x256(g0->ql + 256 * c + 32 * t, g1->ql + 256 * c + 32 * t);
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; h++)
+                    hi[h] = load2x256(g0->qh + 256 * h + 32 * t, g1->qh + 256 * h + 32 * t);
+#pragma GCC unroll 8
+                for (int sb = 0; sb < 8; sb++) {
+                    const int u = sb % 4;
+                    const __m512i l = _mm512_and_si512(
+                        sb % 2 ? _mm512_srli_epi16(lo[sb / 2], 4) : lo[sb / 2], m4);
+                    const __m512i hv = hi[sb / 4];
+                    const __m512i h = u == 0   ? _mm512_slli_epi16(hv, 4)
+                                      : u == 1 ? _mm512_slli_epi16(hv, 2)
+                                      : u == 2 ? hv
+                                               : _mm512_srli_epi16(hv, 2);
+                    /* l | (h & m30) */
+                    const __m512i q = _mm512_ternarylogic_epi32(l, h, m30, 0xF8);
+                    int32_t x;
+                    memcpy(&x, a[b].qs + 32 * sb + 4 * t, 4);
+                    d[sb] = _mm512_dpbusd_epi32(d[sb], q, _mm512_set1_epi32(x));
+                }
+            }
+#pragma GCC unroll 8
+            for (int sb = 0; sb < 8; sb++) {
+                const int j = 2 * sb + half;
+                const __m512i sc = _mm512_cvtepi8_epi32(
+                    _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 8 * j)),
+                                       _mm_loadl_epi64((const __m128i *)(g1->scales + 8 * j))));
+                isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(d[sb], sc));
+            }
+        }
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
+                              _mm512_mul_ps(cvt_pair_h(g0->d, g1->d), _mm512_set1_ps(a[b].d)),
+                              acc);
+    }
+    _mm512_storeu_ps(out, acc);
+}
+
+INLINE void q6_Kx16_rows(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q6_Kx8 *w1,
+                         const exsa_block_q8_K *const *a, const int R, float *out, size_t os,
+                         int pf)
+{
+    if (R == 1) {
+        q6_Kx16_one(nb, w0, w1, a[0], out, pf);
+        return;
+    }
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[X16_RMAX];
+#pragma GCC unroll 8
+    for (int k = 0; k < R; k++)
+        acc[k] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
+        if (pf) {
+            prefetch_ahead(g0, sizeof *g0);
+            prefetch_ahead(g1, sizeof *g1);
+        }
+        __m512i isum[X16_RMAX];
+#pragma GCC unroll 8
+        for (int k = 0; k < R; k++)
+            isum[k] = _mm512_setzero_si512();
+        for (int s = 0; s < 8; s++) {
+            const int u = s % 4;
+            __m512i q[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+                const size_t ol = (size_t)(256 * (s / 2) + 32 * t), oh = (size_t)(256 * (s / 4) + 32 * t);
+                const __m512i lo = load2x256(g0->ql + ol, g1->ql + ol);
+                const __m512i hi = load2x256(g0->qh + oh, g1->qh + oh);
+                const __m512i l = _mm512_and_si512(s % 2 ? _mm512_srli_epi16(lo, 4) : lo, m4);
+                const __m512i h = u == 0   ? _mm512_slli_epi16(hi, 4)
+                                  : u == 1 ? _mm512_slli_epi16(hi, 2)
+                                  : u == 2 ? hi
+                                           : _mm512_srli_epi16(hi, 2);
+                q[t] = _mm512_or_si512(l, _mm512_and_si512(h, m30));
+            }
+            const __m512i sa = _mm512_cvtepi8_epi32(
+                _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 16 * s)),
+                                   _mm_loadl_epi64((const __m128i *)(g1->scales + 16 * s))));
+            const __m512i sb = _mm512_cvtepi8_epi32(
+                _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 16 * s + 8)),
+                                   _mm_loadl_epi64((const __m128i *)(g1->scales + 16 * s + 8))));
+#pragma GCC unroll 8
+            for (int k = 0; k < R; k++) {
+                const int8_t *qa = a[k][b].qs + 32 * s;
+                __m512i s0 = _mm512_set1_epi32(-32 * a[k][b].bsums[2 * s]);
+                __m512i s1 = _mm512_set1_epi32(-32 * a[k][b].bsums[2 * s + 1]);
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) {
+                    int32_t x0, x1;
+                    memcpy(&x0, qa + 4 * t, 4);
+                    memcpy(&x1, qa + 16 + 4 * t, 4);
+                    s0 = _mm512_dpbusd_epi32(s0, q[t], _mm512_set1_epi32(x0));
+                    s1 = _mm512_dpbusd_epi32(s1, q[t + 4], _mm512_set1_epi32(x1));
+                }
+                isum[k] = _mm512_add_epi32(isum[k], _mm512_add_epi32(_mm512_mullo_epi32(s0, sa),
+                                                                     _mm512_mullo_epi32(s1, sb)));
+            }
+        }
+        const __m512 dw = cvt_pair_h(g0->d, g1->d);
+#pragma GCC unroll 8
+        for (int k = 0; k < R; k++)
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]),
+                                     _mm512_mul_ps(dw, _mm512_set1_ps(a[k][b].d)), acc[k]);
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < R; k++)
+        _mm512_storeu_ps(out + (size_t)k * os, acc[k]);
+}
+
+X16_DRIVER(gemm_q6_Kx16, exsa_block_q6_Kx8, exsa_block_q8_K, EXSA_QK_K, X16_RMAX, q6_Kx16_rows)
+
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
     .dot = {
@@ -877,6 +1019,7 @@ static const exsa_cpu_kernels avx512vnni_partial = {
     .gemm_q4_0x16 = gemm_q4_0x16,
     .gemm_q8_0x16 = gemm_q8_0x16,
     .gemm_q4_Kx16 = gemm_q4_Kx16,
+    .gemm_q6_Kx16 = gemm_q6_Kx16,
 };
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial = &avx512vnni_partial;
 #else

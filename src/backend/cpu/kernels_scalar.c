@@ -567,6 +567,32 @@ static void gemm_fx(int type, int n, const void *w, size_t group_bytes, int n_gr
     }
 }
 
+/* The reference of the repacked Q6_K kernel (kernels.h): the exact integer
+ * sum per super-block from the values themselves, then one fused
+ * multiply-add per super-block per output. */
+static void gemm_q6_Kx8(int n, const exsa_block_q6_Kx8 *w, const exsa_block_q8_K *act,
+                        size_t act_stride, int n_act, float *out, size_t out_stride)
+{
+    const int nb = n / EXSA_QK_K;
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_K *a = (const exsa_block_q8_K *)((const char *)act + j * act_stride);
+        for (int r = 0; r < 8; r++) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; b++) {
+                int32_t isum = 0;
+                for (int sj = 0; sj < 16; sj++) {
+                    int32_t dot = 0;
+                    for (int e = 16 * sj; e < 16 * sj + 16; e++)
+                        dot += (exsa_q6_Kx8_value(&w[b], r, e) - 32) * a[b].qs[e];
+                    isum += w[b].scales[8 * sj + r] * dot;
+                }
+                acc = fmaf((float)isum, h2f(w[b].d[r]) * a[b].d, acc);
+            }
+            out[(size_t)j * out_stride + (size_t)r] = acc;
+        }
+    }
+}
+
 static const exsa_cpu_kernels scalar_table = {
     .isa = "scalar",
     .dot = {
@@ -599,6 +625,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
+    .gemm_q6_Kx8 = gemm_q6_Kx8,
 };
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void)
