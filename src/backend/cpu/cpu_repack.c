@@ -25,7 +25,9 @@ static void *alloc_weights(size_t bytes)
 {
     if (bytes < HUGE_PAGE)
         return aligned_alloc(64, bytes);
-    void *p = aligned_alloc(HUGE_PAGE, bytes);
+    void *p = NULL; /* posix_memalign: C11's aligned_alloc wants whole huge pages */
+    if (posix_memalign(&p, HUGE_PAGE, bytes) != 0)
+        return NULL;
 #ifdef MADV_HUGEPAGE
     if (p)
         (void)madvise(p, bytes & ~(size_t)4095, MADV_HUGEPAGE); /* a hint: failure is harmless */
