@@ -542,8 +542,132 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
     }
 }
 
+/* ---------------------------------------- repacked F32 / F16 / BF16 x 16 */
+
+/* gemm_fx (kernels.h) with two groups per zmm: lanes 0..7 group 2p, lanes
+ * 8..15 group 2p + 1 (zero when the pair is the odd one out). Each output
+ * keeps one accumulator over the elements in order, as the AVX2 and scalar
+ * forms, so the bits are theirs. */
+INLINE __m512 fx16_load(const char *w0, const char *w1, size_t k, const int kind, const int one)
+{
+    switch (kind) {
+    case K_F16:
+    case K_BF16: {
+        const __m128i lo = _mm_loadu_si128((const __m128i *)(w0 + 16 * k));
+        const __m128i hi = one ? _mm_setzero_si128() : _mm_loadu_si128((const __m128i *)(w1 + 16 * k));
+        const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        if (kind == K_F16)
+            return _mm512_cvtph_ps(h);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    default: {
+        const __m256 lo = _mm256_loadu_ps((const float *)(w0 + 32 * k));
+        if (one)
+            return _mm512_insertf32x8(_mm512_setzero_ps(), lo, 0);
+        return _mm512_insertf32x8(_mm512_castps256_ps512(lo),
+                                  _mm256_loadu_ps((const float *)(w1 + 32 * k)), 1);
+    }
+    }
+}
+
+/* P zmm of group pairs (the last holding one group when odd) x R rows. */
+INLINE void fx16_tile(int n, const char *w, size_t gb, const int P, const int odd,
+                      const float *const *a, const int R, float *out, size_t os, const int kind,
+                      int pf)
+{
+    __m512 acc[24];
+#pragma GCC unroll 24
+    for (int t = 0; t < P * R; t++)
+        acc[t] = _mm512_setzero_ps();
+    const size_t elem = kind == K_F32 ? 4 : 2;
+    for (int i = 0; i < n; i++) {
+        __m512 wv[2];
+        if (pf && (i * 8 * elem) % 64 == 0)
+#pragma GCC unroll 4
+            for (int g = 0; g < 2 * P - odd; g++)
+                prefetch_ahead(w + (size_t)g * gb + (size_t)i * 8 * elem, 64);
+#pragma GCC unroll 2
+        for (int p = 0; p < P; p++)
+            wv[p] = fx16_load(w + (size_t)(2 * p) * gb, w + (size_t)(2 * p + 1) * gb, (size_t)i,
+                              kind, odd && p == P - 1);
+#pragma GCC unroll 12
+        for (int k = 0; k < R; k++) {
+            const __m512 b = _mm512_set1_ps(a[k][i]);
+#pragma GCC unroll 2
+            for (int p = 0; p < P; p++)
+                acc[p * R + k] = _mm512_fmadd_ps(wv[p], b, acc[p * R + k]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int k = 0; k < R; k++)
+#pragma GCC unroll 2
+        for (int p = 0; p < P; p++) {
+            float *o = out + (size_t)k * os + 16 * (size_t)p;
+            if (odd && p == P - 1)
+                _mm256_storeu_ps(o, _mm512_castps512_ps256(acc[p * R + k]));
+            else
+                _mm512_storeu_ps(o, acc[p * R + k]);
+        }
+}
+
+#define FX16_CASE(P, ODD, R)                                                              \
+    case (R):                                                                             \
+        fx16_tile(n, w, gb, P, ODD, a, R, o, os, kind, j == 0);                           \
+        break;
+#define FX16_ROWS(P, ODD)                                                                 \
+    switch (r) {                                                                          \
+        FX16_CASE(P, ODD, 1) FX16_CASE(P, ODD, 2) FX16_CASE(P, ODD, 3)                    \
+        FX16_CASE(P, ODD, 4) FX16_CASE(P, ODD, 5) FX16_CASE(P, ODD, 6)                    \
+        FX16_CASE(P, ODD, 7) FX16_CASE(P, ODD, 8)                                         \
+    default:                                                                              \
+        if ((P) == 1)                                                                     \
+            fx16_tile(n, w, gb, 1, ODD, a, 12, o, os, kind, j == 0);                      \
+        break;                                                                            \
+    }
+
+/* Row blocks: 12 rows for one pair, 8 for two (P * R <= 24 accumulators,
+ * the weight vectors and a broadcast within the 32 registers). */
+INLINE void fx16_drive(int n, const char *w, size_t gb, int G, const float *act, size_t as,
+                       int n_act, float *out, size_t os, const int kind)
+{
+    const int P = (G + 1) / 2, odd = G % 2, rmax = P == 2 ? 8 : 12;
+    const float *a[12];
+    for (int j = 0; j < n_act;) {
+        const int left = n_act - j;
+        const int r = left >= rmax ? rmax : left > 8 ? 8 : left;
+        for (int k = 0; k < r; k++)
+            a[k] = (const float *)((const char *)act + (size_t)(j + k) * as);
+        float *o = out + (size_t)j * os;
+        if (P == 2 && !odd)
+            FX16_ROWS(2, 0)
+        else if (P == 2)
+            FX16_ROWS(2, 1)
+        else if (!odd)
+            FX16_ROWS(1, 0)
+        else
+            FX16_ROWS(1, 1)
+        j += r;
+    }
+}
+#undef FX16_ROWS
+#undef FX16_CASE
+
+static void gemm_fx16(int type, int n, const void *w, size_t group_bytes, int n_groups,
+                      const float *act, size_t act_stride, int n_act, float *out,
+                      size_t out_stride)
+{
+    const char *wc = w;
+    if (type == EXSA_TYPE_F16)
+        fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F16);
+    else if (type == EXSA_TYPE_BF16)
+        fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_BF16);
+    else
+        fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F32);
+}
+
 static const exsa_cpu_kernels avx512_partial = {
     .isa = "avx512",
+    .gemm_fx = gemm_fx16,
     .dot = {
         [EXSA_TYPE_F32] = dot_f32,
         [EXSA_TYPE_F16] = dot_f16,
@@ -998,6 +1122,7 @@ X16_DRIVER(gemm_q6_Kx16, exsa_block_q6_Kx8, exsa_block_q8_K, EXSA_QK_K, X16_RMAX
 
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
+    .gemm_fx = gemm_fx16,
     .dot = {
         [EXSA_TYPE_F32] = dot_f32,
         [EXSA_TYPE_F16] = dot_f16,
