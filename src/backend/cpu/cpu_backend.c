@@ -419,7 +419,8 @@ static void x8_task(void *vctx, int task, int thread)
     if (w->layout == EXSA_LAYOUT_FX8) {
         /* decode: 4 groups give a lone row 4 independent FMA chains;
          * batches: 2 groups x 6 rows keep the tile's weights in L1 */
-        const int gmax = nj <= 3 ? 4 : 2;
+        const size_t fb = j->k->fx_batch_groups;
+        const int gmax = nj <= 3 || fb > 4 ? 4 : fb > 0 ? (int)fb : 2;
         for (int64_t g = g0; g < g1; g += gmax) {
             const int ng = g1 - g < gmax ? (int)(g1 - g) : gmax;
             j->k->gemm_fx(w->type, (int)w->n_in, wd + (size_t)g * gb, gb, ng, (const float *)act,

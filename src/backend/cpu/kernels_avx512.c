@@ -668,6 +668,7 @@ static void gemm_fx16(int type, int n, const void *w, size_t group_bytes, int n_
 static const exsa_cpu_kernels avx512_partial = {
     .isa = "avx512",
     .gemm_fx = gemm_fx16,
+    .fx_batch_groups = 4,
     .dot = {
         [EXSA_TYPE_F32] = dot_f32,
         [EXSA_TYPE_F16] = dot_f16,
@@ -1123,6 +1124,7 @@ X16_DRIVER(gemm_q6_Kx16, exsa_block_q6_Kx8, exsa_block_q8_K, EXSA_QK_K, X16_RMAX
 static const exsa_cpu_kernels avx512vnni_partial = {
     .isa = "avx512",
     .gemm_fx = gemm_fx16,
+    .fx_batch_groups = 4,
     .dot = {
         [EXSA_TYPE_F32] = dot_f32,
         [EXSA_TYPE_F16] = dot_f16,
