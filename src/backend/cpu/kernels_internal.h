@@ -97,11 +97,13 @@ INLINE __m256i bits_to_bytes(const uint8_t *p)
 /* Decode streams every weight byte once from memory. Zen 3's hardware
  * prefetchers alone left tg128 8-15% short (bench/RESULTS.md, 2026-11-25
  * third session), so the streaming kernels also ask for the lines
- * PREFETCH_DIST bytes ahead of the block they read (1024..2048 measured
- * alike; 4096 lost). A batch's later rows find the lines cached and the
- * hints cost a load slot each. */
+ * PREFETCH_DIST bytes ahead of the block they read. On Zen 3 with 4 KB
+ * pages 1024..2048 measured alike and 4096 lost; on Zen 5 with the weights
+ * on huge pages (cpu_repack.c) 3072 beat 1536 by 5-8% in this file's
+ * K-quant decode kernels (bench/RESULTS.md, 2026-12-02). A batch's later
+ * rows find the lines cached and the hints cost a load slot each. */
 #ifndef PREFETCH_DIST
-#define PREFETCH_DIST 1536
+#define PREFETCH_DIST 3072
 #endif
 INLINE void prefetch_ahead(const void *p, size_t bytes)
 {
