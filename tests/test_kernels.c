@@ -1194,6 +1194,55 @@ static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
     }
 }
 
+/* gemm_q4_0x32 (four groups per call) bit for bit against the scalar x8
+ * kernel on each group, 1..5 activation rows, random and extreme blocks. */
+static void check_gemm_q4_0x32(const exsa_cpu_kernels *isa)
+{
+    static const int sizes[] = {32, 96, 544, 2048};
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 97u;
+        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
+            const int n = sizes[zi], nb = n / 32, max_act = 5, extreme = si == 2 && zi == 1;
+            const size_t gb = (size_t)nb * sizeof(exsa_block_q4_0x8);
+            exsa_block_q4_0x8 *w = xmalloc(4 * gb);
+            exsa_block_q8_0s *a = xmalloc((size_t)nb * max_act * sizeof *a);
+            for (int b = 0; b < 4 * nb; b++) {
+                for (int r = 0; r < 8; r++)
+                    w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                for (int i = 0; i < 128; i++)
+                    w[b].qs[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
+            }
+            for (int k = 0; k < nb * max_act; k++) {
+                int32_t sum = 0;
+                for (int i = 0; i < 32; i++) {
+                    int v = extreme ? (k % 2 ? -127 : 127)
+                                    : (int)(exsa_test_rand_u64(&rng) % 255) - 127;
+                    a[k].qs[i] = (int8_t)v;
+                    sum += v;
+                }
+                a[k].sum = sum;
+                a[k].d = exsa_fp16_to_fp32(exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(&rng)));
+            }
+            const size_t as = (size_t)nb * sizeof *a;
+            for (int n_act = 1; n_act <= max_act; n_act++) {
+                float got[5 * 32], want[5 * 32];
+                memset(got, 0xFF, sizeof got);
+                isa->gemm_q4_0x32(n, w, gb, a, as, n_act, got, 32);
+                for (int g = 0; g < 4; g++)
+                    ref->gemm_q4_0x8(n, (const exsa_block_q4_0x8 *)((const char *)w + g * gb), a,
+                                     as, n_act, want + 8 * g, 32);
+                for (int i = 0; i < 32 * n_act; i++)
+                    if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+                        fail_msg("%s gemm_q4_0x32 n=%d n_act=%d out %d: %.9g, scalar x8 %.9g",
+                                 isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+            }
+            free(w);
+            free(a);
+        }
+    }
+}
+
 static void test_isa_gemm_x16(void **state)
 {
     if (!usable(state))
@@ -1203,6 +1252,8 @@ static void test_isa_gemm_x16(void **state)
         skip(); /* this table has no two-group forms */
     for (int layout = 0; layout < 4; layout++)
         check_gemm_x16(isa, layout);
+    if (isa->gemm_q4_0x32)
+        check_gemm_q4_0x32(isa);
 }
 
 static void test_scalar_vs_double(void **state)

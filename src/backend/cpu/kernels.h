@@ -251,6 +251,10 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_x16_fn gemm_q8_0x16;
     exsa_gemm_x16_fn gemm_q4_Kx16;
     exsa_gemm_x16_fn gemm_q6_Kx16;
+    /* Q4_0, four groups (32 outputs, out[j * os + 8 g + r], g < 4) per call,
+     * same bits: a decode step shares each activation broadcast over 32
+     * rows. NULL where the ISA has none. */
+    exsa_gemm_x16_fn gemm_q4_0x32;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

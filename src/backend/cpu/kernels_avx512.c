@@ -850,6 +850,57 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
 
 X16_DRIVER(gemm_q4_0x16, exsa_block_q4_0x8, exsa_block_q8_0s, 32, X16_RMAX, q4_0x16_rows)
 
+/* Repacked Q4_0, four groups (32 outputs) per call for decode: the 8
+ * activation broadcasts of a block serve 32 rows, and four weight streams
+ * are in flight. Same lanes and operations as q4_0x16_rows, so the bits are
+ * the x8 kernel's. w holds the four groups gbytes apart; out[j * os + 8 g +
+ * r] for g < 4. */
+static void gemm_q4_0x32(int n, const void *w, size_t gbytes, const void *act, size_t as,
+                         int n_act, float *out, size_t os)
+{
+    const int nb = n / 32;
+    const exsa_block_q4_0x8 *wg[4];
+    for (int g = 0; g < 4; g++)
+        wg[g] = (const exsa_block_q4_0x8 *)((const char *)w + (size_t)g * gbytes);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_0s *a = (const exsa_block_q8_0s *)((const char *)act + (size_t)j * as);
+        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int b = 0; b < nb; b++) {
+            if (j == 0)
+                for (int g = 0; g < 4; g++)
+                    prefetch_ahead(&wg[g][b], sizeof wg[g][b]);
+            __m512i x[8];
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                int32_t qa, qb;
+                memcpy(&qa, a[b].qs + 4 * t, 4);
+                memcpy(&qb, a[b].qs + 16 + 4 * t, 4);
+                x[t] = _mm512_set1_epi32(qa);
+                x[t + 4] = _mm512_set1_epi32(qb);
+            }
+            const __m512i init = _mm512_set1_epi32(-8 * a[b].sum);
+            const __m512 da = _mm512_set1_ps(a[b].d);
+#pragma GCC unroll 2
+            for (int p = 0; p < 2; p++) {
+                const exsa_block_q4_0x8 *g0 = &wg[2 * p][b], *g1 = &wg[2 * p + 1][b];
+                __m512i s0 = init, s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) {
+                    const __m512i raw = load2x256(g0->qs + 32 * t, g1->qs + 32 * t);
+                    s0 = _mm512_dpbusd_epi32(s0, _mm512_and_si512(raw, m4), x[t]);
+                    s1 = _mm512_dpbusd_epi32(s1, _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4),
+                                             x[t + 4]);
+                }
+                const __m512 d = _mm512_mul_ps(cvt_pair_h(g0->d, g1->d), da);
+                acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), d, acc[p]);
+            }
+        }
+        _mm512_storeu_ps(out + (size_t)j * os, acc[0]);
+        _mm512_storeu_ps(out + (size_t)j * os + 16, acc[1]);
+    }
+}
+
 /* Repacked Q8_0, as the x8 kernel for 16 rows (8 lane accumulators per
  * output, summed in its tree). AVX-512 has no vpsignb, so the weights are
  * offset to unsigned (w ^ 0x80 = w + 128) and vpdpbusd starts from the
@@ -1150,6 +1201,7 @@ static const exsa_cpu_kernels avx512vnni_partial = {
     .gemm_q4_0x8 = gemm_q4_0x8_vnni,
     .gemm_q8_0x8 = gemm_q8_0x8_vnni,
     .gemm_q4_0x16 = gemm_q4_0x16,
+    .gemm_q4_0x32 = gemm_q4_0x32,
     .gemm_q8_0x16 = gemm_q8_0x16,
     .gemm_q4_Kx16 = gemm_q4_Kx16,
     .gemm_q6_Kx16 = gemm_q6_Kx16,
