@@ -1243,6 +1243,46 @@ static void check_gemm_q4_0x32(const exsa_cpu_kernels *isa)
     }
 }
 
+/* gemm_q8_0x32 as check_gemm_q4_0x32, weights over all of -128..127. */
+static void check_gemm_q8_0x32(const exsa_cpu_kernels *isa)
+{
+    static const int sizes[] = {32, 96, 544, 2048};
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+        uint64_t rng = seeds[si] + 101u;
+        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
+            const int n = sizes[zi], nb = n / 32, max_act = 5, extreme = si == 2 && zi == 1;
+            const size_t gb = (size_t)nb * sizeof(exsa_block_q8_0x8);
+            exsa_block_q8_0x8 *w = xmalloc(4 * gb);
+            exsa_block_q8_0a *a = xmalloc((size_t)nb * max_act * sizeof *a);
+            for (int b = 0; b < 4 * nb; b++) {
+                for (int r = 0; r < 8; r++)
+                    w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
+                for (int i = 0; i < 256; i++)
+                    w[b].qs[i] = (int8_t)(extreme ? (i % 3 ? -128 : 127)
+                                                  : (int)(exsa_test_rand_u64(&rng) % 256) - 128);
+            }
+            for (int k = 0; k < nb * max_act; k++)
+                fill_q8_0a(&a[k], extreme, k, &rng);
+            const size_t as = (size_t)nb * sizeof *a;
+            for (int n_act = 1; n_act <= max_act; n_act++) {
+                float got[5 * 32], want[5 * 32];
+                memset(got, 0xFF, sizeof got);
+                isa->gemm_q8_0x32(n, w, gb, a, as, n_act, got, 32);
+                for (int g = 0; g < 4; g++)
+                    ref->gemm_q8_0x8(n, (const exsa_block_q8_0x8 *)((const char *)w + g * gb), a,
+                                     as, n_act, want + 8 * g, 32);
+                for (int i = 0; i < 32 * n_act; i++)
+                    if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
+                        fail_msg("%s gemm_q8_0x32 n=%d n_act=%d out %d: %.9g, scalar x8 %.9g",
+                                 isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+            }
+            free(w);
+            free(a);
+        }
+    }
+}
+
 static void test_isa_gemm_x16(void **state)
 {
     if (!usable(state))
@@ -1254,6 +1294,8 @@ static void test_isa_gemm_x16(void **state)
         check_gemm_x16(isa, layout);
     if (isa->gemm_q4_0x32)
         check_gemm_q4_0x32(isa);
+    if (isa->gemm_q8_0x32)
+        check_gemm_q8_0x32(isa);
 }
 
 static void test_scalar_vs_double(void **state)

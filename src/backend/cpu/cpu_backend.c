@@ -434,10 +434,14 @@ static void x8_task(void *vctx, int task, int thread)
      * kernel (tg128 1.1B Q4_K_M: x8 51-58 t/s, x16 42-48, interleaved);
      * both give the same bits, so the choice may follow the batch. */
     const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8 || w->layout == EXSA_LAYOUT_Q6_KX8;
-    if (nj == 1 && w->layout == EXSA_LAYOUT_Q4_0X8 && j->k->gemm_q4_0x32)
+    /* decode: four groups per call where the table has that form */
+    exsa_gemm_x16_fn x32 = nj != 1                               ? NULL
+                           : w->layout == EXSA_LAYOUT_Q4_0X8 ? j->k->gemm_q4_0x32
+                           : w->layout == EXSA_LAYOUT_Q8_0X8 ? j->k->gemm_q8_0x32
+                                                             : NULL;
+    if (x32)
         for (; g + 4 <= g1; g += 4)
-            j->k->gemm_q4_0x32((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj,
-                               y + 8 * g, os);
+            x32((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);
     if (x16 && (nj >= 4 || !is_k))
         for (; g + 2 <= g1; g += 2)
             x16((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);

@@ -255,6 +255,7 @@ typedef struct exsa_cpu_kernels {
      * same bits: a decode step shares each activation broadcast over 32
      * rows. NULL where the ISA has none. */
     exsa_gemm_x16_fn gemm_q4_0x32;
+    exsa_gemm_x16_fn gemm_q8_0x32; /* the same for Q8_0 */
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

@@ -952,6 +952,59 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
 
 X16_DRIVER(gemm_q8_0x16, exsa_block_q8_0x8, exsa_block_q8_0a, 32, 2, q8_0x16_rows)
 
+/* Repacked Q8_0, four groups (32 outputs) per call for decode, as
+ * gemm_q4_0x32: each activation quad and correction broadcast serves 32
+ * rows. Same lanes and operations as q8_0x16_rows, so the same bits. */
+static void gemm_q8_0x32(int n, const void *w, size_t gbytes, const void *act, size_t as,
+                         int n_act, float *out, size_t os)
+{
+    const int nb = n / 32;
+    const exsa_block_q8_0x8 *wg[4];
+    for (int g = 0; g < 4; g++)
+        wg[g] = (const exsa_block_q8_0x8 *)((const char *)w + (size_t)g * gbytes);
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int j = 0; j < n_act; j++) {
+        const exsa_block_q8_0a *a = (const exsa_block_q8_0a *)((const char *)act + (size_t)j * as);
+        __m512 acc[2][8];
+#pragma GCC unroll 2
+        for (int p = 0; p < 2; p++)
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++)
+                acc[p][l] = _mm512_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            if (j == 0)
+                for (int g = 0; g < 4; g++)
+                    prefetch_ahead(&wg[g][b], sizeof wg[g][b]);
+            const __m512 da = _mm512_set1_ps(a[b].d);
+            const __m512 d0 = _mm512_mul_ps(cvt_pair_h(wg[0][b].d, wg[1][b].d), da);
+            const __m512 d1 = _mm512_mul_ps(cvt_pair_h(wg[2][b].d, wg[3][b].d), da);
+#pragma GCC unroll 8
+            for (int l = 0; l < 8; l++) {
+                int32_t quad;
+                memcpy(&quad, a[b].qs + 4 * l, 4);
+                const __m512i xq = _mm512_set1_epi32(quad);
+                const __m512i c = _mm512_set1_epi32(a[b].corr[l]);
+                const __m512i x0 = _mm512_xor_si512(
+                    load2x256(wg[0][b].qs + 32 * l, wg[1][b].qs + 32 * l), bias);
+                const __m512i x1 = _mm512_xor_si512(
+                    load2x256(wg[2][b].qs + 32 * l, wg[3][b].qs + 32 * l), bias);
+                acc[0][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, x0, xq)), d0,
+                                            acc[0][l]);
+                acc[1][l] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, x1, xq)), d1,
+                                            acc[1][l]);
+            }
+        }
+#pragma GCC unroll 2
+        for (int p = 0; p < 2; p++) {
+            const __m512 *cc = acc[p];
+            const __m512 sum = _mm512_add_ps(
+                _mm512_add_ps(_mm512_add_ps(cc[0], cc[4]), _mm512_add_ps(cc[2], cc[6])),
+                _mm512_add_ps(_mm512_add_ps(cc[1], cc[5]), _mm512_add_ps(cc[3], cc[7])));
+            _mm512_storeu_ps(out + (size_t)j * os + 16 * (size_t)p, sum);
+        }
+    }
+}
+
 /* Repacked Q4_K, as q4_Kx8_rows (kernels_avx2.c) for 16 rows: per
  * sub-block and row the exact int32 dot (vpdpbusd, two chains), times the
  * rows' scales (vpmulld), summed over the super-block; the mins term by
@@ -1202,6 +1255,7 @@ static const exsa_cpu_kernels avx512vnni_partial = {
     .gemm_q8_0x8 = gemm_q8_0x8_vnni,
     .gemm_q4_0x16 = gemm_q4_0x16,
     .gemm_q4_0x32 = gemm_q4_0x32,
+    .gemm_q8_0x32 = gemm_q8_0x32,
     .gemm_q8_0x16 = gemm_q8_0x16,
     .gemm_q4_Kx16 = gemm_q4_Kx16,
     .gemm_q6_Kx16 = gemm_q6_Kx16,
