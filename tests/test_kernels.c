@@ -1066,9 +1066,10 @@ static void test_isa_gemm_kx8(void **state)
     check_gemm_kx8(((const isa_case *)*state)->table);
 }
 
-/* The two-group forms (gemm_*x16, where a table has them) bit for bit
- * against the scalar x8 kernel on each of the two groups, for 1..9
- * activation rows (every row-block size and remainder of the drivers).
+/* The two-group forms (gemm_*x16) and the four-group decode forms
+ * (gemm_*x32), where a table has them, bit for bit against the scalar x8
+ * kernel on each group, for 1..9 activation rows (every row-block size and
+ * remainder of the drivers).
  * Random blocks plus an extreme case per layout: weights and activations
  * at the ends of their ranges (Q8_0 weights include -128, which the
  * unsigned-offset form handles too). */
@@ -1084,14 +1085,17 @@ static void fill_q8_0a(exsa_block_q8_0a *a, int extreme, int k, uint64_t *rng)
     a->d = exsa_fp16_to_fp32(exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(rng)));
 }
 
-static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
+static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout, int n_groups)
 {
-    static const char *const names[] = {"gemm_q4_0x16", "gemm_q8_0x16", "gemm_q4_Kx16",
-                                        "gemm_q6_Kx16"};
-    exsa_gemm_x16_fn x16 = layout == 0   ? isa->gemm_q4_0x16
-                           : layout == 1 ? isa->gemm_q8_0x16
-                           : layout == 2 ? isa->gemm_q4_Kx16
-                                         : isa->gemm_q6_Kx16;
+    static const char *const names[2][4] = {
+        {"gemm_q4_0x16", "gemm_q8_0x16", "gemm_q4_Kx16", "gemm_q6_Kx16"},
+        {"gemm_q4_0x32", "gemm_q8_0x32", NULL, NULL}};
+    const exsa_gemm_x16_fn forms[2][4] = {
+        {isa->gemm_q4_0x16, isa->gemm_q8_0x16, isa->gemm_q4_Kx16, isa->gemm_q6_Kx16},
+        {isa->gemm_q4_0x32, isa->gemm_q8_0x32, NULL, NULL}};
+    const int wide = n_groups == 4;
+    exsa_gemm_x16_fn x16 = forms[wide][layout];
+    const char *name = names[wide][layout];
     if (!x16)
         return;
     static const int sizes32[] = {32, 96, 544, 2048};
@@ -1112,8 +1116,8 @@ static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
                                : layout == 1 ? sizeof(exsa_block_q8_0a)
                                              : sizeof(exsa_block_q8_K);
             const size_t gb = (size_t)nb * wsz, as = (size_t)nb * asz;
-            unsigned char *w = xmalloc(2 * gb), *a = xmalloc((size_t)max_act * as);
-            for (int b = 0; b < 2 * nb; b++) {
+            unsigned char *w = xmalloc((size_t)n_groups * gb), *a = xmalloc((size_t)max_act * as);
+            for (int b = 0; b < n_groups * nb; b++) {
                 unsigned char *blk = w + (size_t)b * wsz;
                 if (layout == 0) {
                     exsa_block_q4_0x8 *x = (exsa_block_q4_0x8 *)blk;
@@ -1165,117 +1169,28 @@ static void check_gemm_x16(const exsa_cpu_kernels *isa, int layout)
                 }
             }
             for (int n_act = 1; n_act <= max_act; n_act++) {
-                float got[9 * 16], want[9 * 16];
+                float got[9 * 32], want[9 * 32];
                 memset(got, 0xFF, sizeof got);
-                x16(n, w, gb, a, as, n_act, got, 16);
-                for (int g = 0; g < 2; g++) {
+                x16(n, w, gb, a, as, n_act, got, 8 * (size_t)n_groups);
+                for (int g = 0; g < n_groups; g++) {
                     const void *wg = w + (size_t)g * gb;
                     if (layout == 0)
                         ref->gemm_q4_0x8(n, wg, (const exsa_block_q8_0s *)a, as, n_act,
-                                         want + 8 * g, 16);
+                                         want + 8 * g, 8 * (size_t)n_groups);
                     else if (layout == 1)
                         ref->gemm_q8_0x8(n, wg, (const exsa_block_q8_0a *)a, as, n_act,
-                                         want + 8 * g, 16);
+                                         want + 8 * g, 8 * (size_t)n_groups);
                     else if (layout == 2)
                         ref->gemm_q4_Kx8(n, wg, (const exsa_block_q8_K *)a, as, n_act,
-                                         want + 8 * g, 16);
+                                         want + 8 * g, 8 * (size_t)n_groups);
                     else
                         ref->gemm_q6_Kx8(n, wg, (const exsa_block_q8_K *)a, as, n_act,
-                                         want + 8 * g, 16);
+                                         want + 8 * g, 8 * (size_t)n_groups);
                 }
-                for (int i = 0; i < 16 * n_act; i++)
+                for (int i = 0; i < 8 * n_groups * n_act; i++)
                     if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
                         fail_msg("%s %s n=%d n_act=%d out %d: %.9g, scalar x8 %.9g", isa->isa,
-                                 names[layout], n, n_act, i, (double)got[i], (double)want[i]);
-            }
-            free(w);
-            free(a);
-        }
-    }
-}
-
-/* gemm_q4_0x32 (four groups per call) bit for bit against the scalar x8
- * kernel on each group, 1..5 activation rows, random and extreme blocks. */
-static void check_gemm_q4_0x32(const exsa_cpu_kernels *isa)
-{
-    static const int sizes[] = {32, 96, 544, 2048};
-    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
-    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
-        uint64_t rng = seeds[si] + 97u;
-        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
-            const int n = sizes[zi], nb = n / 32, max_act = 5, extreme = si == 2 && zi == 1;
-            const size_t gb = (size_t)nb * sizeof(exsa_block_q4_0x8);
-            exsa_block_q4_0x8 *w = xmalloc(4 * gb);
-            exsa_block_q8_0s *a = xmalloc((size_t)nb * max_act * sizeof *a);
-            for (int b = 0; b < 4 * nb; b++) {
-                for (int r = 0; r < 8; r++)
-                    w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
-                for (int i = 0; i < 128; i++)
-                    w[b].qs[i] = extreme ? 0xFF : (uint8_t)(exsa_test_rand_u64(&rng) & 0xFF);
-            }
-            for (int k = 0; k < nb * max_act; k++) {
-                int32_t sum = 0;
-                for (int i = 0; i < 32; i++) {
-                    int v = extreme ? (k % 2 ? -127 : 127)
-                                    : (int)(exsa_test_rand_u64(&rng) % 255) - 127;
-                    a[k].qs[i] = (int8_t)v;
-                    sum += v;
-                }
-                a[k].sum = sum;
-                a[k].d = exsa_fp16_to_fp32(exsa_fp32_to_fp16(0.02f * exsa_test_rand_uniform(&rng)));
-            }
-            const size_t as = (size_t)nb * sizeof *a;
-            for (int n_act = 1; n_act <= max_act; n_act++) {
-                float got[5 * 32], want[5 * 32];
-                memset(got, 0xFF, sizeof got);
-                isa->gemm_q4_0x32(n, w, gb, a, as, n_act, got, 32);
-                for (int g = 0; g < 4; g++)
-                    ref->gemm_q4_0x8(n, (const exsa_block_q4_0x8 *)((const char *)w + g * gb), a,
-                                     as, n_act, want + 8 * g, 32);
-                for (int i = 0; i < 32 * n_act; i++)
-                    if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
-                        fail_msg("%s gemm_q4_0x32 n=%d n_act=%d out %d: %.9g, scalar x8 %.9g",
-                                 isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
-            }
-            free(w);
-            free(a);
-        }
-    }
-}
-
-/* gemm_q8_0x32 as check_gemm_q4_0x32, weights over all of -128..127. */
-static void check_gemm_q8_0x32(const exsa_cpu_kernels *isa)
-{
-    static const int sizes[] = {32, 96, 544, 2048};
-    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
-    for (int si = 0; si < ARRAY_LEN(seeds); si++) {
-        uint64_t rng = seeds[si] + 101u;
-        for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
-            const int n = sizes[zi], nb = n / 32, max_act = 5, extreme = si == 2 && zi == 1;
-            const size_t gb = (size_t)nb * sizeof(exsa_block_q8_0x8);
-            exsa_block_q8_0x8 *w = xmalloc(4 * gb);
-            exsa_block_q8_0a *a = xmalloc((size_t)nb * max_act * sizeof *a);
-            for (int b = 0; b < 4 * nb; b++) {
-                for (int r = 0; r < 8; r++)
-                    w[b].d[r] = exsa_fp32_to_fp16(0.01f + 0.1f * exsa_test_rand_uniform(&rng));
-                for (int i = 0; i < 256; i++)
-                    w[b].qs[i] = (int8_t)(extreme ? (i % 3 ? -128 : 127)
-                                                  : (int)(exsa_test_rand_u64(&rng) % 256) - 128);
-            }
-            for (int k = 0; k < nb * max_act; k++)
-                fill_q8_0a(&a[k], extreme, k, &rng);
-            const size_t as = (size_t)nb * sizeof *a;
-            for (int n_act = 1; n_act <= max_act; n_act++) {
-                float got[5 * 32], want[5 * 32];
-                memset(got, 0xFF, sizeof got);
-                isa->gemm_q8_0x32(n, w, gb, a, as, n_act, got, 32);
-                for (int g = 0; g < 4; g++)
-                    ref->gemm_q8_0x8(n, (const exsa_block_q8_0x8 *)((const char *)w + g * gb), a,
-                                     as, n_act, want + 8 * g, 32);
-                for (int i = 0; i < 32 * n_act; i++)
-                    if (memcmp(&got[i], &want[i], sizeof got[i]) != 0)
-                        fail_msg("%s gemm_q8_0x32 n=%d n_act=%d out %d: %.9g, scalar x8 %.9g",
-                                 isa->isa, n, n_act, i, (double)got[i], (double)want[i]);
+                                 name, n, n_act, i, (double)got[i], (double)want[i]);
             }
             free(w);
             free(a);
@@ -1290,12 +1205,10 @@ static void test_isa_gemm_x16(void **state)
     const exsa_cpu_kernels *isa = ((const isa_case *)*state)->table;
     if (!isa->gemm_q4_0x16 && !isa->gemm_q8_0x16 && !isa->gemm_q4_Kx16 && !isa->gemm_q6_Kx16)
         skip(); /* this table has no two-group forms */
-    for (int layout = 0; layout < 4; layout++)
-        check_gemm_x16(isa, layout);
-    if (isa->gemm_q4_0x32)
-        check_gemm_q4_0x32(isa);
-    if (isa->gemm_q8_0x32)
-        check_gemm_q8_0x32(isa);
+    for (int layout = 0; layout < 4; layout++) {
+        check_gemm_x16(isa, layout, 2);
+        check_gemm_x16(isa, layout, 4); /* the decode forms, where a table has them */
+    }
 }
 
 static void test_scalar_vs_double(void **state)

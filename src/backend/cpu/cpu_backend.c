@@ -385,6 +385,18 @@ static void x8_group(const exsa_cpu_kernels *k, int layout, int n, const void *w
     }
 }
 
+/* K-quant layouts: super-blocks of 256 and Q8_K activations. */
+static int x8_is_k(int layout)
+{
+    return layout == EXSA_LAYOUT_Q4_KX8 || layout == EXSA_LAYOUT_Q6_KX8;
+}
+
+/* Elements per block column of a repacked layout (1 for float weights). */
+static int64_t x8_block(int layout)
+{
+    return x8_is_k(layout) ? EXSA_QK_K : layout == EXSA_LAYOUT_FX8 ? 1 : 32;
+}
+
 /* The table's two-group form of a layout, NULL if it has none. */
 static exsa_gemm_x16_fn x16_kernel(const exsa_cpu_kernels *k, int layout)
 {
@@ -418,9 +430,8 @@ static void x8_task(void *vctx, int task, int thread)
     float *y = j->y[i] + (size_t)j0 * os;
     if (w->layout == EXSA_LAYOUT_FX8) {
         /* decode: 4 groups give a lone row 4 independent FMA chains;
-         * batches: 2 groups x 6 rows keep the tile's weights in L1 */
-        const size_t fb = j->k->fx_batch_groups;
-        const int gmax = nj <= 3 || fb > 4 ? 4 : fb > 0 ? (int)fb : 2;
+         * batches: the table's tile (kernels.h fx_batch_groups) */
+        const int gmax = nj <= 3 ? 4 : (int)j->k->fx_batch_groups;
         for (int64_t g = g0; g < g1; g += gmax) {
             const int ng = g1 - g < gmax ? (int)(g1 - g) : gmax;
             j->k->gemm_fx(w->type, (int)w->n_in, wd + (size_t)g * gb, gb, ng, (const float *)act,
@@ -433,7 +444,7 @@ static void x8_task(void *vctx, int task, int thread)
     /* A K-quant group decoded for fewer than 4 rows is cheaper in the x8
      * kernel (tg128 1.1B Q4_K_M: x8 51-58 t/s, x16 42-48, interleaved);
      * both give the same bits, so the choice may follow the batch. */
-    const int is_k = w->layout == EXSA_LAYOUT_Q4_KX8 || w->layout == EXSA_LAYOUT_Q6_KX8;
+    const int is_k = x8_is_k(w->layout);
     /* decode: four groups per call where the table has that form */
     exsa_gemm_x16_fn x32 = nj != 1                               ? NULL
                            : w->layout == EXSA_LAYOUT_Q4_0X8 ? j->k->gemm_q4_0x32
@@ -470,10 +481,7 @@ static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
  * fits it); otherwise its outputs are NaN. */
 static int x8_fits(const cpu_backend *c, const exsa_tensor *w)
 {
-    const int64_t block = w->layout == EXSA_LAYOUT_Q4_KX8 || w->layout == EXSA_LAYOUT_Q6_KX8
-                              ? EXSA_QK_K
-                          : w->layout == EXSA_LAYOUT_FX8  ? 1
-                                                          : 32;
+    const int64_t block = x8_block(w->layout);
     return x8_has_kernel(c->k, w->layout) && w->n_in > 0 && w->n_in <= INT32_MAX &&
            w->n_in % block == 0 && w->n_out > 0 && w->n_out % 8 == 0;
 }
@@ -490,10 +498,9 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
 {
     const exsa_tensor *w0 = ws[0];
     const int64_t n_in = w0->n_in;
-    const int is_k = w0->layout == EXSA_LAYOUT_Q4_KX8 || w0->layout == EXSA_LAYOUT_Q6_KX8;
-    const int is_f = w0->layout == EXSA_LAYOUT_FX8;
+    const int is_k = x8_is_k(w0->layout), is_f = w0->layout == EXSA_LAYOUT_FX8;
     const int is_q8 = w0->layout == EXSA_LAYOUT_Q8_0X8;
-    const int64_t block = is_k ? EXSA_QK_K : is_f ? 1 : 32;
+    const int64_t block = x8_block(w0->layout);
     /* Float weights take the float rows as they are. */
     size_t act_stride = is_f   ? (size_t)n_in * sizeof(float)
                         : is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)

@@ -190,9 +190,7 @@ static void q6_K_set(exsa_block_q6_K *b, int e, int v)
 
 static void pack_q6_K(const exsa_tensor *w, exsa_block_q6_Kx8 *dst, int64_t nb, int64_t ng)
 {
-    for (int64_t g = 0; g < ng; g++)
-        for (int64_t b = 0; b < nb; b++)
-            memset(&dst[g * nb + b], 0, sizeof dst[0]);
+    memset(dst, 0, (size_t)(ng * nb) * sizeof dst[0]); /* the bits are OR-ed in */
     for (int64_t g = 0; g < ng; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;

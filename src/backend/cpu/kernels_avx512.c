@@ -796,6 +796,20 @@ EXSA_Q8X8_GEMM(gemm_q8_0x8_vnni, dot_u8s8_vnni)
 #define X16_RMAX 8
 #endif
 
+/* Prefetch hints for the block at p0 and its twin at p1 (two groups). */
+INLINE void prefetch_pair(const void *p0, const void *p1, size_t bytes)
+{
+    prefetch_ahead(p0, bytes);
+    prefetch_ahead(p1, bytes);
+}
+
+/* The two groups' 8 bytes at p0 and p1 side by side (16 lanes' scales). */
+INLINE __m128i load_pair8(const void *p0, const void *p1)
+{
+    return _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)p0),
+                              _mm_loadl_epi64((const __m128i *)p1));
+}
+
 /* The two groups' 8 f16 values at p0 and p1 as 16 floats. */
 INLINE __m512 cvt_pair_h(const void *p0, const void *p1)
 {
@@ -816,10 +830,8 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
     for (int k = 0; k < R; k++)
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        if (pf) {
-            prefetch_ahead(&w0[b], sizeof w0[b]);
-            prefetch_ahead(&w1[b], sizeof w1[b]);
-        }
+        if (pf)
+            prefetch_pair(&w0[b], &w1[b], sizeof w0[b]);
         __m512i q[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
@@ -917,10 +929,8 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
         for (int l = 0; l < 8; l++)
             acc[k][l] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
-        if (pf) {
-            prefetch_ahead(&w0[b], sizeof w0[b]);
-            prefetch_ahead(&w1[b], sizeof w1[b]);
-        }
+        if (pf)
+            prefetch_pair(&w0[b], &w1[b], sizeof w0[b]);
         const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
         __m512 d[2];
 #pragma GCC unroll 2
@@ -1020,10 +1030,8 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const exsa_block_q4_Kx8 *g0 = &w0[b], *g1 = &w1[b];
-        if (pf) {
-            prefetch_ahead(g0, sizeof *g0);
-            prefetch_ahead(g1, sizeof *g1);
-        }
+        if (pf)
+            prefetch_pair(g0, g1, sizeof *g0);
         __m512i isum[X16_RMAX];
 #pragma GCC unroll 8
         for (int k = 0; k < R; k++)
@@ -1038,9 +1046,8 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
                                                 g1->qs + 256 * c + 32 * t),
                                       (unsigned)shift),
                     m4);
-            const __m512i sc = _mm512_cvtepu8_epi32(
-                _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 8 * s)),
-                                   _mm_loadl_epi64((const __m128i *)(g1->scales + 8 * s))));
+            const __m512i sc =
+                _mm512_cvtepu8_epi32(load_pair8(g0->scales + 8 * s, g1->scales + 8 * s));
 #pragma GCC unroll 8
             for (int k = 0; k < R; k++) {
                 const int8_t *qa = a[k][b].qs + 32 * s;
@@ -1105,10 +1112,8 @@ INLINE void q6_Kx16_one(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q6
     __m512 acc = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
-        if (pf) {
-            prefetch_ahead(g0, sizeof *g0);
-            prefetch_ahead(g1, sizeof *g1);
-        }
+        if (pf)
+            prefetch_pair(g0, g1, sizeof *g0);
         __m512i isum = _mm512_setzero_si512();
         for (int half = 0; half < 2; half++) {
             __m512i d[8];
@@ -1144,9 +1149,8 @@ INLINE void q6_Kx16_one(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q6
 #pragma GCC unroll 8
             for (int sb = 0; sb < 8; sb++) {
                 const int j = 2 * sb + half;
-                const __m512i sc = _mm512_cvtepi8_epi32(
-                    _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 8 * j)),
-                                       _mm_loadl_epi64((const __m128i *)(g1->scales + 8 * j))));
+                const __m512i sc =
+                    _mm512_cvtepi8_epi32(load_pair8(g0->scales + 8 * j, g1->scales + 8 * j));
                 isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(d[sb], sc));
             }
         }
@@ -1172,10 +1176,8 @@ INLINE void q6_Kx16_rows(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
-        if (pf) {
-            prefetch_ahead(g0, sizeof *g0);
-            prefetch_ahead(g1, sizeof *g1);
-        }
+        if (pf)
+            prefetch_pair(g0, g1, sizeof *g0);
         __m512i isum[X16_RMAX];
 #pragma GCC unroll 8
         for (int k = 0; k < R; k++)
@@ -1195,12 +1197,10 @@ INLINE void q6_Kx16_rows(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q
                                            : _mm512_srli_epi16(hi, 2);
                 q[t] = _mm512_or_si512(l, _mm512_and_si512(h, m30));
             }
-            const __m512i sa = _mm512_cvtepi8_epi32(
-                _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 16 * s)),
-                                   _mm_loadl_epi64((const __m128i *)(g1->scales + 16 * s))));
+            const __m512i sa =
+                _mm512_cvtepi8_epi32(load_pair8(g0->scales + 16 * s, g1->scales + 16 * s));
             const __m512i sb = _mm512_cvtepi8_epi32(
-                _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(g0->scales + 16 * s + 8)),
-                                   _mm_loadl_epi64((const __m128i *)(g1->scales + 16 * s + 8))));
+                load_pair8(g0->scales + 16 * s + 8, g1->scales + 16 * s + 8));
 #pragma GCC unroll 8
             for (int k = 0; k < R; k++) {
                 const int8_t *qa = a[k][b].qs + 32 * s;

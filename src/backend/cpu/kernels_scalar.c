@@ -624,6 +624,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
+    .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,
 };
