@@ -11,6 +11,12 @@
  * f16 array for acc; only the dot comes from the kernel table (test_kernels
  * checks it), since each table's dot rounds in its own order.
  *
+ * Rows whose context is longer than EXSA_ATTN_EXACT_CTX take the tiled
+ * float semantics of attn_kernels.h (attn_chunk over chunks of
+ * EXSA_ATTN_TILE tokens from token 0), written out again here
+ * (tiled_chunk_ref); every table's chunk_f16 and attn_chunk are checked
+ * against it directly too, and exsa_attn_exp against expf.
+ *
  * F32 and Q8_0 caches keep their own (float) semantics, also checked
  * exactly against a reference here: per (row, head), chunks of 64 tokens;
  * the chunk's scores (dot_f32 of the kernel table on the row's values, Q8_0
@@ -107,6 +113,81 @@ static long first_diff(const float *a, const float *b, size_t n)
 
 typedef float (*dot_fn)(int n, const exsa_fp16 *x, const float *y);
 
+/* attn_kernels.h's attn_chunk for one query vector, written from its
+ * definition: kt is K transposed (hd x TILE), vf V rows of hdp floats. */
+static void tiled_chunk_ref(int hd, int hdp, const float *kt, const float *vf, const float *q,
+                            int nt, float scale, float *st)
+{
+    enum { T = EXSA_ATTN_TILE };
+    float s[T], x[16], p[T];
+    for (int j = 0; j < T; j++) {
+        float acc = 0.0f;
+        for (int d = 0; d < hd; d++)
+            acc = fmaf(q[d], kt[(size_t)d * T + (size_t)j], acc);
+        s[j] = j < nt ? acc * scale : -INFINITY;
+    }
+    for (int i = 0; i < 16; i++)
+        x[i] = s[i] > s[i + 16] ? s[i] : s[i + 16];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++)
+            x[i] = x[i] > x[i + w] ? x[i] : x[i + w];
+    float *m = st + hdp + EXSA_ATTN_ST_M, *l = st + hdp + EXSA_ATTN_ST_L;
+    const float cm = x[0] > *m ? x[0] : *m;
+    const float f = exsa_attn_exp(*m - cm);
+    for (int j = 0; j < T; j++)
+        p[j] = exsa_attn_exp(s[j] - cm);
+    for (int i = 0; i < 16; i++) {
+        l[i] = l[i] * f + p[i];
+        l[i] = l[i] + p[i + 16];
+    }
+    for (int d = 0; d < hdp; d++) {
+        st[d] = st[d] * f;
+        for (int j = 0; j < nt; j++)
+            st[d] = fmaf(p[j], vf[(size_t)j * (size_t)hdp + (size_t)d], st[d]);
+    }
+    *m = cm;
+}
+
+/* A row whose context is longer than EXSA_ATTN_EXACT_CTX: float
+ * semantics over chunks of EXSA_ATTN_TILE tokens from token 0. */
+static void reference_tiled(const exsa_attn_args *a, int r, int h, float *out)
+{
+    enum { T = EXSA_ATTN_TILE };
+    const exsa_kv_layer *kv = a->kv;
+    const int hd = kv->head_dim, hdp = (hd + 15) / 16 * 16, group = a->n_head / kv->n_kv_head;
+    const size_t e0 = (size_t)(h / group) * (size_t)hd;
+    const float *q = a->q + ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
+    float *kt = xmalloc(sizeof(float) * (size_t)hd * T);
+    float *vf = xmalloc(sizeof(float) * (size_t)hdp * T);
+    float *st = xmalloc(sizeof(float) * (size_t)(hdp + EXSA_ATTN_ST_EXTRA));
+    memset(st, 0, sizeof(float) * (size_t)(hdp + EXSA_ATTN_ST_EXTRA));
+    st[hdp + EXSA_ATTN_ST_M] = -INFINITY;
+    for (int t0 = 0; t0 < a->n_ctx[r]; t0 += T) {
+        const int nt = a->n_ctx[r] - t0 < T ? a->n_ctx[r] - t0 : T;
+        memset(kt, 0, sizeof(float) * (size_t)hd * T);
+        memset(vf, 0, sizeof(float) * (size_t)hdp * T);
+        for (int j = 0; j < nt; j++) {
+            const int t = t0 + j;
+            int32_t blk = a->block_table[r][t / kv->block_size];
+            size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
+            const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
+            const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + slot * kv->token_bytes) + e0;
+            for (int d = 0; d < hd; d++) {
+                kt[(size_t)d * T + (size_t)j] = h2f(kp[d]);
+                vf[(size_t)j * (size_t)hdp + (size_t)d] = h2f(vp[d]);
+            }
+        }
+        tiled_chunk_ref(hd, hdp, kt, vf, q, nt, a->scale, st);
+    }
+    const float l = exsa_attn_lsum(st + hdp + EXSA_ATTN_ST_L);
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int d = 0; d < hd; d++)
+        out[d] = st[d] * inv;
+    free(st);
+    free(vf);
+    free(kt);
+}
+
 static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
 {
     const exsa_kv_layer *kv = a->kv;
@@ -117,6 +198,10 @@ static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
         for (int h = 0; h < a->n_head; h++) {
             size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
             size_t e0 = (size_t)(h / group) * (size_t)hd;
+            if (a->n_ctx[r] > EXSA_ATTN_EXACT_CTX) {
+                reference_tiled(a, r, h, out + off);
+                continue;
+            }
             for (int d = 0; d < hd; d++) {
                 q16[d] = h2f(f2h(a->q[off + d]));
                 acc[d] = 0;
@@ -371,13 +456,23 @@ static const attn_case cases[] = {
     {4, 2, 200, 16, 2, {50, 19}, {0, 1}, FILL_NORMAL},
     {2, 1, 264, 16, 2, {33, 70}, {0, 1}, FILL_NORMAL},
     {2, 2, 1, 16, 2, {3, 20}, {0, 1}, FILL_NORMAL},
+    /* prefill chunks across EXSA_ATTN_EXACT_CTX (both paths in one run),
+     * more rows than a task's tile, chunks ending anywhere */
+    {4, 4, 64, 16, 12, {58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69}, {0}, FILL_NORMAL},
+    {8, 2, 128, 16, 12, {97, 130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 140},
+     {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, FILL_NORMAL},
+    {32, 4, 64, 16, 12, {300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311}, {0},
+     FILL_NORMAL},
+    {5, 5, 17, 7, 3, {65, 96, 97}, {0, 1, 2}, FILL_NORMAL},
     /* block sizes other than 16; an empty context (zeros) */
     {4, 2, 64, 5, 3, {23, 0, 11}, {0, 1, 2}, FILL_NORMAL},
     {6, 3, 24, 7, 2, {50, 64}, {0, 1}, FILL_NORMAL},
     {2, 2, 64, 64, 2, {130, 64}, {0, 1}, FILL_NORMAL},
     /* acc overflows f16 to inf; values in the f16 subnormal range */
     {2, 1, 24, 16, 2, {40, 3}, {0, 1}, FILL_OVERFLOW},
+    {2, 1, 24, 16, 2, {100, 40}, {0, 1}, FILL_OVERFLOW},
     {4, 2, 40, 16, 2, {60, 17}, {0, 1}, FILL_TINY},
+    {4, 2, 40, 16, 2, {90, 170}, {0, 1}, FILL_TINY},
 };
 
 static void run_cases(int type, const int *thread_counts, size_t n_counts)
@@ -438,6 +533,92 @@ static void test_table_pairing(void **state)
 /* ---- each table's kernels directly --------------------------------------- */
 
 enum { GUARD = 32, MAX_N = 40 };
+
+/* chunk_f16 against its formula (zeros where it says so), then
+ * attn_chunk for 1..6 query vectors with their own token counts and
+ * states (fresh, rising and falling maxima) against tiled_chunk_ref, bit
+ * for bit, and nothing written past a state. */
+static void check_tiled(const char *name, const exsa_cpu_attn_kernels *ak, int hd, int n,
+                        const exsa_fp16 *const *rows)
+{
+    enum { T = EXSA_ATTN_TILE, MAXQ = 6 };
+    const int hdp = (hd + 15) / 16 * 16, stn = hdp + EXSA_ATTN_ST_EXTRA;
+    float *kt = xmalloc(sizeof(float) * (size_t)hd * T);
+    float *vf = xmalloc(sizeof(float) * (size_t)hdp * T);
+    for (size_t i = 0; i < (size_t)hd * T; i++)
+        kt[i] = NAN;
+    for (size_t i = 0; i < (size_t)hdp * T; i++)
+        vf[i] = NAN;
+    /* V rows: the K rows in reverse */
+    const exsa_fp16 *vrows[T];
+    for (int j = 0; j < n; j++)
+        vrows[j] = rows[n - 1 - j];
+    ak->chunk_f16(hd, hdp, n, rows, vrows, kt, vf);
+    for (int d = 0; d < hd; d++)
+        for (int j = 0; j < T; j++) {
+            float w = j < n ? h2f(rows[j][d]) : 0.0f;
+            if (memcmp(&w, &kt[(size_t)d * T + (size_t)j], sizeof w) != 0)
+                note_fail("%s chunk_f16 hd %d n %d: kt[%d][%d] %.9g, want %.9g", name, hd, n, d, j,
+                          (double)kt[(size_t)d * T + (size_t)j], (double)w);
+        }
+    for (int j = 0; j < n; j++)
+        for (int d = 0; d < hdp; d++) {
+            float w = d < hd ? h2f(vrows[j][d]) : 0.0f;
+            if (memcmp(&w, &vf[(size_t)j * (size_t)hdp + (size_t)d], sizeof w) != 0)
+                note_fail("%s chunk_f16 hd %d n %d: vf[%d][%d] %.9g, want %.9g", name, hd, n, j, d,
+                          (double)vf[(size_t)j * (size_t)hdp + (size_t)d], (double)w);
+        }
+    for (int j = n; j < T; j++)
+        for (int d = 0; d < hdp; d++)
+            vf[(size_t)j * (size_t)hdp + (size_t)d] = NAN; /* never to be read */
+
+    float *q = xmalloc(sizeof(float) * (size_t)MAXQ * (size_t)hd);
+    float *st = xmalloc(sizeof(float) * (size_t)MAXQ * (size_t)(stn + GUARD));
+    float *want = xmalloc(sizeof(float) * (size_t)MAXQ * (size_t)stn);
+    for (int nq = 1; nq <= MAXQ; nq++) {
+        const float *qp[MAXQ];
+        float *sp[MAXQ];
+        int nt[MAXQ];
+        for (int i = 0; i < nq; i++) {
+            qp[i] = q + (size_t)i * (size_t)hd;
+            sp[i] = st + (size_t)i * (size_t)(stn + GUARD);
+            for (int d = 0; d < hd; d++)
+                q[(size_t)i * (size_t)hd + (size_t)d] = exsa_test_rand_normal(&g_rng) * 2.0f;
+            nt[i] = i == 0 ? n : 1 + (int)(exsa_test_rand_u64(&g_rng) % (uint64_t)n);
+            const uint64_t kind = exsa_test_rand_u64(&g_rng) % 3;
+            for (int d = 0; d < stn + GUARD; d++)
+                sp[i][d] = d < hd ? exsa_test_rand_normal(&g_rng) : d < hdp ? 0.0f : -12345.0f;
+            for (int e = 0; e < 16; e++)
+                sp[i][hdp + EXSA_ATTN_ST_L + e] = kind == 0 ? 0.0f : exsa_test_rand_uniform(&g_rng);
+            sp[i][hdp + EXSA_ATTN_ST_M] = kind == 0 ? -INFINITY
+                                          : kind == 1 ? -3.0f : 3.0f; /* max rises / stays */
+            if (kind == 0)
+                for (int d = 0; d < hdp; d++)
+                    sp[i][d] = 0.0f;
+            memcpy(want + (size_t)i * (size_t)stn, sp[i], sizeof(float) * (size_t)stn);
+            tiled_chunk_ref(hd, hdp, kt, vf, qp[i], nt[i], 0.125f, want + (size_t)i * (size_t)stn);
+        }
+        ak->attn_chunk(hd, hdp, kt, vf, nq, qp, nt, 0.125f, sp);
+        for (int i = 0; i < nq; i++) {
+            long d = first_diff(sp[i], want + (size_t)i * (size_t)stn, (size_t)hdp);
+            long e = first_diff(sp[i] + hdp, want + (size_t)i * (size_t)stn + hdp, 17);
+            if (d >= 0 || e >= 0)
+                note_fail("%s attn_chunk hd %d n %d queries %d: query %d (nt %d) %s %ld: %.9g, "
+                          "want %.9g",
+                          name, hd, n, nq, i, nt[i], d >= 0 ? "acc" : "l/m", d >= 0 ? d : e,
+                          (double)sp[i][d >= 0 ? d : hdp + e],
+                          (double)want[(size_t)i * (size_t)stn + (size_t)(d >= 0 ? d : hdp + e)]);
+            for (int g = stn; g < stn + GUARD; g++)
+                if (sp[i][g] != -12345.0f)
+                    note_fail("%s attn_chunk hd %d: wrote past the state", name, hd);
+        }
+    }
+    free(want);
+    free(st);
+    free(q);
+    free(vf);
+    free(kt);
+}
 
 static void check_table(const char *name, const exsa_cpu_attn_kernels *ak,
                         const exsa_cpu_kernels *k)
@@ -542,6 +723,8 @@ static void check_table(const char *name, const exsa_cpu_attn_kernels *ak,
             }
             free(rwant);
             free(racc);
+            if (n <= EXSA_ATTN_TILE)
+                check_tiled(name, ak, hd, n, rows);
         }
         free(want);
         free(acc);
@@ -594,11 +777,37 @@ static void test_tables(void **state)
         print_message("avx512 attention kernels: not available here, not tested\n");
 }
 
+/* exsa_attn_exp against expf: within 2 ulp on [-87, 0] (every float of
+ * a dense sweep), exact at 0, 0 for -inf, NaN and below the normal range. */
+static void test_attn_exp(void **state)
+{
+    (void)state;
+    assert_true(exsa_attn_exp(0.0f) == 1.0f);
+    assert_true(exsa_attn_exp(-INFINITY) == 0.0f);
+    assert_true(exsa_attn_exp(NAN) == 0.0f);
+    assert_true(exsa_attn_exp(-200.0f) == 0.0f);
+    assert_true(exsa_attn_exp(5.0f) == 1.0f); /* the domain ends at 0 */
+    double worst = 0;
+    float at = 0;
+    for (float x = -87.0f; x <= 0.0f; x += 1.0e-4f) {
+        const float got = exsa_attn_exp(x), want = expf(x);
+        const double ulp = (double)nextafterf(want, INFINITY) - want;
+        const double e = fabs((double)got - want) / ulp;
+        if (e > worst) {
+            worst = e;
+            at = x;
+        }
+    }
+    print_message("exsa_attn_exp: worst %.2f ulp at %.7g\n", worst, (double)at);
+    assert_true(worst <= 2.0);
+}
+
 /* ---- driver -------------------------------------------------------------- */
 
 static int run_suite(const char *label)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_attn_exp),
         cmocka_unit_test(test_table_pairing),
         cmocka_unit_test(test_tables),
         cmocka_unit_test(test_f16_matches_reference),

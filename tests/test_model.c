@@ -684,16 +684,17 @@ static void test_batch_invariance(void **state)
 /* ---- paged KV through the API ---- */
 
 /* Chunks of 1, 7, 16, 17 rows (crossing 16-token block boundaries in every
- * way) give the logits of one big batch. */
+ * way, and the context length where an F16 cache's attention changes path)
+ * give the logits of one big batch. */
 static void test_chunked_prefill(void **state)
 {
     const env *e = *state;
     char path[256];
     gen_model(e, &LLAMA_GQA, path, sizeof path);
     exsa_model *m = load_model(path);
-    const int V = exsa_model_hparams(m)->n_vocab, n = 41;
+    const int V = exsa_model_hparams(m)->n_vocab, n = 100;
     uint64_t rng = 99;
-    int32_t tok[41];
+    int32_t tok[100];
     random_tokens(&rng, tok, n, V);
     float *big = malloc((size_t)n * V * sizeof *big), *ch = malloc((size_t)n * V * sizeof *ch);
     assert_non_null(big);
@@ -701,11 +702,11 @@ static void test_chunked_prefill(void **state)
     const int kv_types[] = {EXSA_TYPE_F16, EXSA_TYPE_F32};
     const int orders[][4] = {{1, 7, 16, 17}, {17, 16, 7, 1}, {7, 7, 7, 7}};
     for (int t = 0; t < 2; t++) {
-        exsa_model_ctx *c = make_ctx(m, kv_types[t], 1, 64, 0);
+        exsa_model_ctx *c = make_ctx(m, kv_types[t], 1, 128, 0);
         forward_rows(c, 0, tok, n, 0, big);
         exsa_model_ctx_free(c);
         for (int o = 0; o < 3; o++) {
-            c = make_ctx(m, kv_types[t], 1, 64, 0);
+            c = make_ctx(m, kv_types[t], 1, 128, 0);
             forward_chunked(c, 0, tok, n, 0, orders[o], 4, V, ch);
             double err = exsa_test_rel_l2(ch, big, (size_t)n * V);
             printf("CHUNKERR kv=%s chunks=%d,%d,%d,%d rel_l2=%.3e\n", kv_name(kv_types[t]),

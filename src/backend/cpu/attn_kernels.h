@@ -12,6 +12,9 @@
  * of the exsa_cpu_kernels table of the same ISA (so the choice follows
  * that table, EXSA_CPU included), and the V accumulator holds f16 values
  * (kept in f32 registers and memory, rounded after every update).
+ * Rows with a context longer than EXSA_ATTN_EXACT_CTX use the tiled float
+ * kernels instead (chunk_f16, attn_chunk), whose arithmetic is defined
+ * below to the operation, so that every table gives the same bits.
  * A Q8_0 cache only borrows the row dequantizer; F32 and Q8_0 caches use
  * the exsa_cpu_kernels float helpers for the rest.
  *
@@ -22,7 +25,10 @@
 #ifndef EXSA_CPU_ATTN_KERNELS_H
 #define EXSA_CPU_ATTN_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "backend/cpu/kernels.h"
 
@@ -49,11 +55,88 @@ typedef struct exsa_cpu_attn_kernels {
      * where a lone accumulator waits on each token's rounding. */
     void (*accum_f16_rows)(int hd, int n, const exsa_fp16 *const *v, int n_r,
                            const float *const *ms, const float *const *vs, float *const *acc);
+    /* Tiled float attention over an F16 cache (rows whose context is
+     * longer than EXSA_ATTN_EXACT_CTX; see cpu_attention.c). A chunk is
+     * EXSA_ATTN_TILE tokens starting at a multiple of EXSA_ATTN_TILE.
+     *
+     * chunk_f16: the chunk's n (1..EXSA_ATTN_TILE) token slices as floats,
+     * K transposed: kt[d * EXSA_ATTN_TILE + j] = f32(k[j][d]) for d < hd
+     * (0 for j >= n), vf[j * hdp + d] = f32(v[j][d]) for j < n (0 for
+     * hd <= d < hdp; hdp is hd rounded up to 16). */
+    void (*chunk_f16)(int hd, int hdp, int n, const exsa_fp16 *const *k,
+                      const exsa_fp16 *const *v, float *kt, float *vf);
+    /* One chunk for n_q (1..4) query vectors q[i] (hd floats each), query
+     * i seeing the chunk's first nt[i] (1..EXSA_ATTN_TILE) tokens, its
+     * state st[i] = acc[hdp], l[16], m (see EXSA_ATTN_ST_*):
+     *     s_j  = fma chain over d = 0 .. hd-1 of q[d] * kt[d][j], from 0,
+     *            times scale; -inf for j >= nt
+     *     x_i  = max(s_i, s_i+16) for i < 16, then a max tree over lanes
+     *            (i, i+8), (i, i+4), (i, i+2), (0, 1); cm = max(x, m)
+     *            where max(a, b) = a > b ? a : b
+     *     f    = exsa_attn_exp(m - cm); p_j = exsa_attn_exp(s_j - cm)
+     *     l_i  = (l_i * f + p_i) + p_i+16 for i < 16
+     *     acc  = acc * f, then acc = fmaf(p_j, vf[j], acc) for j < nt
+     *     m    = cm
+     * Every table gives the same bits (the scalar one is the reference). */
+    void (*attn_chunk)(int hd, int hdp, const float *kt, const float *vf, int n_q,
+                       const float *const *q, const int *nt, float scale, float *const *st);
     /* Q8_0 cache rows: y[32 * b + i] = f32(x[b].d) * x[b].qs[i] for the
      * n_blocks blocks at x (a product of two floats, so every table gives
      * the same bits). */
     void (*dequant_q8_0)(const exsa_block_q8_0 *x, float *y, int64_t n_blocks);
 } exsa_cpu_attn_kernels;
+
+/* Rows whose context is at most this many tokens take llama.cpp's f16
+ * one-row arithmetic (scores_f16, accum_f16); longer ones the tiled float
+ * path (chunk_f16, attn_chunk). The choice depends on the row alone, so a
+ * sequence's results do not depend on how its prompt was batched. */
+#define EXSA_ATTN_EXACT_CTX 64
+#define EXSA_ATTN_TILE 32
+/* Offsets in a tiled query state, after acc[hdp]: 16 partial sums, m. */
+#define EXSA_ATTN_ST_L 0
+#define EXSA_ATTN_ST_M 16
+#define EXSA_ATTN_ST_EXTRA 32
+
+/* e^x for the tiled softmax, the same bits in every table: x clamped to
+ * [-88, 0] (NaN and -inf give -88, whose result is 0), x = n ln2 + r with
+ * n rounded to nearest (the 1.5 * 2^23 trick), e^r by a degree-7 Taylor
+ * polynomial (Horner, fmaf), times 2^n built in the exponent bits (n =
+ * -127 gives 0). Within 2 ulp of expf on the normal range. */
+static inline float exsa_attn_exp(float x)
+{
+    x = x > -88.0f ? x : -88.0f;
+    x = x < 0.0f ? x : 0.0f;
+    const float t = x * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f;
+    float r = fmaf(n, -0.693145751953125f, x);
+    r = fmaf(n, -1.42860682030941723212e-6f, r);
+    float p = 1.98412698e-4f;
+    p = fmaf(p, r, 1.38888889e-3f);
+    p = fmaf(p, r, 8.33333333e-3f);
+    p = fmaf(p, r, 4.16666667e-2f);
+    p = fmaf(p, r, 1.66666667e-1f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
+/* The sum of a tiled state's 16 partial sums: (i, i+8), (i, i+4),
+ * (i, i+2), then (0, 1). */
+static inline float exsa_attn_lsum(const float *l)
+{
+    float a[8];
+    for (int i = 0; i < 8; i++)
+        a[i] = l[i] + l[i + 8];
+    for (int i = 0; i < 4; i++)
+        a[i] = a[i] + a[i + 4];
+    for (int i = 0; i < 2; i++)
+        a[i] = a[i] + a[i + 2];
+    return a[0] + a[1];
+}
 
 const exsa_cpu_attn_kernels *exsa_cpu_attn_kernels_scalar(void);
 /* NULL when the binary was built without that ISA or the CPU lacks it. */
