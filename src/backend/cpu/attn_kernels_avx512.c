@@ -326,7 +326,9 @@ static void chunk_f16(int hd, int hdp, int n, const exsa_fp16 *const *k, const e
             __m512 r[16];
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++)
-                r[i] = j0 + i < n ? load_h16_mask(k[j0 + i] + d0, m) : _mm512_setzero_ps();
+                r[i] = j0 + i >= n ? _mm512_setzero_ps()
+                       : nd == 16  ? load_h16(k[j0 + i] + d0)
+                                   : load_h16_mask(k[j0 + i] + d0, m);
             transpose16(r);
             for (int i = 0; i < nd; i++)
                 _mm512_storeu_ps(kt + (size_t)(d0 + i) * T + j0, r[i]);
@@ -335,7 +337,8 @@ static void chunk_f16(int hd, int hdp, int n, const exsa_fp16 *const *k, const e
         for (int d0 = 0; d0 < hdp; d0 += 16) {
             const int nd = hd - d0 <= 0 ? 0 : hd - d0 < 16 ? hd - d0 : 16;
             const __mmask16 m = (__mmask16)((1u << nd) - 1);
-            _mm512_storeu_ps(vf + (size_t)j * (size_t)hdp + d0, load_h16_mask(v[j] + d0, m));
+            _mm512_storeu_ps(vf + (size_t)j * (size_t)hdp + d0,
+                             nd == 16 ? load_h16(v[j] + d0) : load_h16_mask(v[j] + d0, m));
         }
 }
 
