@@ -30,6 +30,11 @@
 /* Output rows per task, bounds. */
 #define CHUNK_MIN 4
 #define CHUNK_MAX 64
+/* Batches of up to this many rows stream the repacked weights (decode):
+ * their tasks are one span of output rows per thread. */
+#ifndef X8_STREAM_ROWS
+#define X8_STREAM_ROWS 8
+#endif
 
 /* ---- shared helpers ---------------------------------------------------- */
 
@@ -519,13 +524,23 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
     for (int i = 0; i < n_w; i++) {
         const exsa_tensor *w = ws[i];
         int64_t n_groups = w->n_out / 8;
-        int chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
-        if (chunk_groups < 1)
-            chunk_groups = 1;
-        if (chunk_groups > CHUNK_MAX / 8)
-            chunk_groups = CHUNK_MAX / 8;
-        if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
-            chunk_groups++;
+        int chunk_groups;
+        if (n_rows <= X8_STREAM_ROWS) {
+            /* One contiguous span per thread: each thread's stream starts
+             * once per op (bench/RESULTS.md: a 2.4 MB matrix in 8
+             * claimed spans streamed 38 GB/s, in 2 halves 41-43) */
+            int64_t per = (n_groups + c->n_threads - 1) / c->n_threads;
+            per = (per + 3) / 4 * 4; /* whole four-group calls */
+            chunk_groups = per < INT32_MAX ? (int)per : INT32_MAX;
+        } else {
+            chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
+            if (chunk_groups < 1)
+                chunk_groups = 1;
+            if (chunk_groups > CHUNK_MAX / 8)
+                chunk_groups = CHUNK_MAX / 8;
+            if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
+                chunk_groups++;
+        }
         d.w[i] = w;
         d.chunk_groups[i] = chunk_groups;
         n_chunks += (int)((n_groups + chunk_groups - 1) / chunk_groups);
