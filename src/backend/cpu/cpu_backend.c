@@ -628,11 +628,17 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         }
     }
 
-    int chunk_rows = (int)(n_out / ((int64_t)c->n_threads * 4));
-    if (chunk_rows < CHUNK_MIN)
-        chunk_rows = CHUNK_MIN;
-    if (chunk_rows > CHUNK_MAX)
-        chunk_rows = CHUNK_MAX;
+    int chunk_rows;
+    if (n_rows <= X8_STREAM_ROWS) { /* one span per thread, as matmul_x8 */
+        int64_t per = (n_out + c->n_threads - 1) / c->n_threads;
+        chunk_rows = per < INT32_MAX ? (int)per : INT32_MAX;
+    } else {
+        chunk_rows = (int)(n_out / ((int64_t)c->n_threads * 4));
+        if (chunk_rows < CHUNK_MIN)
+            chunk_rows = CHUNK_MIN;
+        if (chunk_rows > CHUNK_MAX)
+            chunk_rows = CHUNK_MAX;
+    }
     int n_chunks = (int)((n_out + chunk_rows - 1) / chunk_rows);
 
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
