@@ -458,7 +458,7 @@ static void x8_task(void *vctx, int task, int thread)
     if (x32)
         for (; g + 4 <= g1; g += 4)
             x32((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);
-    if (x16 && (nj >= 4 || !is_k))
+    if (x16 && (nj >= 4 || !is_k || w->layout == EXSA_LAYOUT_Q6_KX8))
         for (; g + 2 <= g1; g += 2)
             x16((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);
     for (; g < g1; g++)

@@ -803,6 +803,22 @@ INLINE void prefetch_pair(const void *p0, const void *p1, size_t bytes)
     prefetch_ahead(p1, bytes);
 }
 
+/* Decode form of prefetch_pair for a call over groups w0 and w1 = w0 +
+ * gbytes, at byte off of each: where "PREFETCH_DIST ahead" passes the
+ * group's end, the hint goes to the same stream of the next call (two
+ * groups on) rather than into w1, which its own stream already read. */
+INLINE void prefetch_pair_stream(const void *w0, size_t gbytes, size_t off, size_t bytes)
+{
+    size_t t = off + PREFETCH_DIST;
+    if (t >= gbytes)
+        t += gbytes;
+    const char *c0 = (const char *)w0 + t, *c1 = c0 + gbytes;
+    for (size_t i = 0; i < bytes; i += 64) {
+        _mm_prefetch(c0 + i, _MM_HINT_T0);
+        _mm_prefetch(c1 + i, _MM_HINT_T0);
+    }
+}
+
 /* The two groups' 8 bytes at p0 and p1 side by side (16 lanes' scales). */
 INLINE __m128i load_pair8(const void *p0, const void *p1)
 {
@@ -1113,7 +1129,8 @@ INLINE void q6_Kx16_one(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q6
     for (int b = 0; b < nb; b++) {
         const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
         if (pf)
-            prefetch_pair(g0, g1, sizeof *g0);
+            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
+                                 (size_t)b * sizeof *g0, sizeof *g0);
         __m512i isum = _mm512_setzero_si512();
         for (int half = 0; half < 2; half++) {
             __m512i d[8];
