@@ -933,13 +933,18 @@ static void gemm_q4_0x32(int n, const void *w, size_t gbytes, const void *act, s
  * output, summed in its tree). AVX-512 has no vpsignb, so the weights are
  * offset to unsigned (w ^ 0x80 = w + 128) and vpdpbusd starts from the
  * activation's -128 * (quad sum): the same exact lane sums. */
+/* Activation rows per pass of the Q8_0 form: 8 accumulators per row
+ * (the x8 kernel's lanes), so 3 rows take 24 of the 32 registers. */
+#ifndef Q8_RMAX
+#define Q8_RMAX 3
+#endif
 INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q8_0x8 *w1,
                          const exsa_block_q8_0a *const *a, const int R, float *out, size_t os,
                          int pf)
 {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
-    __m512 acc[2][8];
-#pragma GCC unroll 2
+    __m512 acc[Q8_RMAX][8];
+#pragma GCC unroll 3
     for (int k = 0; k < R; k++)
 #pragma GCC unroll 8
         for (int l = 0; l < 8; l++)
@@ -948,15 +953,15 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
         if (pf)
             prefetch_pair(&w0[b], &w1[b], sizeof w0[b]);
         const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
-        __m512 d[2];
-#pragma GCC unroll 2
+        __m512 d[Q8_RMAX];
+#pragma GCC unroll 3
         for (int k = 0; k < R; k++)
             d[k] = _mm512_mul_ps(dw, _mm512_set1_ps(a[k][b].d));
 #pragma GCC unroll 8
         for (int l = 0; l < 8; l++) {
             const __m512i x =
                 _mm512_xor_si512(load2x256(w0[b].qs + 32 * l, w1[b].qs + 32 * l), bias);
-#pragma GCC unroll 2
+#pragma GCC unroll 3
             for (int k = 0; k < R; k++) {
                 int32_t quad;
                 memcpy(&quad, a[k][b].qs + 4 * l, 4);
@@ -966,7 +971,7 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
             }
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 3
     for (int k = 0; k < R; k++) {
         const __m512 *c = acc[k];
         const __m512 s = _mm512_add_ps(
@@ -976,7 +981,7 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
     }
 }
 
-X16_DRIVER(gemm_q8_0x16, exsa_block_q8_0x8, exsa_block_q8_0a, 32, 2, q8_0x16_rows)
+X16_DRIVER(gemm_q8_0x16, exsa_block_q8_0x8, exsa_block_q8_0a, 32, Q8_RMAX, q8_0x16_rows)
 
 /* Repacked Q8_0, four groups (32 outputs) per call for decode, as
  * gemm_q4_0x32: each activation quad and correction broadcast serves 32
