@@ -11,10 +11,10 @@
  * f16 array for acc; only the dot comes from the kernel table (test_kernels
  * checks it), since each table's dot rounds in its own order.
  *
- * Rows whose context is longer than EXSA_ATTN_EXACT_CTX take the tiled
- * float semantics of attn_kernels.h (attn_chunk over chunks of
- * EXSA_ATTN_TILE tokens from token 0), written out again here
- * (tiled_chunk_ref); every table's chunk_f16 and attn_chunk are checked
+ * Rows whose context is longer than EXSA_ATTN_EXACT_CTX keep those scores
+ * but take the tiled float softmax of attn_kernels.h (attn_chunk over
+ * chunks of EXSA_ATTN_TILE tokens from token 0), written out again here
+ * (tiled_chunk_ref); every table's chunk_v_f16 and attn_chunk are checked
  * against it directly too, and exsa_attn_exp against expf.
  *
  * F32 and Q8_0 caches keep their own (float) semantics, also checked
@@ -114,18 +114,14 @@ static long first_diff(const float *a, const float *b, size_t n)
 typedef float (*dot_fn)(int n, const exsa_fp16 *x, const float *y);
 
 /* attn_kernels.h's attn_chunk for one query vector, written from its
- * definition: kt is K transposed (hd x TILE), vf V rows of hdp floats. */
-static void tiled_chunk_ref(int hd, int hdp, const float *kt, const float *vf, const float *q,
-                            int nt, float scale, float *st)
+ * definition: sc holds the scores of the first nt tokens, vf V rows of
+ * hdp floats. */
+static void tiled_chunk_ref(int hdp, const float *vf, const float *sc, int nt, float *st)
 {
     enum { T = EXSA_ATTN_TILE };
     float s[T], x[16], p[T];
-    for (int j = 0; j < T; j++) {
-        float acc = 0.0f;
-        for (int d = 0; d < hd; d++)
-            acc = fmaf(q[d], kt[(size_t)d * T + (size_t)j], acc);
-        s[j] = j < nt ? acc * scale : -INFINITY;
-    }
+    for (int j = 0; j < T; j++)
+        s[j] = j < nt ? sc[j] : -INFINITY;
     for (int i = 0; i < 16; i++)
         x[i] = s[i] > s[i + 16] ? s[i] : s[i + 16];
     for (int w = 8; w >= 1; w /= 2)
@@ -148,23 +144,27 @@ static void tiled_chunk_ref(int hd, int hdp, const float *kt, const float *vf, c
     *m = cm;
 }
 
-/* A row whose context is longer than EXSA_ATTN_EXACT_CTX: float
- * semantics over chunks of EXSA_ATTN_TILE tokens from token 0. */
-static void reference_tiled(const exsa_attn_args *a, int r, int h, float *out)
+/* A row whose context is longer than EXSA_ATTN_EXACT_CTX: the scores of
+ * the f16 semantics (q rounded to f16, the table's dot, times the scale),
+ * then float softmax and V sums over chunks of EXSA_ATTN_TILE tokens from
+ * token 0. */
+static void reference_tiled(const exsa_attn_args *a, dot_fn dot, int r, int h, float *out)
 {
     enum { T = EXSA_ATTN_TILE };
     const exsa_kv_layer *kv = a->kv;
     const int hd = kv->head_dim, hdp = (hd + 15) / 16 * 16, group = a->n_head / kv->n_kv_head;
     const size_t e0 = (size_t)(h / group) * (size_t)hd;
     const float *q = a->q + ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
-    float *kt = xmalloc(sizeof(float) * (size_t)hd * T);
+    float *q16 = xmalloc(sizeof(float) * (size_t)hd);
+    for (int d = 0; d < hd; d++)
+        q16[d] = h2f(f2h(q[d]));
     float *vf = xmalloc(sizeof(float) * (size_t)hdp * T);
     float *st = xmalloc(sizeof(float) * (size_t)(hdp + EXSA_ATTN_ST_EXTRA));
+    float sc[T];
     memset(st, 0, sizeof(float) * (size_t)(hdp + EXSA_ATTN_ST_EXTRA));
     st[hdp + EXSA_ATTN_ST_M] = -INFINITY;
     for (int t0 = 0; t0 < a->n_ctx[r]; t0 += T) {
         const int nt = a->n_ctx[r] - t0 < T ? a->n_ctx[r] - t0 : T;
-        memset(kt, 0, sizeof(float) * (size_t)hd * T);
         memset(vf, 0, sizeof(float) * (size_t)hdp * T);
         for (int j = 0; j < nt; j++) {
             const int t = t0 + j;
@@ -172,12 +172,11 @@ static void reference_tiled(const exsa_attn_args *a, int r, int h, float *out)
             size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
             const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
             const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + slot * kv->token_bytes) + e0;
-            for (int d = 0; d < hd; d++) {
-                kt[(size_t)d * T + (size_t)j] = h2f(kp[d]);
+            sc[j] = dot(hd, kp, q16) * a->scale;
+            for (int d = 0; d < hd; d++)
                 vf[(size_t)j * (size_t)hdp + (size_t)d] = h2f(vp[d]);
-            }
         }
-        tiled_chunk_ref(hd, hdp, kt, vf, q, nt, a->scale, st);
+        tiled_chunk_ref(hdp, vf, sc, nt, st);
     }
     const float l = exsa_attn_lsum(st + hdp + EXSA_ATTN_ST_L);
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
@@ -185,7 +184,7 @@ static void reference_tiled(const exsa_attn_args *a, int r, int h, float *out)
         out[d] = st[d] * inv;
     free(st);
     free(vf);
-    free(kt);
+    free(q16);
 }
 
 static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
@@ -199,7 +198,7 @@ static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
             size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h) * (size_t)hd;
             size_t e0 = (size_t)(h / group) * (size_t)hd;
             if (a->n_ctx[r] > EXSA_ATTN_EXACT_CTX) {
-                reference_tiled(a, r, h, out + off);
+                reference_tiled(a, dot, r, h, out + off);
                 continue;
             }
             for (int d = 0; d < hd; d++) {
@@ -534,90 +533,75 @@ static void test_table_pairing(void **state)
 
 enum { GUARD = 32, MAX_N = 40 };
 
-/* chunk_f16 against its formula (zeros where it says so), then
- * attn_chunk for 1..6 query vectors with their own token counts and
- * states (fresh, rising and falling maxima) against tiled_chunk_ref, bit
- * for bit, and nothing written past a state. */
+/* chunk_v_f16 against its formula (zeros where it says so), then
+ * attn_chunk for 1..6 query vectors with their own token counts, scores
+ * and states (fresh, rising and falling maxima) against tiled_chunk_ref,
+ * bit for bit; scores past nt are NaN (never to be read) and nothing is
+ * written past a state. */
 static void check_tiled(const char *name, const exsa_cpu_attn_kernels *ak, int hd, int n,
                         const exsa_fp16 *const *rows)
 {
     enum { T = EXSA_ATTN_TILE, MAXQ = 6 };
     const int hdp = (hd + 15) / 16 * 16, stn = hdp + EXSA_ATTN_ST_EXTRA;
-    float *kt = xmalloc(sizeof(float) * (size_t)hd * T);
     float *vf = xmalloc(sizeof(float) * (size_t)hdp * T);
-    for (size_t i = 0; i < (size_t)hd * T; i++)
-        kt[i] = NAN;
     for (size_t i = 0; i < (size_t)hdp * T; i++)
         vf[i] = NAN;
-    /* V rows: the K rows in reverse */
-    const exsa_fp16 *vrows[T];
-    for (int j = 0; j < n; j++)
-        vrows[j] = rows[n - 1 - j];
-    ak->chunk_f16(hd, hdp, n, rows, vrows, kt, vf);
-    for (int d = 0; d < hd; d++)
-        for (int j = 0; j < T; j++) {
-            float w = j < n ? h2f(rows[j][d]) : 0.0f;
-            if (memcmp(&w, &kt[(size_t)d * T + (size_t)j], sizeof w) != 0)
-                note_fail("%s chunk_f16 hd %d n %d: kt[%d][%d] %.9g, want %.9g", name, hd, n, d, j,
-                          (double)kt[(size_t)d * T + (size_t)j], (double)w);
-        }
+    ak->chunk_v_f16(hd, hdp, n, rows, vf);
     for (int j = 0; j < n; j++)
         for (int d = 0; d < hdp; d++) {
-            float w = d < hd ? h2f(vrows[j][d]) : 0.0f;
+            float w = d < hd ? h2f(rows[j][d]) : 0.0f;
             if (memcmp(&w, &vf[(size_t)j * (size_t)hdp + (size_t)d], sizeof w) != 0)
-                note_fail("%s chunk_f16 hd %d n %d: vf[%d][%d] %.9g, want %.9g", name, hd, n, j, d,
-                          (double)vf[(size_t)j * (size_t)hdp + (size_t)d], (double)w);
+                note_fail("%s chunk_v_f16 hd %d n %d: vf[%d][%d] %.9g, want %.9g", name, hd, n, j,
+                          d, (double)vf[(size_t)j * (size_t)hdp + (size_t)d], (double)w);
         }
     for (int j = n; j < T; j++)
         for (int d = 0; d < hdp; d++)
             vf[(size_t)j * (size_t)hdp + (size_t)d] = NAN; /* never to be read */
 
-    float *q = xmalloc(sizeof(float) * (size_t)MAXQ * (size_t)hd);
     float *st = xmalloc(sizeof(float) * (size_t)MAXQ * (size_t)(stn + GUARD));
     float *want = xmalloc(sizeof(float) * (size_t)MAXQ * (size_t)stn);
+    float sc[MAXQ][T];
     for (int nq = 1; nq <= MAXQ; nq++) {
-        const float *qp[MAXQ];
-        float *sp[MAXQ];
+        const float *sp[MAXQ];
+        float *stp[MAXQ];
         int nt[MAXQ];
         for (int i = 0; i < nq; i++) {
-            qp[i] = q + (size_t)i * (size_t)hd;
-            sp[i] = st + (size_t)i * (size_t)(stn + GUARD);
-            for (int d = 0; d < hd; d++)
-                q[(size_t)i * (size_t)hd + (size_t)d] = exsa_test_rand_normal(&g_rng) * 2.0f;
             nt[i] = i == 0 ? n : 1 + (int)(exsa_test_rand_u64(&g_rng) % (uint64_t)n);
+            for (int j = 0; j < T; j++)
+                sc[i][j] = j < nt[i] ? exsa_test_rand_normal(&g_rng) * 3.0f : NAN;
+            sp[i] = sc[i];
+            stp[i] = st + (size_t)i * (size_t)(stn + GUARD);
             const uint64_t kind = exsa_test_rand_u64(&g_rng) % 3;
             for (int d = 0; d < stn + GUARD; d++)
-                sp[i][d] = d < hd ? exsa_test_rand_normal(&g_rng) : d < hdp ? 0.0f : -12345.0f;
+                stp[i][d] = d < hd ? exsa_test_rand_normal(&g_rng) : d < hdp ? 0.0f : -12345.0f;
             for (int e = 0; e < 16; e++)
-                sp[i][hdp + EXSA_ATTN_ST_L + e] = kind == 0 ? 0.0f : exsa_test_rand_uniform(&g_rng);
-            sp[i][hdp + EXSA_ATTN_ST_M] = kind == 0 ? -INFINITY
-                                          : kind == 1 ? -3.0f : 3.0f; /* max rises / stays */
+                stp[i][hdp + EXSA_ATTN_ST_L + e] = kind == 0 ? 0.0f : exsa_test_rand_uniform(&g_rng);
+            stp[i][hdp + EXSA_ATTN_ST_M] = kind == 0 ? -INFINITY
+                                           : kind == 1 ? -3.0f : 3.0f; /* max rises / stays */
             if (kind == 0)
                 for (int d = 0; d < hdp; d++)
-                    sp[i][d] = 0.0f;
-            memcpy(want + (size_t)i * (size_t)stn, sp[i], sizeof(float) * (size_t)stn);
-            tiled_chunk_ref(hd, hdp, kt, vf, qp[i], nt[i], 0.125f, want + (size_t)i * (size_t)stn);
+                    stp[i][d] = 0.0f;
+            memcpy(want + (size_t)i * (size_t)stn, stp[i], sizeof(float) * (size_t)stn);
+            tiled_chunk_ref(hdp, vf, sc[i], nt[i], want + (size_t)i * (size_t)stn);
         }
-        ak->attn_chunk(hd, hdp, kt, vf, nq, qp, nt, 0.125f, sp);
+        ak->attn_chunk(hdp, vf, nq, sp, nt, stp);
         for (int i = 0; i < nq; i++) {
-            long d = first_diff(sp[i], want + (size_t)i * (size_t)stn, (size_t)hdp);
-            long e = first_diff(sp[i] + hdp, want + (size_t)i * (size_t)stn + hdp, 17);
+            long d = first_diff(stp[i], want + (size_t)i * (size_t)stn, (size_t)hdp);
+            long e = first_diff(stp[i] + hdp, want + (size_t)i * (size_t)stn + hdp, 17);
             if (d >= 0 || e >= 0)
                 note_fail("%s attn_chunk hd %d n %d queries %d: query %d (nt %d) %s %ld: %.9g, "
                           "want %.9g",
                           name, hd, n, nq, i, nt[i], d >= 0 ? "acc" : "l/m", d >= 0 ? d : e,
-                          (double)sp[i][d >= 0 ? d : hdp + e],
+                          (double)stp[i][d >= 0 ? d : hdp + e],
                           (double)want[(size_t)i * (size_t)stn + (size_t)(d >= 0 ? d : hdp + e)]);
             for (int g = stn; g < stn + GUARD; g++)
-                if (sp[i][g] != -12345.0f)
+                if (stp[i][g] != -12345.0f)
                     note_fail("%s attn_chunk hd %d: wrote past the state", name, hd);
         }
     }
     free(want);
     free(st);
-    free(q);
     free(vf);
-    free(kt);
 }
 
 static void check_table(const char *name, const exsa_cpu_attn_kernels *ak,

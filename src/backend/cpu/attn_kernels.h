@@ -12,9 +12,10 @@
  * of the exsa_cpu_kernels table of the same ISA (so the choice follows
  * that table, EXSA_CPU included), and the V accumulator holds f16 values
  * (kept in f32 registers and memory, rounded after every update).
- * Rows with a context longer than EXSA_ATTN_EXACT_CTX use the tiled float
- * kernels instead (chunk_f16, attn_chunk), whose arithmetic is defined
- * below to the operation, so that every table gives the same bits.
+ * Rows with a context longer than EXSA_ATTN_EXACT_CTX keep those scores
+ * but take a float softmax and V sum over chunks (chunk_v_f16,
+ * attn_chunk), defined below to the operation: every table gives the same
+ * bits for the same scores.
  * A Q8_0 cache only borrows the row dequantizer; F32 and Q8_0 caches use
  * the exsa_cpu_kernels float helpers for the rest.
  *
@@ -57,19 +58,16 @@ typedef struct exsa_cpu_attn_kernels {
                            const float *const *ms, const float *const *vs, float *const *acc);
     /* Tiled float attention over an F16 cache (rows whose context is
      * longer than EXSA_ATTN_EXACT_CTX; see cpu_attention.c). A chunk is
-     * EXSA_ATTN_TILE tokens starting at a multiple of EXSA_ATTN_TILE.
+     * EXSA_ATTN_TILE tokens starting at a multiple of EXSA_ATTN_TILE; its
+     * scores come from scores_f16 (q rounded to f16, this table's dot),
+     * the softmax and the V sums are in float.
      *
-     * chunk_f16: the chunk's n (1..EXSA_ATTN_TILE) token slices as floats,
-     * K transposed: kt[d * EXSA_ATTN_TILE + j] = f32(k[j][d]) for d < hd
-     * (0 for j >= n), vf[j * hdp + d] = f32(v[j][d]) for j < n (0 for
-     * hd <= d < hdp; hdp is hd rounded up to 16). */
-    void (*chunk_f16)(int hd, int hdp, int n, const exsa_fp16 *const *k,
-                      const exsa_fp16 *const *v, float *kt, float *vf);
-    /* One chunk for n_q (1..4) query vectors q[i] (hd floats each), query
-     * i seeing the chunk's first nt[i] (1..EXSA_ATTN_TILE) tokens, its
-     * state st[i] = acc[hdp], l[16], m (see EXSA_ATTN_ST_*):
-     *     s_j  = fma chain over d = 0 .. hd-1 of q[d] * kt[d][j], from 0,
-     *            times scale; -inf for j >= nt
+     * chunk_v_f16: vf[j * hdp + d] = f32(v[j][d]) for j < n (1..TILE),
+     * d < hd; 0 for hd <= d < hdp (hd rounded up to 16). */
+    void (*chunk_v_f16)(int hd, int hdp, int n, const exsa_fp16 *const *v, float *vf);
+    /* One chunk for n_q (1..4) query vectors, query i with scores s[i][j]
+     * for its first nt[i] (1..EXSA_ATTN_TILE) tokens (s_j = -inf past them)
+     * and state st[i] = acc[hdp], l[16], m (see EXSA_ATTN_ST_*):
      *     x_i  = max(s_i, s_i+16) for i < 16, then a max tree over lanes
      *            (i, i+8), (i, i+4), (i, i+2), (0, 1); cm = max(x, m)
      *            where max(a, b) = a > b ? a : b
@@ -77,9 +75,10 @@ typedef struct exsa_cpu_attn_kernels {
      *     l_i  = (l_i * f + p_i) + p_i+16 for i < 16
      *     acc  = acc * f, then acc = fmaf(p_j, vf[j], acc) for j < nt
      *     m    = cm
-     * Every table gives the same bits (the scalar one is the reference). */
-    void (*attn_chunk)(int hd, int hdp, const float *kt, const float *vf, int n_q,
-                       const float *const *q, const int *nt, float scale, float *const *st);
+     * s[i] is read only below nt[i]. Every table gives the same bits (the
+     * scalar one is the reference). */
+    void (*attn_chunk)(int hdp, const float *vf, int n_q, const float *const *s, const int *nt,
+                       float *const *st);
     /* Q8_0 cache rows: y[32 * b + i] = f32(x[b].d) * x[b].qs[i] for the
      * n_blocks blocks at x (a product of two floats, so every table gives
      * the same bits). */
@@ -88,7 +87,7 @@ typedef struct exsa_cpu_attn_kernels {
 
 /* Rows whose context is at most this many tokens take llama.cpp's f16
  * one-row arithmetic (scores_f16, accum_f16); longer ones the tiled float
- * path (chunk_f16, attn_chunk). The choice depends on the row alone, so a
+ * path (chunk_v_f16, attn_chunk). The choice depends on the row alone, so a
  * sequence's results do not depend on how its prompt was batched. */
 #define EXSA_ATTN_EXACT_CTX 64
 #define EXSA_ATTN_TILE 32

@@ -251,7 +251,7 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
 }
 #undef ROWS_CASE
 
-/* ---- tiled float attention (attn_kernels.h: chunk_f16, attn_chunk) ---- */
+/* ---- tiled float attention (attn_kernels.h: chunk_v_f16, attn_chunk) ---- */
 
 /* exsa_attn_exp on 8 lanes: the same operations in the same order. */
 INLINE __m256 exp8(__m256 x)
@@ -276,29 +276,6 @@ INLINE __m256 exp8(__m256 x)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* r[i] <- column i of the 8 x 8 block r (row j = r[j]). */
-INLINE void transpose8(__m256 *r)
-{
-    __m256 t[8], u[8];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-#pragma GCC unroll 2
-    for (int g = 0; g < 2; g++) {
-        u[4 * g] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        u[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        u[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {
-        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
-        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
-    }
-}
-
 /* Halves [d0, d0 + 8) of a row as floats, 0 past hd. */
 INLINE __m256 load_h8_upto(const exsa_fp16 *row, int d0, int hd)
 {
@@ -306,21 +283,8 @@ INLINE __m256 load_h8_upto(const exsa_fp16 *row, int d0, int hd)
                                                            : load_h_tail(row + d0, hd - d0);
 }
 
-static void chunk_f16(int hd, int hdp, int n, const exsa_fp16 *const *k, const exsa_fp16 *const *v,
-                      float *kt, float *vf)
+static void chunk_v_f16(int hd, int hdp, int n, const exsa_fp16 *const *v, float *vf)
 {
-    enum { T = EXSA_ATTN_TILE };
-    for (int j0 = 0; j0 < T; j0 += 8)
-        for (int d0 = 0; d0 < hd; d0 += 8) {
-            const int nd = hd - d0 < 8 ? hd - d0 : 8;
-            __m256 r[8];
-#pragma GCC unroll 8
-            for (int i = 0; i < 8; i++)
-                r[i] = j0 + i < n ? load_h8_upto(k[j0 + i], d0, hd) : _mm256_setzero_ps();
-            transpose8(r);
-            for (int i = 0; i < nd; i++)
-                _mm256_storeu_ps(kt + (size_t)(d0 + i) * T + j0, r[i]);
-        }
     for (int j = 0; j < n; j++)
         for (int d0 = 0; d0 < hdp; d0 += 8)
             _mm256_storeu_ps(vf + (size_t)j * (size_t)hdp + d0, load_h8_upto(v[j], d0, hd));
@@ -371,41 +335,23 @@ INLINE void pv_block(const int NQ, const int NB, int d0, int hdp, const float *v
     }
 }
 
-INLINE void chunk_nq(const int NQ, int hd, int hdp, const float *kt, const float *vf,
-                     const float *const *q, const int *nt, float scale, float *const *st)
+INLINE void chunk_nq(const int NQ, int hdp, const float *vf, const float *const *s, const int *nt,
+                     float *const *st)
 {
     enum { T = EXSA_ATTN_TILE };
-    __m256 s[2][4];
-#pragma GCC unroll 2
-    for (int i = 0; i < NQ; i++)
-#pragma GCC unroll 4
-        for (int b = 0; b < 4; b++)
-            s[i][b] = _mm256_setzero_ps();
-    for (int d = 0; d < hd; d++) {
-        __m256 k[4];
-#pragma GCC unroll 4
-        for (int b = 0; b < 4; b++)
-            k[b] = _mm256_loadu_ps(kt + (size_t)d * T + 8 * b);
-#pragma GCC unroll 2
-        for (int i = 0; i < NQ; i++) {
-            const __m256 w = _mm256_set1_ps(q[i][d]);
-#pragma GCC unroll 4
-            for (int b = 0; b < 4; b++)
-                s[i][b] = _mm256_fmadd_ps(w, k[b], s[i][b]);
-        }
-    }
     float p[2][T] __attribute__((aligned(32)));
     float f[2];
-    const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
     const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
 #pragma GCC unroll 2
     for (int i = 0; i < NQ; i++) {
         __m256 a[4];
 #pragma GCC unroll 4
         for (int b = 0; b < 4; b++) {
-            const __m256i lim = _mm256_set1_epi32(nt[i] - 8 * b);
-            const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, idx));
-            a[b] = _mm256_blendv_ps(ninf, _mm256_mul_ps(s[i][b], sc), keep);
+            /* masked loads: s[i] is read only below nt */
+            const __m256i keep = _mm256_cmpgt_epi32(_mm256_set1_epi32(nt[i] - 8 * b), idx);
+            a[b] = _mm256_blendv_ps(ninf, _mm256_maskload_ps(s[i] + 8 * b, keep),
+                                    _mm256_castsi256_ps(keep));
         }
         /* lanes 0..7 and 8..15 of the 16-lane tree */
         __m256 x = _mm256_max_ps(_mm256_max_ps(a[0], a[2]), _mm256_max_ps(a[1], a[3]));
@@ -436,13 +382,13 @@ INLINE void chunk_nq(const int NQ, int hd, int hdp, const float *kt, const float
         pv_block(NQ, 1, d0, hdp, vf, nt, (const float(*)[T])p, f, st);
 }
 
-static void attn_chunk(int hd, int hdp, const float *kt, const float *vf, int n_q,
-                       const float *const *q, const int *nt, float scale, float *const *st)
+static void attn_chunk(int hdp, const float *vf, int n_q, const float *const *s, const int *nt,
+                       float *const *st)
 {
-    for (; n_q >= 2; n_q -= 2, q += 2, nt += 2, st += 2)
-        chunk_nq(2, hd, hdp, kt, vf, q, nt, scale, st);
+    for (; n_q >= 2; n_q -= 2, s += 2, nt += 2, st += 2)
+        chunk_nq(2, hdp, vf, s, nt, st);
     if (n_q == 1)
-        chunk_nq(1, hd, hdp, kt, vf, q, nt, scale, st);
+        chunk_nq(1, hdp, vf, s, nt, st);
 }
 
 static void dequant_q8_0(const exsa_block_q8_0 *x, float *y, int64_t n_blocks)
@@ -455,7 +401,7 @@ static const exsa_cpu_attn_kernels avx2_table = {
     .scores_f16 = scores_f16,
     .accum_f16 = accum_f16,
     .accum_f16_rows = accum_f16_rows,
-    .chunk_f16 = chunk_f16,
+    .chunk_v_f16 = chunk_v_f16,
     .attn_chunk = attn_chunk,
     .dequant_q8_0 = dequant_q8_0,
 };

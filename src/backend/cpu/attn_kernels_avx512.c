@@ -258,7 +258,7 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
 }
 #undef ROWS_CASE
 
-/* ---- tiled float attention (attn_kernels.h: chunk_f16, attn_chunk) ---- */
+/* ---- tiled float attention (attn_kernels.h: chunk_v_f16, attn_chunk) ---- */
 
 /* exsa_attn_exp on 16 lanes: the same operations in the same order. */
 INLINE __m512 exp16(__m512 x)
@@ -283,56 +283,8 @@ INLINE __m512 exp16(__m512 x)
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
 }
 
-/* r[i] <- column i of the 16 x 16 block r (row j = r[j]). */
-INLINE void transpose16(__m512 *r)
+static void chunk_v_f16(int hd, int hdp, int n, const exsa_fp16 *const *v, float *vf)
 {
-    __m512 t[16], u[16];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-#pragma GCC unroll 4
-    for (int g = 0; g < 4; g++) {
-        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
-        const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
-        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    /* u[4g + c], 128-bit lane L: rows 4g..4g+3 at column 4L + c */
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {
-        const __m512 x0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44);
-        const __m512 x1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
-        const __m512 y0 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44);
-        const __m512 y1 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
-        r[c] = _mm512_shuffle_f32x4(x0, y0, 0x88);
-        r[4 + c] = _mm512_shuffle_f32x4(x0, y0, 0xDD);
-        r[8 + c] = _mm512_shuffle_f32x4(x1, y1, 0x88);
-        r[12 + c] = _mm512_shuffle_f32x4(x1, y1, 0xDD);
-    }
-}
-
-static void chunk_f16(int hd, int hdp, int n, const exsa_fp16 *const *k, const exsa_fp16 *const *v,
-                      float *kt, float *vf)
-{
-    enum { T = EXSA_ATTN_TILE };
-    for (int j0 = 0; j0 < T; j0 += 16)
-        for (int d0 = 0; d0 < hd; d0 += 16) {
-            const int nd = hd - d0 < 16 ? hd - d0 : 16;
-            const __mmask16 m = (__mmask16)((1u << nd) - 1);
-            __m512 r[16];
-#pragma GCC unroll 16
-            for (int i = 0; i < 16; i++)
-                r[i] = j0 + i >= n ? _mm512_setzero_ps()
-                       : nd == 16  ? load_h16(k[j0 + i] + d0)
-                                   : load_h16_mask(k[j0 + i] + d0, m);
-            transpose16(r);
-            for (int i = 0; i < nd; i++)
-                _mm512_storeu_ps(kt + (size_t)(d0 + i) * T + j0, r[i]);
-        }
     for (int j = 0; j < n; j++)
         for (int d0 = 0; d0 < hdp; d0 += 16) {
             const int nd = hd - d0 <= 0 ? 0 : hd - d0 < 16 ? hd - d0 : 16;
@@ -387,34 +339,21 @@ INLINE void pv_block(const int NQ, const int NB, int d0, int hdp, const float *v
     }
 }
 
-INLINE void chunk_nq(const int NQ, int hd, int hdp, const float *kt, const float *vf,
-                     const float *const *q, const int *nt, float scale, float *const *st)
+INLINE void chunk_nq(const int NQ, int hdp, const float *vf, const float *const *s, const int *nt,
+                     float *const *st)
 {
     enum { T = EXSA_ATTN_TILE };
-    __m512 s0[4], s1[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < NQ; i++)
-        s0[i] = s1[i] = _mm512_setzero_ps();
-    for (int d = 0; d < hd; d++) {
-        const __m512 k0 = _mm512_loadu_ps(kt + (size_t)d * T);
-        const __m512 k1 = _mm512_loadu_ps(kt + (size_t)d * T + 16);
-#pragma GCC unroll 4
-        for (int i = 0; i < NQ; i++) {
-            const __m512 b = _mm512_set1_ps(q[i][d]);
-            s0[i] = _mm512_fmadd_ps(b, k0, s0[i]);
-            s1[i] = _mm512_fmadd_ps(b, k1, s1[i]);
-        }
-    }
     float p[4][T] __attribute__((aligned(64)));
     float f[4];
-    const __m512 sc = _mm512_set1_ps(scale), ninf = _mm512_set1_ps(-INFINITY);
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
 #pragma GCC unroll 4
     for (int i = 0; i < NQ; i++) {
         const int n = nt[i];
         const __mmask16 m0 = (__mmask16)(n >= 16 ? 0xFFFFu : (1u << n) - 1);
         const __mmask16 m1 = (__mmask16)(n >= 32 ? 0xFFFFu : n > 16 ? (1u << (n - 16)) - 1 : 0);
-        const __m512 a = _mm512_mask_blend_ps(m0, ninf, _mm512_mul_ps(s0[i], sc));
-        const __m512 b = _mm512_mask_blend_ps(m1, ninf, _mm512_mul_ps(s1[i], sc));
+        /* masked loads: s[i] is read only below nt */
+        const __m512 a = _mm512_mask_loadu_ps(ninf, m0, s[i]);
+        const __m512 b = _mm512_mask_loadu_ps(ninf, m1, s[i] + 16);
         __m512 x = _mm512_max_ps(a, b);
         x = _mm512_max_ps(x, _mm512_shuffle_f32x4(x, x, 0xEE));
         x = _mm512_max_ps(x, _mm512_shuffle_f32x4(x, x, 0x01));
@@ -441,18 +380,19 @@ INLINE void chunk_nq(const int NQ, int hd, int hdp, const float *kt, const float
         pv_block(NQ, 1, d0, hdp, vf, nt, (const float(*)[T])p, f, st);
 }
 
-static void attn_chunk(int hd, int hdp, const float *kt, const float *vf, int n_q,
-                       const float *const *q, const int *nt, float scale, float *const *st)
+static void attn_chunk(int hdp, const float *vf, int n_q, const float *const *s, const int *nt,
+                       float *const *st)
 {
-    for (; n_q >= 4; n_q -= 4, q += 4, nt += 4, st += 4)
-        chunk_nq(4, hd, hdp, kt, vf, q, nt, scale, st);
+    for (; n_q >= 4; n_q -= 4, s += 4, nt += 4, st += 4)
+        chunk_nq(4, hdp, vf, s, nt, st);
     switch (n_q) {
-    case 3: chunk_nq(3, hd, hdp, kt, vf, q, nt, scale, st); break;
-    case 2: chunk_nq(2, hd, hdp, kt, vf, q, nt, scale, st); break;
-    case 1: chunk_nq(1, hd, hdp, kt, vf, q, nt, scale, st); break;
+    case 3: chunk_nq(3, hdp, vf, s, nt, st); break;
+    case 2: chunk_nq(2, hdp, vf, s, nt, st); break;
+    case 1: chunk_nq(1, hdp, vf, s, nt, st); break;
     default: break;
     }
 }
+
 
 static void dequant_q8_0(const exsa_block_q8_0 *x, float *y, int64_t n_blocks)
 {
@@ -464,7 +404,7 @@ static const exsa_cpu_attn_kernels avx512_table = {
     .scores_f16 = scores_f16,
     .accum_f16 = accum_f16,
     .accum_f16_rows = accum_f16_rows,
-    .chunk_f16 = chunk_f16,
+    .chunk_v_f16 = chunk_v_f16,
     .attn_chunk = attn_chunk,
     .dequant_q8_0 = dequant_q8_0,
 };

@@ -5,7 +5,7 @@
  * float once) times the scale; the V accumulator holds f16 values, each
  * update acc = f16(fmaf(f32(v), a, acc)) and rescale acc = f16(acc * s)
  * rounding to nearest even like llama.cpp's CPU flash attention.
- * The tiled float path (chunk_f16, attn_chunk) is written exactly as
+ * The tiled float path (chunk_v_f16, attn_chunk) is written exactly as
  * attn_kernels.h defines it; the SIMD tables do the same operations.
  */
 #include <math.h>
@@ -52,12 +52,8 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
         accum_f16(hd, n, v, ms[r], vs[r], acc[r]);
 }
 
-static void chunk_f16(int hd, int hdp, int n, const exsa_fp16 *const *k, const exsa_fp16 *const *v,
-                      float *kt, float *vf)
+static void chunk_v_f16(int hd, int hdp, int n, const exsa_fp16 *const *v, float *vf)
 {
-    for (int d = 0; d < hd; d++)
-        for (int j = 0; j < EXSA_ATTN_TILE; j++)
-            kt[(size_t)d * EXSA_ATTN_TILE + (size_t)j] = j < n ? exsa_fp16_to_fp32(k[j][d]) : 0.0f;
     for (int j = 0; j < n; j++)
         for (int d = 0; d < hdp; d++)
             vf[(size_t)j * (size_t)hdp + (size_t)d] = d < hd ? exsa_fp16_to_fp32(v[j][d]) : 0.0f;
@@ -68,17 +64,12 @@ static float max_f(float a, float b)
     return a > b ? a : b;
 }
 
-static void attn_chunk_one(int hd, int hdp, const float *kt, const float *vf, const float *q, int nt,
-                           float scale, float *st)
+static void attn_chunk_one(int hdp, const float *vf, const float *sc, int nt, float *st)
 {
     enum { T = EXSA_ATTN_TILE };
-    float s[T], x[16];
-    for (int j = 0; j < T; j++) {
-        float a = 0.0f;
-        for (int d = 0; d < hd; d++)
-            a = fmaf(q[d], kt[(size_t)d * T + (size_t)j], a);
-        s[j] = j < nt ? a * scale : -INFINITY;
-    }
+    float s[T], x[16], p[T];
+    for (int j = 0; j < T; j++)
+        s[j] = j < nt ? sc[j] : -INFINITY;
     for (int i = 0; i < 16; i++)
         x[i] = max_f(s[i], s[i + 16]);
     for (int w = 8; w >= 1; w /= 2)
@@ -87,7 +78,6 @@ static void attn_chunk_one(int hd, int hdp, const float *kt, const float *vf, co
     float *acc = st, *l = st + hdp + EXSA_ATTN_ST_L, *m = st + hdp + EXSA_ATTN_ST_M;
     const float cm = max_f(x[0], *m);
     const float f = exsa_attn_exp(*m - cm);
-    float p[T];
     for (int j = 0; j < T; j++)
         p[j] = exsa_attn_exp(s[j] - cm);
     for (int i = 0; i < 16; i++)
@@ -100,11 +90,11 @@ static void attn_chunk_one(int hd, int hdp, const float *kt, const float *vf, co
     *m = cm;
 }
 
-static void attn_chunk(int hd, int hdp, const float *kt, const float *vf, int n_q,
-                       const float *const *q, const int *nt, float scale, float *const *st)
+static void attn_chunk(int hdp, const float *vf, int n_q, const float *const *s, const int *nt,
+                       float *const *st)
 {
     for (int i = 0; i < n_q; i++)
-        attn_chunk_one(hd, hdp, kt, vf, q[i], nt[i], scale, st[i]);
+        attn_chunk_one(hdp, vf, s[i], nt[i], st[i]);
 }
 
 static void dequant_q8_0(const exsa_block_q8_0 *x, float *y, int64_t n_blocks)
@@ -121,7 +111,7 @@ static const exsa_cpu_attn_kernels scalar_table = {
     .scores_f16 = scores_f16,
     .accum_f16 = accum_f16,
     .accum_f16_rows = accum_f16_rows,
-    .chunk_f16 = chunk_f16,
+    .chunk_v_f16 = chunk_v_f16,
     .attn_chunk = attn_chunk,
     .dequant_q8_0 = dequant_q8_0,
 };

@@ -29,16 +29,15 @@
  * path runs for batches under 64 rows, and the fixtures' prompts are
  * shorter. So only rows whose context is at most EXSA_ATTN_EXACT_CTX
  * tokens take it; longer rows take a tiled float path (llama.cpp also
- * switches to one for long prompts): per task of up to F16_TILE rows of a
- * sequence and per kv head, each chunk of EXSA_ATTN_TILE tokens is
- * converted to float once (K transposed, so the scores of 16 tokens are
- * one FMA per dim) and every query vector of the task runs the table's
- * attn_chunk on it: scores, a vector exp (exsa_attn_exp), an online
- * softmax with 16 partial sums and an f32 accumulator. Chunks start at
+ * switches to one for long prompts): the same scores (scores_f16), then per
+ * chunk of EXSA_ATTN_TILE tokens and kv head the chunk's V converted to
+ * float once and, for every (row, head) of the task, the table's
+ * attn_chunk: a vector exp (exsa_attn_exp), an online softmax with 16
+ * partial sums and an f32 accumulator. Chunks start at
  * token 0 and the path depends on the row's context alone, so results
  * still do not depend on the batch, the chunking of a prompt or the
- * thread count; about 5x less time per (row, token) than the rounding
- * path, and closer to exact.
+ * thread count; closer to exact than the rounding path, and 110M pp512
+ * +60-100% (bench/RESULTS.md).
  *
  * F32 and Q8_0 caches use chunks of ATTN_CHUNK tokens: scores for the
  * chunk, then an online-softmax update (rescale the running sum and
@@ -340,99 +339,130 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
 
 /* ---- F16 cache, tiled float path ------------------------------------- */
 
-/* Per-thread scratch of a tiled run of up to F16_TILE rows, in floats: K
- * transposed (hd x EXSA_ATTN_TILE), V (EXSA_ATTN_TILE x hd_pad), and the
- * states of one kv head's query vectors. 0, or -1 on overflow. */
-static int tiled_scratch(int hd, size_t hd_pad, int heads_per_kv, size_t *n)
+/* Per-thread scratch of a tiled run of up to F16_TILE rows and hp query
+ * heads, in floats: q16 (hd each), states (hd_pad + EXSA_ATTN_ST_EXTRA)
+ * and the chunk's scores (EXSA_ATTN_TILE) per (row, head), V as floats
+ * (EXSA_ATTN_TILE x hd_pad), then hp * hd halves of staging. 0, or -1 on
+ * overflow. */
+static int tiled_scratch(int hd, size_t hd_pad, int hp, size_t *n)
 {
-    size_t kt, vf, st, per;
-    if (__builtin_mul_overflow((size_t)hd, (size_t)EXSA_ATTN_TILE, &kt) ||
+    size_t per, all, vf;
+    if (__builtin_add_overflow((size_t)hd, hd_pad + EXSA_ATTN_ST_EXTRA + EXSA_ATTN_TILE, &per) ||
+        __builtin_mul_overflow(per, (size_t)hp * F16_TILE, &all) ||
         __builtin_mul_overflow(hd_pad, (size_t)EXSA_ATTN_TILE, &vf) ||
-        __builtin_mul_overflow(hd_pad + EXSA_ATTN_ST_EXTRA, (size_t)heads_per_kv, &per) ||
-        __builtin_mul_overflow(per, (size_t)F16_TILE, &st) || __builtin_add_overflow(kt, vf, n) ||
-        __builtin_add_overflow(*n, st, n))
+        __builtin_add_overflow(all, vf, n) ||
+        __builtin_add_overflow(*n, (size_t)hp * (size_t)hd / 2 + 1, n))
         return -1;
     return 0;
 }
 
 /* Query rows [r0, r0 + nr) of one sequence, heads [h0, h1), every row's
- * context longer than EXSA_ATTN_EXACT_CTX. Per kv head, per chunk of
- * EXSA_ATTN_TILE tokens (from token 0): the chunk's K and V converted to
- * float once (K transposed), then the table's attn_chunk for the query
- * vectors (row, head) that see it, four at a time. A query's arithmetic
- * depends only on its own q, context and the chunk grid, so the rows
- * sharing a task change nothing. */
+ * context longer than EXSA_ATTN_EXACT_CTX. As attn_f16_run, per chunk of
+ * EXSA_ATTN_TILE tokens (from token 0) and kv head: the scores of every
+ * (row, query head) on that kv head (scores_f16, each K row read once for
+ * all), then the chunk's V as floats once and the table's attn_chunk for
+ * the (row, head) pairs that see the chunk, four at a time: a float
+ * online softmax and accumulator in place of the f16 rounding chain. The
+ * next chunk is prefetched meanwhile. A pair's arithmetic depends only on
+ * its own q, context and the chunk grid, so the rows and heads sharing a
+ * task change nothing. */
 static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0, int h1)
 {
     enum { T = EXSA_ATTN_TILE };
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
+    const exsa_cpu_kernels *k = j->c->k;
     const exsa_cpu_attn_kernels *ak = j->ak;
     const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
+    const int nh = h1 - h0, nq = nr * nh;
     const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
     const size_t hdp = j->hd_pad, stn = hdp + EXSA_ATTN_ST_EXTRA;
     const int32_t *bt = a->block_table[r0];
-    float *kt = cpu_tls(j->c, thread);
-    float *vf = kt + (size_t)hd * T;
-    float *sts = vf + (size_t)T * hdp;
-    int nc = 0;
-    for (int q = 0; q < nr; q++)
-        nc = a->n_ctx[r0 + q] > nc ? a->n_ctx[r0 + q] : nc;
 
-    const exsa_fp16 *kp[T], *vp[T];
-    for (int kh = kv0; kh < kv1; kh++) {
-        const int ha = kh * group > h0 ? kh * group : h0;
-        const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
-        const int nh = hb - ha, nq = nr * nh;
-        for (int x = 0; x < nq; x++) {
-            float *st = sts + (size_t)x * stn;
-            memset(st, 0, (hdp + EXSA_ATTN_ST_L + 16) * sizeof *st);
-            st[hdp + EXSA_ATTN_ST_M] = -INFINITY;
+    /* q16 by kv head, then row, then that kv head's heads (scores_f16
+     * takes one kv head's query rows contiguous); states and scores by
+     * row, then head */
+    float *q16 = cpu_tls(j->c, thread);
+    float *sts = q16 + (size_t)nq * (size_t)hd;
+    float *sc = sts + (size_t)nq * stn;
+    float *vf = sc + (size_t)nq * T;
+    exsa_fp16 *tmp = (exsa_fp16 *)(vf + (size_t)T * hdp);
+    int nc = 0;
+    for (int q = 0; q < nr; q++) {
+        const size_t off = ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
+        k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd); /* q rounded to f16 like K */
+        for (int kh = kv0; kh < kv1; kh++) {
+            const int ha = kh * group > h0 ? kh * group : h0;
+            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+            float *dst = q16 + ((size_t)nr * (size_t)(ha - h0) + (size_t)q * (size_t)(hb - ha)) *
+                                   (size_t)hd;
+            k->f16_to_f32(tmp + (size_t)(ha - h0) * (size_t)hd, dst, (int64_t)(hb - ha) * hd);
         }
-        const size_t lo = (size_t)kh * (size_t)hd * sizeof(exsa_fp16);
-        const size_t hi = lo + (size_t)hd * sizeof(exsa_fp16);
-        int bi = 0, bo = 0; /* block index and offset of the next token */
-        for (int t0 = 0; t0 < nc; t0 += T) {
-            const int n = nc - t0 < T ? nc - t0 : T;
-            for (int i = 0; i < n; i++) {
-                kp[i] = (const exsa_fp16 *)token_row(kv, kv->k, bt, bi, bo) + (size_t)kh * (size_t)hd;
-                vp[i] = (const exsa_fp16 *)token_row(kv, kv->v, bt, bi, bo) + (size_t)kh * (size_t)hd;
-                if (++bo == bs) {
-                    bo = 0;
-                    bi++;
-                }
+        nc = a->n_ctx[r0 + q] > nc ? a->n_ctx[r0 + q] : nc;
+    }
+    for (int x = 0; x < nq; x++) {
+        float *st = sts + (size_t)x * stn;
+        memset(st, 0, (hdp + EXSA_ATTN_ST_L + 16) * sizeof *st);
+        st[hdp + EXSA_ATTN_ST_M] = -INFINITY;
+    }
+
+    const size_t lo = (size_t)kv0 * (size_t)hd * sizeof(exsa_fp16);
+    const size_t hi = (size_t)kv1 * (size_t)hd * sizeof(exsa_fp16);
+    const char *krow[T], *vrow[T];
+    const exsa_fp16 *kp[T], *vp[T];
+    int bi = 0, bo = 0; /* block index and offset of the next token */
+    for (int t0 = 0; t0 < nc; t0 += T) {
+        const int n = nc - t0 < T ? nc - t0 : T;
+        for (int i = 0; i < n; i++) {
+            krow[i] = token_row(kv, kv->k, bt, bi, bo);
+            vrow[i] = token_row(kv, kv->v, bt, bi, bo);
+            if (++bo == bs) {
+                bo = 0;
+                bi++;
             }
-            const int left = nc - t0 - n;
-            prefetch_chunk(kv, bt, bi, bo, left < T ? left : T, lo, hi);
-            ak->chunk_f16(hd, (int)hdp, n, kp, vp, kt, vf);
-            const float *qb[4];
-            float *sb[4];
+        }
+        const int left = nc - t0 - n;
+        prefetch_chunk(kv, bt, bi, bo, left < T ? left : T, lo, hi);
+        for (int kh = kv0; kh < kv1; kh++) {
+            const int ha = kh * group > h0 ? kh * group : h0;
+            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+            for (int i = 0; i < n; i++) {
+                kp[i] = (const exsa_fp16 *)krow[i] + (size_t)kh * (size_t)hd;
+                vp[i] = (const exsa_fp16 *)vrow[i] + (size_t)kh * (size_t)hd;
+            }
+            /* scores of row q, head ha + hh: sc + (q * (hb - ha) + hh) * n */
+            ak->scores_f16(hd, n, kp, q16 + (size_t)nr * (size_t)(ha - h0) * (size_t)hd,
+                           nr * (hb - ha), a->scale, sc);
+            ak->chunk_v_f16(hd, (int)hdp, n, vp, vf);
+            const float *sb[4];
+            float *stb[4];
             int ntb[4], nb = 0;
-            for (int x = 0; x < nq; x++) {
-                const int q = x / nh, h = ha + x % nh;
+            for (int q = 0; q < nr; q++) {
                 const int left_q = a->n_ctx[r0 + q] - t0;
                 if (left_q <= 0)
                     continue;
-                qb[nb] = a->q + ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h) * (size_t)hd;
-                sb[nb] = sts + (size_t)x * stn;
-                ntb[nb++] = left_q < T ? left_q : T;
-                if (nb == 4) {
-                    ak->attn_chunk(hd, (int)hdp, kt, vf, nb, qb, ntb, a->scale, sb);
-                    nb = 0;
+                for (int h = ha; h < hb; h++) {
+                    sb[nb] = sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - ha)) * (size_t)n;
+                    stb[nb] = sts + ((size_t)q * (size_t)nh + (size_t)(h - h0)) * stn;
+                    ntb[nb++] = left_q < T ? left_q : T;
+                    if (nb == 4) {
+                        ak->attn_chunk((int)hdp, vf, nb, sb, ntb, stb);
+                        nb = 0;
+                    }
                 }
             }
             if (nb > 0)
-                ak->attn_chunk(hd, (int)hdp, kt, vf, nb, qb, ntb, a->scale, sb);
+                ak->attn_chunk((int)hdp, vf, nb, sb, ntb, stb);
         }
-        for (int x = 0; x < nq; x++) {
-            const int q = x / nh, h = ha + x % nh;
-            const float *st = sts + (size_t)x * stn;
-            const float l = exsa_attn_lsum(st + hdp + EXSA_ATTN_ST_L);
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            float *o = a->out + ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h) * (size_t)hd;
-            for (int d = 0; d < hd; d++)
-                o[d] = st[d] * inv;
-        }
+    }
+    for (int x = 0; x < nq; x++) {
+        const int q = x / nh, h = h0 + x % nh;
+        const float *st = sts + (size_t)x * stn;
+        const float l = exsa_attn_lsum(st + hdp + EXSA_ATTN_ST_L);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *o = a->out + ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h) * (size_t)hd;
+        for (int d = 0; d < hd; d++)
+            o[d] = st[d] * inv;
     }
 }
 
@@ -607,7 +637,7 @@ void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
         if (kv->type == EXSA_TYPE_F16) {
             size_t tiled = 0;
             ok = f16_scratch(j.hp * F16_ROWS, hd_pad, &scratch) == 0 &&
-                 tiled_scratch(hd, hd_pad, j.hp < j.group ? j.hp : j.group, &tiled) == 0;
+                 tiled_scratch(hd, hd_pad, j.hp, &tiled) == 0;
             scratch = tiled > scratch ? tiled : scratch;
         } else {
             ok = f32_scratch(j.hp, hd, hd_pad, &scratch) == 0;
