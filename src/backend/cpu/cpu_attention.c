@@ -218,6 +218,33 @@ static float softmax_factors(const float *s, int n, float m, float *l, float *ms
     return m;
 }
 
+/* q16 for query rows [r0, r0 + nr), heads [h0, h1): q rounded to f16
+ * like K, as floats, by kv head, then row, then that kv head's heads
+ * (scores_f16 takes one kv head's query rows contiguous); tmp stages
+ * (h1 - h0) * hd halves. Returns the rows' longest context. */
+static int load_q16(const attn_job *j, int r0, int nr, int h0, int h1, float *q16,
+                    exsa_fp16 *tmp)
+{
+    const exsa_attn_args *a = j->a;
+    const exsa_cpu_kernels *k = j->c->k;
+    const int hd = a->kv->head_dim, group = j->group, nh = h1 - h0;
+    const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
+    int nc = 0;
+    for (int q = 0; q < nr; q++) {
+        const size_t off = ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
+        k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd);
+        for (int kh = kv0; kh < kv1; kh++) {
+            const int ha = kh * group > h0 ? kh * group : h0;
+            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+            float *dst = q16 + ((size_t)nr * (size_t)(ha - h0) + (size_t)q * (size_t)(hb - ha)) *
+                                   (size_t)hd;
+            k->f16_to_f32(tmp + (size_t)(ha - h0) * (size_t)hd, dst, (int64_t)(hb - ha) * hd);
+        }
+        nc = a->n_ctx[r0 + q] > nc ? a->n_ctx[r0 + q] : nc;
+    }
+    return nc;
+}
+
 /* Query rows [r0, r0 + nr) of one sequence (one block table), heads
  * [h0, h1): per chunk of tokens and per kv head among them, the scores of
  * every (row, query head) on that kv head (each K row read once for all),
@@ -230,7 +257,6 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
 {
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
-    const exsa_cpu_kernels *k = j->c->k;
     const exsa_cpu_attn_kernels *ak = j->ak;
     const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
     const int nh = h1 - h0;
@@ -249,20 +275,7 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
     float *m = acc + (size_t)nq * hdp, *l = m + nq;
     float *sc = l + nq;
     exsa_fp16 *tmp = (exsa_fp16 *)(sc + (size_t)nq * F16_CHUNK);
-    int nc = 0;
-    for (int q = 0; q < nr; q++) {
-        const size_t off = ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
-        k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd); /* q rounded to f16 like K */
-        for (int kh = kv0; kh < kv1; kh++) {
-            const int ha = kh * group > h0 ? kh * group : h0;
-            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
-            float *dst = q16 + ((size_t)nr * (size_t)(ha - h0) + (size_t)q * (size_t)(hb - ha)) *
-                                   (size_t)hd;
-            k->f16_to_f32(tmp + (size_t)(ha - h0) * (size_t)hd, dst, (int64_t)(hb - ha) * hd);
-        }
-        if (a->n_ctx[r0 + q] > nc)
-            nc = a->n_ctx[r0 + q];
-    }
+    const int nc = load_q16(j, r0, nr, h0, h1, q16, tmp);
     memset(acc, 0, (size_t)nq * hdp * sizeof *acc);
     for (int i = 0; i < nq; i++) {
         m[i] = -INFINITY;
@@ -371,7 +384,6 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
     enum { T = EXSA_ATTN_TILE };
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
-    const exsa_cpu_kernels *k = j->c->k;
     const exsa_cpu_attn_kernels *ak = j->ak;
     const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
     const int nh = h1 - h0, nq = nr * nh;
@@ -387,19 +399,7 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
     float *sc = sts + (size_t)nq * stn;
     float *vf = sc + (size_t)nq * T;
     exsa_fp16 *tmp = (exsa_fp16 *)(vf + (size_t)T * hdp);
-    int nc = 0;
-    for (int q = 0; q < nr; q++) {
-        const size_t off = ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
-        k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd); /* q rounded to f16 like K */
-        for (int kh = kv0; kh < kv1; kh++) {
-            const int ha = kh * group > h0 ? kh * group : h0;
-            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
-            float *dst = q16 + ((size_t)nr * (size_t)(ha - h0) + (size_t)q * (size_t)(hb - ha)) *
-                                   (size_t)hd;
-            k->f16_to_f32(tmp + (size_t)(ha - h0) * (size_t)hd, dst, (int64_t)(hb - ha) * hd);
-        }
-        nc = a->n_ctx[r0 + q] > nc ? a->n_ctx[r0 + q] : nc;
-    }
+    const int nc = load_q16(j, r0, nr, h0, h1, q16, tmp);
     for (int x = 0; x < nq; x++) {
         float *st = sts + (size_t)x * stn;
         memset(st, 0, (hdp + EXSA_ATTN_ST_L + 16) * sizeof *st);
