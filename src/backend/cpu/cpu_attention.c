@@ -37,7 +37,7 @@
  * token 0 and the path depends on the row's context alone, so results
  * still do not depend on the batch, the chunking of a prompt or the
  * thread count; closer to exact than the rounding path, and 110M pp512
- * +60-100% (bench/RESULTS.md).
+ * +34% (bench/RESULTS.md, 2026-12-02 second session).
  *
  * F32 and Q8_0 caches use chunks of ATTN_CHUNK tokens: scores for the
  * chunk, then an online-softmax update (rescale the running sum and
