@@ -15,7 +15,7 @@
  * but take the tiled float softmax of attn_kernels.h (attn_chunk over
  * chunks of EXSA_ATTN_TILE tokens from token 0), written out again here
  * (tiled_chunk_ref); every table's chunk_v_f16 and attn_chunk are checked
- * against it directly too, and exsa_attn_exp against expf.
+ * against it directly too, and exsa_exp_neg against expf.
  *
  * F32 and Q8_0 caches keep their own (float) semantics, also checked
  * exactly against a reference here: per (row, head), chunks of 64 tokens;
@@ -129,9 +129,9 @@ static void tiled_chunk_ref(int hdp, const float *vf, const float *sc, int nt, f
             x[i] = x[i] > x[i + w] ? x[i] : x[i + w];
     float *m = st + hdp + EXSA_ATTN_ST_M, *l = st + hdp + EXSA_ATTN_ST_L;
     const float cm = x[0] > *m ? x[0] : *m;
-    const float f = exsa_attn_exp(*m - cm);
+    const float f = exsa_exp_neg(*m - cm);
     for (int j = 0; j < T; j++)
-        p[j] = exsa_attn_exp(s[j] - cm);
+        p[j] = exsa_exp_neg(s[j] - cm);
     for (int i = 0; i < 16; i++) {
         l[i] = l[i] * f + p[i];
         l[i] = l[i] + p[i + 16];
@@ -761,20 +761,20 @@ static void test_tables(void **state)
         print_message("avx512 attention kernels: not available here, not tested\n");
 }
 
-/* exsa_attn_exp against expf: within 2 ulp on [-87, 0] (every float of
+/* exsa_exp_neg against expf: within 2 ulp on [-87, 0] (every float of
  * a dense sweep), exact at 0, 0 for -inf, NaN and below the normal range. */
 static void test_attn_exp(void **state)
 {
     (void)state;
-    assert_true(exsa_attn_exp(0.0f) == 1.0f);
-    assert_true(exsa_attn_exp(-INFINITY) == 0.0f);
-    assert_true(exsa_attn_exp(NAN) == 0.0f);
-    assert_true(exsa_attn_exp(-200.0f) == 0.0f);
-    assert_true(exsa_attn_exp(5.0f) == 1.0f); /* the domain ends at 0 */
+    assert_true(exsa_exp_neg(0.0f) == 1.0f);
+    assert_true(exsa_exp_neg(-INFINITY) == 0.0f);
+    assert_true(exsa_exp_neg(NAN) == 0.0f);
+    assert_true(exsa_exp_neg(-200.0f) == 0.0f);
+    assert_true(exsa_exp_neg(5.0f) == 1.0f); /* the domain ends at 0 */
     double worst = 0;
     float at = 0;
     for (float x = -87.0f; x <= 0.0f; x += 1.0e-4f) {
-        const float got = exsa_attn_exp(x), want = expf(x);
+        const float got = exsa_exp_neg(x), want = expf(x);
         const double ulp = (double)nextafterf(want, INFINITY) - want;
         const double e = fabs((double)got - want) / ulp;
         if (e > worst) {
@@ -782,7 +782,7 @@ static void test_attn_exp(void **state)
             at = x;
         }
     }
-    print_message("exsa_attn_exp: worst %.2f ulp at %.7g\n", worst, (double)at);
+    print_message("exsa_exp_neg: worst %.2f ulp at %.7g\n", worst, (double)at);
     assert_true(worst <= 2.0);
 }
 

@@ -381,6 +381,46 @@ static float bits_to_f32(uint32_t u)
     return f;
 }
 
+/* swiglu against kernels.h's formula (exsa_exp_neg) bit for bit, odd
+ * lengths and specials (signed zeros, +-inf, NaN, past exp's range), in
+ * place too; and against double-precision SiLU within 4e-7 relative. */
+static void check_swiglu(const exsa_cpu_kernels *k)
+{
+    enum { N = 67 };
+    float g[N] = {0}, u[N] = {0}, out[N], want[N];
+    double worst = 0;
+    uint64_t rng = 0x5111u;
+    for (int n = 0; n <= N; n += n < 20 ? 1 : 23) {
+        for (int i = 0; i < n; i++) {
+            g[i] = (float)(exsa_test_rand_normal(&rng) * 8.0);
+            u[i] = (float)exsa_test_rand_normal(&rng);
+        }
+        static const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 90.0f, -90.0f,
+                                         -87.5f, 1e-30f, -1e-30f};
+        for (int i = 0; i < n && i < ARRAY_LEN(specials); i++)
+            g[(i * 7) % n] = specials[i];
+        for (int i = 0; i < n; i++) {
+            const float x = g[i], t = exsa_exp_neg(-fabsf(x));
+            want[i] = x * ((x >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+            if (isfinite(x) && fabsf(x) < 80.0f) {
+                const double e = (double)x / (1.0 + exp(-(double)x)) * u[i];
+                const double r = fabs(want[i] - e) / (fabs(e) + 1e-30);
+                worst = r > worst ? r : worst;
+            }
+        }
+        k->swiglu(g, u, out, n);
+        for (int i = 0; i < n; i++)
+            if (memcmp(&out[i], &want[i], sizeof(float)) != 0)
+                fail_msg("%s swiglu n %d [%d]: g %.9g got %.9g want %.9g", k->isa, n, i,
+                         (double)g[i], (double)out[i], (double)want[i]);
+        k->swiglu(g, u, g, n); /* out aliases g */
+        for (int i = 0; i < n; i++)
+            if (memcmp(&g[i], &want[i], sizeof(float)) != 0)
+                fail_msg("%s swiglu in place n %d [%d]", k->isa, n, i);
+    }
+    assert_true(worst < 4e-7);
+}
+
 static void check_float_helpers(const exsa_cpu_kernels *isa)
 {
     static const int sizes[] = {0, 1, 5, 8, 9, 31, 32, 33, 64, 100, 257};
@@ -1249,6 +1289,7 @@ static void test_isa_float_helpers(void **state)
     if (!usable(state))
         skip();
     check_float_helpers(((const isa_case *)*state)->table);
+    check_swiglu(((const isa_case *)*state)->table);
 }
 
 static void test_scalar_helpers(void **state)
@@ -1260,6 +1301,7 @@ static void test_scalar_helpers(void **state)
     assert_ptr_equal(sc->quantize_q8_0, exsa_quantize_row_q8_0_ref);
     assert_ptr_equal(sc->quantize_q8_K, exsa_quantize_row_q8_K_ref);
     check_float_helpers(sc);
+    check_swiglu(sc);
 }
 
 /* EXSA_CPU caps the choice. Selection happens once per process, so each

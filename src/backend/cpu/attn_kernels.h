@@ -71,7 +71,7 @@ typedef struct exsa_cpu_attn_kernels {
      *     x_i  = max(s_i, s_i+16) for i < 16, then a max tree over lanes
      *            (i, i+8), (i, i+4), (i, i+2), (0, 1); cm = max(x, m)
      *            where max(a, b) = a > b ? a : b
-     *     f    = exsa_attn_exp(m - cm); p_j = exsa_attn_exp(s_j - cm)
+     *     f    = exsa_exp_neg(m - cm); p_j = exsa_exp_neg(s_j - cm)
      *     l_i  = (l_i * f + p_i) + p_i+16 for i < 16
      *     acc  = acc * f, then acc = fmaf(p_j, vf[j], acc) for j < nt
      *     m    = cm
@@ -95,33 +95,6 @@ typedef struct exsa_cpu_attn_kernels {
 #define EXSA_ATTN_ST_L 0
 #define EXSA_ATTN_ST_M 16
 #define EXSA_ATTN_ST_EXTRA 32
-
-/* e^x for the tiled softmax, the same bits in every table: x clamped to
- * [-88, 0] (NaN and -inf give -88, whose result is 0), x = n ln2 + r with
- * n rounded to nearest (the 1.5 * 2^23 trick), e^r by a degree-7 Taylor
- * polynomial (Horner, fmaf), times 2^n built in the exponent bits (n =
- * -127 gives 0). Within 2 ulp of expf on the normal range. */
-static inline float exsa_attn_exp(float x)
-{
-    x = x > -88.0f ? x : -88.0f;
-    x = x < 0.0f ? x : 0.0f;
-    const float t = x * 1.44269504088896341f;
-    const float n = (t + 12582912.0f) - 12582912.0f;
-    float r = fmaf(n, -0.693145751953125f, x);
-    r = fmaf(n, -1.42860682030941723212e-6f, r);
-    float p = 1.98412698e-4f;
-    p = fmaf(p, r, 1.38888889e-3f);
-    p = fmaf(p, r, 8.33333333e-3f);
-    p = fmaf(p, r, 4.16666667e-2f);
-    p = fmaf(p, r, 1.66666667e-1f);
-    p = fmaf(p, r, 0.5f);
-    p = fmaf(p, r, 1.0f);
-    p = fmaf(p, r, 1.0f);
-    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
-    float s;
-    memcpy(&s, &bits, sizeof s);
-    return p * s;
-}
 
 /* The sum of a tiled state's 16 partial sums: (i, i+8), (i, i+4),
  * (i, i+2), then (0, 1). */

@@ -253,29 +253,6 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
 
 /* ---- tiled float attention (attn_kernels.h: chunk_v_f16, attn_chunk) ---- */
 
-/* exsa_attn_exp on 8 lanes: the same operations in the same order. */
-INLINE __m256 exp8(__m256 x)
-{
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.0f)); /* a > b ? a : b, as the C */
-    x = _mm256_min_ps(x, _mm256_setzero_ps());
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-    const __m256 n = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
-    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145751953125f), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860682030941723212e-6f), r);
-    __m256 p = _mm256_set1_ps(1.98412698e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.38888889e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33333333e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16666667e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666667e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    const __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 /* Halves [d0, d0 + 8) of a row as floats, 0 past hd. */
 INLINE __m256 load_h8_upto(const exsa_fp16 *row, int d0, int hd)
 {
@@ -361,12 +338,12 @@ INLINE void chunk_nq(const int NQ, int hdp, const float *vf, const float *const 
         float *stm = st[i] + hdp + EXSA_ATTN_ST_M;
         const float x0 = _mm256_cvtss_f32(x), m = *stm;
         const float cm = x0 > m ? x0 : m;
-        f[i] = exsa_attn_exp(m - cm);
+        f[i] = exsa_exp_neg(m - cm);
         const __m256 c = _mm256_set1_ps(cm), fv = _mm256_set1_ps(f[i]);
         float *l = st[i] + hdp + EXSA_ATTN_ST_L;
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
-            const __m256 p0 = exp8(_mm256_sub_ps(a[h], c)), p1 = exp8(_mm256_sub_ps(a[h + 2], c));
+            const __m256 p0 = exp8_neg(_mm256_sub_ps(a[h], c)), p1 = exp8_neg(_mm256_sub_ps(a[h + 2], c));
             __m256 lv = _mm256_mul_ps(_mm256_loadu_ps(l + 8 * h), fv);
             lv = _mm256_add_ps(_mm256_add_ps(lv, p0), p1);
             _mm256_storeu_ps(l + 8 * h, lv);

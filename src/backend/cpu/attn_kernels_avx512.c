@@ -260,7 +260,7 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
 
 /* ---- tiled float attention (attn_kernels.h: chunk_v_f16, attn_chunk) ---- */
 
-/* exsa_attn_exp on 16 lanes: the same operations in the same order. */
+/* exsa_exp_neg on 16 lanes: the same operations in the same order. */
 INLINE __m512 exp16(__m512 x)
 {
     x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f)); /* a > b ? a : b, as the C */
@@ -362,7 +362,7 @@ INLINE void chunk_nq(const int NQ, int hdp, const float *vf, const float *const 
         float *stm = st[i] + hdp + EXSA_ATTN_ST_M;
         const float x0 = _mm512_cvtss_f32(x), m = *stm;
         const float cm = x0 > m ? x0 : m;
-        f[i] = exsa_attn_exp(m - cm);
+        f[i] = exsa_exp_neg(m - cm);
         const __m512 c = _mm512_set1_ps(cm);
         const __m512 p0 = exp16(_mm512_sub_ps(a, c)), p1 = exp16(_mm512_sub_ps(b, c));
         float *l = st[i] + hdp + EXSA_ATTN_ST_L;

@@ -77,9 +77,9 @@ static void attn_chunk_one(int hdp, const float *vf, const float *sc, int nt, fl
             x[i] = max_f(x[i], x[i + w]);
     float *acc = st, *l = st + hdp + EXSA_ATTN_ST_L, *m = st + hdp + EXSA_ATTN_ST_M;
     const float cm = max_f(x[0], *m);
-    const float f = exsa_attn_exp(*m - cm);
+    const float f = exsa_exp_neg(*m - cm);
     for (int j = 0; j < T; j++)
-        p[j] = exsa_attn_exp(s[j] - cm);
+        p[j] = exsa_exp_neg(s[j] - cm);
     for (int i = 0; i < 16; i++)
         l[i] = (l[i] * f + p[i]) + p[i + 16];
     for (int d = 0; d < hdp; d++)

@@ -32,7 +32,7 @@
  * switches to one for long prompts): the same scores (scores_f16), then per
  * chunk of EXSA_ATTN_TILE tokens and kv head the chunk's V converted to
  * float once and, for every (row, head) of the task, the table's
- * attn_chunk: a vector exp (exsa_attn_exp), an online softmax with 16
+ * attn_chunk: a vector exp (exsa_exp_neg), an online softmax with 16
  * partial sums and an f32 accumulator. Chunks start at
  * token 0 and the path depends on the row's context alone, so results
  * still do not depend on the batch, the chunking of a prompt or the

@@ -111,6 +111,7 @@ void cpu_scale(exsa_backend *b, float *x, float s, int64_t n)
 /* ---- swiglu --------------------------------------------------------------- */
 
 typedef struct {
+    const exsa_cpu_kernels *k;
     const float *gate, *up;
     float *out;
 } swiglu_job;
@@ -119,18 +120,14 @@ static void swiglu_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     swiglu_job *j = vctx;
-    for (int64_t i = begin; i < end; i++) {
-        float g = j->gate[i];
-        /* g / (1 + e^-g): for very negative g, e^-g is inf and this is -0. */
-        j->out[i] = g / (1.0f + expf(-g)) * j->up[i];
-    }
+    j->k->swiglu(j->gate + begin, j->up + begin, j->out + begin, end - begin);
 }
 
 void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n)
 {
-    swiglu_job j = {gate, up, out};
-    /* expf costs more than an add: split smaller calls too. */
-    cpu_parallel_for(cpu_of(b), n, CPU_PAR_MIN_ELEMS / 4, swiglu_range, &j);
+    cpu_backend *c = cpu_of(b);
+    swiglu_job j = {c->k, gate, up, out};
+    cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, swiglu_range, &j);
 }
 
 /* ---- softmax ---------------------------------------------------------------- */

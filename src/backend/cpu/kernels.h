@@ -12,7 +12,9 @@
 #ifndef EXSA_CPU_KERNELS_H
 #define EXSA_CPU_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
+#include <string.h>
 #include <stdint.h>
 
 #include "quant/quant.h"
@@ -223,6 +225,34 @@ typedef void (*exsa_gemm_q6_Kx8_fn)(int n, const exsa_block_q6_Kx8 *w,
 typedef void (*exsa_gemm_x16_fn)(int n, const void *w, size_t group_bytes, const void *act,
                                  size_t act_stride, int n_act, float *out, size_t out_stride);
 
+/* e^x for x <= 0 (the tiled attention softmax, SiLU), the same bits in
+ * every table: x clamped to
+ * [-88, 0] (NaN and -inf give -88, whose result is 0), x = n ln2 + r with
+ * n rounded to nearest (the 1.5 * 2^23 trick), e^r by a degree-7 Taylor
+ * polynomial (Horner, fmaf), times 2^n built in the exponent bits (n =
+ * -127 gives 0). Within 2 ulp of expf on the normal range. */
+static inline float exsa_exp_neg(float x)
+{
+    x = x > -88.0f ? x : -88.0f;
+    x = x < 0.0f ? x : 0.0f;
+    const float t = x * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f;
+    float r = fmaf(n, -0.693145751953125f, x);
+    r = fmaf(n, -1.42860682030941723212e-6f, r);
+    float p = 1.98412698e-4f;
+    p = fmaf(p, r, 1.38888889e-3f);
+    p = fmaf(p, r, 8.33333333e-3f);
+    p = fmaf(p, r, 4.16666667e-2f);
+    p = fmaf(p, r, 1.66666667e-1f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    const uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+
 typedef struct exsa_cpu_kernels {
     const char *isa; /* "scalar", "avx2", "avx512" */
     exsa_dot_fn dot[EXSA_TYPE_COUNT]; /* NULL where the type has no kernel */
@@ -247,6 +277,10 @@ typedef struct exsa_cpu_kernels {
      * 4 x 8). A size_t so the table keeps no padding (kernels.c checks its
      * size entry by entry). */
     size_t fx_batch_groups;
+    /* SwiGLU: out[i] = (g * s) * u[i], s = SiLU(g) / g computed as
+     * t = exsa_exp_neg(-|g|), s = (g >= 0 ? 1 : t) / (1 + t). The same
+     * bits in every table; out may alias g or u. */
+    void (*swiglu)(const float *g, const float *u, float *out, int64_t n);
     exsa_gemm_q8_0x8_fn gemm_q8_0x8;
     exsa_gemm_q6_Kx8_fn gemm_q6_Kx8;
     exsa_gemm_x16_fn gemm_q4_0x16;

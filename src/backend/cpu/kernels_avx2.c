@@ -679,6 +679,26 @@ static void f32_to_f16(const float *x, exsa_fp16 *y, int64_t n)
         y[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
+/* swiglu of kernels.h, 8 lanes at a time with exp8_neg; the tail by the
+ * same scalar formula (exsa_exp_neg, fmaf with this file's FMA). */
+static void swiglu(const float *g, const float *u, float *out, int64_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 t = exp8_neg(_mm256_or_ps(x, sign)); /* -|x| */
+        const __m256 pos = _mm256_cmp_ps(x, zero, _CMP_GE_OQ);
+        const __m256 s = _mm256_div_ps(_mm256_blendv_ps(t, one, pos), _mm256_add_ps(one, t));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(x, s), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float x = g[i], t = exsa_exp_neg(-fabsf(x));
+        out[i] = x * ((x >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+    }
+}
+
 static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
 {
     int64_t i = 0;
@@ -1128,6 +1148,7 @@ static const exsa_cpu_kernels avx2_table = {
     .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
+    .swiglu = swiglu,
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,

@@ -400,6 +400,14 @@ static void f32_to_f16(const float *x, exsa_fp16 *y, int64_t n)
         y[i] = exsa_fp32_to_fp16(x[i]);
 }
 
+static void swiglu(const float *g, const float *u, float *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i], t = exsa_exp_neg(-fabsf(x));
+        out[i] = x * ((x >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+    }
+}
+
 static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -624,6 +632,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
+    .swiglu = swiglu,
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,
