@@ -68,13 +68,14 @@ static void make_specs(void)
     memcpy(g_specs[5].prompt, g_specs[1].prompt, 48 * sizeof(int32_t));
 }
 
-static exsa_engine *make_engine(int max_bs, int max_bt, int kv_tokens, int prefix, int queue)
+static exsa_engine *make_engine_ctx(int n_ctx, int max_bs, int max_bt, int kv_tokens, int prefix,
+                                    int queue)
 {
     exsa_engine_params p;
     exsa_engine_params_default(&p);
     p.model_path = g_model;
     p.n_threads = 1;
-    p.n_ctx = 256;
+    p.n_ctx = n_ctx;
     p.max_batch_size = max_bs;
     p.max_batch_tokens = max_bt;
     p.kv_tokens = kv_tokens;
@@ -87,6 +88,11 @@ static exsa_engine *make_engine(int max_bs, int max_bt, int kv_tokens, int prefi
         print_error("engine: %s\n", err.msg);
     assert_non_null(e);
     return e;
+}
+
+static exsa_engine *make_engine(int max_bs, int max_bt, int kv_tokens, int prefix, int queue)
+{
+    return make_engine_ctx(256, max_bs, max_bt, kv_tokens, prefix, queue);
 }
 
 static void params_for(const req_spec *s, exsa_request_params *rp)
@@ -392,10 +398,15 @@ static void test_prefix_cache_hit(void **state)
 static void test_cancel(void **state)
 {
     (void)state;
-    exsa_engine *e = make_engine(2, 64, 0, 1, 0);
+    /* The engine runs ahead of the reader, so the request must be far
+     * longer than the time between reading its third token and the
+     * cancel: 200 tokens of the tiny model took under a millisecond and
+     * sometimes finished first. */
+    enum { MAX_TOKENS = 4000 };
+    exsa_engine *e = make_engine_ctx(MAX_TOKENS + 64, 2, 64, 0, 1, 0);
     exsa_request_params rp;
     params_for(&g_specs[2], &rp);
-    rp.max_tokens = 200;
+    rp.max_tokens = MAX_TOKENS;
     exsa_err err = {0};
     exsa_request *r = exsa_engine_submit(e, &rp, &err);
     assert_non_null(r);
@@ -413,7 +424,7 @@ static void test_cancel(void **state)
         n++;
     }
     assert_int_equal(ev.finish, EXSA_FINISH_CANCEL);
-    assert_true(n < 200);
+    assert_true(n < MAX_TOKENS);
     assert_int_equal(ev.usage.generated_tokens, n);
     exsa_request_free(r);
     assert_pool_full(e);

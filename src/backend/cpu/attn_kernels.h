@@ -26,10 +26,7 @@
 #ifndef EXSA_CPU_ATTN_KERNELS_H
 #define EXSA_CPU_ATTN_KERNELS_H
 
-#include <math.h>
 #include <stddef.h>
-#include <stdint.h>
-#include <string.h>
 
 #include "backend/cpu/kernels.h"
 

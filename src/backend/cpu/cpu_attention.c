@@ -179,6 +179,40 @@ static void prefetch_chunk(const exsa_kv_layer *kv, const int32_t *bt, int bi, i
     }
 }
 
+/* The K and V rows of the next n tokens (block bi, offset bo on, both
+ * advanced past them), then a prefetch of bytes [lo, hi) of up to n_next
+ * tokens after them: the chunk computed now and the one read next. */
+static void chunk_rows(const exsa_kv_layer *kv, const int32_t *bt, int *bi, int *bo, int n,
+                       int n_next, size_t lo, size_t hi, const char **krow, const char **vrow)
+{
+    for (int i = 0; i < n; i++) {
+        krow[i] = token_row(kv, kv->k, bt, *bi, *bo);
+        vrow[i] = token_row(kv, kv->v, bt, *bi, *bo);
+        if (++*bo == kv->block_size) {
+            *bo = 0;
+            ++*bi;
+        }
+    }
+    prefetch_chunk(kv, bt, *bi, *bo, n_next, lo, hi);
+}
+
+/* Kv head kh's slice (hd halves at element kh * hd) of n token rows. */
+static void head_slices(int n, const char *const *krow, const char *const *vrow, int kh, int hd,
+                        const exsa_fp16 **kp, const exsa_fp16 **vp)
+{
+    for (int i = 0; i < n; i++) {
+        kp[i] = (const exsa_fp16 *)krow[i] + (size_t)kh * (size_t)hd;
+        vp[i] = (const exsa_fp16 *)vrow[i] + (size_t)kh * (size_t)hd;
+    }
+}
+
+/* The query heads [*ha, *hb) of kv head kh within [h0, h1). */
+static void kv_heads(int kh, int group, int h0, int h1, int *ha, int *hb)
+{
+    *ha = kh * group > h0 ? kh * group : h0;
+    *hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+}
+
 /* Query rows of one sequence per F16 task: they read the same K and V
  * rows, so one pass over the context serves all of them (K converted once
  * for their scores, V loaded once for their updates, whose independent
@@ -234,8 +268,8 @@ static int load_q16(const attn_job *j, int r0, int nr, int h0, int h1, float *q1
         const size_t off = ((size_t)(r0 + q) * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
         k->f32_to_f16(a->q + off, tmp, (int64_t)nh * hd);
         for (int kh = kv0; kh < kv1; kh++) {
-            const int ha = kh * group > h0 ? kh * group : h0;
-            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
+            int ha, hb;
+            kv_heads(kh, group, h0, h1, &ha, &hb);
             float *dst = q16 + ((size_t)nr * (size_t)(ha - h0) + (size_t)q * (size_t)(hb - ha)) *
                                    (size_t)hd;
             k->f16_to_f32(tmp + (size_t)(ha - h0) * (size_t)hd, dst, (int64_t)(hb - ha) * hd);
@@ -258,7 +292,7 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
     const exsa_cpu_attn_kernels *ak = j->ak;
-    const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
+    const int hd = kv->head_dim, group = j->group;
     const int nh = h1 - h0;
     const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
     const size_t hdp = j->hd_pad;
@@ -290,23 +324,12 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
     int bi = 0, bo = 0; /* block index and offset of the next token */
     for (int t0 = 0; t0 < nc; t0 += F16_CHUNK) {
         const int n = nc - t0 < F16_CHUNK ? nc - t0 : F16_CHUNK;
-        for (int i = 0; i < n; i++) {
-            krow[i] = token_row(kv, kv->k, bt, bi, bo);
-            vrow[i] = token_row(kv, kv->v, bt, bi, bo);
-            if (++bo == bs) {
-                bo = 0;
-                bi++;
-            }
-        }
-        int left = nc - t0 - n;
-        prefetch_chunk(kv, bt, bi, bo, left < F16_CHUNK ? left : F16_CHUNK, lo, hi);
+        const int left = nc - t0 - n;
+        chunk_rows(kv, bt, &bi, &bo, n, left < F16_CHUNK ? left : F16_CHUNK, lo, hi, krow, vrow);
         for (int kh = kv0; kh < kv1; kh++) {
-            const int ha = kh * group > h0 ? kh * group : h0;
-            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
-            for (int i = 0; i < n; i++) {
-                kp[i] = (const exsa_fp16 *)krow[i] + (size_t)kh * (size_t)hd;
-                vp[i] = (const exsa_fp16 *)vrow[i] + (size_t)kh * (size_t)hd;
-            }
+            int ha, hb;
+            kv_heads(kh, group, h0, h1, &ha, &hb);
+            head_slices(n, krow, vrow, kh, hd, kp, vp);
             /* scores of row q, head ha + hh: sc + (q * (hb - ha) + hh) * n */
             ak->scores_f16(hd, n, kp, q16 + (size_t)nr * (size_t)(ha - h0) * (size_t)hd,
                            nr * (hb - ha), a->scale, sc);
@@ -385,7 +408,7 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
     const exsa_attn_args *a = j->a;
     const exsa_kv_layer *kv = a->kv;
     const exsa_cpu_attn_kernels *ak = j->ak;
-    const int hd = kv->head_dim, bs = kv->block_size, group = j->group;
+    const int hd = kv->head_dim, group = j->group;
     const int nh = h1 - h0, nq = nr * nh;
     const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
     const size_t hdp = j->hd_pad, stn = hdp + EXSA_ATTN_ST_EXTRA;
@@ -413,23 +436,12 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
     int bi = 0, bo = 0; /* block index and offset of the next token */
     for (int t0 = 0; t0 < nc; t0 += T) {
         const int n = nc - t0 < T ? nc - t0 : T;
-        for (int i = 0; i < n; i++) {
-            krow[i] = token_row(kv, kv->k, bt, bi, bo);
-            vrow[i] = token_row(kv, kv->v, bt, bi, bo);
-            if (++bo == bs) {
-                bo = 0;
-                bi++;
-            }
-        }
         const int left = nc - t0 - n;
-        prefetch_chunk(kv, bt, bi, bo, left < T ? left : T, lo, hi);
+        chunk_rows(kv, bt, &bi, &bo, n, left < T ? left : T, lo, hi, krow, vrow);
         for (int kh = kv0; kh < kv1; kh++) {
-            const int ha = kh * group > h0 ? kh * group : h0;
-            const int hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
-            for (int i = 0; i < n; i++) {
-                kp[i] = (const exsa_fp16 *)krow[i] + (size_t)kh * (size_t)hd;
-                vp[i] = (const exsa_fp16 *)vrow[i] + (size_t)kh * (size_t)hd;
-            }
+            int ha, hb;
+            kv_heads(kh, group, h0, h1, &ha, &hb);
+            head_slices(n, krow, vrow, kh, hd, kp, vp);
             /* scores of row q, head ha + hh: sc + (q * (hb - ha) + hh) * n */
             ak->scores_f16(hd, n, kp, q16 + (size_t)nr * (size_t)(ha - h0) * (size_t)hd,
                            nr * (hb - ha), a->scale, sc);

@@ -38,6 +38,17 @@
 
 /* ---- shared helpers ---------------------------------------------------- */
 
+/* Items per task for a streaming (decode) batch: one contiguous span of
+ * n per thread, rounded up to a multiple of align, so each thread's
+ * stream starts once per op (bench/RESULTS.md: a 2.4 MB matrix in 8
+ * claimed chunks streamed 38 GB/s, in 2 halves 41-43). */
+static int stream_span(int64_t n, int n_threads, int64_t align)
+{
+    int64_t per = (n + n_threads - 1) / n_threads;
+    per = (per + align - 1) / align * align;
+    return per < INT32_MAX ? (int)per : INT32_MAX;
+}
+
 int cpu_reserve(void **buf, size_t *cap, size_t bytes)
 {
     if (bytes <= *cap)
@@ -446,10 +457,12 @@ static void x8_task(void *vctx, int task, int thread)
     }
     int64_t g = g0;
     exsa_gemm_x16_fn x16 = x16_kernel(j->k, w->layout);
-    /* A K-quant group decoded for fewer than 4 rows is cheaper in the x8
+    /* A Q4_K group decoded for fewer than 4 rows is cheaper in the x8
      * kernel (tg128 1.1B Q4_K_M: x8 51-58 t/s, x16 42-48, interleaved);
-     * both give the same bits, so the choice may follow the batch. */
-    const int is_k = x8_is_k(w->layout);
+     * Q6_K's two-group form is the faster one at any batch (1.1B Q6_K
+     * tg64 +5%). Both give the same bits, so the choice may follow the
+     * batch. */
+    const int x8_decode = w->layout == EXSA_LAYOUT_Q4_KX8 && nj < 4;
     /* decode: four groups per call where the table has that form */
     exsa_gemm_x16_fn x32 = nj != 1                               ? NULL
                            : w->layout == EXSA_LAYOUT_Q4_0X8 ? j->k->gemm_q4_0x32
@@ -458,7 +471,7 @@ static void x8_task(void *vctx, int task, int thread)
     if (x32)
         for (; g + 4 <= g1; g += 4)
             x32((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);
-    if (x16 && (nj >= 4 || !is_k || w->layout == EXSA_LAYOUT_Q6_KX8))
+    if (x16 && !x8_decode)
         for (; g + 2 <= g1; g += 2)
             x16((int)w->n_in, wd + (size_t)g * gb, gb, act, j->act_stride, nj, y + 8 * g, os);
     for (; g < g1; g++)
@@ -526,12 +539,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         int64_t n_groups = w->n_out / 8;
         int chunk_groups;
         if (n_rows <= X8_STREAM_ROWS) {
-            /* One contiguous span per thread: each thread's stream starts
-             * once per op (bench/RESULTS.md: a 2.4 MB matrix in 8
-             * claimed spans streamed 38 GB/s, in 2 halves 41-43) */
-            int64_t per = (n_groups + c->n_threads - 1) / c->n_threads;
-            per = (per + 3) / 4 * 4; /* whole four-group calls */
-            chunk_groups = per < INT32_MAX ? (int)per : INT32_MAX;
+            chunk_groups = stream_span(n_groups, c->n_threads, 4); /* whole four-group calls */
         } else {
             chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
             if (chunk_groups < 1)
@@ -629,9 +637,8 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
     }
 
     int chunk_rows;
-    if (n_rows <= X8_STREAM_ROWS) { /* one span per thread, as matmul_x8 */
-        int64_t per = (n_out + c->n_threads - 1) / c->n_threads;
-        chunk_rows = per < INT32_MAX ? (int)per : INT32_MAX;
+    if (n_rows <= X8_STREAM_ROWS) {
+        chunk_rows = stream_span(n_out, c->n_threads, 1);
     } else {
         chunk_rows = (int)(n_out / ((int64_t)c->n_threads * 4));
         if (chunk_rows < CHUNK_MIN)

@@ -14,8 +14,8 @@
 
 #include <math.h>
 #include <stddef.h>
-#include <string.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "quant/quant.h"
 
