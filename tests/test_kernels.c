@@ -527,7 +527,7 @@ typedef struct {
     const exsa_cpu_kernels *table; /* NULL: the CPU (or build) lacks it */
 } isa_case;
 
-static isa_case isa_cases[3];
+static isa_case isa_cases[4];
 
 static int usable(void **state)
 {
@@ -775,7 +775,7 @@ static void test_isa_gemm_q8x8(void **state)
  * against scalar, for 1-4 groups at once and 1-9 activation rows, odd n. */
 static void check_gemm_fx(const exsa_cpu_kernels *isa)
 {
-    static const int types[] = {EXSA_TYPE_F32, EXSA_TYPE_F16, EXSA_TYPE_BF16};
+    static const int types[] = {EXSA_TYPE_F32, EXSA_TYPE_F16};
     static const int sizes[] = {1, 7, 64, 333};
     const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
     uint64_t rng = 99;
@@ -791,10 +791,6 @@ static void check_gemm_fx(const exsa_cpu_kernels *isa)
                     exsa_fp16 h = exsa_fp32_to_fp16(v);
                     memcpy(w + 2 * (size_t)i, &h, 2);
                     wf[i] = exsa_fp16_to_fp32(h);
-                } else if (type == EXSA_TYPE_BF16) {
-                    exsa_bf16 h = exsa_fp32_to_bf16(v);
-                    memcpy(w + 2 * (size_t)i, &h, 2);
-                    wf[i] = exsa_bf16_to_fp32(h);
                 } else {
                     memcpy(w + 4 * (size_t)i, &v, 4);
                     wf[i] = v;
@@ -849,6 +845,85 @@ static void test_isa_gemm_fx(void **state)
     if (!usable(state))
         skip();
     check_gemm_fx(((const isa_case *)*state)->table);
+}
+
+/* ------------------------------------------------- repacked BF16 x 8 */
+
+/* gemm_bf16: scalar against an exact double dot of the bf16 values, every
+ * other table bit for bit against scalar (which pins vdpbf16ps's order: the
+ * odd element of each pair first), for 1-4 groups and 1-14 activation rows
+ * (AVX-512 takes rows 12 at a time). Values are normal numbers of mixed
+ * magnitude, so the sums round at every step. */
+static void check_gemm_bf16(const exsa_cpu_kernels *isa)
+{
+    static const int sizes[] = {2, 6, 64, 334};
+    const exsa_cpu_kernels *ref = exsa_cpu_kernels_scalar();
+    assert_non_null(ref->gemm_bf16);
+    if (isa)
+        assert_non_null(isa->gemm_bf16);
+    uint64_t rng = 77;
+    enum { MAX_ACT = 14, OS = 40 };
+    for (int zi = 0; zi < ARRAY_LEN(sizes); zi++) {
+        const int n = sizes[zi];
+        const size_t gb = (size_t)16 * n;
+        exsa_bf16 *w = xmalloc(4 * gb);
+        for (int i = 0; i < 4 * 8 * n; i++)
+            w[i] = exsa_fp32_to_bf16(exsa_test_rand_normal(&rng) *
+                                     (i % 5 == 0 ? 64.0f : i % 3 == 0 ? 0.01f : 1.0f));
+        /* activation rows 2n + 6 elements apart: unaligned pairs and a
+         * stride that is not the row length */
+        const size_t as = 2 * (size_t)n + 6;
+        exsa_bf16 *a = xmalloc(as * MAX_ACT * sizeof(exsa_bf16));
+        for (size_t i = 0; i < as * MAX_ACT; i++)
+            a[i] = exsa_fp32_to_bf16(exsa_test_rand_normal(&rng));
+        for (int ng = 1; ng <= 4; ng++)
+            for (int n_act = 1; n_act <= MAX_ACT; n_act++) {
+                float got[MAX_ACT * OS], want[MAX_ACT * OS];
+                const size_t asb = as * sizeof(exsa_bf16);
+                ref->gemm_bf16(n, w, gb, ng, a, asb, n_act, want, OS);
+                if (isa) {
+                    isa->gemm_bf16(n, w, gb, ng, a, asb, n_act, got, OS);
+                    for (int j = 0; j < n_act; j++)
+                        for (int o = 0; o < 8 * ng; o++)
+                            if (memcmp(&got[j * OS + o], &want[j * OS + o], 4) != 0)
+                                fail_msg("%s gemm_bf16 n=%d groups %d n_act=%d out %d/%d: %a, "
+                                         "scalar %a", isa->isa, n, ng, n_act, j, o,
+                                         (double)got[j * OS + o], (double)want[j * OS + o]);
+                    continue;
+                }
+                for (int j = 0; j < n_act; j++)
+                    for (int o = 0; o < 8 * ng; o++) {
+                        const exsa_bf16 *wg = w + (size_t)(o / 8) * 8 * n;
+                        double dot = 0, mag = 0;
+                        for (int k = 0; k < n; k++) {
+                            /* pair k / 2, row o % 8, half k % 2 */
+                            const double t =
+                                (double)exsa_bf16_to_fp32(wg[16 * (k / 2) + 2 * (o % 8) + k % 2]) *
+                                exsa_bf16_to_fp32(a[(size_t)j * as + k]);
+                            dot += t;
+                            mag += fabs(t);
+                        }
+                        if (!(fabs(want[j * OS + o] - dot) <= 1e-5 * mag + 1e-30))
+                            fail_msg("scalar gemm_bf16 n=%d out %d/%d: %.9g vs exact %.9g", n, j,
+                                     o, (double)want[j * OS + o], dot);
+                    }
+            }
+        free(a);
+        free(w);
+    }
+}
+
+static void test_scalar_gemm_bf16(void **state)
+{
+    (void)state;
+    check_gemm_bf16(NULL);
+}
+
+static void test_isa_gemm_bf16(void **state)
+{
+    if (!usable(state))
+        skip();
+    check_gemm_bf16(((const isa_case *)*state)->table);
 }
 
 /* ------------------------------------------------- repacked Q4_K x 8 */
@@ -1364,16 +1439,17 @@ int main(int argc, char **argv)
     }
     exsa_cpu_features f;
     exsa_cpu_features_detect(&f);
-    printf("CPU: avx2=%d fma=%d f16c=%d avx512f=%d bw=%d vl=%d dq=%d vnni=%d avx_vnni=%d, "
-           "%d physical cores\n",
+    printf("CPU: avx2=%d fma=%d f16c=%d avx512f=%d bw=%d vl=%d dq=%d vnni=%d avx_vnni=%d "
+           "bf16=%d, %d physical cores\n",
            f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512dq, f.avx512vnni,
-           f.avx_vnni, exsa_cpu_physical_cores());
+           f.avx_vnni, f.avx512bf16, exsa_cpu_physical_cores());
 
     isa_cases[0] = (isa_case){"avx2", exsa_cpu_kernels_avx2()};
     isa_cases[1] = (isa_case){"avx512", exsa_cpu_kernels_avx512_variant(0)};
     isa_cases[2] = (isa_case){"avx512-vnni", exsa_cpu_kernels_avx512_variant(1)};
+    isa_cases[3] = (isa_case){"avx512-bf16", exsa_cpu_kernels_avx512_bf16()};
     printf("ISA tables tested against scalar:");
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         printf(" %s=%s", isa_cases[i].label, isa_cases[i].table ? "yes" : "NOT TESTED");
     printf("\n");
 
@@ -1387,6 +1463,12 @@ int main(int argc, char **argv)
         cmocka_unit_test_prestate(test_isa_gemm_fx, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_fx, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_fx, &isa_cases[2]),
+        cmocka_unit_test(test_scalar_gemm_bf16),
+        cmocka_unit_test_prestate(test_isa_gemm_bf16, &isa_cases[0]),
+        cmocka_unit_test_prestate(test_isa_gemm_bf16, &isa_cases[1]),
+        cmocka_unit_test_prestate(test_isa_gemm_bf16, &isa_cases[2]),
+        cmocka_unit_test_prestate(test_isa_gemm_bf16, &isa_cases[3]),
+        cmocka_unit_test_prestate(test_isa_dots, &isa_cases[3]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[0]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[1]),
         cmocka_unit_test_prestate(test_isa_gemm_x8, &isa_cases[2]),

@@ -250,7 +250,7 @@ struct type_info {
 static const struct type_info types[] = {
     {EXSA_TYPE_F32, "f32", "F32", 1, 4, 0, EXSA_TYPE_F32},
     {EXSA_TYPE_F16, "f16", "F16", 1, 2, 0, EXSA_TYPE_F32},
-    {EXSA_TYPE_BF16, "bf16", "BF16", 1, 2, 0, EXSA_TYPE_F32},
+    {EXSA_TYPE_BF16, "bf16", "BF16", 1, 2, 0, EXSA_TYPE_BF16},
     {EXSA_TYPE_Q4_0, "q4_0", "Q4_0", 32, 18, 1, EXSA_TYPE_Q8_0},
     {EXSA_TYPE_Q4_1, "q4_1", "Q4_1", 32, 20, 1, EXSA_TYPE_Q8_0},
     {EXSA_TYPE_Q5_0, "q5_0", "Q5_0", 32, 22, 1, EXSA_TYPE_Q8_0},

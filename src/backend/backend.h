@@ -24,7 +24,7 @@ enum exsa_tensor_layout {
     EXSA_LAYOUT_Q4_1X8 = 3,  /* Q4_1 in groups of 8 interleaved rows (CPU) */
     EXSA_LAYOUT_Q5_0X8 = 4,  /* Q5_0 in groups of 8 interleaved rows (CPU) */
     EXSA_LAYOUT_Q5_1X8 = 5,  /* Q5_1 in groups of 8 interleaved rows (CPU) */
-    EXSA_LAYOUT_FX8 = 6,     /* F32/F16/BF16, 8 rows' element k side by side (CPU) */
+    EXSA_LAYOUT_FX8 = 6,     /* F32/F16/BF16, 8 rows' elements side by side (CPU) */
     EXSA_LAYOUT_Q8_0X8 = 7,  /* Q8_0 in groups of 8 interleaved rows (CPU) */
     EXSA_LAYOUT_Q6_KX8 = 8,  /* Q6_K in groups of 8 interleaved rows (CPU) */
 };

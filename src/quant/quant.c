@@ -439,7 +439,7 @@ static const exsa_type_traits traits[EXSA_TYPE_COUNT] = {
     [EXSA_TYPE_F16] = {"F16", 1, sizeof(exsa_fp16), 0, f16_to_f32_row, f32_to_f16_row,
                        EXSA_TYPE_F32},
     [EXSA_TYPE_BF16] = {"BF16", 1, sizeof(exsa_bf16), 0, bf16_to_f32_row, f32_to_bf16_row,
-                        EXSA_TYPE_F32},
+                        EXSA_TYPE_BF16},
     [EXSA_TYPE_Q4_0] = {"Q4_0", EXSA_QK4_0, sizeof(exsa_block_q4_0), 1,
                         exsa_dequantize_row_q4_0, exsa_quantize_row_q4_0_ref,
                         EXSA_TYPE_Q8_0},

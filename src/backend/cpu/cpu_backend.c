@@ -1,8 +1,8 @@
 /* CPU backend: lifecycle, buffers, embedding rows and matmul.
  *
  * matmul converts each activation row once into the format the weight
- * type's dot kernel consumes (Q8_0 / Q8_K blocks for quantized weights; the
- * float rows as they are for F32/F16/BF16), then splits the output rows into
+ * type's dot kernel consumes (Q8_0 / Q8_K blocks for quantized weights, BF16
+ * rows for BF16; the float rows as they are for F32/F16), then splits the output rows into
  * chunks over the pool. Each kernel call takes one weight row against a tile
  * of activation rows, so a weight row streams from memory once per tile and
  * the tile's quantized activations stay in L2. Tasks are ordered tile-major
@@ -362,16 +362,17 @@ typedef struct {
     int n_chunks; /* of all weights */
 } x8_job;
 
-/* The kernel of a repacked block layout (NULL if the table has none). */
-static int x8_has_kernel(const exsa_cpu_kernels *k, int layout)
+/* Whether the table has the kernel of w's repacked layout. */
+static int x8_has_kernel(const exsa_cpu_kernels *k, const exsa_tensor *w)
 {
-    switch (layout) {
+    switch (w->layout) {
     case EXSA_LAYOUT_Q4_0X8: return k->gemm_q4_0x8 != NULL;
     case EXSA_LAYOUT_Q4_1X8: return k->gemm_q4_1x8 != NULL;
     case EXSA_LAYOUT_Q5_0X8: return k->gemm_q5_0x8 != NULL;
     case EXSA_LAYOUT_Q5_1X8: return k->gemm_q5_1x8 != NULL;
     case EXSA_LAYOUT_Q4_KX8: return k->gemm_q4_Kx8 != NULL;
-    case EXSA_LAYOUT_FX8: return k->gemm_fx != NULL;
+    case EXSA_LAYOUT_FX8:
+        return w->type == EXSA_TYPE_BF16 ? k->gemm_bf16 != NULL : k->gemm_fx != NULL;
     case EXSA_LAYOUT_Q8_0X8: return k->gemm_q8_0x8 != NULL;
     case EXSA_LAYOUT_Q6_KX8: return k->gemm_q6_Kx8 != NULL;
     default: return 0;
@@ -407,10 +408,13 @@ static int x8_is_k(int layout)
     return layout == EXSA_LAYOUT_Q4_KX8 || layout == EXSA_LAYOUT_Q6_KX8;
 }
 
-/* Elements per block column of a repacked layout (1 for float weights). */
-static int64_t x8_block(int layout)
+/* Elements per block column of w's repacked layout (for float weights 1,
+ * BF16 in pairs 2). */
+static int64_t x8_block(const exsa_tensor *w)
 {
-    return x8_is_k(layout) ? EXSA_QK_K : layout == EXSA_LAYOUT_FX8 ? 1 : 32;
+    if (w->layout == EXSA_LAYOUT_FX8)
+        return w->type == EXSA_TYPE_BF16 ? 2 : 1;
+    return x8_is_k(w->layout) ? EXSA_QK_K : 32;
 }
 
 /* The table's two-group form of a layout, NULL if it has none. */
@@ -450,8 +454,12 @@ static void x8_task(void *vctx, int task, int thread)
         const int gmax = nj <= 3 ? 4 : (int)j->k->fx_batch_groups;
         for (int64_t g = g0; g < g1; g += gmax) {
             const int ng = g1 - g < gmax ? (int)(g1 - g) : gmax;
-            j->k->gemm_fx(w->type, (int)w->n_in, wd + (size_t)g * gb, gb, ng, (const float *)act,
-                          j->act_stride, nj, y + 8 * g, os);
+            if (w->type == EXSA_TYPE_BF16)
+                j->k->gemm_bf16((int)w->n_in, wd + (size_t)g * gb, gb, ng,
+                                (const exsa_bf16 *)act, j->act_stride, nj, y + 8 * g, os);
+            else
+                j->k->gemm_fx(w->type, (int)w->n_in, wd + (size_t)g * gb, gb, ng,
+                              (const float *)act, j->act_stride, nj, y + 8 * g, os);
         }
         return;
     }
@@ -499,15 +507,15 @@ static int act_rows_per_pass(cpu_backend *c, size_t act_stride, int n_rows)
  * fits it); otherwise its outputs are NaN. */
 static int x8_fits(const cpu_backend *c, const exsa_tensor *w)
 {
-    const int64_t block = x8_block(w->layout);
-    return x8_has_kernel(c->k, w->layout) && w->n_in > 0 && w->n_in <= INT32_MAX &&
+    const int64_t block = x8_block(w);
+    return x8_has_kernel(c->k, w) && w->n_in > 0 && w->n_in <= INT32_MAX &&
            w->n_in % block == 0 && w->n_out > 0 && w->n_out % 8 == 0;
 }
 
-/* Repacked weights (EXSA_LAYOUT_*X8), n_w (1..X8_MAX_W) of one layout and
- * input size, all of them valid (x8_fits): activations quantized once per
- * pass into the layout's activation format (Q8_0s / Q8_0a / Q8_K; float
- * weights take the rows as they are), then one pool run of tasks (activation
+/* Repacked weights (EXSA_LAYOUT_*X8), n_w (1..X8_MAX_W) of one layout, type
+ * and input size, all of them valid (x8_fits): activations quantized once per
+ * pass into the layout's activation format (Q8_0s / Q8_0a / Q8_K / BF16;
+ * F32 and F16 weights take the rows as they are), then one pool run of tasks (activation
  * tile, weight, chunk of 8-row groups), tile-major as for the row layout.
  * Several weights (q, k, v; gate, up) in one run share the quantized input
  * and one wait for the pool instead of one each. */
@@ -516,14 +524,17 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
 {
     const exsa_tensor *w0 = ws[0];
     const int64_t n_in = w0->n_in;
-    const int is_k = x8_is_k(w0->layout), is_f = w0->layout == EXSA_LAYOUT_FX8;
-    const int is_q8 = w0->layout == EXSA_LAYOUT_Q8_0X8;
-    const int64_t block = x8_block(w0->layout);
-    /* Float weights take the float rows as they are. */
-    size_t act_stride = is_f   ? (size_t)n_in * sizeof(float)
-                        : is_k ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
-                               : (size_t)(n_in / 32) * (is_q8 ? sizeof(exsa_block_q8_0a)
-                                                               : sizeof(exsa_block_q8_0s));
+    const int is_k = x8_is_k(w0->layout), is_q8 = w0->layout == EXSA_LAYOUT_Q8_0X8;
+    /* F32 / F16 weights take the float rows as they are; BF16 weights
+     * BF16 rows (their vec_dot_type). */
+    const int is_bf16 = w0->layout == EXSA_LAYOUT_FX8 && w0->type == EXSA_TYPE_BF16;
+    const int is_f = w0->layout == EXSA_LAYOUT_FX8 && !is_bf16;
+    const int64_t block = x8_block(w0);
+    size_t act_stride = is_f      ? (size_t)n_in * sizeof(float)
+                        : is_bf16 ? (size_t)n_in * sizeof(exsa_bf16)
+                        : is_k    ? exsa_type_row_size(EXSA_TYPE_Q8_K, n_in)
+                                  : (size_t)(n_in / 32) * (is_q8 ? sizeof(exsa_block_q8_0a)
+                                                                 : sizeof(exsa_block_q8_0s));
     if (!is_f)
         act_stride = (act_stride + 63) & ~(size_t)63;
     int rows_per_pass = is_f ? n_rows : act_rows_per_pass(c, act_stride, n_rows);
@@ -553,8 +564,9 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         d.chunk_groups[i] = chunk_groups;
         n_chunks += (int)((n_groups + chunk_groups - 1) / chunk_groups);
         d.chunk_end[i] = n_chunks;
-        d.group_bytes[i] = is_f ? (size_t)8 * (size_t)n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2)
-                                : (size_t)(n_in / block) * exsa_cpu_repacked_col_bytes(w->layout);
+        d.group_bytes[i] = w->layout == EXSA_LAYOUT_FX8
+                               ? (size_t)8 * (size_t)n_in * (w->type == EXSA_TYPE_F32 ? 4 : 2)
+                               : (size_t)(n_in / block) * exsa_cpu_repacked_col_bytes(w->layout);
     }
     d.n_chunks = n_chunks;
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
@@ -563,6 +575,10 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         const char *act = is_f ? (const char *)xr : c->act;
         if (is_f) {
             /* nothing to convert */
+        } else if (is_bf16) {
+            quant_job q = {exsa_type_traits_get(EXSA_TYPE_BF16)->from_float, xr, n_in, c->act,
+                           act_stride};
+            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
         } else if (is_k) {
             quant_job q = {c->k->quantize_q8_K, xr, n_in, c->act, act_stride};
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
@@ -615,9 +631,8 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         return;
     }
 
-    /* Float weight types take the float rows directly (kernels.h). */
-    int float_act = w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||
-                    w->type == EXSA_TYPE_BF16;
+    /* F32 / F16 weights take the float rows directly (kernels.h). */
+    int float_act = w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16;
     act_quant_fn quant = NULL;
     size_t act_stride = (size_t)n_in * sizeof(float);
     int rows_per_pass = n_rows;
@@ -676,7 +691,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
 
 /* ---- creation ------------------------------------------------------------- */
 
-/* Runs of weights with one repacked layout and input size go through
+/* Runs of weights with one repacked layout, type and input size go through
  * matmul_x8 together; the others one by one. */
 static void cpu_matmul_multi(exsa_backend *b, const exsa_tensor *const *w, int n_w,
                              const float *x, float *const *y, int n_rows)
@@ -688,7 +703,7 @@ static void cpu_matmul_multi(exsa_backend *b, const exsa_tensor *const *w, int n
         int e = i + 1;
         if (w[i]->layout != EXSA_LAYOUT_ROWS && x8_fits(c, w[i]))
             while (e < n_w && e - i < X8_MAX_W && w[e]->layout == w[i]->layout &&
-                   w[e]->n_in == w[i]->n_in && x8_fits(c, w[e]))
+                   w[e]->type == w[i]->type && w[e]->n_in == w[i]->n_in && x8_fits(c, w[e]))
                 e++;
         if (e - i > 1)
             matmul_x8(c, w + i, e - i, x, y + i, n_rows);

@@ -62,6 +62,7 @@ void exsa_cpu_features_detect(exsa_cpu_features *f)
     if (leaf7_max_sub >= 1) {
         __cpuid_count(7, 1, a, b, c, d);
         f->avx_vnni = (a >> 4) & 1;
+        f->avx512bf16 = f->avx512f && ((a >> 5) & 1);
     }
 }
 

@@ -7,6 +7,7 @@ typedef struct exsa_cpu_features {
     int avx2, fma, f16c;
     int avx512f, avx512bw, avx512vl, avx512dq, avx512vnni;
     int avx_vnni;
+    int avx512bf16; /* vdpbf16ps */
 } exsa_cpu_features;
 
 /* Fills f from the running CPU. */

@@ -211,16 +211,25 @@ static void pack_q6_K(const exsa_tensor *w, exsa_block_q6_Kx8 *dst, int64_t nb, 
     }
 }
 
-/* F32 / F16 / BF16: element k of the group's 8 rows side by side. */
+/* Where element k of row r (of 8) sits in a float group, in elements:
+ * F32 / F16 element k of the 8 rows side by side; BF16 in pairs, row r's
+ * elements 2p and 2p + 1 in dword r of pair p (kernels.h). */
+static size_t fx_index(int type, size_t k, int r)
+{
+    if (type == EXSA_TYPE_BF16)
+        return 16 * (k / 2) + 2 * (size_t)r + k % 2;
+    return 8 * k + (size_t)r;
+}
+
 static void pack_float(const exsa_tensor *w, char *dst, size_t elem, int64_t ng)
 {
     const size_t n = (size_t)w->n_in;
     for (int64_t g = 0; g < ng; g++)
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
-            char *o = dst + (size_t)g * 8 * n * elem + (size_t)r * elem;
+            char *o = dst + (size_t)g * 8 * n * elem;
             for (size_t k = 0; k < n; k++)
-                memcpy(o + 8 * k * elem, row + k * elem, elem);
+                memcpy(o + fx_index(w->type, k, r) * elem, row + k * elem, elem);
         }
 }
 
@@ -259,7 +268,7 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
         block = 32;
         col_bytes = sizeof(exsa_block_q8_0x8);
     } else if (w->type == EXSA_TYPE_F32 || w->type == EXSA_TYPE_F16 ||
-               w->type == EXSA_TYPE_BF16) {
+               (w->type == EXSA_TYPE_BF16 && w->n_in % 2 == 0)) {
         block = 1;
         col_bytes = 8 * (w->type == EXSA_TYPE_F32 ? 4 : 2);
     } else if (w->type == EXSA_TYPE_Q5_0 && w->n_in % 32 == 0) {
@@ -367,7 +376,7 @@ void exsa_cpu_repacked_row(const exsa_tensor *w, int64_t row, void *out)
         const size_t elem = w->type == EXSA_TYPE_F32 ? 4 : 2, n = (size_t)w->n_in;
         const char *g = (const char *)w->data + (size_t)(row / 8) * 8 * n * elem;
         for (size_t k = 0; k < n; k++)
-            memcpy((char *)out + k * elem, g + (8 * k + (size_t)r) * elem, elem);
+            memcpy((char *)out + k * elem, g + fx_index(w->type, k, r) * elem, elem);
         return;
     }
     if (w->layout == EXSA_LAYOUT_Q5_0X8 || w->layout == EXSA_LAYOUT_Q5_1X8) {

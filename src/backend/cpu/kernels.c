@@ -18,6 +18,8 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const exsa_cpu_kernels *avx2_ok;      /* NULL: not built or not supported */
 static exsa_cpu_kernels avx512_tables[2];    /* [vnni] */
 static const exsa_cpu_kernels *avx512_ok[2];
+static exsa_cpu_kernels avx512bf16_table;
+static const exsa_cpu_kernels *avx512bf16_ok;
 static const exsa_cpu_kernels *best;
 
 /* Every entry of the table after dot[]; the size check below fails the
@@ -28,7 +30,7 @@ static const exsa_cpu_kernels *best;
     X(axpy_f16) X(f32_to_f16) X(f16_to_f32)        \
     X(gemm_q4_0x8) X(gemm_q4_Kx8) X(gemm_q4_1x8) X(gemm_q5_0x8) X(gemm_q5_1x8) X(gemm_fx) X(fx_batch_groups) X(swiglu) X(gemm_q8_0x8)    \
     X(gemm_q4_0x16) X(gemm_q8_0x16) X(gemm_q4_Kx16) X(gemm_q6_Kx8)     \
-    X(gemm_q6_Kx16) X(gemm_q4_0x32) X(gemm_q8_0x32)
+    X(gemm_q6_Kx16) X(gemm_q4_0x32) X(gemm_q8_0x32) X(gemm_bf16)
 #define SIZE_OF(f) +sizeof(((exsa_cpu_kernels *)0)->f)
 _Static_assert(sizeof(exsa_cpu_kernels) ==
                    offsetof(exsa_cpu_kernels, dot) + sizeof(((exsa_cpu_kernels *)0)->dot)
@@ -71,6 +73,11 @@ static void detect(void)
         avx512_ok[v] = &avx512_tables[v];
     }
 
+    if (avx512_ok[1] && f.avx512bf16 && exsa_cpu_kernels_avx512bf16_partial) {
+        overlay(&avx512bf16_table, avx512_ok[1], exsa_cpu_kernels_avx512bf16_partial);
+        avx512bf16_ok = &avx512bf16_table;
+    }
+
     /* cap: 0 scalar, 1 avx2, 2 avx512 */
     int cap = 2;
     const char *env = getenv("EXSA_CPU");
@@ -83,7 +90,7 @@ static void detect(void)
     if (cap >= 1 && avx2_ok)
         best = avx2_ok;
     if (cap >= 2 && (avx512_ok[1] || avx512_ok[0]))
-        best = avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+        best = avx512bf16_ok ? avx512bf16_ok : avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
 }
 
 const exsa_cpu_kernels *exsa_cpu_kernels_avx2(void)
@@ -95,7 +102,13 @@ const exsa_cpu_kernels *exsa_cpu_kernels_avx2(void)
 const exsa_cpu_kernels *exsa_cpu_kernels_avx512(void)
 {
     pthread_once(&once, detect);
-    return avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+    return avx512bf16_ok ? avx512bf16_ok : avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+}
+
+const exsa_cpu_kernels *exsa_cpu_kernels_avx512_bf16(void)
+{
+    pthread_once(&once, detect);
+    return avx512bf16_ok;
 }
 
 const exsa_cpu_kernels *exsa_cpu_kernels_avx512_variant(int vnni)

@@ -7,7 +7,8 @@
  *
  * Matmul convention: weights W are [n_out][n] rows of type T; activations are
  * rows already converted to exsa_type_traits_get(T)->vec_dot_type (F32 for
- * F32/F16/BF16 weights, Q8_0 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K for K-quants).
+ * F32/F16 weights, BF16 for BF16, Q8_0 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K
+ * for K-quants).
  */
 #ifndef EXSA_CPU_KERNELS_H
 #define EXSA_CPU_KERNELS_H
@@ -129,18 +130,34 @@ typedef void (*exsa_gemm_q8_0x8_fn)(int n, const exsa_block_q8_0x8 *w,
                                     const exsa_block_q8_0a *act, size_t act_stride, int n_act,
                                     float *out, size_t out_stride);
 
-/* F32 / F16 / BF16 weights repacked 8 rows at a time: a group is element
- * k of its 8 rows side by side (8 values), k = 0..n-1, group_bytes long.
+/* F32 / F16 weights repacked 8 rows at a time: a group is element k of its
+ * 8 rows side by side (8 values), k = 0..n-1, group_bytes long.
  * gemm_fx computes n_groups consecutive groups (1..4) at once:
  *   out[j * out_stride + 8 * g + r] = dot(row r of group g, act row j)
  * for float activation rows act_stride bytes apart, each output as ONE
  * accumulator over the elements in order, acc = fmaf(w, a, acc), so any
  * n_groups and n_act give the same bits. Several groups at once give a lone
  * activation row (decode) independent FMA chains; several rows at once
- * reuse every weight vector from a register. type: EXSA_TYPE_F32/F16/BF16. */
+ * reuse every weight vector from a register. type: EXSA_TYPE_F32/F16. */
 typedef void (*exsa_gemm_fx_fn)(int type, int n, const void *w, size_t group_bytes,
                                 int n_groups, const float *act, size_t act_stride, int n_act,
                                 float *out, size_t out_stride);
+
+/* BF16 weights repacked 8 rows at a time in element pairs (n even): dword
+ * r of pair p of a group is row r's elements 2p (low half) and 2p + 1
+ * (high half), 32 bytes per pair, group_bytes = 16 * n. Activations are
+ * BF16 rows too (the weights' vec_dot_type, as llama.cpp rounds them), so
+ * one vdpbf16ps takes 32 products. gemm_bf16 computes n_groups (1..4)
+ * consecutive groups like gemm_fx, each output ONE accumulator over the
+ * pairs in order, in vdpbf16ps's order (the product of two bf16 is exact
+ * in float, so each step is one rounding):
+ *   acc = fmaf(w[2p + 1], a[2p + 1], acc); acc = fmaf(w[2p], a[2p], acc)
+ * from acc = 0.0f. The same bits in every table and for any n_groups and
+ * n_act, except that vdpbf16ps treats denormal inputs and sums as zero
+ * (values below 1.2e-38, which no model's matmul reaches). */
+typedef void (*exsa_gemm_bf16_fn)(int n, const void *w, size_t group_bytes, int n_groups,
+                                  const exsa_bf16 *act, size_t act_stride, int n_act,
+                                  float *out, size_t out_stride);
 
 /* Q4_K weights repacked 8 rows at a time: super-block column b of a group of
  * 8 rows (256 elements of each) holds the 8 rows' d and dmin, their 6-bit
@@ -292,6 +309,7 @@ typedef struct exsa_cpu_kernels {
      * rows. NULL where the ISA has none. */
     exsa_gemm_x16_fn gemm_q4_0x32;
     exsa_gemm_x16_fn gemm_q8_0x32; /* the same for Q8_0 */
+    exsa_gemm_bf16_fn gemm_bf16;
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

@@ -56,6 +56,18 @@ INLINE float load_w1(const void *w, int i, const int kind)
     }
 }
 
+/* 8 activations as floats: BF16 rows for BF16 weights (their
+ * vec_dot_type), float rows otherwise. */
+INLINE __m256 load_a8(const float *a, int i, const int kind)
+{
+    return kind == K_BF16 ? load_w8(a, i, K_BF16) : _mm256_loadu_ps(a + i);
+}
+
+INLINE float load_a1(const float *a, int i, const int kind)
+{
+    return kind == K_BF16 ? load_w1(a, i, K_BF16) : a[i];
+}
+
 /* Every row sums in the same order whatever the group size R (batch
  * invariance): four accumulators, element i + 8u of each 32-element step
  * into acc[u], 8-element leftovers into acc[0], then (acc0 + acc1) +
@@ -80,14 +92,14 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
             const __m256 w = load_w8(r->w, i + 8 * u, kind);
 #pragma GCC unroll 4
             for (int k = 0; k < R; k++)
-                acc[k][u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(a[k] + i + 8 * u), acc[k][u]);
+                acc[k][u] = _mm256_fmadd_ps(w, load_a8(a[k], i + 8 * u, kind), acc[k][u]);
         }
     }
     for (; i + 8 <= n; i += 8) {
         const __m256 w = load_w8(r->w, i, kind);
 #pragma GCC unroll 4
         for (int k = 0; k < R; k++)
-            acc[k][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(a[k] + i), acc[k][0]);
+            acc[k][0] = _mm256_fmadd_ps(w, load_a8(a[k], i, kind), acc[k][0]);
     }
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
@@ -95,7 +107,7 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
         const __m256 s23 = _mm256_add_ps(acc[k][2], acc[k][3]);
         float s = hsum_ps(_mm256_add_ps(s01, s23));
         for (int t = i; t < n; t++)
-            s += load_w1(r->w, t, kind) * a[k][t];
+            s += load_w1(r->w, t, kind) * load_a1(a[k], t, kind);
         store_out(r, j0 + k, s);
     }
 }
@@ -838,16 +850,9 @@ EXSA_X8_DRIVER(gemm_q5_1x8, exsa_block_q5_1x8, exsa_block_q8_0s, 32, q5_1x8_rows
 /* Element k of a group's 8 rows as floats. */
 INLINE __m256 fx_load(const void *w, size_t k, const int kind)
 {
-    switch (kind) {
-    case K_F16:
+    if (kind == K_F16)
         return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const exsa_fp16 *)w + 8 * k)));
-    case K_BF16:
-        return _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const exsa_bf16 *)w + 8 * k))),
-            16));
-    default:
-        return _mm256_loadu_ps((const float *)w + 8 * k);
-    }
+    return _mm256_loadu_ps((const float *)w + 8 * k);
 }
 
 /* G groups x R activation rows (G * R <= 12): 12 accumulators, G weight
@@ -915,14 +920,83 @@ static void gemm_fx(int type, int n, const void *w, size_t group_bytes, int n_gr
                     const float *act, size_t act_stride, int n_act, float *out,
                     size_t out_stride)
 {
-    const int kind = type == EXSA_TYPE_F16 ? K_F16 : type == EXSA_TYPE_BF16 ? K_BF16 : K_F32;
-    if (kind == K_F16)
+    if (type == EXSA_TYPE_F16)
         fx_drive(n, w, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F16);
-    else if (kind == K_BF16)
-        fx_drive(n, w, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_BF16);
     else
         fx_drive(n, w, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F32);
 }
+
+/* ------------------------------------------------- repacked BF16 x 8 */
+
+/* gemm_bf16 (kernels.h), G groups x R rows (G * R <= 12): a pair's dword is
+ * its even element shifted up and its odd element with the low half
+ * cleared, so two FMAs per pair give vdpbf16ps's two roundings. */
+INLINE void bf16_tile(int n, const char *w, size_t gb, const int G, const exsa_bf16 *const *a,
+                      const int R, float *out, size_t os, int pf)
+{
+    __m256 acc[12];
+#pragma GCC unroll 12
+    for (int t = 0; t < G * R; t++)
+        acc[t] = _mm256_setzero_ps();
+    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
+    for (int p = 0; p < n / 2; p++) {
+        if (pf && p % 2 == 0)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++)
+                prefetch_ahead(w + (size_t)g * gb + 32 * (size_t)p, 64);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(w + (size_t)g * gb + 32 * (size_t)p));
+            const __m256 we = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, hi));
+#pragma GCC unroll 6
+            for (int k = 0; k < R; k++) {
+                int32_t pair;
+                memcpy(&pair, a[k] + 2 * p, sizeof(pair));
+                const __m256i b = _mm256_set1_epi32(pair);
+                acc[g * R + k] = _mm256_fmadd_ps(wo, _mm256_castsi256_ps(_mm256_and_si256(b, hi)),
+                                                 acc[g * R + k]);
+                acc[g * R + k] = _mm256_fmadd_ps(we, _mm256_castsi256_ps(_mm256_slli_epi32(b, 16)),
+                                                 acc[g * R + k]);
+            }
+        }
+    }
+#pragma GCC unroll 6
+    for (int k = 0; k < R; k++)
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++)
+            _mm256_storeu_ps(out + (size_t)k * os + 8 * (size_t)g, acc[g * R + k]);
+}
+
+#define BF16_CASE(G, R)                                                                   \
+    case (G) * 8 + (R):                                                                   \
+        bf16_tile(n, w, gb, G, a, R, o, os, j == 0);                                      \
+        break;
+
+static void gemm_bf16(int n, const void *vw, size_t gb, int G, const exsa_bf16 *act, size_t as,
+                      int n_act, float *out, size_t os)
+{
+    const char *w = vw;
+    const int rmax = G >= 4 ? 3 : G == 3 ? 4 : 6; /* G * R <= 12 */
+    const exsa_bf16 *a[6];
+    for (int j = 0; j < n_act; j += rmax) {
+        const int r = n_act - j < rmax ? n_act - j : rmax;
+        for (int k = 0; k < r; k++)
+            a[k] = (const exsa_bf16 *)((const char *)act + (size_t)(j + k) * as);
+        float *o = out + (size_t)j * os;
+        switch (G * 8 + r) {
+            BF16_CASE(4, 1) BF16_CASE(4, 2) BF16_CASE(4, 3)
+            BF16_CASE(3, 1) BF16_CASE(3, 2) BF16_CASE(3, 3) BF16_CASE(3, 4)
+            BF16_CASE(2, 1) BF16_CASE(2, 2) BF16_CASE(2, 3) BF16_CASE(2, 4) BF16_CASE(2, 5)
+            BF16_CASE(2, 6)
+            BF16_CASE(1, 1) BF16_CASE(1, 2) BF16_CASE(1, 3) BF16_CASE(1, 4) BF16_CASE(1, 5)
+            BF16_CASE(1, 6)
+        default:
+            break;
+        }
+    }
+}
+#undef BF16_CASE
 
 /* ------------------------------------------------- repacked Q4_K x 8 */
 
@@ -1148,6 +1222,7 @@ static const exsa_cpu_kernels avx2_table = {
     .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
+    .gemm_bf16 = gemm_bf16,
     .swiglu = swiglu,
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,

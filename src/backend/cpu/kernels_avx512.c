@@ -125,6 +125,18 @@ INLINE __m512 load_w16_tail(const void *w, int i, __mmask16 m, const int kind)
     }
 }
 
+/* 16 activations as floats: BF16 rows for BF16 weights (their
+ * vec_dot_type), float rows otherwise; the tail form reads popcount(m). */
+INLINE __m512 load_a16(const float *a, int i, const int kind)
+{
+    return kind == K_BF16 ? load_w16(a, i, K_BF16) : _mm512_loadu_ps(a + i);
+}
+
+INLINE __m512 load_a16_tail(const float *a, int i, __mmask16 m, const int kind)
+{
+    return kind == K_BF16 ? load_w16_tail(a, i, m, K_BF16) : _mm512_maskz_loadu_ps(m, a + i);
+}
+
 /* Every row sums in the same order whatever the group size R: element
  * i + 16u of each 64-element step into acc[u], leftovers into acc[0], then
  * (acc0 + acc1) + (acc2 + acc3) and the lanes. Four chains per row hide the
@@ -151,20 +163,20 @@ INLINE void float_rows(const rows_t *r, int j0, const int R, const int kind)
         for (int k = 0; k < R; k++)
 #pragma GCC unroll 4
             for (int u = 0; u < 4; u++)
-                acc[k][u] = _mm512_fmadd_ps(w[u], _mm512_loadu_ps(a[k] + i + 16 * u), acc[k][u]);
+                acc[k][u] = _mm512_fmadd_ps(w[u], load_a16(a[k], i + 16 * u, kind), acc[k][u]);
     }
     for (; i + 16 <= n; i += 16) {
         const __m512 w = load_w16(r->w, i, kind);
 #pragma GCC unroll 4
         for (int k = 0; k < R; k++)
-            acc[k][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(a[k] + i), acc[k][0]);
+            acc[k][0] = _mm512_fmadd_ps(w, load_a16(a[k], i, kind), acc[k][0]);
     }
     if (i < n) {
         const __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
         const __m512 w = load_w16_tail(r->w, i, m, kind);
 #pragma GCC unroll 4
         for (int k = 0; k < R; k++)
-            acc[k][0] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, a[k] + i), acc[k][0]);
+            acc[k][0] = _mm512_fmadd_ps(w, load_a16_tail(a[k], i, m, kind), acc[k][0]);
     }
 #pragma GCC unroll 4
     for (int k = 0; k < R; k++) {
@@ -548,7 +560,7 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
     }
 }
 
-/* ---------------------------------------- repacked F32 / F16 / BF16 x 16 */
+/* ---------------------------------------------- repacked F32 / F16 x 16 */
 
 /* gemm_fx (kernels.h) with two groups per zmm: lanes 0..7 group 2p, lanes
  * 8..15 group 2p + 1 (zero when the pair is the odd one out). Each output
@@ -557,14 +569,10 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
 INLINE __m512 fx16_load(const char *w0, const char *w1, size_t k, const int kind, const int one)
 {
     switch (kind) {
-    case K_F16:
-    case K_BF16: {
+    case K_F16: {
         const __m128i lo = _mm_loadu_si128((const __m128i *)(w0 + 16 * k));
         const __m128i hi = one ? _mm_setzero_si128() : _mm_loadu_si128((const __m128i *)(w1 + 16 * k));
-        const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-        if (kind == K_F16)
-            return _mm512_cvtph_ps(h);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1));
     }
     default: {
         const __m256 lo = _mm256_loadu_ps((const float *)(w0 + 32 * k));
@@ -665,8 +673,6 @@ static void gemm_fx16(int type, int n, const void *w, size_t group_bytes, int n_
     const char *wc = w;
     if (type == EXSA_TYPE_F16)
         fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F16);
-    else if (type == EXSA_TYPE_BF16)
-        fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_BF16);
     else
         fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F32);
 }

@@ -17,11 +17,16 @@ extern const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table;
 /* AVX-512 F/BW/VL/DQ without VNNI, and with AVX512-VNNI (vpdpbusd). */
 extern const exsa_cpu_kernels *const exsa_cpu_kernels_avx512_partial;
 extern const exsa_cpu_kernels *const exsa_cpu_kernels_avx512vnni_partial;
+/* AVX512-BF16 (vdpbf16ps), over the VNNI table. */
+extern const exsa_cpu_kernels *const exsa_cpu_kernels_avx512bf16_partial;
 
 /* The complete AVX-512 table of one variant (vnni = 0 or 1), or NULL when
  * not built or the CPU lacks it. exsa_cpu_kernels_avx512() returns the VNNI
  * variant where the CPU has VNNI; tests use this to cover both. */
 const exsa_cpu_kernels *exsa_cpu_kernels_avx512_variant(int vnni);
+/* The VNNI table with the AVX512-BF16 kernels over it, or NULL; the best
+ * table where the CPU has both. */
+const exsa_cpu_kernels *exsa_cpu_kernels_avx512_bf16(void);
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 /* Inline helpers shared by the x86 kernel files (each compiles its own copy

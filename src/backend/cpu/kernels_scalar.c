@@ -48,13 +48,13 @@ static float row_f16(int n, const void *vw, const void *va)
     return (float)s;
 }
 
+/* BF16 activations (vec_dot_type BF16). */
 static float row_bf16(int n, const void *vw, const void *va)
 {
-    const exsa_bf16 *w = vw;
-    const float *a = va;
+    const exsa_bf16 *w = vw, *a = va;
     double s = 0.0;
     for (int i = 0; i < n; i++)
-        s += (double)exsa_bf16_to_fp32(w[i]) * a[i];
+        s += (double)exsa_bf16_to_fp32(w[i]) * exsa_bf16_to_fp32(a[i]);
     return (float)s;
 }
 
@@ -552,8 +552,6 @@ static float fx_weight(int type, const void *w, size_t i)
 {
     if (type == EXSA_TYPE_F16)
         return h2f(((const exsa_fp16 *)w)[i]);
-    if (type == EXSA_TYPE_BF16)
-        return exsa_bf16_to_fp32(((const exsa_bf16 *)w)[i]);
     return ((const float *)w)[i];
 }
 
@@ -569,6 +567,29 @@ static void gemm_fx(int type, int n, const void *w, size_t group_bytes, int n_gr
                 float acc = 0.0f;
                 for (int k = 0; k < n; k++)
                     acc = fmaf(fx_weight(type, wg, 8 * (size_t)k + (size_t)r), a[k], acc);
+                out[(size_t)j * out_stride + 8 * (size_t)g + (size_t)r] = acc;
+            }
+        }
+    }
+}
+
+/* The reference of the repacked BF16 kernel (kernels.h): vdpbf16ps's order,
+ * the odd element of each pair first. */
+static void gemm_bf16(int n, const void *w, size_t group_bytes, int n_groups,
+                      const exsa_bf16 *act, size_t act_stride, int n_act, float *out,
+                      size_t out_stride)
+{
+    for (int g = 0; g < n_groups; g++) {
+        const exsa_bf16 *wg = (const exsa_bf16 *)((const char *)w + (size_t)g * group_bytes);
+        for (int j = 0; j < n_act; j++) {
+            const exsa_bf16 *a = (const exsa_bf16 *)((const char *)act + (size_t)j * act_stride);
+            for (int r = 0; r < 8; r++) {
+                float acc = 0.0f;
+                for (int p = 0; p < n / 2; p++) {
+                    const exsa_bf16 *wp = wg + 16 * (size_t)p + 2 * (size_t)r;
+                    acc = fmaf(exsa_bf16_to_fp32(wp[1]), exsa_bf16_to_fp32(a[2 * p + 1]), acc);
+                    acc = fmaf(exsa_bf16_to_fp32(wp[0]), exsa_bf16_to_fp32(a[2 * p]), acc);
+                }
                 out[(size_t)j * out_stride + 8 * (size_t)g + (size_t)r] = acc;
             }
         }
@@ -632,6 +653,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_q5_1x8 = gemm_q5_1x8,
     .gemm_q8_0x8 = gemm_q8_0x8,
     .gemm_fx = gemm_fx,
+    .gemm_bf16 = gemm_bf16,
     .swiglu = swiglu,
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
