@@ -12,6 +12,7 @@
 #ifndef EXSA_CPU_BACKEND_IMPL_H
 #define EXSA_CPU_BACKEND_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,6 +22,12 @@
 
 /* Below this many elements a pass is not worth waking the workers. */
 #define CPU_PAR_MIN_ELEMS 32768
+
+/* One thread's span of a decode matmul (cpu_backend.c): units [front,
+ * back) packed as back << 32 | front, on its own cache line. */
+typedef struct {
+    _Alignas(64) _Atomic uint64_t fb;
+} cpu_span;
 
 typedef struct cpu_backend {
     exsa_backend base; /* first: an exsa_backend * is a cpu_backend * */
@@ -33,6 +40,7 @@ typedef struct cpu_backend {
     size_t act_cap;   /* bytes */
     float *tls;       /* per-thread scratch, n_threads slices of tls_stride */
     size_t tls_stride; /* floats per thread, a multiple of 16 (64 bytes) */
+    cpu_span *spans;  /* n_threads: decode matmul spans */
     float *rope_freq; /* rope: per-pair angle per position */
     size_t rope_cap;  /* bytes */
 } cpu_backend;
