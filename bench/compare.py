@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Side by side: `exsa bench` and llama.cpp's llama-bench on the same model
-files, runs interleaved (exsa, llama.cpp, exsa, ... per file and round), the
+files, runs interleaved one repetition of one test at a time (exsa pp,
+llama.cpp pp, exsa tg, llama.cpp tg, then the next repetition), so both
+engines of a pair run within seconds of each other, each t/s the mean of its
+--reps runs; the
 read bandwidth measured just before every file's runs (it swings by 30%
 within minutes on a shared machine; bench/membw, the better of its plain and
 its prefetching read), and one table:
@@ -106,7 +109,6 @@ def main():
     ap.add_argument("--batched-tg", type=int, default=128)
     ap.add_argument("--only-batched", action="store_true")
     a = ap.parse_args()
-    common = ["-t", str(a.threads), "-p", str(a.pp), "-n", str(a.tg), "-r", str(a.reps)]
     rows, brows = [], []
     for rnd in range(1, a.rounds + 1):
         for m in a.models:
@@ -117,18 +119,29 @@ def main():
                 batched(a, m, rnd, brows)
             if a.only_batched:
                 continue
-            ex = run_json([a.exsa, "bench", "-m", m, "--json"] + common)
-            ll = []
-            if a.llama_bench:
-                ll = run_json([a.llama_bench, "-m", m, "-o", "json"] + common)
-            for e in ex:
-                test = e["test"]
-                lt = next((x["avg_ts"] for x in ll
-                           if x["n_prompt"] == e["n_prompt"] and x["n_gen"] == e["n_gen"]), None)
-                roof = bw * 1e9 / e["stream_bytes"] if e["n_gen"] > 0 else None
-                rows.append((rnd, os.path.basename(m), test, e["avg_ts"], lt, bw, roof))
-                print("  %s %s: exsa %.2f llama.cpp %s" % (os.path.basename(m), test, e["avg_ts"],
-                      "%.2f" % lt if lt else "-"), file=sys.stderr)
+            tests = [("-p", a.pp, "-n", 0), ("-p", 0, "-n", a.tg)]
+            got = {}  # test -> ([exsa t/s], [llama.cpp t/s], stream_bytes, n_gen)
+            for _ in range(a.reps):
+                for t in tests:
+                    if t[1] == 0 and t[3] == 0:
+                        continue
+                    args = ["-t", str(a.threads)] + [str(x) for x in t] + ["-r", "1"]
+                    for e in run_json([a.exsa, "bench", "-m", m, "--json"] + args):
+                        g = got.setdefault(e["test"], ([], [], e.get("stream_bytes"), e["n_gen"]))
+                        g[0].append(e["avg_ts"])
+                        if a.llama_bench:
+                            ll = run_json([a.llama_bench, "-m", m, "-o", "json"] + args)
+                            g[1].extend(x["avg_ts"] for x in ll
+                                        if x["n_prompt"] == e["n_prompt"] and
+                                        x["n_gen"] == e["n_gen"])
+            for test, (es, ls, sb, n_gen) in got.items():
+                et = sum(es) / len(es)
+                lt = sum(ls) / len(ls) if ls else None
+                roof = bw * 1e9 / sb if n_gen > 0 and sb else None
+                rows.append((rnd, os.path.basename(m), test, et, lt, bw, roof))
+                print("  %s %s: exsa %s llama.cpp %s" % (
+                    os.path.basename(m), test, " ".join("%.2f" % x for x in es),
+                    " ".join("%.2f" % x for x in ls) if ls else "-"), file=sys.stderr)
     print("CPU: %s, %d threads" % (cpu_model(), a.threads))
     print()
     if brows:

@@ -289,9 +289,9 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_q5_0x8_fn gemm_q5_0x8;
     exsa_gemm_q5_1x8_fn gemm_q5_1x8;
     exsa_gemm_fx_fn gemm_fx;
-    /* Groups per gemm_fx call for a batch (decode takes 4): the tile shape
-     * its kernel keeps in registers (scalar and AVX2 2 x 6 rows, AVX-512
-     * 4 x 8). A size_t so the table keeps no padding (kernels.c checks its
+    /* Groups per gemm_fx / gemm_bf16 call for a batch (decode takes 4): the
+     * tile shape its kernel keeps in registers (scalar and AVX2 2 x 6 rows,
+     * AVX-512 4 x 8, AVX512-BF16 4 x 12). A size_t so the table keeps no padding (kernels.c checks its
      * size entry by entry). */
     size_t fx_batch_groups;
     /* SwiGLU: out[i] = (g * s) * u[i], s = SiLU(g) / g computed as
