@@ -459,6 +459,21 @@ static void test_repack_lossless(void **state)
     check_repack_lossless(EXSA_TYPE_Q6_K, 768, 24, EXSA_LAYOUT_Q6_KX8);
     check_repack_lossless(EXSA_TYPE_Q6_K, 256, 12, EXSA_LAYOUT_ROWS); /* n_out % 8 */
     check_repack_lossless(EXSA_TYPE_Q5_K, 256, 8, EXSA_LAYOUT_ROWS);  /* no layout */
+    check_repack_lossless(EXSA_TYPE_BF16, 38, 16, EXSA_LAYOUT_FX8);    /* in pairs */
+    check_repack_lossless(EXSA_TYPE_BF16, 37, 16, EXSA_LAYOUT_ROWS);   /* odd n_in */
+    /* Over 4 MB: packed by several threads (cpu_repack.c), each on its own
+     * groups; the Q8_0 -128 sits in the last group, a helper thread's. */
+    check_repack_lossless(EXSA_TYPE_Q4_0, 4096, 2048, EXSA_LAYOUT_Q4_0X8);
+    check_repack_lossless(EXSA_TYPE_Q4_1, 4096, 2048, EXSA_LAYOUT_Q4_1X8);
+    check_repack_lossless(EXSA_TYPE_Q5_0, 4096, 2048, EXSA_LAYOUT_Q5_0X8);
+    check_repack_lossless(EXSA_TYPE_Q5_1, 4096, 1536, EXSA_LAYOUT_Q5_1X8);
+    check_repack_lossless(EXSA_TYPE_Q8_0, 4096, 1032, EXSA_LAYOUT_Q8_0X8);
+    check_repack_lossless(EXSA_TYPE_Q8_0, 4096, 1032, EXSA_LAYOUT_ROWS);
+    check_repack_lossless(EXSA_TYPE_Q4_K, 4096, 2048, EXSA_LAYOUT_Q4_KX8);
+    check_repack_lossless(EXSA_TYPE_Q6_K, 4096, 2048, EXSA_LAYOUT_Q6_KX8);
+    check_repack_lossless(EXSA_TYPE_F16, 2048, 1088, EXSA_LAYOUT_FX8);
+    check_repack_lossless(EXSA_TYPE_BF16, 2048, 1088, EXSA_LAYOUT_FX8);
+    check_repack_lossless(EXSA_TYPE_F32, 1024, 1088, EXSA_LAYOUT_FX8);
     /* EXSA_REPACK=0 turns repacking off. */
     setenv("EXSA_REPACK", "0", 1);
     check_repack_lossless(EXSA_TYPE_Q4_K, 256, 8, EXSA_LAYOUT_ROWS);

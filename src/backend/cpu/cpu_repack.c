@@ -8,9 +8,11 @@
  */
 #include "backend/cpu/cpu_repack.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "backend/cpu/kernels.h"
 #include "util/err.h"
@@ -35,9 +37,10 @@ static void *alloc_weights(size_t bytes)
     return p;
 }
 
-static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, int64_t ng)
+static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, int64_t g0,
+                      int64_t g1)
 {
-    for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
             const exsa_block_q4_0 *src = (const exsa_block_q4_0 *)row;
@@ -55,18 +58,21 @@ static void pack_q4_0(const exsa_tensor *w, exsa_block_q4_0x8 *dst, int64_t nb, 
  * quantizer never writes one, a file may): the repacked kernel negates
  * weights (kernels.h, exsa_block_q8_0a), so such a tensor keeps the row
  * layout, whose kernel takes any value. */
-static int pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, int64_t ng)
+static int pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, int64_t g0,
+                     int64_t g1)
 {
-    for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
             const exsa_block_q8_0 *src = (const exsa_block_q8_0 *)row;
             for (int64_t b = 0; b < nb; b++) {
                 exsa_block_q8_0x8 *o = &dst[g * nb + b];
                 o->d[r] = src[b].d;
+                int bad = 0; /* no early exit: the loop vectorizes */
                 for (int i = 0; i < 32; i++)
-                    if (src[b].qs[i] == INT8_MIN)
-                        return -1;
+                    bad |= src[b].qs[i] == INT8_MIN;
+                if (bad)
+                    return -1;
                 for (int k = 0; k < 8; k++)
                     memcpy(o->qs + 32 * k + 4 * r, src[b].qs + 4 * k, 4);
             }
@@ -75,9 +81,10 @@ static int pack_q8_0(const exsa_tensor *w, exsa_block_q8_0x8 *dst, int64_t nb, i
     return 0;
 }
 
-static void pack_q4_1(const exsa_tensor *w, exsa_block_q4_1x8 *dst, int64_t nb, int64_t ng)
+static void pack_q4_1(const exsa_tensor *w, exsa_block_q4_1x8 *dst, int64_t nb, int64_t g0,
+                      int64_t g1)
 {
-    for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
             const exsa_block_q4_1 *src = (const exsa_block_q4_1 *)row;
@@ -96,10 +103,10 @@ static void pack_q4_1(const exsa_tensor *w, exsa_block_q4_1x8 *dst, int64_t nb, 
  * (kernels.h: qh[8 * j + r]). dst points at the first block column; the
  * columns are col_bytes apart. */
 static void pack_q5(const exsa_tensor *w, char *dst, size_t col_bytes, int has_min, int64_t nb,
-                    int64_t ng)
+                    int64_t g0, int64_t g1)
 {
     const size_t src_bytes = has_min ? sizeof(exsa_block_q5_1) : sizeof(exsa_block_q5_0);
-    for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
             for (int64_t b = 0; b < nb; b++) {
@@ -147,9 +154,10 @@ static void unpack_q5(const exsa_tensor *w, int64_t row, int has_min, size_t col
     }
 }
 
-static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, int64_t ng)
+static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, int64_t g0,
+                      int64_t g1)
 {
-    for (int64_t g = 0; g < ng; g++) {
+    for (int64_t g = g0; g < g1; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
             const exsa_block_q4_K *src = (const exsa_block_q4_K *)row;
@@ -171,14 +179,6 @@ static void pack_q4_K(const exsa_tensor *w, exsa_block_q4_Kx8 *dst, int64_t nb, 
     }
 }
 
-/* Value e (0..63, stored +32) of a GGUF Q6_K block. */
-static int q6_K_get(const exsa_block_q6_K *b, int e)
-{
-    const int n = e / 128, m = e % 128 / 32, l = e % 32;
-    const uint8_t lo = b->ql[64 * n + l + 32 * (m & 1)];
-    return ((m >> 1 ? lo >> 4 : lo) & 15) | ((b->qh[32 * n + l] >> (2 * m)) & 3) << 4;
-}
-
 static void q6_K_set(exsa_block_q6_K *b, int e, int v)
 {
     const int n = e / 128, m = e % 128 / 32, l = e % 32;
@@ -188,10 +188,11 @@ static void q6_K_set(exsa_block_q6_K *b, int e, int v)
     *hi = (uint8_t)((*hi & ~(3 << (2 * m))) | ((v >> 4) & 3) << (2 * m));
 }
 
-static void pack_q6_K(const exsa_tensor *w, exsa_block_q6_Kx8 *dst, int64_t nb, int64_t ng)
+static void pack_q6_K(const exsa_tensor *w, exsa_block_q6_Kx8 *dst, int64_t nb, int64_t g0,
+                      int64_t g1)
 {
-    memset(dst, 0, (size_t)(ng * nb) * sizeof dst[0]); /* the bits are OR-ed in */
-    for (int64_t g = 0; g < ng; g++) {
+    memset(&dst[g0 * nb], 0, (size_t)((g1 - g0) * nb) * sizeof dst[0]); /* bits are OR-ed in */
+    for (int64_t g = g0; g < g1; g++) {
         for (int r = 0; r < 8; r++) {
             const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
             const exsa_block_q6_K *src = (const exsa_block_q6_K *)row;
@@ -200,11 +201,27 @@ static void pack_q6_K(const exsa_tensor *w, exsa_block_q6_Kx8 *dst, int64_t nb, 
                 o->d[r] = src[b].d;
                 for (int j = 0; j < 16; j++)
                     o->scales[8 * j + r] = src[b].scales[j];
-                for (int e = 0; e < EXSA_QK_K; e++) {
-                    const int v = q6_K_get(&src[b], e);
-                    const int sb = e / 32, oi = 32 * (e % 32 / 4) + 4 * r + e % 4;
-                    o->ql[256 * (sb / 2) + oi] |= (uint8_t)((v & 15) << (4 * (sb % 2)));
-                    o->qh[256 * (sb / 4) + oi] |= (uint8_t)((v >> 4) << (2 * (sb % 4)));
+                /* four elements (one quad) per step, as bytes of a word:
+                 * element e = 32 s + 4 t + i is, in GGUF, nibble m / 2 of
+                 * ql[64 n + l + 32 (m & 1)] and bits 2m of qh[32 n + l],
+                 * n = s / 4, m = s % 4, l = 4 t + i (q6_K_get) */
+                for (int sb = 0; sb < 8; sb++) {
+                    const int n = sb / 4, m = sb % 4;
+                    for (int t = 0; t < 8; t++) {
+                        uint32_t lo, hi, ol, oh;
+                        memcpy(&lo, src[b].ql + 64 * n + 4 * t + 32 * (m & 1), 4);
+                        memcpy(&hi, src[b].qh + 32 * n + 4 * t, 4);
+                        lo = (m >> 1 ? lo >> 4 : lo) & 0x0F0F0F0Fu;
+                        hi = (hi >> (2 * m)) & 0x03030303u;
+                        uint8_t *pl = o->ql + 256 * (sb / 2) + 32 * t + 4 * r;
+                        uint8_t *ph = o->qh + 256 * (sb / 4) + 32 * t + 4 * r;
+                        memcpy(&ol, pl, 4);
+                        memcpy(&oh, ph, 4);
+                        ol |= lo << (4 * (sb % 2));
+                        oh |= hi << (2 * (sb % 4));
+                        memcpy(pl, &ol, 4);
+                        memcpy(ph, &oh, 4);
+                    }
                 }
             }
         }
@@ -221,16 +238,98 @@ static size_t fx_index(int type, size_t k, int r)
     return 8 * k + (size_t)r;
 }
 
-static void pack_float(const exsa_tensor *w, char *dst, size_t elem, int64_t ng)
+/* Writes each group in order, reading its 8 rows side by side. */
+static void pack_float(const exsa_tensor *w, char *dst, int64_t g0, int64_t g1)
 {
     const size_t n = (size_t)w->n_in;
-    for (int64_t g = 0; g < ng; g++)
-        for (int r = 0; r < 8; r++) {
-            const char *row = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
-            char *o = dst + (size_t)g * 8 * n * elem;
+    for (int64_t g = g0; g < g1; g++) {
+        const char *rows[8];
+        for (int r = 0; r < 8; r++)
+            rows[r] = (const char *)w->data + (size_t)(8 * g + r) * w->row_bytes;
+        if (w->type == EXSA_TYPE_F16) {
+            uint16_t *o = (uint16_t *)dst + (size_t)g * 8 * n;
             for (size_t k = 0; k < n; k++)
-                memcpy(o + fx_index(w->type, k, r) * elem, row + k * elem, elem);
+                for (int r = 0; r < 8; r++)
+                    memcpy(&o[8 * k + (size_t)r], rows[r] + 2 * k, 2);
+        } else { /* F32 element k, or a BF16 pair p, is 4 bytes: dword 8 k + r */
+            uint32_t *o = (uint32_t *)dst + (size_t)g * 8 * (w->type == EXSA_TYPE_F32 ? n : n / 2);
+            const size_t words = w->type == EXSA_TYPE_F32 ? n : n / 2;
+            for (size_t k = 0; k < words; k++)
+                for (int r = 0; r < 8; r++)
+                    memcpy(&o[8 * k + (size_t)r], rows[r] + 4 * k, 4);
         }
+    }
+}
+
+/* Groups [g0, g1) of one tensor; rc -1 when Q8_0 meets -128. */
+typedef struct {
+    const exsa_tensor *w;
+    void *dst;
+    int64_t nb, g0, g1;
+    size_t col_bytes;
+    int rc;
+} pack_job;
+
+static void pack_range(pack_job *j)
+{
+    const exsa_tensor *w = j->w;
+    switch (w->type) {
+    case EXSA_TYPE_Q4_0: pack_q4_0(w, j->dst, j->nb, j->g0, j->g1); break;
+    case EXSA_TYPE_Q4_1: pack_q4_1(w, j->dst, j->nb, j->g0, j->g1); break;
+    case EXSA_TYPE_Q8_0: j->rc = pack_q8_0(w, j->dst, j->nb, j->g0, j->g1); break;
+    case EXSA_TYPE_Q5_0:
+    case EXSA_TYPE_Q5_1:
+        pack_q5(w, j->dst, j->col_bytes, w->type == EXSA_TYPE_Q5_1, j->nb, j->g0, j->g1);
+        break;
+    case EXSA_TYPE_Q4_K: pack_q4_K(w, j->dst, j->nb, j->g0, j->g1); break;
+    case EXSA_TYPE_Q6_K: pack_q6_K(w, j->dst, j->nb, j->g0, j->g1); break;
+    default: pack_float(w, j->dst, j->g0, j->g1); break;
+    }
+}
+
+static void *pack_thread(void *arg)
+{
+    pack_range(arg);
+    return NULL;
+}
+
+/* Large tensors are packed by one thread per CPU (at most PACK_THREADS),
+ * each on its own groups: the copy and the first touch of the new pages
+ * (the kernel zeroing them, a third of a load) run side by side. A thread
+ * that cannot start leaves its groups to this one. */
+#define PACK_THREADS 8
+#define PACK_MIN_BYTES ((size_t)4 << 20)
+static void pack_parallel(pack_job *job, size_t bytes)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t nt = bytes < PACK_MIN_BYTES || cpus < 2 ? 1 : cpus > PACK_THREADS ? PACK_THREADS : cpus;
+    if (nt > job->g1 - job->g0)
+        nt = job->g1 - job->g0;
+    if (nt <= 1) {
+        pack_range(job);
+        return;
+    }
+    pack_job parts[PACK_THREADS];
+    pthread_t tid[PACK_THREADS];
+    int started[PACK_THREADS] = {0};
+    const int64_t ng = job->g1 - job->g0;
+    for (int64_t t = 0; t < nt; t++) {
+        parts[t] = *job;
+        parts[t].g0 = job->g0 + ng * t / nt;
+        parts[t].g1 = job->g0 + ng * (t + 1) / nt;
+        if (t > 0)
+            started[t] = pthread_create(&tid[t], NULL, pack_thread, &parts[t]) == 0;
+    }
+    pack_range(&parts[0]);
+    for (int64_t t = 1; t < nt; t++) {
+        if (started[t])
+            pthread_join(tid[t], NULL);
+        else
+            pack_range(&parts[t]);
+    }
+    for (int64_t t = 0; t < nt; t++)
+        if (parts[t].rc != 0)
+            job->rc = parts[t].rc;
 }
 
 size_t exsa_cpu_repacked_col_bytes(int layout)
@@ -295,30 +394,21 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err)
     if (!dst)
         return exsa_err_set(err, EXSA_ENOMEM, "repack: out of memory for '%s' (%zu bytes)",
                             w->name, bytes);
-    if (w->type == EXSA_TYPE_Q4_0) {
-        pack_q4_0(w, dst, nb, ng);
-        w->layout = EXSA_LAYOUT_Q4_0X8;
-    } else if (w->type == EXSA_TYPE_Q8_0) {
-        if (pack_q8_0(w, dst, nb, ng) != 0) {
-            free(dst);
-            return 0;
-        }
-        w->layout = EXSA_LAYOUT_Q8_0X8;
-    } else if (w->type == EXSA_TYPE_Q6_K) {
-        pack_q6_K(w, dst, nb, ng);
-        w->layout = EXSA_LAYOUT_Q6_KX8;
-    } else if (w->type == EXSA_TYPE_Q4_1) {
-        pack_q4_1(w, dst, nb, ng);
-        w->layout = EXSA_LAYOUT_Q4_1X8;
-    } else if (block == 1) {
-        pack_float(w, dst, col_bytes / 8, ng);
-        w->layout = EXSA_LAYOUT_FX8;
-    } else if (w->type == EXSA_TYPE_Q5_0 || w->type == EXSA_TYPE_Q5_1) {
-        pack_q5(w, dst, col_bytes, w->type == EXSA_TYPE_Q5_1, nb, ng);
-        w->layout = w->type == EXSA_TYPE_Q5_1 ? EXSA_LAYOUT_Q5_1X8 : EXSA_LAYOUT_Q5_0X8;
-    } else {
-        pack_q4_K(w, dst, nb, ng);
-        w->layout = EXSA_LAYOUT_Q4_KX8;
+    pack_job job = {w, dst, nb, 0, ng, col_bytes, 0};
+    pack_parallel(&job, bytes);
+    if (job.rc != 0) { /* Q8_0 holding -128: keeps the row layout */
+        free(dst);
+        return 0;
+    }
+    switch (w->type) {
+    case EXSA_TYPE_Q4_0: w->layout = EXSA_LAYOUT_Q4_0X8; break;
+    case EXSA_TYPE_Q4_1: w->layout = EXSA_LAYOUT_Q4_1X8; break;
+    case EXSA_TYPE_Q5_0: w->layout = EXSA_LAYOUT_Q5_0X8; break;
+    case EXSA_TYPE_Q5_1: w->layout = EXSA_LAYOUT_Q5_1X8; break;
+    case EXSA_TYPE_Q8_0: w->layout = EXSA_LAYOUT_Q8_0X8; break;
+    case EXSA_TYPE_Q4_K: w->layout = EXSA_LAYOUT_Q4_KX8; break;
+    case EXSA_TYPE_Q6_K: w->layout = EXSA_LAYOUT_Q6_KX8; break;
+    default: w->layout = EXSA_LAYOUT_FX8; break;
     }
     w->data = dst;
     *buf = dst;
