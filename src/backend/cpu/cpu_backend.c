@@ -151,48 +151,33 @@ static const char *cpu_describe(const exsa_backend *b)
 /* Buffers carry a 64-byte header saying how they were made. Large ones (the
  * KV pool) come from anonymous mmap: zero pages that become resident only
  * when first written, so start-up does not touch a pool of gigabytes and
- * an idle server's memory is what it has used. Those over a huge page start
- * on one and ask for transparent huge pages: the pool fills from its start,
- * so it grows 2 MB at a time with one fault each instead of 512 (faults are
- * dear in a VM), and attention's scattered K/V reads miss the TLB less. */
+ * an idle server's memory is what it has used. */
 #define BUF_HEADER 64
 #define BUF_MMAP_MIN ((size_t)1 << 20)
-#define BUF_HUGE ((size_t)2 << 20)
 typedef struct {
     size_t total; /* bytes of the whole allocation, header included */
     int mapped;
-    void *map;      /* what mmap returned (mapped buffers) */
-    size_t map_len; /* and its length */
 } buf_header;
 
 static void *cpu_alloc(exsa_backend *b, size_t bytes)
 {
     (void)b;
-    if (bytes > SIZE_MAX - 2 * BUF_HUGE)
+    if (bytes > SIZE_MAX - 2 * 4096)
         return NULL;
     size_t n = (bytes ? (bytes + 63) & ~(size_t)63 : 64) + BUF_HEADER;
     char *base;
-    void *map = NULL;
-    size_t map_len = 0;
     int mapped = n >= BUF_MMAP_MIN;
     if (mapped) {
-        const size_t align = n >= BUF_HUGE ? BUF_HUGE : 4096;
-        map_len = n + align;
-        map = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (map == MAP_FAILED)
+        base = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED)
             return NULL;
-        base = (char *)(((uintptr_t)map + align - 1) & ~(uintptr_t)(align - 1));
-#ifdef MADV_HUGEPAGE
-        if (align == BUF_HUGE) /* a hint: failure is harmless */
-            (void)madvise(base, (n + 4095) & ~(size_t)4095, MADV_HUGEPAGE);
-#endif
     } else {
         base = aligned_alloc(64, n);
         if (!base)
             return NULL;
         memset(base, 0, n);
     }
-    buf_header h = {n, mapped, map, map_len};
+    buf_header h = {n, mapped};
     memcpy(base, &h, sizeof h);
     return base + BUF_HEADER;
 }
@@ -206,7 +191,7 @@ static void cpu_free(exsa_backend *b, void *p)
     buf_header h;
     memcpy(&h, base, sizeof h);
     if (h.mapped)
-        munmap(h.map, h.map_len);
+        munmap(base, h.total);
     else
         free(base);
 }
