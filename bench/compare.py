@@ -119,21 +119,18 @@ def main():
                 batched(a, m, rnd, brows)
             if a.only_batched:
                 continue
-            tests = [("-p", a.pp, "-n", 0), ("-p", 0, "-n", a.tg)]
+            tests = [(pp, tg) for pp, tg in ((a.pp, 0), (0, a.tg)) if pp or tg]
             got = {}  # test -> ([exsa t/s], [llama.cpp t/s], stream_bytes, n_gen)
             for _ in range(a.reps):
-                for t in tests:
-                    if t[1] == 0 and t[3] == 0:
-                        continue
-                    args = ["-t", str(a.threads)] + [str(x) for x in t] + ["-r", "1"]
-                    for e in run_json([a.exsa, "bench", "-m", m, "--json"] + args):
-                        g = got.setdefault(e["test"], ([], [], e.get("stream_bytes"), e["n_gen"]))
-                        g[0].append(e["avg_ts"])
-                        if a.llama_bench:
-                            ll = run_json([a.llama_bench, "-m", m, "-o", "json"] + args)
-                            g[1].extend(x["avg_ts"] for x in ll
-                                        if x["n_prompt"] == e["n_prompt"] and
-                                        x["n_gen"] == e["n_gen"])
+                for pp, tg in tests:
+                    args = ["-t", str(a.threads), "-p", str(pp), "-n", str(tg), "-r", "1"]
+                    e = run_json([a.exsa, "bench", "-m", m, "--json"] + args)[0]
+                    g = got.setdefault(e["test"], ([], [], e.get("stream_bytes"), e["n_gen"]))
+                    g[0].append(e["avg_ts"])
+                    if a.llama_bench:
+                        ll = run_json([a.llama_bench, "-m", m, "-o", "json"] + args)
+                        g[1].extend(x["avg_ts"] for x in ll
+                                    if x["n_prompt"] == pp and x["n_gen"] == tg)
             for test, (es, ls, sb, n_gen) in got.items():
                 et = sum(es) / len(es)
                 lt = sum(ls) / len(ls) if ls else None

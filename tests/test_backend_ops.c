@@ -1092,6 +1092,8 @@ static void test_matmul_multi(void **state)
         {2, 256, {EXSA_TYPE_Q4_K, EXSA_TYPE_Q4_K}, {48, 32}},
         {3, 64, {EXSA_TYPE_Q8_0, EXSA_TYPE_Q8_0, EXSA_TYPE_Q4_0}, {16, 40, 8}},
         {2, 64, {EXSA_TYPE_F16, EXSA_TYPE_F32}, {16, 8}},
+        /* one layout, two activation formats (BF16 rows, float rows) */
+        {3, 64, {EXSA_TYPE_BF16, EXSA_TYPE_F32, EXSA_TYPE_BF16}, {16, 8, 24}},
         {3, 256, {EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0}, {12, 32, 8}},
     };
     static const int rows[] = {1, 5, 70};

@@ -261,20 +261,20 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
 /* ---- tiled float attention (attn_kernels.h: chunk_v_f16, attn_chunk) ---- */
 
 /* exsa_exp_neg on 16 lanes: the same operations in the same order. */
-INLINE __m512 exp16(__m512 x)
+INLINE __m512 exp16_neg(__m512 x)
 {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f)); /* a > b ? a : b, as the C */
+    x = _mm512_max_ps(x, _mm512_set1_ps(EXSA_EXP_MIN)); /* a > b ? a : b, as the C */
     x = _mm512_min_ps(x, _mm512_setzero_ps());
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 magic = _mm512_set1_ps(EXSA_EXP_ROUND);
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(EXSA_EXP_LOG2E));
     const __m512 n = _mm512_sub_ps(_mm512_add_ps(t, magic), magic);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693145751953125f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-1.42860682030941723212e-6f), r);
-    __m512 p = _mm512_set1_ps(1.98412698e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.38888889e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.33333333e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.16666667e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.66666667e-1f));
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(EXSA_EXP_LN2_HI), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(EXSA_EXP_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(EXSA_EXP_C7);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C3));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
@@ -364,7 +364,7 @@ INLINE void chunk_nq(const int NQ, int hdp, const float *vf, const float *const 
         const float cm = x0 > m ? x0 : m;
         f[i] = exsa_exp_neg(m - cm);
         const __m512 c = _mm512_set1_ps(cm);
-        const __m512 p0 = exp16(_mm512_sub_ps(a, c)), p1 = exp16(_mm512_sub_ps(b, c));
+        const __m512 p0 = exp16_neg(_mm512_sub_ps(a, c)), p1 = exp16_neg(_mm512_sub_ps(b, c));
         float *l = st[i] + hdp + EXSA_ATTN_ST_L;
         __m512 lv = _mm512_mul_ps(_mm512_loadu_ps(l), _mm512_set1_ps(f[i]));
         lv = _mm512_add_ps(_mm512_add_ps(lv, p0), p1);

@@ -30,24 +30,13 @@
 /* Output rows per task, bounds. */
 #define CHUNK_MIN 4
 #define CHUNK_MAX 64
-/* Batches of up to this many rows stream the repacked weights (decode):
- * their tasks are one span of output rows per thread. */
+/* Batches of up to this many rows (decode) stream the weights in one span
+ * per thread with stealing (run_spans); larger ones take claimed chunks. */
 #ifndef X8_STREAM_ROWS
 #define X8_STREAM_ROWS 8
 #endif
 
 /* ---- shared helpers ---------------------------------------------------- */
-
-/* Items per task for a streaming (decode) batch: one contiguous span of
- * n per thread, rounded up to a multiple of align, so each thread's
- * stream starts once per op (bench/RESULTS.md: a 2.4 MB matrix in 8
- * claimed chunks streamed 38 GB/s, in 2 halves 41-43). */
-static int stream_span(int64_t n, int n_threads, int64_t align)
-{
-    int64_t per = (n + n_threads - 1) / n_threads;
-    per = (per + align - 1) / align * align;
-    return per < INT32_MAX ? (int)per : INT32_MAX;
-}
 
 int cpu_reserve(void **buf, size_t *cap, size_t bytes)
 {
@@ -283,37 +272,25 @@ static void quant_range(void *vctx, int64_t begin, int64_t end, int thread)
  * pool waits 15% -> 5% of a decode step's samples). */
 typedef void (*cpu_unit_fn)(const void *ctx, int u, int n);
 
-/* An owner claims a quarter of what is left of its span (at least one
- * unit), a thief one unit from the back: a handful of atomics per span
- * (each lock cmpxchg cost 2.4% of a decode step when claims were 2 units),
- * and a tail fine enough to end together. */
-static int span_take_front(cpu_span *s, int *u)
+/* Claims units of span s: from the front a quarter of what is left (at
+ * least one unit; the owner), from the back one unit (a thief). A handful
+ * of atomics per span (each lock cmpxchg cost 2.4% of a decode step when
+ * claims were 2 units) and a tail fine enough to end together. Returns the
+ * units claimed, the first in *u; 0 when the span is empty. */
+static int span_take(cpu_span *s, int from_back, int *u)
 {
     uint64_t v = atomic_load_explicit(&s->fb, memory_order_relaxed);
     for (;;) {
         const uint32_t f = (uint32_t)v, b = (uint32_t)(v >> 32);
         if (f >= b)
             return 0;
-        const uint32_t n = (b - f) / 4 ? (b - f) / 4 : 1;
-        if (atomic_compare_exchange_weak_explicit(&s->fb, &v, ((uint64_t)b << 32) | (f + n),
-                                                  memory_order_relaxed, memory_order_relaxed)) {
-            *u = (int)f;
+        const uint32_t n = from_back || (b - f) < 4 ? 1 : (b - f) / 4;
+        const uint32_t first = from_back ? b - n : f;
+        const uint64_t rest = from_back ? (uint64_t)(b - n) << 32 | f : (uint64_t)b << 32 | (f + n);
+        if (atomic_compare_exchange_weak_explicit(&s->fb, &v, rest, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *u = (int)first;
             return (int)n;
-        }
-    }
-}
-
-static int span_take_back(cpu_span *s, int *u)
-{
-    uint64_t v = atomic_load_explicit(&s->fb, memory_order_relaxed);
-    for (;;) {
-        const uint32_t f = (uint32_t)v, b = (uint32_t)(v >> 32);
-        if (f >= b)
-            return 0;
-        if (atomic_compare_exchange_weak_explicit(&s->fb, &v, ((uint64_t)(b - 1) << 32) | f,
-                                                  memory_order_relaxed, memory_order_relaxed)) {
-            *u = (int)(b - 1);
-            return 1;
         }
     }
 }
@@ -330,13 +307,11 @@ static void span_task(void *vctx, int task, int thread)
     (void)thread;
     const span_job *j = vctx;
     int u, n;
-    while ((n = span_take_front(&j->spans[task], &u)) > 0)
+    while ((n = span_take(&j->spans[task], 0, &u)) > 0)
         j->fn(j->ctx, u, n);
-    for (int k = 1; k < j->n_spans; k++) {
-        cpu_span *s = &j->spans[(task + k) % j->n_spans];
-        while (span_take_back(s, &u))
+    for (int k = 1; k < j->n_spans; k++)
+        while (span_take(&j->spans[(task + k) % j->n_spans], 1, &u) > 0)
             j->fn(j->ctx, u, 1);
-    }
 }
 
 /* fn over units [0, units) in n_threads spans; units <= INT32_MAX. */
@@ -664,23 +639,16 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
     }
     x8_job d = {.k = c->k, .n_w = n_w, .act_stride = act_stride};
     int n_chunks = 0;
-    /* decode: spans with stealing (run_spans) */
-    const int steal = n_rows <= X8_STREAM_ROWS && c->n_threads > 1;
     for (int i = 0; i < n_w; i++) {
         const exsa_tensor *w = ws[i];
         int64_t n_groups = w->n_out / 8;
-        int chunk_groups;
-        if (n_rows <= X8_STREAM_ROWS) {
-            chunk_groups = stream_span(n_groups, c->n_threads, 4); /* whole four-group calls */
-        } else {
-            chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
-            if (chunk_groups < 1)
-                chunk_groups = 1;
-            if (chunk_groups > CHUNK_MAX / 8)
-                chunk_groups = CHUNK_MAX / 8;
-            if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
-                chunk_groups++;
-        }
+        int chunk_groups = (int)(n_groups / ((int64_t)c->n_threads * 4));
+        if (chunk_groups < 1)
+            chunk_groups = 1;
+        if (chunk_groups > CHUNK_MAX / 8)
+            chunk_groups = CHUNK_MAX / 8;
+        if (x16_kernel(c->k, w->layout) && chunk_groups % 2) /* whole pairs per task */
+            chunk_groups++;
         d.unit_end[i] = (i ? d.unit_end[i - 1] : 0) + (n_groups + UNIT_GROUPS - 1) / UNIT_GROUPS;
         d.w[i] = w;
         d.chunk_groups[i] = chunk_groups;
@@ -713,7 +681,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         d.n_act = nr;
         for (int i = 0; i < n_w; i++)
             d.y[i] = y[i] + (size_t)r0 * (size_t)ws[i]->n_out;
-        if (steal && d.unit_end[n_w - 1] <= INT32_MAX) {
+        if (nr <= X8_STREAM_ROWS && d.unit_end[n_w - 1] <= INT32_MAX) {
             run_spans(c, d.unit_end[n_w - 1], x8_units, &d);
             continue;
         }
@@ -777,16 +745,11 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         }
     }
 
-    int chunk_rows;
-    if (n_rows <= X8_STREAM_ROWS) {
-        chunk_rows = stream_span(n_out, c->n_threads, 1);
-    } else {
-        chunk_rows = (int)(n_out / ((int64_t)c->n_threads * 4));
-        if (chunk_rows < CHUNK_MIN)
-            chunk_rows = CHUNK_MIN;
-        if (chunk_rows > CHUNK_MAX)
-            chunk_rows = CHUNK_MAX;
-    }
+    int chunk_rows = (int)(n_out / ((int64_t)c->n_threads * 4));
+    if (chunk_rows < CHUNK_MIN)
+        chunk_rows = CHUNK_MIN;
+    if (chunk_rows > CHUNK_MAX)
+        chunk_rows = CHUNK_MAX;
     int n_chunks = (int)((n_out + chunk_rows - 1) / chunk_rows);
 
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
@@ -800,7 +763,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         int n_tiles = (nr + ACT_TILE - 1) / ACT_TILE;
         dot_job d = {dot, w, act, act_stride, nr, n_chunks, chunk_rows,
                      y + (size_t)r0 * (size_t)n_out};
-        if (nr <= X8_STREAM_ROWS && c->n_threads > 1 && n_out / UNIT_ROWS < INT32_MAX) {
+        if (nr <= X8_STREAM_ROWS && n_out / UNIT_ROWS < INT32_MAX) {
             run_spans(c, (n_out + UNIT_ROWS - 1) / UNIT_ROWS, dot_units, &d);
             continue;
         }

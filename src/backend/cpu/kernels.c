@@ -20,6 +20,7 @@ static exsa_cpu_kernels avx512_tables[2];    /* [vnni] */
 static const exsa_cpu_kernels *avx512_ok[2];
 static exsa_cpu_kernels avx512bf16_table;
 static const exsa_cpu_kernels *avx512bf16_ok;
+static const exsa_cpu_kernels *avx512_best; /* bf16 over vnni over plain */
 static const exsa_cpu_kernels *best;
 
 /* Every entry of the table after dot[]; the size check below fails the
@@ -78,6 +79,8 @@ static void detect(void)
         avx512bf16_ok = &avx512bf16_table;
     }
 
+    avx512_best = avx512bf16_ok ? avx512bf16_ok : avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+
     /* cap: 0 scalar, 1 avx2, 2 avx512 */
     int cap = 2;
     const char *env = getenv("EXSA_CPU");
@@ -89,8 +92,8 @@ static void detect(void)
     best = exsa_cpu_kernels_scalar();
     if (cap >= 1 && avx2_ok)
         best = avx2_ok;
-    if (cap >= 2 && (avx512_ok[1] || avx512_ok[0]))
-        best = avx512bf16_ok ? avx512bf16_ok : avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+    if (cap >= 2 && avx512_best)
+        best = avx512_best;
 }
 
 const exsa_cpu_kernels *exsa_cpu_kernels_avx2(void)
@@ -102,7 +105,7 @@ const exsa_cpu_kernels *exsa_cpu_kernels_avx2(void)
 const exsa_cpu_kernels *exsa_cpu_kernels_avx512(void)
 {
     pthread_once(&once, detect);
-    return avx512bf16_ok ? avx512bf16_ok : avx512_ok[1] ? avx512_ok[1] : avx512_ok[0];
+    return avx512_best;
 }
 
 const exsa_cpu_kernels *exsa_cpu_kernels_avx512_bf16(void)

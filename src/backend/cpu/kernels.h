@@ -242,25 +242,39 @@ typedef void (*exsa_gemm_q6_Kx8_fn)(int n, const exsa_block_q6_Kx8 *w,
 typedef void (*exsa_gemm_x16_fn)(int n, const void *w, size_t group_bytes, const void *act,
                                  size_t act_stride, int n_act, float *out, size_t out_stride);
 
+/* exsa_exp_neg's constants, one copy for it and its vector forms
+ * (exp8_neg, exp16_neg), which must compute the same bits: clamp, round to
+ * nearest through 1.5 * 2^23, ln 2 in two parts, then the degree-7
+ * polynomial's coefficients 1/7! .. 1/3! (1/2, 1, 1 written out). */
+#define EXSA_EXP_MIN (-88.0f)
+#define EXSA_EXP_ROUND 12582912.0f
+#define EXSA_EXP_LOG2E 1.44269504088896341f
+#define EXSA_EXP_LN2_HI (-0.693145751953125f)
+#define EXSA_EXP_LN2_LO (-1.42860682030941723212e-6f)
+#define EXSA_EXP_C7 1.98412698e-4f
+#define EXSA_EXP_C6 1.38888889e-3f
+#define EXSA_EXP_C5 8.33333333e-3f
+#define EXSA_EXP_C4 4.16666667e-2f
+#define EXSA_EXP_C3 1.66666667e-1f
+
 /* e^x for x <= 0 (the tiled attention softmax, SiLU), the same bits in
- * every table: x clamped to
- * [-88, 0] (NaN and -inf give -88, whose result is 0), x = n ln2 + r with
+ * every table: x clamped to [-88, 0] (NaN and -inf give -88, whose result is 0), x = n ln2 + r with
  * n rounded to nearest (the 1.5 * 2^23 trick), e^r by a degree-7 Taylor
  * polynomial (Horner, fmaf), times 2^n built in the exponent bits (n =
  * -127 gives 0). Within 2 ulp of expf on the normal range. */
 static inline float exsa_exp_neg(float x)
 {
-    x = x > -88.0f ? x : -88.0f;
+    x = x > EXSA_EXP_MIN ? x : EXSA_EXP_MIN;
     x = x < 0.0f ? x : 0.0f;
-    const float t = x * 1.44269504088896341f;
-    const float n = (t + 12582912.0f) - 12582912.0f;
-    float r = fmaf(n, -0.693145751953125f, x);
-    r = fmaf(n, -1.42860682030941723212e-6f, r);
-    float p = 1.98412698e-4f;
-    p = fmaf(p, r, 1.38888889e-3f);
-    p = fmaf(p, r, 8.33333333e-3f);
-    p = fmaf(p, r, 4.16666667e-2f);
-    p = fmaf(p, r, 1.66666667e-1f);
+    const float t = x * EXSA_EXP_LOG2E;
+    const float n = (t + EXSA_EXP_ROUND) - EXSA_EXP_ROUND;
+    float r = fmaf(n, EXSA_EXP_LN2_HI, x);
+    r = fmaf(n, EXSA_EXP_LN2_LO, r);
+    float p = EXSA_EXP_C7;
+    p = fmaf(p, r, EXSA_EXP_C6);
+    p = fmaf(p, r, EXSA_EXP_C5);
+    p = fmaf(p, r, EXSA_EXP_C4);
+    p = fmaf(p, r, EXSA_EXP_C3);
     p = fmaf(p, r, 0.5f);
     p = fmaf(p, r, 1.0f);
     p = fmaf(p, r, 1.0f);

@@ -120,18 +120,18 @@ INLINE void prefetch_ahead(const void *p, size_t bytes)
 /* exsa_exp_neg on 8 lanes: the same operations in the same order. */
 INLINE __m256 exp8_neg(__m256 x)
 {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-88.0f)); /* a > b ? a : b, as the C */
+    x = _mm256_max_ps(x, _mm256_set1_ps(EXSA_EXP_MIN)); /* a > b ? a : b, as the C */
     x = _mm256_min_ps(x, _mm256_setzero_ps());
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    const __m256 magic = _mm256_set1_ps(EXSA_EXP_ROUND);
+    const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(EXSA_EXP_LOG2E));
     const __m256 n = _mm256_sub_ps(_mm256_add_ps(t, magic), magic);
-    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145751953125f), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860682030941723212e-6f), r);
-    __m256 p = _mm256_set1_ps(1.98412698e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.38888889e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.33333333e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.16666667e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.66666667e-1f));
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(EXSA_EXP_LN2_HI), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(EXSA_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(EXSA_EXP_C7);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXSA_EXP_C6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXSA_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXSA_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXSA_EXP_C3));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
