@@ -331,8 +331,72 @@ static void fill_quant_input(float *x, int n, int block, int variant, uint64_t *
     }
 }
 
+/* The repacked kernels' activation blocks, built here from the Q8_0
+ * reference by their definition (kernels.h). */
+static void want_q8_0sa(const float *x, int n, int with_abs, unsigned char *out)
+{
+    for (int b = 0; b < n / EXSA_QK8_0; b++) {
+        exsa_block_q8_0 q;
+        exsa_quantize_row_q8_0_ref(x + EXSA_QK8_0 * b, &q, EXSA_QK8_0);
+        const float d = exsa_fp16_to_fp32(q.d);
+        if (with_abs) {
+            exsa_block_q8_0a a;
+            a.d = d;
+            memcpy(a.qs, q.qs, 32);
+            for (int i = 0; i < 32; i++)
+                a.aqs[i] = (uint8_t)abs(q.qs[i]);
+            for (int k = 0; k < 8; k++) {
+                int32_t s = 0;
+                for (int i = 4 * k; i < 4 * k + 4; i++)
+                    s += q.qs[i];
+                a.corr[k] = -128 * s;
+            }
+            memcpy(out + (size_t)b * sizeof a, &a, sizeof a);
+        } else {
+            exsa_block_q8_0s a;
+            a.d = d;
+            a.sum = 0;
+            for (int i = 0; i < 32; i++)
+                a.sum += q.qs[i];
+            memcpy(a.qs, q.qs, 32);
+            memcpy(out + (size_t)b * sizeof a, &a, sizeof a);
+        }
+    }
+}
+
 static void check_quantizers(const exsa_cpu_kernels *isa)
 {
+    /* q8_0s / q8_0a: blocks with -128-free values, zero blocks, ties */
+    for (int with_abs = 0; with_abs < 2; with_abs++) {
+        const size_t blk = with_abs ? sizeof(exsa_block_q8_0a) : sizeof(exsa_block_q8_0s);
+        for (int si = 0; si < ARRAY_LEN(seeds); si++) {
+            uint64_t rng = seeds[si] + 7u * (unsigned)with_abs;
+            for (int nb = 1; nb <= 70; nb += 23) {
+                for (int variant = 0; variant < 5; variant++) {
+                    const int n = EXSA_QK8_0 * nb;
+                    float *x = xmalloc((size_t)n * sizeof(float));
+                    unsigned char *want = xmalloc(blk * (size_t)nb), *got = xmalloc(blk * (size_t)nb);
+                    fill_quant_input(x, n, EXSA_QK8_0, variant, &rng);
+                    want_q8_0sa(x, n, with_abs, want);
+                    memset(got, 0xC3, blk * (size_t)nb);
+                    (with_abs ? isa->quantize_q8_0a : isa->quantize_q8_0s)(x, got, n);
+                    if (memcmp(want, got, blk * (size_t)nb) != 0) {
+                        size_t at = 0;
+                        while (want[at] == got[at])
+                            at++;
+                        fail_msg("%s quantize_q8_0%s: n=%d variant %d differs at byte %zu of "
+                                 "block %zu (%d vs %d)",
+                                 isa->isa, with_abs ? "a" : "s", n, variant, at % blk, at / blk,
+                                 got[at], want[at]);
+                    }
+                    free(x);
+                    free(want);
+                    free(got);
+                }
+            }
+        }
+    }
+
     static const int nblocks[] = {1, 2, 3, 8, 17};
     for (int q = 0; q < 2; q++) {
         const int block = q == 0 ? EXSA_QK8_0 : EXSA_QK_K;
@@ -1352,6 +1416,12 @@ static void test_isa_batch_invariance(void **state)
     check_batch_invariance(((const isa_case *)*state)->table);
 }
 
+static void test_scalar_quantizers(void **state)
+{
+    (void)state;
+    check_quantizers(exsa_cpu_kernels_scalar());
+}
+
 static void test_isa_quantizers(void **state)
 {
     if (!usable(state))
@@ -1457,6 +1527,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_scalar_vs_double),
         cmocka_unit_test(test_scalar_helpers),
         cmocka_unit_test(test_scalar_batch_invariance),
+        cmocka_unit_test(test_scalar_quantizers),
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_scalar_gemm_x8),
         cmocka_unit_test(test_scalar_gemm_fx),

@@ -290,6 +290,12 @@ typedef struct exsa_cpu_kernels {
     /* Activation quantizers (n multiple of the block size). */
     void (*quantize_q8_0)(const float *x, void *y, int64_t n);
     void (*quantize_q8_K)(const float *x, void *y, int64_t n);
+    /* The repacked kernels' activation rows (n multiple of 32): Q8_0 as
+     * quantize_q8_0 makes it, the scale widened to float, plus the sum of
+     * the values (exsa_block_q8_0s) or their magnitudes and quad
+     * corrections (exsa_block_q8_0a). The same bytes in every table. */
+    void (*quantize_q8_0s)(const float *x, void *y, int64_t n);
+    void (*quantize_q8_0a)(const float *x, void *y, int64_t n);
     /* Float helpers used by attention and norms. */
     float (*dot_f32)(int n, const float *x, const float *y);
     float (*dot_f16_f32)(int n, const exsa_fp16 *x, const float *y);

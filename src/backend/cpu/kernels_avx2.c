@@ -568,28 +568,72 @@ INLINE __m256i pack_i32x32(__m256i a, __m256i b, __m256i c, __m256i d)
     return _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+/* One Q8_0 block: its 32 values in element order, the f16 scale in *dh. */
+INLINE __m256i q8_0_block(const float *x, exsa_fp16 *dh)
+{
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 v[4];
+    __m256 mx = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++) {
+        v[u] = _mm256_loadu_ps(x + 8 * u);
+        mx = _mm256_max_ps(mx, _mm256_and_ps(v[u], abs_mask));
+    }
+    /* same expressions as the reference, so d and id are bit-equal */
+    const float d = hmax_ps(mx) / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    *dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+#pragma GCC unroll 4
+    for (int u = 0; u < 4; u++)
+        q[u] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[u], vid)));
+    return pack_i32x32(q[0], q[1], q[2], q[3]);
+}
+
 static void quantize_q8_0(const float *x, void *vy, int64_t n)
 {
     exsa_block_q8_0 *y = vy;
-    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0)
+        _mm256_storeu_si256((__m256i *)y[i].qs, q8_0_block(x, &y[i].d));
+}
+
+/* Sums of the 8 quads of 32 int8 values (quad k in dword k). */
+INLINE __m256i quad_sums(__m256i q)
+{
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q);
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+static void quantize_q8_0s(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0s *y = vy;
     for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0) {
-        __m256 v[4];
-        __m256 mx = _mm256_setzero_ps();
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; u++) {
-            v[u] = _mm256_loadu_ps(x + 8 * u);
-            mx = _mm256_max_ps(mx, _mm256_and_ps(v[u], abs_mask));
-        }
-        /* same expressions as the reference, so d and id are bit-equal */
-        const float d = hmax_ps(mx) / 127;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[i].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-        const __m256 vid = _mm256_set1_ps(id);
-        __m256i q[4];
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; u++)
-            q[u] = _mm256_cvttps_epi32(round_half_away(_mm256_mul_ps(v[u], vid)));
-        _mm256_storeu_si256((__m256i *)y[i].qs, pack_i32x32(q[0], q[1], q[2], q[3]));
+        exsa_fp16 dh;
+        const __m256i q = q8_0_block(x, &dh);
+        const __m256i s8 = quad_sums(q);
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        y[i].d = _cvtsh_ss(dh);
+        y[i].sum = _mm_cvtsi128_si32(s4);
+        _mm256_storeu_si256((__m256i *)y[i].qs, q);
+    }
+}
+
+static void quantize_q8_0a(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0a *y = vy;
+    for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0) {
+        exsa_fp16 dh;
+        const __m256i q = q8_0_block(x, &dh);
+        y[i].d = _cvtsh_ss(dh);
+        _mm256_storeu_si256((__m256i *)y[i].qs, q);
+        _mm256_storeu_si256((__m256i *)y[i].aqs, _mm256_abs_epi8(q));
+        /* -128 * s as -(s << 7): exact for |s| <= 508 */
+        _mm256_storeu_si256((__m256i *)y[i].corr,
+                            _mm256_sub_epi32(_mm256_setzero_si256(),
+                                             _mm256_slli_epi32(quad_sums(q), 7)));
     }
 }
 
@@ -1210,6 +1254,8 @@ static const exsa_cpu_kernels avx2_table = {
     },
     .quantize_q8_0 = quantize_q8_0,
     .quantize_q8_K = quantize_q8_K,
+    .quantize_q8_0s = quantize_q8_0s,
+    .quantize_q8_0a = quantize_q8_0a,
     .dot_f32 = vec_dot_f32,
     .dot_f16_f32 = vec_dot_f16_f32,
     .axpy_f32 = axpy_f32,

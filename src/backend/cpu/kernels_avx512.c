@@ -599,7 +599,7 @@ INLINE void fx16_tile(int n, const char *w, size_t gb, const int P, const int od
         if (pf && (i * 8 * elem) % 64 == 0)
 #pragma GCC unroll 4
             for (int g = 0; g < 2 * P - odd; g++)
-                prefetch_ahead(w + (size_t)g * gb + (size_t)i * 8 * elem, 64);
+                prefetch_stream(w + (size_t)g * gb, gb, 2 * P - odd, (size_t)i * 8 * elem, 64);
 #pragma GCC unroll 2
         for (int p = 0; p < P; p++)
             wv[p] = fx16_load(w + (size_t)(2 * p) * gb, w + (size_t)(2 * p + 1) * gb, (size_t)i,
@@ -905,7 +905,8 @@ static void gemm_q4_0x32(int n, const void *w, size_t gbytes, const void *act, s
         for (int b = 0; b < nb; b++) {
             if (j == 0)
                 for (int g = 0; g < 4; g++)
-                    prefetch_ahead(&wg[g][b], sizeof wg[g][b]);
+                    prefetch_stream(wg[g], gbytes, 4, (size_t)b * sizeof wg[g][b],
+                                    sizeof wg[g][b]);
             __m512i x[8];
 #pragma GCC unroll 4
             for (int t = 0; t < 4; t++) {
@@ -1014,7 +1015,8 @@ static void gemm_q8_0x32(int n, const void *w, size_t gbytes, const void *act, s
         for (int b = 0; b < nb; b++) {
             if (j == 0)
                 for (int g = 0; g < 4; g++)
-                    prefetch_ahead(&wg[g][b], sizeof wg[g][b]);
+                    prefetch_stream(wg[g], gbytes, 4, (size_t)b * sizeof wg[g][b],
+                                    sizeof wg[g][b]);
             const __m512 da = _mm512_set1_ps(a[b].d);
             const __m512 d0 = _mm512_mul_ps(cvt_pair_h(wg[0][b].d, wg[1][b].d), da);
             const __m512 d1 = _mm512_mul_ps(cvt_pair_h(wg[2][b].d, wg[3][b].d), da);

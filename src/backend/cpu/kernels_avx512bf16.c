@@ -44,7 +44,7 @@ INLINE void bf16_tile(int n, const char *w, size_t gb, const int P, const int od
         if (pf && p % 2 == 0)
 #pragma GCC unroll 4
             for (int g = 0; g < 2 * P - odd; g++)
-                prefetch_ahead(w + (size_t)g * gb + 32 * (size_t)p, 64);
+                prefetch_stream(w + (size_t)g * gb, gb, 2 * P - odd, 32 * (size_t)p, 64);
 #pragma GCC unroll 2
         for (int q = 0; q < P; q++)
             wv[q] = bf16_pairs(w + (size_t)(2 * q) * gb, w + (size_t)(2 * q + 1) * gb, (size_t)p,

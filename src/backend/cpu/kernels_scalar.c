@@ -622,6 +622,41 @@ static void gemm_q6_Kx8(int n, const exsa_block_q6_Kx8 *w, const exsa_block_q8_K
     }
 }
 
+/* Q8_0 blocks with the float scale and the sum of the values; the
+ * definition of quantize_q8_0s (kernels.h). */
+static void quantize_q8_0s(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0s *y = vy;
+    for (int64_t b = 0; b < n / EXSA_QK8_0; b++) {
+        exsa_block_q8_0 q;
+        exsa_quantize_row_q8_0_ref(x + EXSA_QK8_0 * b, &q, EXSA_QK8_0);
+        int32_t sum = 0;
+        for (int i = 0; i < EXSA_QK8_0; i++)
+            sum += q.qs[i];
+        y[b].d = h2f(q.d);
+        y[b].sum = sum;
+        memcpy(y[b].qs, q.qs, sizeof q.qs);
+    }
+}
+
+/* Q8_0 blocks with the float scale, the magnitudes and the quad
+ * corrections; the definition of quantize_q8_0a (kernels.h). */
+static void quantize_q8_0a(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0a *y = vy;
+    for (int64_t b = 0; b < n / EXSA_QK8_0; b++) {
+        exsa_block_q8_0 q;
+        exsa_quantize_row_q8_0_ref(x + EXSA_QK8_0 * b, &q, EXSA_QK8_0);
+        y[b].d = h2f(q.d);
+        memcpy(y[b].qs, q.qs, sizeof q.qs);
+        for (int i = 0; i < EXSA_QK8_0; i++)
+            y[b].aqs[i] = (uint8_t)(q.qs[i] < 0 ? -q.qs[i] : q.qs[i]);
+        for (int k = 0; k < 8; k++)
+            y[b].corr[k] =
+                -128 * (q.qs[4 * k] + q.qs[4 * k + 1] + q.qs[4 * k + 2] + q.qs[4 * k + 3]);
+    }
+}
+
 static const exsa_cpu_kernels scalar_table = {
     .isa = "scalar",
     .dot = {
@@ -641,6 +676,8 @@ static const exsa_cpu_kernels scalar_table = {
     },
     .quantize_q8_0 = exsa_quantize_row_q8_0_ref,
     .quantize_q8_K = exsa_quantize_row_q8_K_ref,
+    .quantize_q8_0s = quantize_q8_0s,
+    .quantize_q8_0a = quantize_q8_0a,
     .dot_f32 = vec_dot_f32,
     .dot_f16_f32 = vec_dot_f16_f32,
     .axpy_f32 = axpy_f32,
