@@ -369,50 +369,6 @@ static void dot_units(const void *ctx, int u, int n)
                j->act_stride, j->n_act, j->y + o, (size_t)w->n_out);
 }
 
-/* Activation rows for the repacked kernels: Q8_0 with the scale as float,
- * plus the sum of the values (exsa_block_q8_0s, for the Q4_x/Q5_x offsets)
- * or their magnitudes (exsa_block_q8_0a, for repacked Q8_0). */
-typedef struct {
-    void (*quant)(const float *x, void *y, int64_t n);
-    const float *x;
-    int64_t n_in;
-    char *act;
-    size_t act_stride;
-    int with_abs;
-} q8s_job;
-
-static void q8s_range(void *vctx, int64_t begin, int64_t end, int thread)
-{
-    (void)thread;
-    q8s_job *j = vctx;
-    for (int64_t r = begin; r < end; r++) {
-        char *row = j->act + (size_t)r * j->act_stride;
-        const float *x = j->x + r * j->n_in;
-        for (int64_t b = 0; b < j->n_in / 32; b++) {
-            exsa_block_q8_0 q;
-            j->quant(x + 32 * b, &q, 32);
-            if (j->with_abs) {
-                exsa_block_q8_0a *dst = (exsa_block_q8_0a *)row + b;
-                dst->d = exsa_fp16_to_fp32(q.d);
-                memcpy(dst->qs, q.qs, 32);
-                for (int i = 0; i < 32; i++)
-                    dst->aqs[i] = (uint8_t)(q.qs[i] < 0 ? -q.qs[i] : q.qs[i]);
-                for (int k = 0; k < 8; k++)
-                    dst->corr[k] = -128 * (q.qs[4 * k] + q.qs[4 * k + 1] + q.qs[4 * k + 2] +
-                                           q.qs[4 * k + 3]);
-                continue;
-            }
-            exsa_block_q8_0s *dst = (exsa_block_q8_0s *)row + b;
-            int32_t sum = 0;
-            for (int i = 0; i < 32; i++)
-                sum += q.qs[i];
-            dst->d = exsa_fp16_to_fp32(q.d);
-            dst->sum = sum;
-            memcpy(dst->qs, q.qs, 32);
-        }
-    }
-}
-
 /* Weights of one layout that share their input, multiplied in one pass. */
 #define X8_MAX_W 3
 
@@ -525,7 +481,8 @@ static void x8_run(const x8_job *j, int i, int j0, int64_t g0, int64_t g1)
     int64_t g = g0;
     exsa_gemm_x16_fn x16 = x16_kernel(j->k, w->layout);
     /* A Q4_K group decoded for fewer than 4 rows is cheaper in the x8
-     * kernel (tg128 1.1B Q4_K_M: x8 51-58 t/s, x16 42-48, interleaved);
+     * kernel (tg128 1.1B Q4_K_M: x8 51-58 t/s, x16 42-48, interleaved;
+     * again with both prefetching into the next call: 69.4 / 62.7);
      * Q6_K's two-group form is the faster one at any batch (1.1B Q6_K
      * tg64 +5%). Both give the same bits, so the choice may follow the
      * batch. */
@@ -673,8 +630,11 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
             quant_job q = {c->k->quantize_q8_K, xr, n_in, c->act, act_stride};
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
         } else {
-            q8s_job q = {c->k->quantize_q8_0, xr, n_in, c->act, act_stride, is_q8};
-            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, q8s_range, &q);
+            /* Q8_0 with the float scale plus the sum of the values
+             * (Q4_x / Q5_x offsets) or their magnitudes (repacked Q8_0) */
+            quant_job q = {is_q8 ? c->k->quantize_q8_0a : c->k->quantize_q8_0s, xr, n_in,
+                           c->act, act_stride};
+            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
         }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;
         d.act = act;

@@ -802,19 +802,12 @@ EXSA_Q8X8_GEMM(gemm_q8_0x8_vnni, dot_u8s8_vnni)
 #define X16_RMAX 8
 #endif
 
-/* Prefetch hints for the block at p0 and its twin at p1 (two groups). */
-INLINE void prefetch_pair(const void *p0, const void *p1, size_t bytes)
-{
-    prefetch_ahead(p0, bytes);
-    prefetch_ahead(p1, bytes);
-}
-
-/* Decode form of prefetch_pair for a call over groups w0 and w1 = w0 +
- * gbytes, at byte off of each: where "PREFETCH_DIST ahead" passes the
- * group's end, the hint goes to the same stream of the next call (two
- * groups on) rather than into w1, which its own stream already read
- * (1.1B Q6_K tg64 41 against 35 t/s with prefetch_pair, 5 interleaved
- * pairs). */
+/* Prefetch hints of a call over groups w0 and w1 = w0 + gbytes, at byte
+ * off of each: where "PREFETCH_DIST ahead" passes the group's end, the
+ * hint goes to the same stream of the next call (two groups on) rather
+ * than into w1, which its own stream already read (1.1B Q6_K tg64 41
+ * against 35 t/s with hints PREFETCH_DIST ahead of each block, 5
+ * interleaved pairs). */
 INLINE void prefetch_pair_stream(const void *w0, size_t gbytes, size_t off, size_t bytes)
 {
     size_t t = off + PREFETCH_DIST;
@@ -855,7 +848,8 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         if (pf)
-            prefetch_pair(&w0[b], &w1[b], sizeof w0[b]);
+            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
+                                 (size_t)b * sizeof w0[b], sizeof w0[b]);
         __m512i q[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
@@ -961,7 +955,8 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
             acc[k][l] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         if (pf)
-            prefetch_pair(&w0[b], &w1[b], sizeof w0[b]);
+            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
+                                 (size_t)b * sizeof w0[b], sizeof w0[b]);
         const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
         __m512 d[Q8_RMAX];
 #pragma GCC unroll 3
@@ -1063,7 +1058,8 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
     for (int b = 0; b < nb; b++) {
         const exsa_block_q4_Kx8 *g0 = &w0[b], *g1 = &w1[b];
         if (pf)
-            prefetch_pair(g0, g1, sizeof *g0);
+            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
+                                 (size_t)b * sizeof *g0, sizeof *g0);
         __m512i isum[X16_RMAX];
 #pragma GCC unroll 8
         for (int k = 0; k < R; k++)
@@ -1210,7 +1206,8 @@ INLINE void q6_Kx16_rows(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q
     for (int b = 0; b < nb; b++) {
         const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
         if (pf)
-            prefetch_pair(g0, g1, sizeof *g0);
+            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
+                                 (size_t)b * sizeof *g0, sizeof *g0);
         __m512i isum[X16_RMAX];
 #pragma GCC unroll 8
         for (int k = 0; k < R; k++)
