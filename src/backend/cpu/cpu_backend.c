@@ -594,6 +594,14 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
             cpu_fill_nan(y[i], (int64_t)n_rows * ws[i]->n_out);
         return;
     }
+    /* The layout's activation rows: BF16; Q8_K; Q8_0 with the float scale
+     * plus the sum of the values (Q4_x / Q5_x offsets) or their magnitudes
+     * (repacked Q8_0). None for F32 / F16. */
+    const act_quant_fn quant = is_f      ? NULL
+                               : is_bf16 ? exsa_type_traits_get(EXSA_TYPE_BF16)->from_float
+                               : is_k    ? c->k->quantize_q8_K
+                               : is_q8   ? c->k->quantize_q8_0a
+                                         : c->k->quantize_q8_0s;
     x8_job d = {.k = c->k, .n_w = n_w, .act_stride = act_stride};
     int n_chunks = 0;
     for (int i = 0; i < n_w; i++) {
@@ -620,20 +628,8 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
         const float *xr = x + (size_t)r0 * (size_t)n_in;
         const char *act = is_f ? (const char *)xr : c->act;
-        if (is_f) {
-            /* nothing to convert */
-        } else if (is_bf16) {
-            quant_job q = {exsa_type_traits_get(EXSA_TYPE_BF16)->from_float, xr, n_in, c->act,
-                           act_stride};
-            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
-        } else if (is_k) {
-            quant_job q = {c->k->quantize_q8_K, xr, n_in, c->act, act_stride};
-            cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
-        } else {
-            /* Q8_0 with the float scale plus the sum of the values
-             * (Q4_x / Q5_x offsets) or their magnitudes (repacked Q8_0) */
-            quant_job q = {is_q8 ? c->k->quantize_q8_0a : c->k->quantize_q8_0s, xr, n_in,
-                           c->act, act_stride};
+        if (quant) {
+            quant_job q = {quant, xr, n_in, c->act, act_stride};
             cpu_parallel_for(c, nr, CPU_PAR_MIN_ELEMS / n_in + 1, quant_range, &q);
         }
         int n_tiles = (nr + X8_TILE - 1) / X8_TILE;

@@ -27,8 +27,8 @@ static const exsa_cpu_kernels *best;
  * build when an entry is added to exsa_cpu_kernels but not here, so an
  * AVX-512 kernel can never be silently dropped by overlay(). */
 #define HELPERS(X)                                                                 \
-    X(quantize_q8_0) X(quantize_q8_K) X(quantize_q8_0s) X(quantize_q8_0a) X(dot_f32) X(dot_f16_f32) X(axpy_f32)        \
-    X(axpy_f16) X(f32_to_f16) X(f16_to_f32)        \
+    X(quantize_q8_0) X(quantize_q8_K) X(quantize_q8_0s) X(quantize_q8_0a)          \
+    X(dot_f32) X(dot_f16_f32) X(axpy_f32) X(axpy_f16) X(f32_to_f16) X(f16_to_f32)  \
     X(gemm_q4_0x8) X(gemm_q4_Kx8) X(gemm_q4_1x8) X(gemm_q5_0x8) X(gemm_q5_1x8) X(gemm_fx) X(fx_batch_groups) X(swiglu) X(gemm_q8_0x8)    \
     X(gemm_q4_0x16) X(gemm_q8_0x16) X(gemm_q4_Kx16) X(gemm_q6_Kx8)     \
     X(gemm_q6_Kx16) X(gemm_q4_0x32) X(gemm_q8_0x32) X(gemm_bf16)

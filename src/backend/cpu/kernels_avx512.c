@@ -802,22 +802,14 @@ EXSA_Q8X8_GEMM(gemm_q8_0x8_vnni, dot_u8s8_vnni)
 #define X16_RMAX 8
 #endif
 
-/* Prefetch hints of a call over groups w0 and w1 = w0 + gbytes, at byte
- * off of each: where "PREFETCH_DIST ahead" passes the group's end, the
- * hint goes to the same stream of the next call (two groups on) rather
- * than into w1, which its own stream already read (1.1B Q6_K tg64 41
- * against 35 t/s with hints PREFETCH_DIST ahead of each block, 5
- * interleaved pairs). */
-INLINE void prefetch_pair_stream(const void *w0, size_t gbytes, size_t off, size_t bytes)
+/* Prefetch hints of a call over groups w0 and w1 (prefetch_stream for
+ * two groups; 1.1B Q6_K tg64 41 against 35 t/s with hints PREFETCH_DIST
+ * ahead of each block, 5 interleaved pairs). */
+INLINE void prefetch_pair_stream(const void *w0, const void *w1, size_t off, size_t bytes)
 {
-    size_t t = off + PREFETCH_DIST;
-    if (t >= gbytes)
-        t += gbytes;
-    const char *c0 = (const char *)w0 + t, *c1 = c0 + gbytes;
-    for (size_t i = 0; i < bytes; i += 64) {
-        _mm_prefetch(c0 + i, _MM_HINT_T0);
-        _mm_prefetch(c1 + i, _MM_HINT_T0);
-    }
+    const size_t gbytes = (size_t)((const char *)w1 - (const char *)w0);
+    prefetch_stream(w0, gbytes, 2, off, bytes);
+    prefetch_stream(w1, gbytes, 2, off, bytes);
 }
 
 /* The two groups' 8 bytes at p0 and p1 side by side (16 lanes' scales). */
@@ -848,8 +840,7 @@ INLINE void q4_0x16_rows(int nb, const exsa_block_q4_0x8 *w0, const exsa_block_q
         acc[k] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         if (pf)
-            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
-                                 (size_t)b * sizeof w0[b], sizeof w0[b]);
+            prefetch_pair_stream(w0, w1, (size_t)b * sizeof w0[b], sizeof w0[b]);
         __m512i q[8];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
@@ -955,8 +946,7 @@ INLINE void q8_0x16_rows(int nb, const exsa_block_q8_0x8 *w0, const exsa_block_q
             acc[k][l] = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++) {
         if (pf)
-            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
-                                 (size_t)b * sizeof w0[b], sizeof w0[b]);
+            prefetch_pair_stream(w0, w1, (size_t)b * sizeof w0[b], sizeof w0[b]);
         const __m512 dw = cvt_pair_h(w0[b].d, w1[b].d);
         __m512 d[Q8_RMAX];
 #pragma GCC unroll 3
@@ -1058,8 +1048,7 @@ INLINE void q4_Kx16_rows(int nb, const exsa_block_q4_Kx8 *w0, const exsa_block_q
     for (int b = 0; b < nb; b++) {
         const exsa_block_q4_Kx8 *g0 = &w0[b], *g1 = &w1[b];
         if (pf)
-            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
-                                 (size_t)b * sizeof *g0, sizeof *g0);
+            prefetch_pair_stream(w0, w1, (size_t)b * sizeof *g0, sizeof *g0);
         __m512i isum[X16_RMAX];
 #pragma GCC unroll 8
         for (int k = 0; k < R; k++)
@@ -1141,8 +1130,7 @@ INLINE void q6_Kx16_one(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q6
     for (int b = 0; b < nb; b++) {
         const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
         if (pf)
-            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
-                                 (size_t)b * sizeof *g0, sizeof *g0);
+            prefetch_pair_stream(w0, w1, (size_t)b * sizeof *g0, sizeof *g0);
         __m512i isum = _mm512_setzero_si512();
         for (int half = 0; half < 2; half++) {
             __m512i d[8];
@@ -1206,8 +1194,7 @@ INLINE void q6_Kx16_rows(int nb, const exsa_block_q6_Kx8 *w0, const exsa_block_q
     for (int b = 0; b < nb; b++) {
         const exsa_block_q6_Kx8 *g0 = &w0[b], *g1 = &w1[b];
         if (pf)
-            prefetch_pair_stream(w0, (size_t)((const char *)w1 - (const char *)w0),
-                                 (size_t)b * sizeof *g0, sizeof *g0);
+            prefetch_pair_stream(w0, w1, (size_t)b * sizeof *g0, sizeof *g0);
         __m512i isum[X16_RMAX];
 #pragma GCC unroll 8
         for (int k = 0; k < R; k++)
