@@ -1150,6 +1150,125 @@ static void test_matmul_multi(void **state)
         fail_msg("%s", fail);
 }
 
+/* matmul_fused against the plain ops in order (rms_norm or swiglu,
+ * matmul_multi, add), bit for bit: decode batches (the fused path: each
+ * thread prepares the rows itself and adds its own units' rows) and larger
+ * ones (the plain path), repacked and row layouts. */
+static void test_matmul_fused(void **state)
+{
+    (void)state;
+    static const struct {
+        int n_w, n_in;
+        int type[3], n_out[3];
+    } sets[] = {
+        {3, 256, {EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0}, {64, 32, 24}},
+        {2, 256, {EXSA_TYPE_Q4_K, EXSA_TYPE_Q4_K}, {72, 72}},
+        {2, 64, {EXSA_TYPE_BF16, EXSA_TYPE_BF16}, {40, 40}},
+        {1, 256, {EXSA_TYPE_Q4_0}, {200}},
+        {1, 256, {EXSA_TYPE_Q6_K}, {264}},
+        {1, 96, {EXSA_TYPE_Q8_0}, {48}},
+        {1, 64, {EXSA_TYPE_F32}, {56}},
+        {1, 64, {EXSA_TYPE_F16}, {24}},
+        {1, 256, {EXSA_TYPE_Q5_K}, {40}}, /* rows layout only */
+        {1, 256, {EXSA_TYPE_Q4_0}, {36}}, /* not whole groups: rows layout */
+        {3, 64, {EXSA_TYPE_Q8_0, EXSA_TYPE_Q4_0, EXSA_TYPE_Q8_0}, {16, 8, 24}},
+    };
+    static const int rows[] = {1, 3, 8, 9, 70};
+    enum { MAXR = 70 };
+    char fail[512] = "";
+    for (int repack = 0; repack < 2; repack++) {
+        g_repack = repack;
+        for (size_t si = 0; si < sizeof sets / sizeof sets[0] && !fail[0]; si++) {
+            const int n_w = sets[si].n_w, n_in = sets[si].n_in, no0 = sets[si].n_out[0];
+            exsa_tensor t[3];
+            void *data[3], *rbuf[3];
+            float *want[3], *got[3];
+            const size_t nx = (size_t)n_in * MAXR, nres = (size_t)no0 * MAXR;
+            float *x = xmalloc(sizeof(float) * nx), *up = xmalloc(sizeof(float) * nx);
+            float *xin = xmalloc(sizeof(float) * nx), *scratch = xmalloc(sizeof(float) * nx);
+            float *norm = xmalloc(sizeof(float) * (size_t)n_in);
+            float *res0 = xmalloc(sizeof(float) * nres);
+            float *res_want = xmalloc(sizeof(float) * nres);
+            float *res_got = xmalloc(sizeof(float) * nres);
+            fill_normal(x, nx, 0.05f); /* small: eps matters to the norm */
+            fill_normal(up, nx, 1.0f);
+            fill_uniform(norm, (size_t)n_in, 0.5f, 1.5f);
+            fill_normal(res0, nres, 1.0f);
+            for (int i = 0; i < n_w; i++) {
+                const int no = sets[si].n_out[i];
+                float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no);
+                fill_normal(src, (size_t)n_in * (size_t)no, 0.5f);
+                size_t rb;
+                data[i] = make_weights(sets[si].type[i], src, n_in, no, &rb);
+                free(src);
+                t[i] = (exsa_tensor){"w", sets[si].type[i], n_in, no, rb, data[i],
+                                     EXSA_LAYOUT_ROWS};
+                rbuf[i] = maybe_repack(&t[i]);
+                want[i] = xmalloc(sizeof(float) * (size_t)no * MAXR);
+                got[i] = xmalloc(sizeof(float) * (size_t)no * MAXR);
+            }
+            const exsa_tensor *tp[3] = {&t[0], &t[1], &t[2]};
+            for (size_t ri = 0; ri < sizeof rows / sizeof rows[0] && !fail[0]; ri++)
+                for (int pro = 0; pro < 3 && !fail[0]; pro++)     /* none, norm, swiglu */
+                    for (int with_res = 0; with_res <= (n_w == 1) && !fail[0]; with_res++) {
+                        const int nr = rows[ri];
+                        const size_t nres_r = (size_t)no0 * (size_t)nr;
+                        /* the plain ops */
+                        if (pro == 1)
+                            B->ops->rms_norm(B, x, norm, xin, nr, n_in, 1e-5f);
+                        else if (pro == 2)
+                            B->ops->swiglu(B, x, up, xin, (int64_t)nr * n_in);
+                        const float *in = pro ? xin : x;
+                        B->ops->matmul_multi(B, tp, n_w, in, want, nr);
+                        memcpy(res_want, res0, nres_r * sizeof(float));
+                        if (with_res)
+                            B->ops->add(B, res_want, want[0], (int64_t)nres_r);
+                        /* fused */
+                        for (int i = 0; i < n_w; i++)
+                            memset(got[i], 0xFF, sizeof(float) * (size_t)t[i].n_out * (size_t)nr);
+                        memcpy(res_got, res0, nres_r * sizeof(float));
+                        exsa_matmul_fuse f = {.norm = pro == 1 ? norm : NULL, .eps = 1e-5f,
+                                              .up = pro == 2 ? up : NULL, .scratch = scratch,
+                                              .residual = with_res ? res_got : NULL};
+                        B->ops->matmul_fused(B, tp, n_w, x, got, nr, &f);
+                        for (int i = 0; i < (with_res ? 1 : n_w) && !fail[0]; i++) {
+                            const float *g = with_res ? res_got : got[i];
+                            const float *wv = with_res ? res_want : want[i];
+                            for (size_t e = 0; e < (size_t)t[i].n_out * (size_t)nr; e++)
+                                if (memcmp(&g[e], &wv[e], sizeof(float)) != 0) {
+                                    note_fail(fail, sizeof fail,
+                                              "matmul_fused set %zu repack %d weight %d (%s "
+                                              "%dx%d) rows %d prologue %d residual %d out %zu: "
+                                              "%.9g, plain ops %.9g",
+                                              si, repack, i,
+                                              exsa_type_traits_get(t[i].type)->name, n_in,
+                                              (int)t[i].n_out, nr, pro, with_res, e,
+                                              (double)g[e], (double)wv[e]);
+                                    break;
+                                }
+                        }
+                    }
+            for (int i = 0; i < n_w; i++) {
+                free(rbuf[i]);
+                free(data[i]);
+                free(want[i]);
+                free(got[i]);
+            }
+            free(x);
+            free(up);
+            free(xin);
+            free(scratch);
+            free(norm);
+            free(res0);
+            free(res_want);
+            free(res_got);
+        }
+    }
+    g_repack = 0;
+    if (fail[0])
+        fail_msg("%s", fail);
+}
+
 /* ---- driver ---------------------------------------------------------------------- */
 
 static int run_suite(int n_threads, const char *label)
@@ -1162,6 +1281,7 @@ static int run_suite(int n_threads, const char *label)
         cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_matmul_multi),
+        cmocka_unit_test(test_matmul_fused),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_swiglu),

@@ -533,6 +533,28 @@ static void check_float_helpers(const exsa_cpu_kernels *isa)
                     assert_true(fabs(yi[i] - exact) <= bound);
                 }
             }
+
+            /* scale_mul and add_f32: each element the rounded products /
+             * sum of kernels.h, bit for bit, in place too */
+            const float s = exsa_test_rand_normal(&rng);
+            for (int pass = 0; pass < 4; pass++) {
+                const float *w = pass & 1 ? y : NULL;
+                const int in_place = pass >= 2;
+                memcpy(yi, x, (size_t)n * sizeof(float));
+                isa->scale_mul(in_place ? yi : x, s, w, yi, n);
+                for (int i = 0; i < n; i++) {
+                    const float want = w ? x[i] * s * w[i] : x[i] * s;
+                    if (memcmp(&yi[i], &want, sizeof want) != 0)
+                        fail_msg("%s scale_mul n %d pass %d [%d]", isa->isa, n, pass, i);
+                }
+            }
+            memcpy(yi, y, (size_t)n * sizeof(float));
+            isa->add_f32(yi, x, n);
+            for (int i = 0; i < n; i++) {
+                const float want = y[i] + x[i];
+                if (memcmp(&yi[i], &want, sizeof want) != 0)
+                    fail_msg("%s add_f32 n %d [%d]", isa->isa, n, i);
+            }
             free(x);
             free(y);
             free(xh_f);

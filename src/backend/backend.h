@@ -78,6 +78,18 @@ typedef struct exsa_rope_args {
     const float *freq_factors;  /* [n_rot/2] divisors of theta (llama 3.1), or NULL */
 } exsa_rope_args;
 
+/* What matmul_fused does around its matmuls: the same bits as the plain
+ * ops in order (rms_norm or swiglu, matmul_multi, add). Fused, a backend
+ * can have each thread prepare the input rows itself and add the rows it
+ * produced, instead of a serial op between two parallel ones. */
+typedef struct exsa_matmul_fuse {
+    const float *norm; /* the weights take rms_norm(x, eps) * norm, or */
+    float eps;
+    const float *up;   /* the weights take swiglu(x, up) (x the gate) */
+    float *scratch;    /* [n_rows][n_in] for that input (may be x); unspecified after */
+    float *residual;   /* non-NULL (n_w == 1): residual += W x, y[0] scratch */
+} exsa_matmul_fuse;
+
 typedef struct exsa_backend exsa_backend;
 
 typedef struct exsa_backend_ops {
@@ -101,6 +113,9 @@ typedef struct exsa_backend_ops {
      * parallel job (q, k, v; gate, up). */
     void (*matmul_multi)(exsa_backend *b, const exsa_tensor *const *w, int n_w, const float *x,
                          float *const *y, int n_rows);
+    /* matmul_multi with the prologue and epilogue f describes (above). */
+    void (*matmul_fused)(exsa_backend *b, const exsa_tensor *const *w, int n_w, const float *x,
+                         float *const *y, int n_rows, const exsa_matmul_fuse *f);
     /* y[r][i] += bias[i] for each of n_rows rows of dim. */
     void (*add_bias)(exsa_backend *b, float *y, const float *bias, int n_rows, int dim);
     /* y[i] += x[i]. */

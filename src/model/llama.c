@@ -254,7 +254,7 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
     llama_scratch *s = c->scratch;
     exsa_backend *be = c->be;
     const exsa_backend_ops *op = be->ops;
-    const int n = batch->n, E = hp->n_embd, F = hp->n_ff, hd = hp->head_dim;
+    const int n = batch->n, E = hp->n_embd, hd = hp->head_dim;
     const int Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
     exsa_rope_args rq = {
         .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
@@ -271,11 +271,11 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
         const exsa_kv_layer *kvl = exsa_kv_layer_at(c->kv, l);
 
         /* attention */
-        op->rms_norm(be, s->x, L->attn_norm, s->xb, n, E, hp->norm_eps);
         {
             const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
             float *out[3] = {s->q, s->k, s->v};
-            op->matmul_multi(be, qkv, 3, s->xb, out, n);
+            exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = hp->norm_eps, .scratch = s->xb};
+            op->matmul_fused(be, qkv, 3, s->x, out, n, &f);
         }
         if (hp->has_qkv_bias) {
             op->add_bias(be, s->q, L->bq, n, Q);
@@ -294,19 +294,19 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
             .block_table = c->btab, .kv = kvl, .scale = 1.0f / sqrtf((float)hd),
         };
         op->attention(be, &aa);
-        op->matmul(be, &L->wo, s->att, s->xb, n);
-        op->add(be, s->x, s->xb, (int64_t)n * E);
+        const exsa_tensor *wo = &L->wo, *down = &L->w_down;
+        exsa_matmul_fuse res = {.residual = s->x};
+        op->matmul_fused(be, &wo, 1, s->att, &s->xb, n, &res);
 
         /* feed-forward (SwiGLU) */
-        op->rms_norm(be, s->x, L->ffn_norm, s->xb, n, E, hp->norm_eps);
         {
             const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
             float *out[2] = {s->ff1, s->ff2};
-            op->matmul_multi(be, gu, 2, s->xb, out, n);
+            exsa_matmul_fuse f = {.norm = L->ffn_norm, .eps = hp->norm_eps, .scratch = s->xb};
+            op->matmul_fused(be, gu, 2, s->x, out, n, &f);
         }
-        op->swiglu(be, s->ff1, s->ff2, s->ff1, (int64_t)n * F);
-        op->matmul(be, &L->w_down, s->ff1, s->xb, n);
-        op->add(be, s->x, s->xb, (int64_t)n * E);
+        exsa_matmul_fuse act = {.up = s->ff2, .scratch = s->ff1, .residual = s->x};
+        op->matmul_fused(be, &down, 1, s->ff1, &s->xb, n, &act);
     }
 
     if (c->n_out == 0)
@@ -320,8 +320,9 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
         op->rms_norm(be, s->xb, w->output_norm, hidden_out, c->n_out, E, hp->norm_eps);
         return;
     }
-    op->rms_norm(be, s->xb, w->output_norm, s->xb, c->n_out, E, hp->norm_eps);
-    op->matmul(be, &w->output, s->xb, logits_out, c->n_out);
+    const exsa_tensor *out = &w->output;
+    exsa_matmul_fuse f = {.norm = w->output_norm, .eps = hp->norm_eps, .scratch = s->xb};
+    op->matmul_fused(be, &out, 1, s->xb, &logits_out, c->n_out, &f);
 }
 
 #define LLAMA_FAMILY(ident, str, id)                                                 \

@@ -270,7 +270,10 @@ static void quant_range(void *vctx, int64_t begin, int64_t end, int thread)
  * did, then takes units from the back of the other spans, so a thread whose
  * stream ran slower no longer holds the op's end alone (1.1B tg64 +3-5%,
  * pool waits 15% -> 5% of a decode step's samples). */
-typedef void (*cpu_unit_fn)(const void *ctx, int u, int n);
+typedef void (*cpu_unit_fn)(const void *ctx, int u, int n, int thread);
+/* Work a thread does once before its first unit (its copy of the
+ * activation rows), or NULL. */
+typedef void (*cpu_prologue_fn)(const void *ctx, int thread);
 
 /* Claims units of span s: from the front a quarter of what is left (at
  * least one unit; the owner), from the back one unit (a thief). A handful
@@ -299,30 +302,43 @@ typedef struct {
     cpu_span *spans;
     int n_spans;
     cpu_unit_fn fn;
+    cpu_prologue_fn prologue;
     const void *ctx;
 } span_job;
 
 static void span_task(void *vctx, int task, int thread)
 {
-    (void)thread;
     const span_job *j = vctx;
-    int u, n;
-    while ((n = span_take(&j->spans[task], 0, &u)) > 0)
-        j->fn(j->ctx, u, n);
+    /* The prologue waits for a first claim: a thread that wakes after the
+     * others took every unit does no work at all. */
+    int u, n, ready = !j->prologue;
+    while ((n = span_take(&j->spans[task], 0, &u)) > 0) {
+        if (!ready) {
+            j->prologue(j->ctx, thread);
+            ready = 1;
+        }
+        j->fn(j->ctx, u, n, thread);
+    }
     for (int k = 1; k < j->n_spans; k++)
-        while (span_take(&j->spans[(task + k) % j->n_spans], 1, &u) > 0)
-            j->fn(j->ctx, u, 1);
+        while (span_take(&j->spans[(task + k) % j->n_spans], 1, &u) > 0) {
+            if (!ready) {
+                j->prologue(j->ctx, thread);
+                ready = 1;
+            }
+            j->fn(j->ctx, u, 1, thread);
+        }
 }
 
 /* fn over units [0, units) in n_threads spans; units <= INT32_MAX. */
-static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, const void *ctx)
+static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, cpu_prologue_fn prologue,
+                      const void *ctx)
 {
     for (int t = 0; t < c->n_threads; t++) {
         const uint64_t f = (uint64_t)(units * t / c->n_threads);
         const uint64_t b = (uint64_t)(units * (t + 1) / c->n_threads);
         atomic_store_explicit(&c->spans[t].fb, b << 32 | f, memory_order_relaxed);
     }
-    span_job j = {c->spans, c->n_threads, fn, ctx};
+    span_job j = {c->spans, c->n_threads, fn, prologue, ctx};
     exsa_threadpool_run(c->pool, span_task, &j, c->n_threads);
 }
 
@@ -358,8 +374,9 @@ static void dot_task(void *vctx, int task, int thread)
  * decode batches are at most X8_STREAM_ROWS <= ACT_TILE rows). */
 #define UNIT_ROWS 8
 
-static void dot_units(const void *ctx, int u, int n)
+static void dot_units(const void *ctx, int u, int n, int thread)
 {
+    (void)thread;
     const dot_job *j = ctx;
     const exsa_tensor *w = j->w;
     const int64_t o0 = (int64_t)u * UNIT_ROWS, o_end = (int64_t)(u + n) * UNIT_ROWS;
@@ -380,11 +397,22 @@ typedef struct {
     int chunk_groups[X8_MAX_W];
     int chunk_end[X8_MAX_W]; /* chunks of weights 0..i, summed */
     float *y[X8_MAX_W];
-    const char *act;
+    const char *act;   /* activation rows all threads share */
     size_t act_stride;
     int n_act;
     int n_chunks; /* of all weights */
     int64_t unit_end[X8_MAX_W]; /* decode: UNIT_GROUPS units of weights 0..i, summed */
+    /* decode: each thread converts the rows itself (x8_prologue) into its
+     * slice of act_buf, act_slice bytes apart (0: all share act) */
+    cpu_backend *c;
+    const float *x;
+    const float *norm; /* rms_norm weight, or NULL */
+    float eps;
+    act_quant_fn quant;
+    char *act_buf;
+    size_t act_slice;
+    const float *up; /* swiglu's up rows (x the gate), or NULL */
+    float *residual;
 } x8_job;
 
 /* Whether the table has the kernel of w's repacked layout. */
@@ -454,12 +482,12 @@ static exsa_gemm_x16_fn x16_kernel(const exsa_cpu_kernels *k, int layout)
     }
 }
 
-/* Groups [g0, g1) of weight i against activation tile j0. */
-static void x8_run(const x8_job *j, int i, int j0, int64_t g0, int64_t g1)
+/* Groups [g0, g1) of weight i against activation tile j0 of act. */
+static void x8_run(const x8_job *j, int i, const char *act, int j0, int64_t g0, int64_t g1)
 {
     const exsa_tensor *w = j->w[i];
     int nj = j->n_act - j0 < X8_TILE ? j->n_act - j0 : X8_TILE;
-    const char *act = j->act + (size_t)j0 * j->act_stride;
+    act += (size_t)j0 * j->act_stride;
     const char *wd = w->data;
     const size_t gb = j->group_bytes[i], os = (size_t)w->n_out;
     float *y = j->y[i] + (size_t)j0 * os;
@@ -515,25 +543,58 @@ static void x8_task(void *vctx, int task, int thread)
     int64_t n_groups = j->w[i]->n_out / 8;
     int64_t g0 = (int64_t)chunk * j->chunk_groups[i];
     int64_t g1 = g0 + j->chunk_groups[i] < n_groups ? g0 + j->chunk_groups[i] : n_groups;
-    x8_run(j, i, tile * X8_TILE, g0, g1);
+    x8_run(j, i, j->act, tile * X8_TILE, g0, g1);
 }
 
 /* Decode unit of the repacked layouts: one four-group call, 32 rows. */
 #define UNIT_GROUPS 4
 
-/* Units [u, u + n) of the job's weights laid end to end. */
-static void x8_units(const void *ctx, int u, int n)
+/* A decode thread's own activation rows: x (normalized first when the job
+ * has a norm) converted into the layout's format. Each thread doing all
+ * rows costs no more wall time than one thread doing them while the other
+ * waits, and no serial op sits between two pool runs. */
+static void x8_prologue(const void *ctx, int thread)
 {
     const x8_job *j = ctx;
+    char *act = j->act_buf + (size_t)thread * j->act_slice;
+    const int64_t n_in = j->w[0]->n_in;
+    for (int r = 0; r < j->n_act; r++) {
+        const float *xr = j->x + (size_t)r * (size_t)n_in;
+        char *ar = act + (size_t)r * j->act_stride;
+        float *t = j->quant ? cpu_tls(j->c, thread) : (float *)ar;
+        if (j->norm) {
+            cpu_rms_norm_row(j->k, xr, j->norm, t, (int)n_in, j->eps);
+            xr = t;
+        } else if (j->up) {
+            j->k->swiglu(xr, j->up + (size_t)r * (size_t)n_in, t, n_in);
+            xr = t;
+        }
+        if (j->quant)
+            j->quant(xr, ar, n_in);
+    }
+}
+
+/* Units [u, u + n) of the job's weights laid end to end. The residual add
+ * works on the rows the unit just wrote, still in this core's cache. */
+static void x8_units(const void *ctx, int u, int n, int thread)
+{
+    const x8_job *j = ctx;
+    const char *act = j->act_slice ? j->act_buf + (size_t)thread * j->act_slice : j->act;
     const int u1 = u + n;
+    const size_t os = (size_t)j->w[0]->n_out;
     for (int i = 0; i < j->n_w && u < u1; i++) {
         const int64_t start = i ? j->unit_end[i - 1] : 0, end = j->unit_end[i];
         if (u >= end)
             continue;
         const int b = u1 < end ? u1 : (int)end;
         const int64_t n_groups = j->w[i]->n_out / 8;
-        const int64_t g1 = (int64_t)(b - start) * UNIT_GROUPS;
-        x8_run(j, i, 0, (int64_t)(u - start) * UNIT_GROUPS, g1 < n_groups ? g1 : n_groups);
+        const int64_t g0 = (int64_t)(u - start) * UNIT_GROUPS, g1m = (int64_t)(b - start) * UNIT_GROUPS;
+        const int64_t g1 = g1m < n_groups ? g1m : n_groups;
+        x8_run(j, i, act, 0, g0, g1);
+        if (j->residual)
+            for (int r = 0; r < j->n_act; r++)
+                j->k->add_f32(j->residual + (size_t)r * os + (size_t)g0 * 8,
+                              j->y[0] + (size_t)r * os + (size_t)g0 * 8, (g1 - g0) * 8);
         u = b;
     }
 }
@@ -570,8 +631,11 @@ static int x8_fits(const cpu_backend *c, const exsa_tensor *w)
  * tile, weight, chunk of 8-row groups), tile-major as for the row layout.
  * Several weights (q, k, v; gate, up) in one run share the quantized input
  * and one wait for the pool instead of one each. */
+static void matmul_x8_decode(cpu_backend *c, x8_job *d, const float *x, float *const *y,
+                             int n_rows, const exsa_matmul_fuse *f);
+
 static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, const float *x,
-                      float *const *y, int n_rows)
+                      float *const *y, int n_rows, const exsa_matmul_fuse *f)
 {
     const exsa_tensor *w0 = ws[0];
     const int64_t n_in = w0->n_in;
@@ -588,12 +652,6 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
                                                                  : sizeof(exsa_block_q8_0s));
     if (!is_f)
         act_stride = (act_stride + 63) & ~(size_t)63;
-    int rows_per_pass = is_f ? n_rows : act_rows_per_pass(c, act_stride, n_rows);
-    if (rows_per_pass == 0) {
-        for (int i = 0; i < n_w; i++)
-            cpu_fill_nan(y[i], (int64_t)n_rows * ws[i]->n_out);
-        return;
-    }
     /* The layout's activation rows: BF16; Q8_K; Q8_0 with the float scale
      * plus the sum of the values (Q4_x / Q5_x offsets) or their magnitudes
      * (repacked Q8_0). None for F32 / F16. */
@@ -602,7 +660,7 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
                                : is_k    ? c->k->quantize_q8_K
                                : is_q8   ? c->k->quantize_q8_0a
                                          : c->k->quantize_q8_0s;
-    x8_job d = {.k = c->k, .n_w = n_w, .act_stride = act_stride};
+    x8_job d = {.k = c->k, .n_w = n_w, .act_stride = act_stride, .c = c, .quant = quant};
     int n_chunks = 0;
     for (int i = 0; i < n_w; i++) {
         const exsa_tensor *w = ws[i];
@@ -624,6 +682,16 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
                                : (size_t)(n_in / block) * exsa_cpu_repacked_col_bytes(w->layout);
     }
     d.n_chunks = n_chunks;
+    if (n_rows <= X8_STREAM_ROWS && d.unit_end[n_w - 1] <= INT32_MAX) {
+        matmul_x8_decode(c, &d, x, y, n_rows, f);
+        return;
+    }
+    int rows_per_pass = is_f ? n_rows : act_rows_per_pass(c, act_stride, n_rows);
+    if (rows_per_pass == 0) {
+        for (int i = 0; i < n_w; i++)
+            cpu_fill_nan(y[i], (int64_t)n_rows * ws[i]->n_out);
+        return;
+    }
     for (int r0 = 0; r0 < n_rows; r0 += rows_per_pass) {
         int nr = n_rows - r0 < rows_per_pass ? n_rows - r0 : rows_per_pass;
         const float *xr = x + (size_t)r0 * (size_t)n_in;
@@ -637,10 +705,6 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         d.n_act = nr;
         for (int i = 0; i < n_w; i++)
             d.y[i] = y[i] + (size_t)r0 * (size_t)ws[i]->n_out;
-        if (nr <= X8_STREAM_ROWS && d.unit_end[n_w - 1] <= INT32_MAX) {
-            run_spans(c, d.unit_end[n_w - 1], x8_units, &d);
-            continue;
-        }
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
         if (n_tasks > INT32_MAX) {
             for (int i = 0; i < n_w; i++)
@@ -649,6 +713,46 @@ static void matmul_x8(cpu_backend *c, const exsa_tensor *const *ws, int n_w, con
         }
         exsa_threadpool_run(c->pool, x8_task, &d, (int)n_tasks);
     }
+}
+
+/* Decode (n_rows <= X8_STREAM_ROWS): one span run; each thread prepares
+ * the rows (f's norm or swiglu, then the layout's format) in its own slice
+ * of c->act (x8_prologue) and adds its units' rows to f's residual (f
+ * NULL: plain matmul). */
+static void matmul_x8_decode(cpu_backend *c, x8_job *d, const float *x, float *const *y,
+                             int n_rows, const exsa_matmul_fuse *f)
+{
+    const int64_t n_in = d->w[0]->n_in;
+    d->x = x;
+    d->norm = f ? f->norm : NULL;
+    d->eps = f ? f->eps : 0.0f;
+    d->up = f && !d->norm ? f->up : NULL;
+    d->residual = f ? f->residual : NULL;
+    d->n_act = n_rows;
+    d->act = (const char *)x; /* F32 / F16 weights without a norm read x itself */
+    d->act_buf = NULL;
+    d->act_slice = 0;
+    for (int i = 0; i < d->n_w; i++)
+        d->y[i] = y[i];
+    if (d->quant || d->norm || d->up) {
+        size_t slice, total;
+        int bad = __builtin_mul_overflow(d->act_stride, (size_t)n_rows, &slice) ||
+                  slice > SIZE_MAX - 63;
+        slice = (slice + 63) & ~(size_t)63;
+        bad = bad || __builtin_mul_overflow(slice, (size_t)c->n_threads, &total) ||
+              cpu_reserve(&c->act, &c->act_cap, total) != 0 ||
+              ((d->norm || d->up) && d->quant && cpu_tls_reserve(c, (size_t)n_in) != 0);
+        if (bad) {
+            for (int i = 0; i < d->n_w; i++)
+                cpu_fill_nan(y[i], (int64_t)n_rows * d->w[i]->n_out);
+            if (d->residual)
+                cpu_fill_nan(d->residual, (int64_t)n_rows * d->w[0]->n_out);
+            return;
+        }
+        d->act_buf = c->act;
+        d->act_slice = slice;
+    }
+    run_spans(c, d->unit_end[d->n_w - 1], x8_units, d->act_slice ? x8_prologue : NULL, d);
 }
 
 static act_quant_fn quantizer_for(const cpu_backend *c, int type)
@@ -668,7 +772,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         return;
     if (w->layout != EXSA_LAYOUT_ROWS) {
         if (x8_fits(c, w))
-            matmul_x8(c, &w, 1, x, &y, n_rows);
+            matmul_x8(c, &w, 1, x, &y, n_rows, NULL);
         else
             cpu_fill_nan(y, (int64_t)n_rows * w->n_out);
         return;
@@ -720,7 +824,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         dot_job d = {dot, w, act, act_stride, nr, n_chunks, chunk_rows,
                      y + (size_t)r0 * (size_t)n_out};
         if (nr <= X8_STREAM_ROWS && n_out / UNIT_ROWS < INT32_MAX) {
-            run_spans(c, (n_out + UNIT_ROWS - 1) / UNIT_ROWS, dot_units, &d);
+            run_spans(c, (n_out + UNIT_ROWS - 1) / UNIT_ROWS, dot_units, NULL, &d);
             continue;
         }
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
@@ -740,6 +844,19 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
 
 /* ---- creation ------------------------------------------------------------- */
 
+/* The end of the run of weights from w[i] that matmul_x8 takes together
+ * (one repacked layout, type and input size); i + 1 when w[i] goes alone
+ * or is not repacked. */
+static int x8_run_end(const cpu_backend *c, const exsa_tensor *const *w, int n_w, int i)
+{
+    int e = i + 1;
+    if (w[i]->layout != EXSA_LAYOUT_ROWS && x8_fits(c, w[i]))
+        while (e < n_w && e - i < X8_MAX_W && w[e]->layout == w[i]->layout &&
+               w[e]->type == w[i]->type && w[e]->n_in == w[i]->n_in && x8_fits(c, w[e]))
+            e++;
+    return e;
+}
+
 /* Runs of weights with one repacked layout, type and input size go through
  * matmul_x8 together; the others one by one. */
 static void cpu_matmul_multi(exsa_backend *b, const exsa_tensor *const *w, int n_w,
@@ -749,17 +866,51 @@ static void cpu_matmul_multi(exsa_backend *b, const exsa_tensor *const *w, int n
     if (n_rows <= 0)
         return;
     for (int i = 0; i < n_w;) {
-        int e = i + 1;
-        if (w[i]->layout != EXSA_LAYOUT_ROWS && x8_fits(c, w[i]))
-            while (e < n_w && e - i < X8_MAX_W && w[e]->layout == w[i]->layout &&
-                   w[e]->type == w[i]->type && w[e]->n_in == w[i]->n_in && x8_fits(c, w[e]))
-                e++;
+        int e = x8_run_end(c, w, n_w, i);
         if (e - i > 1)
-            matmul_x8(c, w + i, e - i, x, y + i, n_rows);
+            matmul_x8(c, w + i, e - i, x, y + i, n_rows, NULL);
         else
             cpu_matmul(b, w[i], x, y[i], n_rows);
         i = e;
     }
+}
+
+/* Decode batches whose weights matmul_x8 takes in one run get the fused
+ * form; everything else runs the plain ops in order (same bits). */
+static void cpu_matmul_fused(exsa_backend *b, const exsa_tensor *const *w, int n_w,
+                             const float *x, float *const *y, int n_rows,
+                             const exsa_matmul_fuse *f)
+{
+    cpu_backend *c = cpu_of(b);
+    if (n_rows <= 0 || n_w <= 0)
+        return;
+    if (f->residual && n_w != 1) {
+        for (int i = 0; i < n_w; i++)
+            cpu_fill_nan(y[i], (int64_t)n_rows * w[i]->n_out);
+        return;
+    }
+    /* n_out <= INT32_MAX for each of at most X8_MAX_W weights keeps their
+     * decode units (32 rows each) within an int: matmul_x8 then always
+     * takes its decode path, the one that applies f. */
+    int small = 1;
+    for (int i = 0; i < n_w; i++)
+        small &= w[i]->n_out <= INT32_MAX;
+    if (small && n_rows <= X8_STREAM_ROWS && w[0]->layout != EXSA_LAYOUT_ROWS &&
+        x8_fits(c, w[0]) && x8_run_end(c, w, n_w, 0) == n_w) {
+        matmul_x8(c, w, n_w, x, y, n_rows, f);
+        return;
+    }
+    const float *in = x;
+    if (f->norm) {
+        cpu_rms_norm(b, x, f->norm, f->scratch, n_rows, (int)w[0]->n_in, f->eps);
+        in = f->scratch;
+    } else if (f->up) {
+        cpu_swiglu(b, x, f->up, f->scratch, (int64_t)n_rows * w[0]->n_in);
+        in = f->scratch;
+    }
+    cpu_matmul_multi(b, w, n_w, in, y, n_rows);
+    if (f->residual)
+        cpu_add(b, f->residual, y[0], (int64_t)n_rows * w[0]->n_out);
 }
 
 static const exsa_backend_ops cpu_ops = {
@@ -772,6 +923,7 @@ static const exsa_backend_ops cpu_ops = {
     .rms_norm = cpu_rms_norm,
     .matmul = cpu_matmul,
     .matmul_multi = cpu_matmul_multi,
+    .matmul_fused = cpu_matmul_fused,
     .add_bias = cpu_add_bias,
     .add = cpu_add,
     .scale = cpu_scale,

@@ -67,6 +67,9 @@ void cpu_parallel_for(cpu_backend *c, int64_t n, int64_t grain, cpu_range_fn fn,
 void cpu_fill_nan(float *x, int64_t n);
 
 /* cpu_ops.c */
+/* One row of rms_norm (w NULL: no weight); y may be x. */
+void cpu_rms_norm_row(const exsa_cpu_kernels *k, const float *x, const float *w, float *y,
+                      int dim, float eps);
 void cpu_rms_norm(exsa_backend *b, const float *x, const float *w, float *y, int n_rows, int dim,
                   float eps);
 void cpu_add_bias(exsa_backend *b, float *y, const float *bias, int n_rows, int dim);

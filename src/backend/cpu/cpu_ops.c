@@ -19,24 +19,20 @@ typedef struct {
     float eps;
 } norm_job;
 
+void cpu_rms_norm_row(const exsa_cpu_kernels *k, const float *x, const float *w, float *y,
+                      int dim, float eps)
+{
+    float ss = k->dot_f32(dim, x, x);
+    k->scale_mul(x, 1.0f / sqrtf(ss / (float)dim + eps), w, y, dim);
+}
+
 static void norm_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     norm_job *j = vctx;
     int dim = j->dim;
-    for (int64_t r = begin; r < end; r++) {
-        const float *x = j->x + r * dim;
-        float *y = j->y + r * dim;
-        float ss = j->k->dot_f32(dim, x, x);
-        float s = 1.0f / sqrtf(ss / (float)dim + j->eps);
-        if (j->w) {
-            for (int i = 0; i < dim; i++)
-                y[i] = x[i] * s * j->w[i];
-        } else {
-            for (int i = 0; i < dim; i++)
-                y[i] = x[i] * s;
-        }
-    }
+    for (int64_t r = begin; r < end; r++)
+        cpu_rms_norm_row(j->k, j->x + r * dim, j->w, j->y + r * dim, dim, j->eps);
 }
 
 void cpu_rms_norm(exsa_backend *b, const float *x, const float *w, float *y, int n_rows, int dim,
@@ -56,6 +52,7 @@ typedef struct {
     const float *x;
     int dim;
     float s;
+    const exsa_cpu_kernels *k;
 } vec_job;
 
 static void bias_range(void *vctx, int64_t begin, int64_t end, int thread)
@@ -73,7 +70,7 @@ void cpu_add_bias(exsa_backend *b, float *y, const float *bias, int n_rows, int 
 {
     if (n_rows <= 0 || dim <= 0)
         return;
-    vec_job j = {y, bias, dim, 0};
+    vec_job j = {y, bias, dim, 0, NULL};
     cpu_parallel_for(cpu_of(b), n_rows, CPU_PAR_MIN_ELEMS / dim + 1, bias_range, &j);
 }
 
@@ -81,15 +78,12 @@ static void add_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     vec_job *j = vctx;
-    float *y = j->y;
-    const float *x = j->x;
-    for (int64_t i = begin; i < end; i++)
-        y[i] += x[i];
+    j->k->add_f32(j->y + begin, j->x + begin, end - begin);
 }
 
 void cpu_add(exsa_backend *b, float *y, const float *x, int64_t n)
 {
-    vec_job j = {y, x, 0, 0};
+    vec_job j = {y, x, 0, 0, cpu_of(b)->k};
     cpu_parallel_for(cpu_of(b), n, CPU_PAR_MIN_ELEMS, add_range, &j);
 }
 
@@ -104,7 +98,7 @@ static void scale_range(void *vctx, int64_t begin, int64_t end, int thread)
 
 void cpu_scale(exsa_backend *b, float *x, float s, int64_t n)
 {
-    vec_job j = {x, NULL, 0, s};
+    vec_job j = {x, NULL, 0, s, NULL};
     cpu_parallel_for(cpu_of(b), n, CPU_PAR_MIN_ELEMS, scale_range, &j);
 }
 

@@ -330,6 +330,10 @@ typedef struct exsa_cpu_kernels {
     exsa_gemm_x16_fn gemm_q4_0x32;
     exsa_gemm_x16_fn gemm_q8_0x32; /* the same for Q8_0 */
     exsa_gemm_bf16_fn gemm_bf16;
+    /* Elementwise, the same bits in every table (no sums): y[i] = (x[i] *
+     * s) * w[i] (w NULL: x[i] * s), the tail of rms_norm; y may be x. */
+    void (*scale_mul)(const float *x, float s, const float *w, float *y, int64_t n);
+    void (*add_f32)(float *y, const float *x, int64_t n); /* y[i] += x[i] */
 } exsa_cpu_kernels;
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);

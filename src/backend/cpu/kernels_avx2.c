@@ -755,6 +755,35 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n)
     }
 }
 
+/* scale_mul / add_f32 of kernels.h: 8 lanes, then the tail one by one;
+ * each element is the same rounded products as the scalar form. */
+static void scale_mul(const float *x, float s, const float *w, float *y, int64_t n)
+{
+    const __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    if (w) {
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs),
+                                                  _mm256_loadu_ps(w + i)));
+        for (; i < n; i++)
+            y[i] = x[i] * s * w[i];
+    } else {
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vs));
+        for (; i < n; i++)
+            y[i] = x[i] * s;
+    }
+}
+
+static void add_f32(float *y, const float *x, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+    for (; i < n; i++)
+        y[i] += x[i];
+}
+
 static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
 {
     int64_t i = 0;
@@ -1273,6 +1302,8 @@ static const exsa_cpu_kernels avx2_table = {
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,
+    .scale_mul = scale_mul,
+    .add_f32 = add_f32,
 };
 
 const exsa_cpu_kernels *const exsa_cpu_kernels_avx2_table = &avx2_table;

@@ -414,6 +414,22 @@ static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
         y[i] = h2f(x[i]);
 }
 
+static void scale_mul(const float *x, float s, const float *w, float *y, int64_t n)
+{
+    if (w)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] * s * w[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] * s;
+}
+
+static void add_f32(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
 /* The references of the repacked Q4_0 / Q4_1 kernels (kernels.h): an exact
  * integer dot per block, then fused multiply-adds in a fixed order. */
 
@@ -695,6 +711,8 @@ static const exsa_cpu_kernels scalar_table = {
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,
+    .scale_mul = scale_mul,
+    .add_f32 = add_f32,
 };
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void)
