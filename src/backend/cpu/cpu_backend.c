@@ -306,27 +306,26 @@ typedef struct {
     const void *ctx;
 } span_job;
 
+/* The prologue waits for a first claim: a thread that wakes after the
+ * others took every unit does no work at all. */
+static void span_run(const span_job *j, int u, int n, int thread, int *ready)
+{
+    if (!*ready) {
+        j->prologue(j->ctx, thread);
+        *ready = 1;
+    }
+    j->fn(j->ctx, u, n, thread);
+}
+
 static void span_task(void *vctx, int task, int thread)
 {
     const span_job *j = vctx;
-    /* The prologue waits for a first claim: a thread that wakes after the
-     * others took every unit does no work at all. */
     int u, n, ready = !j->prologue;
-    while ((n = span_take(&j->spans[task], 0, &u)) > 0) {
-        if (!ready) {
-            j->prologue(j->ctx, thread);
-            ready = 1;
-        }
-        j->fn(j->ctx, u, n, thread);
-    }
+    while ((n = span_take(&j->spans[task], 0, &u)) > 0)
+        span_run(j, u, n, thread, &ready);
     for (int k = 1; k < j->n_spans; k++)
-        while (span_take(&j->spans[(task + k) % j->n_spans], 1, &u) > 0) {
-            if (!ready) {
-                j->prologue(j->ctx, thread);
-                ready = 1;
-            }
-            j->fn(j->ctx, u, 1, thread);
-        }
+        while (span_take(&j->spans[(task + k) % j->n_spans], 1, &u) > 0)
+            span_run(j, u, 1, thread, &ready);
 }
 
 /* fn over units [0, units) in n_threads spans; units <= INT32_MAX. */
@@ -581,7 +580,6 @@ static void x8_units(const void *ctx, int u, int n, int thread)
     const x8_job *j = ctx;
     const char *act = j->act_slice ? j->act_buf + (size_t)thread * j->act_slice : j->act;
     const int u1 = u + n;
-    const size_t os = (size_t)j->w[0]->n_out;
     for (int i = 0; i < j->n_w && u < u1; i++) {
         const int64_t start = i ? j->unit_end[i - 1] : 0, end = j->unit_end[i];
         if (u >= end)
@@ -591,10 +589,11 @@ static void x8_units(const void *ctx, int u, int n, int thread)
         const int64_t g0 = (int64_t)(u - start) * UNIT_GROUPS, g1m = (int64_t)(b - start) * UNIT_GROUPS;
         const int64_t g1 = g1m < n_groups ? g1m : n_groups;
         x8_run(j, i, act, 0, g0, g1);
-        if (j->residual)
+        const size_t os = (size_t)j->w[i]->n_out;
+        if (j->residual) /* n_w == 1 */
             for (int r = 0; r < j->n_act; r++)
                 j->k->add_f32(j->residual + (size_t)r * os + (size_t)g0 * 8,
-                              j->y[0] + (size_t)r * os + (size_t)g0 * 8, (g1 - g0) * 8);
+                              j->y[i] + (size_t)r * os + (size_t)g0 * 8, (g1 - g0) * 8);
         u = b;
     }
 }

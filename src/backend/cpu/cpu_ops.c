@@ -91,14 +91,12 @@ static void scale_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
     vec_job *j = vctx;
-    float *y = j->y, s = j->s;
-    for (int64_t i = begin; i < end; i++)
-        y[i] *= s;
+    j->k->scale_mul(j->y + begin, j->s, NULL, j->y + begin, end - begin);
 }
 
 void cpu_scale(exsa_backend *b, float *x, float s, int64_t n)
 {
-    vec_job j = {x, NULL, 0, s, NULL};
+    vec_job j = {x, NULL, 0, s, cpu_of(b)->k};
     cpu_parallel_for(cpu_of(b), n, CPU_PAR_MIN_ELEMS, scale_range, &j);
 }
 
