@@ -1269,6 +1269,134 @@ static void test_matmul_fused(void **state)
         fail_msg("%s", fail);
 }
 
+/* matmul_fused of q, k, v with rope and kv_store against the plain ops in
+ * order (rms_norm, matmul_multi, rope, rope, kv_store), bit for bit in q,
+ * k, v and in every byte of the cache: decode batches (rope and store on
+ * each unit's rows as it is written), larger ones, NEOX rope and partial
+ * rotary dims (the plain epilogue), F32 / F16 / Q8_0 caches, one repacked
+ * layout and mixed ones (Q4_K q, k with a Q6_K v), a slot < 0 (no store). */
+static void test_matmul_fused_qkv(void **state)
+{
+    (void)state;
+    static const struct {
+        int n_in, head_dim, n_head, n_kv;
+        int type[3];
+    } sets[] = {
+        {256, 64, 4, 2, {EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0, EXSA_TYPE_Q4_0}},
+        {256, 64, 6, 2, {EXSA_TYPE_Q4_K, EXSA_TYPE_Q4_K, EXSA_TYPE_Q6_K}},
+        {256, 32, 4, 4, {EXSA_TYPE_Q8_0, EXSA_TYPE_Q8_0, EXSA_TYPE_Q8_0}},
+        {64, 16, 4, 2, {EXSA_TYPE_F16, EXSA_TYPE_F16, EXSA_TYPE_F16}},
+        {256, 64, 2, 1, {EXSA_TYPE_Q5_K, EXSA_TYPE_Q5_K, EXSA_TYPE_Q5_K}}, /* rows layout */
+    };
+    static const int rows[] = {1, 3, 8, 9};
+    static const int kv_types[] = {EXSA_TYPE_F16, EXSA_TYPE_F32, EXSA_TYPE_Q8_0};
+    enum { MAXR = 9, SLOTS = 32 };
+    char fail[512] = "";
+    for (int repack = 0; repack < 2 && !fail[0]; repack++) {
+        g_repack = repack;
+        for (size_t si = 0; si < sizeof sets / sizeof sets[0] && !fail[0]; si++) {
+            const int n_in = sets[si].n_in, hd = sets[si].head_dim;
+            const int no[3] = {sets[si].n_head * hd, sets[si].n_kv * hd, sets[si].n_kv * hd};
+            exsa_tensor t[3];
+            void *data[3], *rbuf[3];
+            float *want[3], *got[3];
+            float *x = xmalloc(sizeof(float) * (size_t)n_in * MAXR);
+            float *xin = xmalloc(sizeof(float) * (size_t)n_in * MAXR);
+            float *scratch = xmalloc(sizeof(float) * (size_t)n_in * MAXR);
+            float *norm = xmalloc(sizeof(float) * (size_t)n_in);
+            float ff[32];
+            fill_normal(x, (size_t)n_in * MAXR, 1.0f);
+            fill_uniform(norm, (size_t)n_in, 0.5f, 1.5f);
+            fill_uniform(ff, 32, 1.0f, 4.0f);
+            for (int i = 0; i < 3; i++) {
+                float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no[i]);
+                fill_normal(src, (size_t)n_in * (size_t)no[i], 0.5f);
+                size_t rb;
+                data[i] = make_weights(sets[si].type[i], src, n_in, no[i], &rb);
+                free(src);
+                t[i] = (exsa_tensor){"w", sets[si].type[i], n_in, no[i], rb, data[i],
+                                     EXSA_LAYOUT_ROWS};
+                rbuf[i] = maybe_repack(&t[i]);
+                want[i] = xmalloc(sizeof(float) * (size_t)no[i] * MAXR);
+                got[i] = xmalloc(sizeof(float) * (size_t)no[i] * MAXR);
+            }
+            const exsa_tensor *tp[3] = {&t[0], &t[1], &t[2]};
+            for (size_t ki = 0; ki < 3 && !fail[0]; ki++)
+                for (int var = 0; var < 3 && !fail[0]; var++) /* normal, partial + factors, neox */
+                    for (size_t ri = 0; ri < sizeof rows / sizeof rows[0] && !fail[0]; ri++) {
+                        const int nr = rows[ri], kvt = kv_types[ki];
+                        const size_t tb = exsa_type_row_size(kvt, no[1]);
+                        exsa_kv_layer kv[2];
+                        for (int c = 0; c < 2; c++) {
+                            kv[c] = (exsa_kv_layer){NULL, NULL, kvt, 16, sets[si].n_kv, hd, tb};
+                            kv[c].k = xmalloc(tb * SLOTS);
+                            kv[c].v = xmalloc(tb * SLOTS);
+                            memset(kv[c].k, 0x5A, tb * SLOTS);
+                            memset(kv[c].v, 0x5A, tb * SLOTS);
+                        }
+                        int32_t pos[MAXR], slots[MAXR];
+                        for (int r = 0; r < nr; r++) {
+                            pos[r] = 7 + 100 * r + (int)si;
+                            slots[r] = r == 1 ? -1 : (r * 3 + 2) % SLOTS;
+                        }
+                        exsa_rope_args rq = {nr, sets[si].n_head, hd, var == 1 ? hd / 2 : hd,
+                                             var == 2 ? EXSA_ROPE_NEOX : EXSA_ROPE_NORMAL,
+                                             10000.0f, var == 1 ? 0.5f : 1.0f,
+                                             var == 1 ? ff : NULL};
+                        exsa_rope_args rk = rq;
+                        rk.n_heads = sets[si].n_kv;
+                        /* the plain ops */
+                        B->ops->rms_norm(B, x, norm, xin, nr, n_in, 1e-5f);
+                        B->ops->matmul_multi(B, tp, 3, xin, want, nr);
+                        B->ops->rope(B, want[0], pos, &rq);
+                        B->ops->rope(B, want[1], pos, &rk);
+                        B->ops->kv_store(B, &kv[0], want[1], want[2], slots, nr);
+                        /* fused */
+                        for (int i = 0; i < 3; i++)
+                            memset(got[i], 0xFF, sizeof(float) * (size_t)no[i] * (size_t)nr);
+                        exsa_matmul_fuse f = {.norm = norm, .eps = 1e-5f, .scratch = scratch,
+                                              .rope_q = &rq, .rope_k = &rk, .pos = pos,
+                                              .kv = &kv[1], .slots = slots};
+                        B->ops->matmul_fused(B, tp, 3, x, got, nr, &f);
+                        for (int i = 0; i < 3 && !fail[0]; i++)
+                            for (size_t e = 0; e < (size_t)no[i] * (size_t)nr; e++)
+                                if (memcmp(&got[i][e], &want[i][e], sizeof(float)) != 0) {
+                                    note_fail(fail, sizeof fail,
+                                              "matmul_fused qkv set %zu repack %d cache %s "
+                                              "rope %d rows %d weight %d out %zu: %.9g, plain "
+                                              "ops %.9g",
+                                              si, repack, exsa_type_traits_get(kvt)->name, var,
+                                              nr, i, e, (double)got[i][e], (double)want[i][e]);
+                                    break;
+                                }
+                        if (!fail[0] && (memcmp(kv[0].k, kv[1].k, tb * SLOTS) != 0 ||
+                                         memcmp(kv[0].v, kv[1].v, tb * SLOTS) != 0))
+                            note_fail(fail, sizeof fail,
+                                      "matmul_fused qkv set %zu repack %d cache %s rope %d rows "
+                                      "%d: the cache differs from kv_store's",
+                                      si, repack, exsa_type_traits_get(kvt)->name, var, nr);
+                        for (int c = 0; c < 2; c++) {
+                            free(kv[c].k);
+                            free(kv[c].v);
+                        }
+                    }
+            for (int i = 0; i < 3; i++) {
+                free(rbuf[i]);
+                free(data[i]);
+                free(want[i]);
+                free(got[i]);
+            }
+            free(x);
+            free(xin);
+            free(scratch);
+            free(norm);
+        }
+    }
+    g_repack = 0;
+    if (fail[0])
+        fail_msg("%s", fail);
+}
+
 /* ---- driver ---------------------------------------------------------------------- */
 
 static int run_suite(int n_threads, const char *label)
@@ -1282,6 +1410,7 @@ static int run_suite(int n_threads, const char *label)
         cmocka_unit_test(test_matmul_batch_invariance),
         cmocka_unit_test(test_matmul_multi),
         cmocka_unit_test(test_matmul_fused),
+        cmocka_unit_test(test_matmul_fused_qkv),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_swiglu),

@@ -164,6 +164,41 @@ static void test_create_free_cycles(void **state)
     exsa_threadpool_free(NULL);
 }
 
+/* run_each: every thread runs its own index once, the caller as 0. */
+static void each_task(void *vctx, int task, int thread)
+{
+    count_ctx *c = vctx;
+    atomic_fetch_add(&c->count[task], 1);
+    if (task != thread || thread < 0 || thread >= c->n_threads)
+        atomic_store(&c->bad_thread, 1);
+}
+
+static void test_run_each(void **state)
+{
+    (void)state;
+    static const int threads[] = {1, 2, 3, 8};
+    atomic_int count[8];
+    for (size_t ti = 0; ti < sizeof threads / sizeof threads[0]; ti++) {
+        exsa_threadpool *p = exsa_threadpool_create(threads[ti], NULL);
+        assert_non_null(p);
+        for (int rep = 0; rep < 200; rep++) {
+            for (int i = 0; i < 8; i++)
+                atomic_store(&count[i], 0);
+            count_ctx c = {.count = count, .n_threads = threads[ti]};
+            atomic_init(&c.bad_thread, 0);
+            if (rep % 3 == 0) /* mixed with counter runs */
+                exsa_threadpool_run(p, count_task, &c, 3);
+            for (int i = 0; i < 8; i++)
+                atomic_store(&count[i], 0);
+            exsa_threadpool_run_each(p, each_task, &c);
+            for (int i = 0; i < 8; i++)
+                assert_int_equal(atomic_load(&count[i]), i < threads[ti] ? 1 : 0);
+            assert_int_equal(atomic_load(&c.bad_thread), 0);
+        }
+        exsa_threadpool_free(p);
+    }
+}
+
 static void test_bad_args(void **state)
 {
     (void)state;
@@ -183,6 +218,7 @@ int main(void)
         cmocka_unit_test(test_runs_after_idle),
         cmocka_unit_test(test_work_is_shared),
         cmocka_unit_test(test_create_free_cycles),
+        cmocka_unit_test(test_run_each),
         cmocka_unit_test(test_bad_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

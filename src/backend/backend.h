@@ -79,15 +79,27 @@ typedef struct exsa_rope_args {
 } exsa_rope_args;
 
 /* What matmul_fused does around its matmuls: the same bits as the plain
- * ops in order (rms_norm or swiglu, matmul_multi, add). Fused, a backend
- * can have each thread prepare the input rows itself and add the rows it
- * produced, instead of a serial op between two parallel ones. */
+ * ops in order (rms_norm or swiglu, matmul_multi, add; for q, k, v: rope,
+ * rope, kv_store). Fused, a backend can have each thread prepare the input
+ * rows itself and finish the rows it produced, instead of a serial op
+ * between two parallel ones. */
 typedef struct exsa_matmul_fuse {
     const float *norm; /* the weights take rms_norm(x, eps) * norm, or */
     float eps;
     const float *up;   /* the weights take swiglu(x, up) (x the gate) */
     float *scratch;    /* [n_rows][n_in] for that input (may be x); unspecified after */
     float *residual;   /* non-NULL (n_w == 1): residual += W x, y[0] scratch */
+    /* n_w == 3 (q, k, v): after the matmuls, rope(y[0], pos, rope_q) and
+     * rope(y[1], pos, rope_k) where non-NULL, then kv_store(kv, y[1],
+     * y[2], slots, n_rows) where kv is non-NULL. */
+    const exsa_rope_args *rope_q, *rope_k;
+    const int32_t *pos;
+    const exsa_kv_layer *kv;
+    const int32_t *slots;
+    /* A hint, no effect on results: the attention the q, k, v feed. A
+     * backend may fetch its K and V rows meanwhile (they are cold: every
+     * layer has its own cache, and a step streams all weights). */
+    const exsa_attn_args *next_attn;
 } exsa_matmul_fuse;
 
 typedef struct exsa_backend exsa_backend;

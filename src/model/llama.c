@@ -265,16 +265,31 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
     rk.n_heads = hp->n_head_kv;
 
     op->get_rows(be, &w->tok_embd, batch->token, n, s->x);
+    /* Without ops between the q, k, v matmuls and the cache, rope and the
+     * KV store ride on the matmul call (backend.h: exsa_matmul_fuse). */
+    const int qkv_fused = !hp->has_qkv_bias && !hp->has_qk_norm;
 
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_weights *L = &w->layers[l];
         const exsa_kv_layer *kvl = exsa_kv_layer_at(c->kv, l);
 
         /* attention */
+        exsa_attn_args aa = {
+            .n_rows = n, .n_head = hp->n_head, .q = s->q, .out = s->att, .n_ctx = c->n_ctx,
+            .block_table = c->btab, .kv = kvl, .scale = 1.0f / sqrtf((float)hd),
+        };
         {
             const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
             float *out[3] = {s->q, s->k, s->v};
             exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = hp->norm_eps, .scratch = s->xb};
+            if (qkv_fused) {
+                f.rope_q = &rq;
+                f.rope_k = &rk;
+                f.pos = batch->pos;
+                f.kv = kvl;
+                f.slots = c->slots;
+            }
+            f.next_attn = &aa;
             op->matmul_fused(be, qkv, 3, s->x, out, n, &f);
         }
         if (hp->has_qkv_bias) {
@@ -286,13 +301,11 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
             op->rms_norm(be, s->q, L->q_norm, s->q, n * hp->n_head, hd, hp->norm_eps);
             op->rms_norm(be, s->k, L->k_norm, s->k, n * hp->n_head_kv, hd, hp->norm_eps);
         }
-        op->rope(be, s->q, batch->pos, &rq);
-        op->rope(be, s->k, batch->pos, &rk);
-        op->kv_store(be, kvl, s->k, s->v, c->slots, n);
-        exsa_attn_args aa = {
-            .n_rows = n, .n_head = hp->n_head, .q = s->q, .out = s->att, .n_ctx = c->n_ctx,
-            .block_table = c->btab, .kv = kvl, .scale = 1.0f / sqrtf((float)hd),
-        };
+        if (!qkv_fused) {
+            op->rope(be, s->q, batch->pos, &rq);
+            op->rope(be, s->k, batch->pos, &rk);
+            op->kv_store(be, kvl, s->k, s->v, c->slots, n);
+        }
         op->attention(be, &aa);
         const exsa_tensor *wo = &L->wo, *down = &L->w_down;
         exsa_matmul_fuse res = {.residual = s->x};

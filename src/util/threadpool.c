@@ -54,6 +54,7 @@ struct exsa_threadpool {
     exsa_task_fn fn;
     void *ctx;
     int n_tasks;
+    int each; /* run_each: thread t runs task t alone */
 
     _Alignas(64) atomic_int next; /* next task index to claim */
     _Alignas(64) atomic_int pending; /* workers not yet done with this run */
@@ -111,6 +112,10 @@ static void work(exsa_threadpool *p, int thread)
     exsa_task_fn fn = p->fn;
     void *ctx = p->ctx;
     int n = p->n_tasks;
+    if (p->each) {
+        fn(ctx, thread, thread);
+        return;
+    }
     for (;;) {
         int t = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
         if (t >= n)
@@ -290,19 +295,12 @@ int exsa_threadpool_size(const exsa_threadpool *p)
     return p ? p->n_threads : 0;
 }
 
-void exsa_threadpool_run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks)
+static void run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks, int each)
 {
-    if (n_tasks <= 0)
-        return;
-    /* One task, or no workers: waking anyone costs more than it saves. */
-    if (n_tasks == 1 || p->n_threads == 1) {
-        for (int t = 0; t < n_tasks; t++)
-            fn(ctx, t, 0);
-        return;
-    }
     p->fn = fn;
     p->ctx = ctx;
     p->n_tasks = n_tasks;
+    p->each = each;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
     atomic_store_explicit(&p->pending, p->n_threads - 1, memory_order_relaxed);
     /* seq_cst: orders the stores above before the bump, and the bump before
@@ -315,4 +313,25 @@ void exsa_threadpool_run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_t
     }
     work(p, 0);
     wait_done(p);
+}
+
+void exsa_threadpool_run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks)
+{
+    if (n_tasks <= 0)
+        return;
+    /* One task, or no workers: waking anyone costs more than it saves. */
+    if (n_tasks == 1 || p->n_threads == 1) {
+        for (int t = 0; t < n_tasks; t++)
+            fn(ctx, t, 0);
+        return;
+    }
+    run(p, fn, ctx, n_tasks, 0);
+}
+
+void exsa_threadpool_run_each(exsa_threadpool *p, exsa_task_fn fn, void *ctx)
+{
+    if (p->n_threads == 1)
+        fn(ctx, 0, 0);
+    else
+        run(p, fn, ctx, p->n_threads, 1);
 }

@@ -69,17 +69,20 @@ typedef struct {
     int64_t row; /* floats per token row */
 } store_job;
 
-static void store_one(const store_job *j, const float *src, char *dst)
+void cpu_kv_store_span(const exsa_cpu_kernels *k, const exsa_kv_layer *kv, int is_v,
+                       const float *row, int32_t slot, int64_t e0, int64_t e1)
 {
-    switch (j->kv->type) {
+    char *dst = (char *)(is_v ? kv->v : kv->k) + (size_t)slot * kv->token_bytes;
+    const int64_t n = e1 - e0;
+    switch (kv->type) {
     case EXSA_TYPE_F32:
-        memcpy(dst, src, (size_t)j->row * sizeof(float));
+        memcpy((float *)dst + e0, row + e0, (size_t)n * sizeof(float));
         break;
     case EXSA_TYPE_F16:
-        j->k->f32_to_f16(src, (exsa_fp16 *)dst, j->row);
+        k->f32_to_f16(row + e0, (exsa_fp16 *)dst + e0, n);
         break;
     case EXSA_TYPE_Q8_0:
-        j->k->quantize_q8_0(src, dst, j->row);
+        k->quantize_q8_0(row + e0, (exsa_block_q8_0 *)dst + e0 / EXSA_QK8_0, n);
         break;
     default:
         break;
@@ -95,9 +98,8 @@ static void store_range(void *vctx, int64_t begin, int64_t end, int thread)
         int32_t s = j->slots[r];
         if (s < 0) /* no slot: the caller keeps this row out of the cache */
             continue;
-        size_t off = (size_t)s * kv->token_bytes;
-        store_one(j, j->src_k + r * j->row, (char *)kv->k + off);
-        store_one(j, j->src_v + r * j->row, (char *)kv->v + off);
+        cpu_kv_store_span(j->k, kv, 0, j->src_k + r * j->row, s, 0, j->row);
+        cpu_kv_store_span(j->k, kv, 1, j->src_v + r * j->row, s, 0, j->row);
     }
 }
 

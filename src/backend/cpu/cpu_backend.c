@@ -129,6 +129,10 @@ static void cpu_destroy(exsa_backend *b)
     free(c->tls);
     free(c->spans);
     free(c->rope_freq);
+    free(c->rope_tab);
+    free(c->rope_key.factors);
+    free(c->pf_spans);
+    free(c->ts);
     free(c);
 }
 
@@ -328,7 +332,8 @@ static void span_task(void *vctx, int task, int thread)
             span_run(j, u, 1, thread, &ready);
 }
 
-/* fn over units [0, units) in n_threads spans; units <= INT32_MAX. */
+/* fn over units [0, units) in n_threads spans, span t on thread t;
+ * units <= INT32_MAX. */
 static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, cpu_prologue_fn prologue,
                       const void *ctx)
 {
@@ -338,7 +343,7 @@ static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, cpu_prologu
         atomic_store_explicit(&c->spans[t].fb, b << 32 | f, memory_order_relaxed);
     }
     span_job j = {c->spans, c->n_threads, fn, prologue, ctx};
-    exsa_threadpool_run(c->pool, span_task, &j, c->n_threads);
+    exsa_threadpool_run_each(c->pool, span_task, &j);
 }
 
 typedef struct {
@@ -412,6 +417,16 @@ typedef struct {
     size_t act_slice;
     const float *up; /* swiglu's up rows (x the gate), or NULL */
     float *residual;
+    /* decode q, k, v: rope on the rows a unit wrote of the weights in
+     * rope_mask (bit i: weight i), angles rope_tab ([n_act][rope_n_rot]:
+     * cos, then sin); then weights 1 and 2 (K, V) into the cache, kv NULL:
+     * none */
+    unsigned rope_mask;
+    const float *rope_tab;
+    int rope_n_rot, rope_hd;
+    const exsa_kv_layer *kv;
+    const int32_t *slots;
+    int prefetch; /* c->pf_spans hold the next attention's K and V */
 } x8_job;
 
 /* Whether the table has the kernel of w's repacked layout. */
@@ -573,6 +588,79 @@ static void x8_prologue(const void *ctx, int thread)
     }
 }
 
+/* Most bytes of one sequence's context, and of all, that a q, k, v run
+ * fetches ahead (into L2 where they fit, else the L3 the weights stream
+ * through): beyond them the attention tasks fetch their next chunk
+ * themselves as they go. 110M tg128 attention -13% (256 KB) -> -25%. */
+#define PF_SEQ_BYTES (1024 * 1024)
+#define PF_ALL_BYTES (4 * 1024 * 1024)
+
+/* The K and V rows attention a will read first, as spans of whole blocks
+ * (one sequence's rows once however many query rows it has), and the
+ * lines each unit of a run of `units` should fetch to be done by the
+ * run's middle. 0, or -1 when there is nothing to fetch or no memory. */
+static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t units)
+{
+    const exsa_kv_layer *kv = a->kv;
+    c->n_pf_spans = 0;
+    if (!kv || kv->block_size <= 0 || kv->token_bytes == 0 || units <= 0)
+        return -1;
+    const size_t block_bytes = (size_t)kv->block_size * kv->token_bytes;
+    size_t n = 0, lines = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t all = 0;
+        for (int r = 0; r < a->n_rows && all < PF_ALL_BYTES / 2; r++) {
+            int seen = 0;
+            for (int q = 0; q < r && !seen; q++)
+                seen = a->block_table[q] == a->block_table[r];
+            if (seen)
+                continue;
+            size_t left = (size_t)(a->n_ctx[r] > 0 ? a->n_ctx[r] : 0) * kv->token_bytes;
+            if (left > PF_SEQ_BYTES / 2)
+                left = PF_SEQ_BYTES / 2;
+            all += left;
+            for (int b = 0; left > 0; b++) {
+                const size_t bytes = left < block_bytes ? left : block_bytes;
+                if (pass) {
+                    const size_t off = (size_t)a->block_table[r][b] * block_bytes;
+                    c->pf_spans[n++] = (cpu_pf_span){(const char *)kv->k + off, bytes};
+                    c->pf_spans[n++] = (cpu_pf_span){(const char *)kv->v + off, bytes};
+                    lines += 2 * ((bytes + 63) / 64);
+                } else {
+                    n += 2;
+                }
+                left -= bytes;
+            }
+        }
+        if (!pass && (n == 0 || cpu_reserve((void **)&c->pf_spans, &c->pf_cap,
+                                            n * sizeof *c->pf_spans) != 0))
+            return -1;
+        if (!pass)
+            n = 0;
+    }
+    c->n_pf_spans = (int)n;
+    c->pf_lines_per_unit = (int)((2 * lines + (size_t)units - 1) / (size_t)units);
+    for (int t = 0; t < c->n_threads; t++)
+        c->ts[t].pf_span = t, c->ts[t].pf_off = 0;
+    return 0;
+}
+
+/* This thread's next n_units * pf_lines_per_unit lines of the plan. */
+static void kv_prefetch(cpu_backend *c, int thread, int n_units)
+{
+    cpu_thread_state *ts = &c->ts[thread];
+    int lines = n_units * c->pf_lines_per_unit;
+    while (lines > 0 && ts->pf_span < c->n_pf_spans) {
+        const cpu_pf_span *s = &c->pf_spans[ts->pf_span];
+        for (; ts->pf_off < s->bytes && lines > 0; ts->pf_off += 64, lines--)
+            __builtin_prefetch(s->p + ts->pf_off, 0, 2);
+        if (ts->pf_off >= s->bytes) {
+            ts->pf_span += c->n_threads;
+            ts->pf_off = 0;
+        }
+    }
+}
+
 /* Units [u, u + n) of the job's weights laid end to end. The residual add
  * works on the rows the unit just wrote, still in this core's cache. */
 static void x8_units(const void *ctx, int u, int n, int thread)
@@ -594,8 +682,21 @@ static void x8_units(const void *ctx, int u, int n, int thread)
             for (int r = 0; r < j->n_act; r++)
                 j->k->add_f32(j->residual + (size_t)r * os + (size_t)g0 * 8,
                               j->y[i] + (size_t)r * os + (size_t)g0 * 8, (g1 - g0) * 8);
+        if (j->rope_mask >> i & 1)
+            for (int r = 0; r < j->n_act; r++) {
+                const float *cs = j->rope_tab + (size_t)r * (size_t)j->rope_n_rot;
+                cpu_rope_normal(j->y[i] + (size_t)r * os, g0 * 8, g1 * 8, j->rope_hd,
+                                j->rope_n_rot, cs, cs + j->rope_n_rot / 2);
+            }
+        if (j->kv && i > 0) /* n_w == 3: K, V; units start at multiples of 32 rows */
+            for (int r = 0; r < j->n_act; r++)
+                if (j->slots[r] >= 0)
+                    cpu_kv_store_span(j->k, j->kv, i == 2, j->y[i] + (size_t)r * os, j->slots[r],
+                                      g0 * 8, g1 * 8);
         u = b;
     }
+    if (j->prefetch)
+        kv_prefetch(j->c, thread, n);
 }
 
 /* Reserves the activation buffer for as many rows of act_stride bytes as
@@ -727,6 +828,23 @@ static void matmul_x8_decode(cpu_backend *c, x8_job *d, const float *x, float *c
     d->eps = f ? f->eps : 0.0f;
     d->up = f && !d->norm ? f->up : NULL;
     d->residual = f ? f->residual : NULL;
+    /* cpu_matmul_fused leaves rope and kv set only where they can be
+     * fused (fuse_qkv_epilogue) */
+    d->rope_mask = 0;
+    d->kv = NULL;
+    if (f && (f->rope_q || f->rope_k || f->kv)) {
+        const exsa_rope_args *ra = f->rope_q ? f->rope_q : f->rope_k;
+        if (ra) {
+            d->rope_tab = cpu_rope_table(c, ra, f->pos);
+            d->rope_n_rot = ra->n_rot;
+            d->rope_hd = ra->head_dim;
+            d->rope_mask = (f->rope_q ? 1u : 0u) | (f->rope_k ? 2u : 0u);
+        }
+        d->kv = f->kv;
+        d->slots = f->slots;
+    }
+    d->prefetch = f && f->next_attn &&
+                  kv_prefetch_plan(c, f->next_attn, d->unit_end[d->n_w - 1]) == 0;
     d->n_act = n_rows;
     d->act = (const char *)x; /* F32 / F16 weights without a norm read x itself */
     d->act_buf = NULL;
@@ -746,6 +864,8 @@ static void matmul_x8_decode(cpu_backend *c, x8_job *d, const float *x, float *c
                 cpu_fill_nan(y[i], (int64_t)n_rows * d->w[i]->n_out);
             if (d->residual)
                 cpu_fill_nan(d->residual, (int64_t)n_rows * d->w[0]->n_out);
+            if (d->kv) /* what the plain kv_store would keep of NaN rows */
+                cpu_kv_store(&c->base, d->kv, y[1], y[2], d->slots, n_rows);
             return;
         }
         d->act_buf = c->act;
@@ -843,15 +963,31 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
 
 /* ---- creation ------------------------------------------------------------- */
 
+/* The activation format a repacked layout's kernels take (matmul_x8):
+ * weights that share it share one converted input. */
+enum { ACT_Q8_0S, ACT_Q8_0A, ACT_Q8_K, ACT_BF16, ACT_F32 };
+static int x8_act_format(const exsa_tensor *w)
+{
+    switch (w->layout) {
+    case EXSA_LAYOUT_Q8_0X8: return ACT_Q8_0A;
+    case EXSA_LAYOUT_Q4_KX8:
+    case EXSA_LAYOUT_Q6_KX8: return ACT_Q8_K;
+    case EXSA_LAYOUT_FX8: return w->type == EXSA_TYPE_BF16 ? ACT_BF16 : ACT_F32;
+    default: return ACT_Q8_0S;
+    }
+}
+
 /* The end of the run of weights from w[i] that matmul_x8 takes together
- * (one repacked layout, type and input size); i + 1 when w[i] goes alone
- * or is not repacked. */
+ * (repacked, one activation format and input size: Q4_K_M's Q6_K attn_v
+ * joins its Q4_K q and k); i + 1 when w[i] goes alone or is not
+ * repacked. */
 static int x8_run_end(const cpu_backend *c, const exsa_tensor *const *w, int n_w, int i)
 {
     int e = i + 1;
     if (w[i]->layout != EXSA_LAYOUT_ROWS && x8_fits(c, w[i]))
-        while (e < n_w && e - i < X8_MAX_W && w[e]->layout == w[i]->layout &&
-               w[e]->type == w[i]->type && w[e]->n_in == w[i]->n_in && x8_fits(c, w[e]))
+        while (e < n_w && e - i < X8_MAX_W && w[e]->layout != EXSA_LAYOUT_ROWS &&
+               x8_act_format(w[e]) == x8_act_format(w[i]) && w[e]->n_in == w[i]->n_in &&
+               x8_fits(c, w[e]))
             e++;
     return e;
 }
@@ -874,6 +1010,55 @@ static void cpu_matmul_multi(exsa_backend *b, const exsa_tensor *const *w, int n
     }
 }
 
+/* f's rope and kv_store as the plain ops, on q, k, v (y[0..2]). */
+static void qkv_plain_epilogue(exsa_backend *b, float *const *y, int n_rows,
+                               const exsa_matmul_fuse *f)
+{
+    if (f->rope_q)
+        cpu_rope(b, y[0], f->pos, f->rope_q);
+    if (f->rope_k)
+        cpu_rope(b, y[1], f->pos, f->rope_k);
+    if (f->kv)
+        cpu_kv_store(b, f->kv, y[1], y[2], f->slots, n_rows);
+}
+
+/* Whether the rope and kv_store f asks for (q, k, v: n_w == 3) can run
+ * on each decode unit's rows as it is written: llama's pairwise rope
+ * (a unit's rows hold whole pairs), one angle table for q and k, rows of
+ * the shapes the weights give, a cache kv_store writes. */
+static int fuse_qkv_epilogue(cpu_backend *c, const exsa_tensor *const *w, int n_w, int n_rows,
+                             const exsa_matmul_fuse *f)
+{
+    if (n_w != 3 || !f->pos)
+        return 0;
+    const exsa_rope_args *q = f->rope_q, *k = f->rope_k, *a = q ? q : k;
+    if (a) {
+        if (a->mode != EXSA_ROPE_NORMAL || a->n_rows != n_rows || a->n_rot <= 0 ||
+            a->n_rot % 2 || a->head_dim <= 0 || a->head_dim % 2 || a->n_rot > a->head_dim)
+            return 0;
+        if (q && k &&
+            (k->mode != q->mode || k->n_rows != q->n_rows || k->n_rot != q->n_rot ||
+             k->head_dim != q->head_dim || k->freq_factors != q->freq_factors ||
+             memcmp(&k->freq_base, &q->freq_base, sizeof(float)) != 0 ||
+             memcmp(&k->freq_scale, &q->freq_scale, sizeof(float)) != 0))
+            return 0;
+        if ((q && (int64_t)q->n_heads * q->head_dim != w[0]->n_out) ||
+            (k && (int64_t)k->n_heads * k->head_dim != w[1]->n_out))
+            return 0;
+        if (!cpu_rope_table(c, a, f->pos))
+            return 0;
+    }
+    if (f->kv) {
+        const exsa_kv_layer *kv = f->kv;
+        const int64_t row = (int64_t)kv->n_kv_head * kv->head_dim;
+        if (!f->slots || row <= 0 || row != w[1]->n_out || row != w[2]->n_out ||
+            (kv->type != EXSA_TYPE_F32 && kv->type != EXSA_TYPE_F16 &&
+             !(kv->type == EXSA_TYPE_Q8_0 && row % EXSA_QK8_0 == 0)))
+            return 0;
+    }
+    return 1;
+}
+
 /* Decode batches whose weights matmul_x8 takes in one run get the fused
  * form; everything else runs the plain ops in order (same bits). */
 static void cpu_matmul_fused(exsa_backend *b, const exsa_tensor *const *w, int n_w,
@@ -883,7 +1068,7 @@ static void cpu_matmul_fused(exsa_backend *b, const exsa_tensor *const *w, int n
     cpu_backend *c = cpu_of(b);
     if (n_rows <= 0 || n_w <= 0)
         return;
-    if (f->residual && n_w != 1) {
+    if ((f->residual && n_w != 1) || ((f->rope_q || f->rope_k || f->kv) && n_w != 3)) {
         for (int i = 0; i < n_w; i++)
             cpu_fill_nan(y[i], (int64_t)n_rows * w[i]->n_out);
         return;
@@ -896,7 +1081,14 @@ static void cpu_matmul_fused(exsa_backend *b, const exsa_tensor *const *w, int n
         small &= w[i]->n_out <= INT32_MAX;
     if (small && n_rows <= X8_STREAM_ROWS && w[0]->layout != EXSA_LAYOUT_ROWS &&
         x8_fits(c, w[0]) && x8_run_end(c, w, n_w, 0) == n_w) {
-        matmul_x8(c, w, n_w, x, y, n_rows, f);
+        if (!(f->rope_q || f->rope_k || f->kv) || fuse_qkv_epilogue(c, w, n_w, n_rows, f)) {
+            matmul_x8(c, w, n_w, x, y, n_rows, f);
+            return;
+        }
+        exsa_matmul_fuse mm = {.norm = f->norm, .eps = f->eps, .up = f->up,
+                               .next_attn = f->next_attn};
+        matmul_x8(c, w, n_w, x, y, n_rows, &mm);
+        qkv_plain_epilogue(b, y, n_rows, f);
         return;
     }
     const float *in = x;
@@ -910,6 +1102,7 @@ static void cpu_matmul_fused(exsa_backend *b, const exsa_tensor *const *w, int n
     cpu_matmul_multi(b, w, n_w, in, y, n_rows);
     if (f->residual)
         cpu_add(b, f->residual, y[0], (int64_t)n_rows * w[0]->n_out);
+    qkv_plain_epilogue(b, y, n_rows, f);
 }
 
 static const exsa_backend_ops cpu_ops = {
@@ -966,6 +1159,12 @@ exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err)
     }
     for (int t = 0; t < n_threads; t++)
         atomic_init(&c->spans[t].fb, 0);
+    c->ts = aligned_alloc(64, sizeof(cpu_thread_state) * (size_t)n_threads);
+    if (!c->ts) {
+        exsa_err_set(err, EXSA_ENOMEM, "cpu backend: out of memory");
+        cpu_destroy(&c->base);
+        return NULL;
+    }
     /* Room for attention with head_dim up to 256 before any growth. */
     if (cpu_tls_reserve(c, 1024) != 0) {
         exsa_err_set(err, EXSA_ENOMEM, "cpu backend: cannot allocate %d thread scratch buffers",

@@ -29,6 +29,34 @@ typedef struct {
     _Alignas(64) _Atomic uint64_t fb;
 } cpu_span;
 
+/* Rows a cached rope table holds (cpu_rope_table): decode batches. */
+#define CPU_ROPE_TABLE_ROWS 64
+
+/* What c->rope_tab was computed for. */
+typedef struct {
+    int valid;
+    int n_rows, n_rot;
+    float freq_base, freq_scale;
+    int has_factors;
+    int32_t pos[CPU_ROPE_TABLE_ROWS];
+    float *factors; /* [n_rot / 2] copy of freq_factors */
+    size_t factors_cap;
+} cpu_rope_key;
+
+/* One piece of K or V context a decode q, k, v run fetches ahead of the
+ * attention (cpu_backend.c kv_prefetch). */
+typedef struct {
+    const char *p;
+    size_t bytes;
+} cpu_pf_span;
+
+/* What one thread writes during a decode run (n_threads of them, one line
+ * each): its place in the prefetch spans. */
+typedef struct {
+    _Alignas(64) int pf_span;
+    size_t pf_off;
+} cpu_thread_state;
+
 typedef struct cpu_backend {
     exsa_backend base; /* first: an exsa_backend * is a cpu_backend * */
     exsa_threadpool *pool;
@@ -43,6 +71,14 @@ typedef struct cpu_backend {
     cpu_span *spans;  /* n_threads: decode matmul spans */
     float *rope_freq; /* rope: per-pair angle per position */
     size_t rope_cap;  /* bytes */
+    float *rope_tab;  /* cpu_rope_table: [n_rows][n_rot] cos, then sin */
+    size_t rope_tab_cap;
+    cpu_rope_key rope_key;
+    cpu_pf_span *pf_spans; /* kv_prefetch: thread t takes spans t, t + n_threads, ... */
+    size_t pf_cap;         /* bytes */
+    int n_pf_spans;
+    int pf_lines_per_unit;
+    cpu_thread_state *ts;  /* [n_threads] */
 } cpu_backend;
 
 static inline cpu_backend *cpu_of(exsa_backend *b)
@@ -76,6 +112,17 @@ void cpu_add_bias(exsa_backend *b, float *y, const float *bias, int n_rows, int 
 void cpu_add(exsa_backend *b, float *y, const float *x, int64_t n);
 void cpu_scale(exsa_backend *b, float *x, float s, int64_t n);
 void cpu_rope(exsa_backend *b, float *x, const int32_t *pos, const exsa_rope_args *a);
+/* cos (cs) and sin (sn) of pos * freq[i], i < half: rope's angles. */
+void cpu_rope_angles(const float *freq, int half, int32_t pos, float *cs, float *sn);
+/* EXSA_ROPE_NORMAL on elements [o0, o1) of one row of heads (o0, o1 and
+ * head_dim even): what cpu_rope does to them, bit for bit. */
+void cpu_rope_normal(float *x, int64_t o0, int64_t o1, int head_dim, int n_rot, const float *cs,
+                     const float *sn);
+/* The angles of rows pos[0 .. a->n_rows) as [n_rows][n_rot] floats (cos
+ * half, then sin half), computed once and kept while the positions and a's
+ * frequencies stay the same (every layer of a forward pass); NULL when
+ * memory is short or n_rows > CPU_ROPE_TABLE_ROWS. */
+const float *cpu_rope_table(cpu_backend *c, const exsa_rope_args *a, const int32_t *pos);
 void cpu_softmax(exsa_backend *b, float *x, int n_rows, int n);
 void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
 
@@ -83,5 +130,9 @@ void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out,
 void cpu_kv_store(exsa_backend *b, const exsa_kv_layer *kv, const float *k, const float *v,
                   const int32_t *slots, int n_rows);
 void cpu_attention(exsa_backend *b, const exsa_attn_args *a);
+/* Elements [e0, e1) of a K (is_v 0) or V row into slot `slot` of kv, as
+ * kv_store writes them; for a Q8_0 cache e0 and e1 are multiples of 32. */
+void cpu_kv_store_span(const exsa_cpu_kernels *k, const exsa_kv_layer *kv, int is_v,
+                       const float *row, int32_t slot, int64_t e0, int64_t e1);
 
 #endif

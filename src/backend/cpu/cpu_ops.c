@@ -174,6 +174,32 @@ typedef struct {
     const float *freq; /* [n_rot/2] angle per unit position */
 } rope_job;
 
+void cpu_rope_angles(const float *freq, int half, int32_t pos, float *cs, float *sn)
+{
+    const float p = (float)pos;
+    for (int i = 0; i < half; i++) {
+        float theta = p * freq[i];
+        cs[i] = cosf(theta);
+        sn[i] = sinf(theta);
+    }
+}
+
+void cpu_rope_normal(float *x, int64_t o0, int64_t o1, int head_dim, int n_rot, const float *cs,
+                     const float *sn)
+{
+    for (int64_t o = o0; o < o1;) {
+        const int64_t h0 = o - o % head_dim, end = h0 + n_rot < o1 ? h0 + n_rot : o1;
+        for (; o < end; o += 2) {
+            const int i = (int)(o - h0) / 2;
+            float x0 = x[o], x1 = x[o + 1];
+            x[o] = x0 * cs[i] - x1 * sn[i];
+            x[o + 1] = x0 * sn[i] + x1 * cs[i];
+        }
+        if (o < h0 + head_dim) /* dims past n_rot stay as they are */
+            o = h0 + head_dim;
+    }
+}
+
 static void rope_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
     rope_job *j = vctx;
@@ -183,30 +209,39 @@ static void rope_range(void *vctx, int64_t begin, int64_t end, int thread)
     float *sn = cs + half;
     int64_t row_len = (int64_t)a->n_heads * a->head_dim;
     for (int64_t r = begin; r < end; r++) {
-        float p = (float)j->pos[r];
         /* One angle per pair, shared by all heads of the row. */
-        for (int i = 0; i < half; i++) {
-            float theta = p * j->freq[i];
-            cs[i] = cosf(theta);
-            sn[i] = sinf(theta);
+        cpu_rope_angles(j->freq, half, j->pos[r], cs, sn);
+        float *xr = j->x + r * row_len;
+        if (a->mode != EXSA_ROPE_NEOX) {
+            cpu_rope_normal(xr, 0, row_len, a->head_dim, a->n_rot, cs, sn);
+            continue;
         }
         for (int h = 0; h < a->n_heads; h++) {
-            float *x = j->x + r * row_len + (int64_t)h * a->head_dim;
-            if (a->mode == EXSA_ROPE_NEOX) {
-                for (int i = 0; i < half; i++) {
-                    float x0 = x[i], x1 = x[i + half];
-                    x[i] = x0 * cs[i] - x1 * sn[i];
-                    x[i + half] = x0 * sn[i] + x1 * cs[i];
-                }
-            } else {
-                for (int i = 0; i < half; i++) {
-                    float x0 = x[2 * i], x1 = x[2 * i + 1];
-                    x[2 * i] = x0 * cs[i] - x1 * sn[i];
-                    x[2 * i + 1] = x0 * sn[i] + x1 * cs[i];
-                }
+            float *x = xr + (int64_t)h * a->head_dim;
+            for (int i = 0; i < half; i++) {
+                float x0 = x[i], x1 = x[i + half];
+                x[i] = x0 * cs[i] - x1 * sn[i];
+                x[i + half] = x0 * sn[i] + x1 * cs[i];
             }
         }
     }
+}
+
+/* c->rope_freq for a: base^(-2i/n_rot) by powf per pair (no running
+ * product, whose rounding error would grow with i), folded with the linear
+ * scale and the per-pair divisor. 0, or -1 when it cannot grow. */
+static int rope_freqs(cpu_backend *c, const exsa_rope_args *a)
+{
+    const int half = a->n_rot / 2;
+    if (cpu_reserve((void **)&c->rope_freq, &c->rope_cap, (size_t)half * sizeof(float)) != 0)
+        return -1;
+    for (int i = 0; i < half; i++) {
+        float f = a->freq_scale * powf(a->freq_base, -(float)(2 * i) / (float)a->n_rot);
+        if (a->freq_factors)
+            f /= a->freq_factors[i];
+        c->rope_freq[i] = f;
+    }
+    return 0;
 }
 
 void cpu_rope(exsa_backend *b, float *x, const int32_t *pos, const exsa_rope_args *a)
@@ -216,21 +251,57 @@ void cpu_rope(exsa_backend *b, float *x, const int32_t *pos, const exsa_rope_arg
     if (a->n_rows <= 0 || half <= 0 || a->n_heads <= 0 || a->n_rot > a->head_dim)
         return;
     size_t n_rows_elems = (size_t)a->n_rows * (size_t)a->n_heads * (size_t)a->head_dim;
-    if (cpu_reserve((void **)&c->rope_freq, &c->rope_cap, (size_t)half * sizeof(float)) != 0 ||
-        cpu_tls_reserve(c, (size_t)a->n_rot) != 0) {
+    if (rope_freqs(c, a) != 0 || cpu_tls_reserve(c, (size_t)a->n_rot) != 0) {
         cpu_fill_nan(x, (int64_t)n_rows_elems);
         return;
-    }
-    /* base^(-2i/n_rot) by powf per pair (no running product, whose rounding
-     * error would grow with i), folded with the linear scale and the
-     * per-pair divisor. */
-    for (int i = 0; i < half; i++) {
-        float f = a->freq_scale * powf(a->freq_base, -(float)(2 * i) / (float)a->n_rot);
-        if (a->freq_factors)
-            f /= a->freq_factors[i];
-        c->rope_freq[i] = f;
     }
     rope_job j = {c, x, pos, a, c->rope_freq};
     int64_t per_row = (int64_t)a->n_heads * a->head_dim;
     cpu_parallel_for(c, a->n_rows, CPU_PAR_MIN_ELEMS / 2 / per_row + 1, rope_range, &j);
 }
+
+/* The key of c->rope_tab: everything its angles depend on. */
+static int rope_key_same(const cpu_backend *c, const exsa_rope_args *a, const int32_t *pos)
+{
+    const cpu_rope_key *k = &c->rope_key;
+    if (!k->valid || k->n_rows != a->n_rows || k->n_rot != a->n_rot ||
+        memcmp(&k->freq_base, &a->freq_base, sizeof(float)) != 0 ||
+        memcmp(&k->freq_scale, &a->freq_scale, sizeof(float)) != 0 ||
+        k->has_factors != (a->freq_factors != NULL) ||
+        memcmp(k->pos, pos, (size_t)a->n_rows * sizeof *pos) != 0)
+        return 0;
+    return !a->freq_factors ||
+           memcmp(k->factors, a->freq_factors, (size_t)(a->n_rot / 2) * sizeof(float)) == 0;
+}
+
+const float *cpu_rope_table(cpu_backend *c, const exsa_rope_args *a, const int32_t *pos)
+{
+    const int half = a->n_rot / 2;
+    if (a->n_rows <= 0 || a->n_rows > CPU_ROPE_TABLE_ROWS || half <= 0)
+        return NULL;
+    if (rope_key_same(c, a, pos))
+        return c->rope_tab;
+    cpu_rope_key *k = &c->rope_key;
+    k->valid = 0;
+    if (rope_freqs(c, a) != 0 ||
+        cpu_reserve((void **)&c->rope_tab, &c->rope_tab_cap,
+                    (size_t)a->n_rows * (size_t)a->n_rot * sizeof(float)) != 0 ||
+        (a->freq_factors && cpu_reserve((void **)&k->factors, &k->factors_cap,
+                                        (size_t)half * sizeof(float)) != 0))
+        return NULL;
+    for (int r = 0; r < a->n_rows; r++) {
+        float *cs = c->rope_tab + (size_t)r * (size_t)a->n_rot;
+        cpu_rope_angles(c->rope_freq, half, pos[r], cs, cs + half);
+    }
+    k->n_rows = a->n_rows;
+    k->n_rot = a->n_rot;
+    k->freq_base = a->freq_base;
+    k->freq_scale = a->freq_scale;
+    k->has_factors = a->freq_factors != NULL;
+    memcpy(k->pos, pos, (size_t)a->n_rows * sizeof *pos);
+    if (a->freq_factors)
+        memcpy(k->factors, a->freq_factors, (size_t)half * sizeof(float));
+    k->valid = 1;
+    return c->rope_tab;
+}
+
