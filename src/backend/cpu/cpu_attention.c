@@ -619,6 +619,82 @@ static void attn_task(void *vctx, int task, int thread)
     }
 }
 
+/* The task grid of attention a: query heads per part (*hp), parts per row
+ * (*n_parts) and tasks; 0 when the shapes are not ones it takes. As few
+ * parts per row as leave 4 tasks per thread (balance), so that a task
+ * reads long runs of each token row; parts of whole kv groups where a
+ * part holds more than one group. */
+static int64_t attn_grid(const cpu_backend *c, const exsa_attn_args *a, int *hp, int *n_parts)
+{
+    const exsa_kv_layer *kv = a->kv;
+    if (a->n_rows <= 0 || a->n_head <= 0 || kv->head_dim <= 0 || kv->n_kv_head <= 0 ||
+        a->n_head % kv->n_kv_head != 0 || kv->block_size <= 0 ||
+        (int64_t)a->n_rows * a->n_head > INT32_MAX ||
+        (kv->type != EXSA_TYPE_F32 && kv->type != EXSA_TYPE_F16 && kv->type != EXSA_TYPE_Q8_0))
+        return 0;
+    const int group = a->n_head / kv->n_kv_head;
+    const int64_t units =
+        kv->type == EXSA_TYPE_F16 ? (a->n_rows + F16_TILE - 1) / F16_TILE : a->n_rows;
+    int64_t want = (4 * (int64_t)c->n_threads + units - 1) / units;
+    int parts = want < a->n_head ? (int)want : a->n_head;
+    *hp = (a->n_head + parts - 1) / parts;
+    if (*hp > group)
+        *hp = (*hp + group - 1) / group * group;
+    *n_parts = (a->n_head + *hp - 1) / *hp;
+    return units * *n_parts;
+}
+
+/* Whether a's tasks are one per part (one tile of rows), every task the
+ * same work: then thread t runs tasks [t * n / T, (t + 1) * n / T) and
+ * reads the same heads' slices each step, which a q, k, v run can fetch
+ * for it ahead (cpu_attn_thread_bytes). */
+static int attn_static(const cpu_backend *c, const exsa_attn_args *a, int64_t tasks, int n_parts)
+{
+    return c->n_threads > 1 && tasks == n_parts && (a->n_rows == 1 || a->kv->type == EXSA_TYPE_F16);
+}
+
+int cpu_attn_thread_bytes(const cpu_backend *c, const exsa_attn_args *a, int thread, size_t *lo,
+                          size_t *hi)
+{
+    int hp, n_parts;
+    const int64_t tasks = attn_grid(c, a, &hp, &n_parts);
+    if (tasks == 0 || !attn_static(c, a, tasks, n_parts))
+        return 0;
+    const exsa_kv_layer *kv = a->kv;
+    const int T = c->n_threads, group = a->n_head / kv->n_kv_head;
+    const int64_t t0 = tasks * thread / T, t1 = tasks * (thread + 1) / T;
+    if (t0 >= t1) {
+        *lo = *hi = 0;
+        return 1;
+    }
+    const int64_t h0 = t0 * hp, h1 = t1 * hp < a->n_head ? t1 * hp : a->n_head;
+    const int64_t e0 = h0 / group * kv->head_dim, e1 = ((h1 - 1) / group + 1) * kv->head_dim;
+    if (kv->type == EXSA_TYPE_Q8_0) {
+        *lo = (size_t)(e0 / EXSA_QK8_0) * sizeof(exsa_block_q8_0);
+        *hi = (size_t)((e1 + EXSA_QK8_0 - 1) / EXSA_QK8_0) * sizeof(exsa_block_q8_0);
+    } else {
+        const size_t eb = kv->type == EXSA_TYPE_F16 ? sizeof(exsa_fp16) : sizeof(float);
+        *lo = (size_t)e0 * eb;
+        *hi = (size_t)e1 * eb;
+    }
+    return 1;
+}
+
+typedef struct {
+    exsa_task_fn fn;
+    void *job;
+    int64_t tasks;
+    int n_threads;
+} static_job;
+
+static void static_task(void *vctx, int task, int thread)
+{
+    const static_job *s = vctx;
+    const int64_t t0 = s->tasks * task / s->n_threads, t1 = s->tasks * (task + 1) / s->n_threads;
+    for (int64_t t = t0; t < t1; t++)
+        s->fn(s->job, (int)t, thread);
+}
+
 void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
 {
     cpu_backend *c = cpu_of(b);
@@ -628,25 +704,13 @@ void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
         return;
     int64_t total = (int64_t)a->n_rows * a->n_head;
     size_t hd_pad = ((size_t)hd + 15) & ~(size_t)15;
-    int ok = kv->n_kv_head > 0 && a->n_head % kv->n_kv_head == 0 && kv->block_size > 0 &&
-             total <= INT32_MAX &&
-             (kv->type == EXSA_TYPE_F32 || kv->type == EXSA_TYPE_F16 ||
-              kv->type == EXSA_TYPE_Q8_0);
-    attn_job j = {c, a, ok ? a->n_head / kv->n_kv_head : 1, hd_pad, NULL, 1, 1};
+    attn_job j = {c, a, 1, hd_pad, NULL, 1, 1};
+    const int64_t tasks = attn_grid(c, a, &j.hp, &j.n_parts);
+    int ok = tasks > 0;
     size_t scratch = 0;
     if (ok) {
-        /* As few parts per row as leave 4 tasks per thread (balance), so
-         * that a task reads long runs of each token row; parts of whole
-         * kv groups where a part holds more than one group. */
-        const int64_t units =
-            kv->type == EXSA_TYPE_F16 ? (a->n_rows + F16_TILE - 1) / F16_TILE : a->n_rows;
-        int64_t want = (4 * (int64_t)c->n_threads + units - 1) / units;
-        int parts = want < a->n_head ? (int)want : a->n_head;
-        j.hp = (a->n_head + parts - 1) / parts;
-        if (j.hp > j.group)
-            j.hp = (j.hp + j.group - 1) / j.group * j.group;
-        j.n_parts = (a->n_head + j.hp - 1) / j.hp;
-        total = units * j.n_parts;
+        j.group = a->n_head / kv->n_kv_head;
+        total = tasks;
         j.ak = exsa_cpu_attn_kernels_for(c->k);
         if (kv->type == EXSA_TYPE_F16) {
             size_t tiled = 0;
@@ -661,6 +725,11 @@ void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
         cpu_fill_nan(a->out, (int64_t)a->n_rows * a->n_head * hd);
         return;
     }
-    exsa_threadpool_run(c->pool, kv->type == EXSA_TYPE_F16 ? attn_f16_task : attn_task, &j,
-                        (int)total);
+    exsa_task_fn fn = kv->type == EXSA_TYPE_F16 ? attn_f16_task : attn_task;
+    if (attn_static(c, a, total, j.n_parts)) {
+        static_job s = {fn, &j, total, c->n_threads};
+        exsa_threadpool_run_each(c->pool, static_task, &s);
+    } else {
+        exsa_threadpool_run(c->pool, fn, &j, (int)total);
+    }
 }

@@ -595,53 +595,80 @@ static void x8_prologue(const void *ctx, int thread)
 #define PF_SEQ_BYTES (1024 * 1024)
 #define PF_ALL_BYTES (4 * 1024 * 1024)
 
-/* The K and V rows attention a will read first, as spans of whole blocks
- * (one sequence's rows once however many query rows it has), and the
- * lines each unit of a run of `units` should fetch to be done by the
- * run's middle. 0, or -1 when there is nothing to fetch or no memory. */
+/* Where thread t's part of attention a lies in each token row: the bytes
+ * of the heads it runs where the attention splits statically
+ * (cpu_attn_thread_bytes), else whole rows of every T-th block. */
+static void pf_thread_part(const cpu_backend *c, const exsa_attn_args *a, int t, int split,
+                           size_t *lo, size_t *hi)
+{
+    *lo = 0;
+    *hi = a->kv->token_bytes;
+    if (split)
+        cpu_attn_thread_bytes(c, a, t, lo, hi);
+}
+
+/* The K and V context attention a reads first, as spans (a block's rows,
+ * each thread's part of them), thread by thread, one sequence once
+ * however many query rows it has; and the lines each unit of a run of
+ * `units` should fetch so that the threads are done by the run's middle.
+ * Each thread fetches what it will read itself, into its own L2 where it
+ * fits. 0, or -1 when there is nothing to fetch or no memory. */
 static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t units)
 {
     const exsa_kv_layer *kv = a->kv;
+    const int T = c->n_threads;
     c->n_pf_spans = 0;
     if (!kv || kv->block_size <= 0 || kv->token_bytes == 0 || units <= 0)
         return -1;
-    const size_t block_bytes = (size_t)kv->block_size * kv->token_bytes;
-    size_t n = 0, lines = 0;
+    size_t lo, hi;
+    const int split = cpu_attn_thread_bytes(c, a, 0, &lo, &hi);
+    size_t n = 0, max_lines = 0;
     for (int pass = 0; pass < 2; pass++) {
-        size_t all = 0;
-        for (int r = 0; r < a->n_rows && all < PF_ALL_BYTES / 2; r++) {
-            int seen = 0;
-            for (int q = 0; q < r && !seen; q++)
-                seen = a->block_table[q] == a->block_table[r];
-            if (seen)
-                continue;
-            size_t left = (size_t)(a->n_ctx[r] > 0 ? a->n_ctx[r] : 0) * kv->token_bytes;
-            if (left > PF_SEQ_BYTES / 2)
-                left = PF_SEQ_BYTES / 2;
-            all += left;
-            for (int b = 0; left > 0; b++) {
-                const size_t bytes = left < block_bytes ? left : block_bytes;
-                if (pass) {
-                    const size_t off = (size_t)a->block_table[r][b] * block_bytes;
-                    c->pf_spans[n++] = (cpu_pf_span){(const char *)kv->k + off, bytes};
-                    c->pf_spans[n++] = (cpu_pf_span){(const char *)kv->v + off, bytes};
-                    lines += 2 * ((bytes + 63) / 64);
-                } else {
+        n = 0;
+        for (int t = 0; t < T; t++) {
+            pf_thread_part(c, a, t, split, &lo, &hi);
+            size_t lines = 0, all = 0;
+            if (pass)
+                c->ts[t].pf_span = (int)n;
+            for (int r = 0; r < a->n_rows && hi > lo && all < PF_ALL_BYTES / 2; r++) {
+                int seen = 0;
+                for (int q = 0; q < r && !seen; q++)
+                    seen = a->block_table[q] == a->block_table[r];
+                if (seen)
+                    continue;
+                int64_t left = a->n_ctx[r] > 0 ? a->n_ctx[r] : 0;
+                const int64_t cap = (int64_t)(PF_SEQ_BYTES / 2 / kv->token_bytes);
+                left = left < cap ? left : cap;
+                all += (size_t)left * kv->token_bytes;
+                for (int b = 0; left > 0; b++) {
+                    const int rows = left < kv->block_size ? (int)left : kv->block_size;
+                    left -= rows;
+                    if (!split && b % T != t)
+                        continue;
+                    if (pass) {
+                        const size_t off = (size_t)a->block_table[r][b] * (size_t)kv->block_size *
+                                           kv->token_bytes + lo;
+                        c->pf_spans[n] = (cpu_pf_span){(const char *)kv->k + off, hi - lo, rows};
+                        c->pf_spans[n + 1] = (cpu_pf_span){(const char *)kv->v + off, hi - lo, rows};
+                    }
                     n += 2;
+                    lines += 2 * (size_t)rows * ((hi - lo + 63) / 64 + 1);
                 }
-                left -= bytes;
             }
+            if (pass)
+                c->ts[t].pf_end = (int)n;
+            max_lines = lines > max_lines ? lines : max_lines;
         }
-        if (!pass && (n == 0 || cpu_reserve((void **)&c->pf_spans, &c->pf_cap,
-                                            n * sizeof *c->pf_spans) != 0))
+        if (!pass && (n == 0 || n > INT32_MAX ||
+                      cpu_reserve((void **)&c->pf_spans, &c->pf_cap, n * sizeof *c->pf_spans) != 0))
             return -1;
-        if (!pass)
-            n = 0;
     }
     c->n_pf_spans = (int)n;
-    c->pf_lines_per_unit = (int)((2 * lines + (size_t)units - 1) / (size_t)units);
-    for (int t = 0; t < c->n_threads; t++)
-        c->ts[t].pf_span = t, c->ts[t].pf_off = 0;
+    c->pf_stride = kv->token_bytes;
+    const size_t per_thread_units = (size_t)(units / T > 0 ? units / T : 1);
+    c->pf_lines_per_unit = (int)((2 * max_lines + per_thread_units - 1) / per_thread_units);
+    for (int t = 0; t < T; t++)
+        c->ts[t].pf_row = 0, c->ts[t].pf_off = 0;
     return 0;
 }
 
@@ -650,13 +677,18 @@ static void kv_prefetch(cpu_backend *c, int thread, int n_units)
 {
     cpu_thread_state *ts = &c->ts[thread];
     int lines = n_units * c->pf_lines_per_unit;
-    while (lines > 0 && ts->pf_span < c->n_pf_spans) {
+    while (lines > 0 && ts->pf_span < ts->pf_end) {
         const cpu_pf_span *s = &c->pf_spans[ts->pf_span];
+        const char *row = s->p + (size_t)ts->pf_row * c->pf_stride;
         for (; ts->pf_off < s->bytes && lines > 0; ts->pf_off += 64, lines--)
-            __builtin_prefetch(s->p + ts->pf_off, 0, 2);
-        if (ts->pf_off >= s->bytes) {
-            ts->pf_span += c->n_threads;
-            ts->pf_off = 0;
+            __builtin_prefetch(row + ts->pf_off, 0, 2);
+        if (ts->pf_off < s->bytes)
+            break;
+        __builtin_prefetch(row + s->bytes - 1, 0, 2); /* a slice's last line */
+        ts->pf_off = 0;
+        if (++ts->pf_row == s->rows) {
+            ts->pf_row = 0;
+            ts->pf_span++;
         }
     }
 }

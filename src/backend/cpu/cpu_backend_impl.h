@@ -44,16 +44,20 @@ typedef struct {
 } cpu_rope_key;
 
 /* One piece of K or V context a decode q, k, v run fetches ahead of the
- * attention (cpu_backend.c kv_prefetch). */
+ * attention (cpu_backend.c kv_prefetch): `bytes` of each of `rows` token
+ * rows, pf_stride apart. */
 typedef struct {
     const char *p;
     size_t bytes;
+    int rows;
 } cpu_pf_span;
 
 /* What one thread writes during a decode run (n_threads of them, one line
- * each): its place in the prefetch spans. */
+ * each): its prefetch spans [pf_span, pf_end) and its place in them. */
 typedef struct {
     _Alignas(64) int pf_span;
+    int pf_end;
+    int pf_row;
     size_t pf_off;
 } cpu_thread_state;
 
@@ -78,6 +82,7 @@ typedef struct cpu_backend {
     size_t pf_cap;         /* bytes */
     int n_pf_spans;
     int pf_lines_per_unit;
+    size_t pf_stride;      /* bytes between the token rows of a span */
     cpu_thread_state *ts;  /* [n_threads] */
 } cpu_backend;
 
@@ -132,6 +137,11 @@ void cpu_kv_store(exsa_backend *b, const exsa_kv_layer *kv, const float *k, cons
 void cpu_attention(exsa_backend *b, const exsa_attn_args *a);
 /* Elements [e0, e1) of a K (is_v 0) or V row into slot `slot` of kv, as
  * kv_store writes them; for a Q8_0 cache e0 and e1 are multiples of 32. */
+/* Where attention a splits its heads statically over the threads, the
+ * bytes [*lo, *hi) of each K and V token row that thread reads: returns 1;
+ * 0 when its tasks are handed out as threads come (cpu_attention.c). */
+int cpu_attn_thread_bytes(const cpu_backend *c, const exsa_attn_args *a, int thread, size_t *lo,
+                          size_t *hi);
 void cpu_kv_store_span(const exsa_cpu_kernels *k, const exsa_kv_layer *kv, int is_v,
                        const float *row, int32_t slot, int64_t e0, int64_t e1);
 
