@@ -260,29 +260,6 @@ static void accum_f16_rows(int hd, int n, const exsa_fp16 *const *v, int n_r,
 
 /* ---- tiled float attention (attn_kernels.h: chunk_v_f16, attn_chunk) ---- */
 
-/* exsa_exp_neg on 16 lanes: the same operations in the same order. */
-INLINE __m512 exp16_neg(__m512 x)
-{
-    x = _mm512_max_ps(x, _mm512_set1_ps(EXSA_EXP_MIN)); /* a > b ? a : b, as the C */
-    x = _mm512_min_ps(x, _mm512_setzero_ps());
-    const __m512 magic = _mm512_set1_ps(EXSA_EXP_ROUND);
-    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(EXSA_EXP_LOG2E));
-    const __m512 n = _mm512_sub_ps(_mm512_add_ps(t, magic), magic);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(EXSA_EXP_LN2_HI), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(EXSA_EXP_LN2_LO), r);
-    __m512 p = _mm512_set1_ps(EXSA_EXP_C7);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C5));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXSA_EXP_C3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512i e =
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
-}
-
 static void chunk_v_f16(int hd, int hdp, int n, const exsa_fp16 *const *v, float *vf)
 {
     for (int j = 0; j < n; j++)

@@ -677,6 +677,105 @@ static void gemm_fx16(int type, int n, const void *w, size_t group_bytes, int n_
         fx16_drive(n, wc, group_bytes, n_groups, act, act_stride, n_act, out, out_stride, K_F32);
 }
 
+/* ---- activation prologue: 16 lanes, the AVX2 file's operations ----- */
+
+/* round_half_away of 16 lanes: t + (|v - t| >= 0.5 ? copysign(1, v) : 0);
+ * the integers it gives are the AVX2 form's. */
+INLINE __m512 round_half_away16(__m512 v)
+{
+    const __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m512 one = _mm512_or_ps(_mm512_and_ps(v, _mm512_set1_ps(-0.0f)), _mm512_set1_ps(1.0f));
+    const __mmask16 half =
+        _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm512_mask_add_ps(t, half, t, one);
+}
+
+/* One Q8_0 block as two 16-lane int32 halves (values in [-128, 127]) and
+ * its scale, the references' expressions: d = amax / 127, id = 1 / d. */
+INLINE void q8_0_block16(const float *x, __m512i *lo, __m512i *hi, exsa_fp16 *dh)
+{
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const float d = amax / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    *dh = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i mn = _mm512_set1_epi32(-128), mx = _mm512_set1_epi32(127);
+    *lo = _mm512_cvttps_epi32(round_half_away16(_mm512_mul_ps(a, vid)));
+    *hi = _mm512_cvttps_epi32(round_half_away16(_mm512_mul_ps(b, vid)));
+    *lo = _mm512_max_epi32(_mm512_min_epi32(*lo, mx), mn); /* the packs' saturation */
+    *hi = _mm512_max_epi32(_mm512_min_epi32(*hi, mx), mn);
+}
+
+INLINE __m256i q8_0_bytes(__m512i lo, __m512i hi)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(lo)),
+                                   _mm512_cvtepi32_epi8(hi), 1);
+}
+
+static void quantize_q8_0s(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0s *y = vy;
+    for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0) {
+        __m512i lo, hi;
+        exsa_fp16 dh;
+        q8_0_block16(x, &lo, &hi, &dh);
+        y[i].d = _cvtsh_ss(dh);
+        y[i].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(lo, hi));
+        _mm256_storeu_si256((__m256i *)y[i].qs, q8_0_bytes(lo, hi));
+    }
+}
+
+static void quantize_q8_0a(const float *x, void *vy, int64_t n)
+{
+    exsa_block_q8_0a *y = vy;
+    for (int64_t i = 0; i < n / EXSA_QK8_0; i++, x += EXSA_QK8_0) {
+        __m512i lo, hi;
+        exsa_fp16 dh;
+        q8_0_block16(x, &lo, &hi, &dh);
+        const __m256i q = q8_0_bytes(lo, hi);
+        y[i].d = _cvtsh_ss(dh);
+        _mm256_storeu_si256((__m256i *)y[i].qs, q);
+        _mm256_storeu_si256((__m256i *)y[i].aqs, _mm256_abs_epi8(q));
+        /* quad sums, then -128 * s as -(s << 7): exact for |s| <= 508 */
+        const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q),
+                                            _mm256_set1_epi16(1));
+        _mm256_storeu_si256((__m256i *)y[i].corr,
+                            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s, 7)));
+    }
+}
+
+/* swiglu of kernels.h, 16 lanes with exp16_neg; the tail by the formula. */
+static void swiglu(const float *g, const float *u, float *out, int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), sign = _mm512_set1_ps(-0.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(g + i);
+        const __m512 t = exp16_neg(_mm512_or_ps(x, sign)); /* -|x| */
+        const __mmask16 pos = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+        const __m512 s = _mm512_div_ps(_mm512_mask_blend_ps(pos, t, one), _mm512_add_ps(one, t));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(x, s), _mm512_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float x = g[i], t = exsa_exp_neg(-fabsf(x));
+        out[i] = x * ((x >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+    }
+}
+
+/* scale_mul of kernels.h: x * s, then * w, rounded as the scalar form. */
+static void scale_mul(const float *x, float s, const float *w, float *y, int64_t n)
+{
+    const __m512 vs = _mm512_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 p = _mm512_mul_ps(_mm512_loadu_ps(x + i), vs);
+        _mm512_storeu_ps(y + i, w ? _mm512_mul_ps(p, _mm512_loadu_ps(w + i)) : p);
+    }
+    for (; i < n; i++)
+        y[i] = w ? x[i] * s * w[i] : x[i] * s;
+}
+
 static const exsa_cpu_kernels avx512_partial = {
     .isa = "avx512",
     .gemm_fx = gemm_fx16,
@@ -691,6 +790,10 @@ static const exsa_cpu_kernels avx512_partial = {
     },
     .quantize_q8_0 = quantize_q8_0,
     .quantize_q8_K = quantize_q8_K,
+    .quantize_q8_0s = quantize_q8_0s,
+    .quantize_q8_0a = quantize_q8_0a,
+    .swiglu = swiglu,
+    .scale_mul = scale_mul,
     .dot_f32 = vec_dot_f32,
     .dot_f16_f32 = vec_dot_f16_f32,
     .axpy_f32 = axpy_f32,
@@ -1262,6 +1365,10 @@ static const exsa_cpu_kernels avx512vnni_partial = {
     },
     .quantize_q8_0 = quantize_q8_0,
     .quantize_q8_K = quantize_q8_K,
+    .quantize_q8_0s = quantize_q8_0s,
+    .quantize_q8_0a = quantize_q8_0a,
+    .swiglu = swiglu,
+    .scale_mul = scale_mul,
     .dot_f32 = vec_dot_f32,
     .dot_f16_f32 = vec_dot_f16_f32,
     .axpy_f32 = axpy_f32,
