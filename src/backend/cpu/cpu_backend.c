@@ -307,6 +307,7 @@ typedef struct {
     int n_spans;
     cpu_unit_fn fn;
     cpu_prologue_fn prologue;
+    cpu_unit_fn finish; /* or NULL */
     const void *ctx;
 } span_job;
 
@@ -321,28 +322,40 @@ static void span_run(const span_job *j, int u, int n, int thread, int *ready)
     j->fn(j->ctx, u, n, thread);
 }
 
+/* The finish of each claim runs after the next claim: a claim is a locked
+ * instruction, which waits until this thread's earlier stores are done,
+ * and the finish's stores (the residual rows, which the other thread read
+ * in its prologue) each wait for that thread's copy to be invalidated; so
+ * they drain while the next units compute instead of inside the claim. */
 static void span_task(void *vctx, int task, int thread)
 {
     const span_job *j = vctx;
-    int u, n, ready = !j->prologue;
-    while ((n = span_take(&j->spans[task], 0, &u)) > 0)
-        span_run(j, u, n, thread, &ready);
-    for (int k = 1; k < j->n_spans; k++)
-        while (span_take(&j->spans[(task + k) % j->n_spans], 1, &u) > 0)
-            span_run(j, u, 1, thread, &ready);
+    int u, n, ready = !j->prologue, pu = 0, pn = 0;
+    for (int k = 0; k < j->n_spans; k++) {
+        cpu_span *s = &j->spans[(task + k) % j->n_spans];
+        while ((n = span_take(s, k > 0, &u)) > 0) {
+            if (pn && j->finish)
+                j->finish(j->ctx, pu, pn, thread);
+            span_run(j, u, n, thread, &ready);
+            pu = u;
+            pn = n;
+        }
+    }
+    if (pn && j->finish)
+        j->finish(j->ctx, pu, pn, thread);
 }
 
 /* fn over units [0, units) in n_threads spans, span t on thread t;
  * units <= INT32_MAX. */
 static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, cpu_prologue_fn prologue,
-                      const void *ctx)
+                      cpu_unit_fn finish, const void *ctx)
 {
     for (int t = 0; t < c->n_threads; t++) {
         const uint64_t f = (uint64_t)(units * t / c->n_threads);
         const uint64_t b = (uint64_t)(units * (t + 1) / c->n_threads);
         atomic_store_explicit(&c->spans[t].fb, b << 32 | f, memory_order_relaxed);
     }
-    span_job j = {c->spans, c->n_threads, fn, prologue, ctx};
+    span_job j = {c->spans, c->n_threads, fn, prologue, finish, ctx};
     exsa_threadpool_run_each(c->pool, span_task, &j);
 }
 
@@ -695,10 +708,11 @@ static void kv_prefetch(cpu_backend *c, int thread, int n_units)
 
 /* Units [u, u + n) of the job's weights laid end to end. The residual add
  * works on the rows the unit just wrote, still in this core's cache. */
-static void x8_units(const void *ctx, int u, int n, int thread)
+/* Calls fn(j, i, g0, g1) for each weight i that units [u, u + n) cover:
+ * its groups [g0, g1). */
+typedef void (*x8_part_fn)(const x8_job *j, int i, int64_t g0, int64_t g1, const char *act);
+static void x8_each(const x8_job *j, int u, int n, x8_part_fn fn, const char *act)
 {
-    const x8_job *j = ctx;
-    const char *act = j->act_slice ? j->act_buf + (size_t)thread * j->act_slice : j->act;
     const int u1 = u + n;
     for (int i = 0; i < j->n_w && u < u1; i++) {
         const int64_t start = i ? j->unit_end[i - 1] : 0, end = j->unit_end[i];
@@ -707,26 +721,54 @@ static void x8_units(const void *ctx, int u, int n, int thread)
         const int b = u1 < end ? u1 : (int)end;
         const int64_t n_groups = j->w[i]->n_out / 8;
         const int64_t g0 = (int64_t)(u - start) * UNIT_GROUPS, g1m = (int64_t)(b - start) * UNIT_GROUPS;
-        const int64_t g1 = g1m < n_groups ? g1m : n_groups;
-        x8_run(j, i, act, 0, g0, g1);
-        const size_t os = (size_t)j->w[i]->n_out;
-        if (j->residual) /* n_w == 1 */
-            for (int r = 0; r < j->n_act; r++)
-                j->k->add_f32(j->residual + (size_t)r * os + (size_t)g0 * 8,
-                              j->y[i] + (size_t)r * os + (size_t)g0 * 8, (g1 - g0) * 8);
-        if (j->rope_mask >> i & 1)
-            for (int r = 0; r < j->n_act; r++) {
-                const float *cs = j->rope_tab + (size_t)r * (size_t)j->rope_n_rot;
-                cpu_rope_normal(j->y[i] + (size_t)r * os, g0 * 8, g1 * 8, j->rope_hd,
-                                j->rope_n_rot, cs, cs + j->rope_n_rot / 2);
-            }
-        if (j->kv && i > 0) /* n_w == 3: K, V; units start at multiples of 32 rows */
-            for (int r = 0; r < j->n_act; r++)
-                if (j->slots[r] >= 0)
-                    cpu_kv_store_span(j->k, j->kv, i == 2, j->y[i] + (size_t)r * os, j->slots[r],
-                                      g0 * 8, g1 * 8);
+        fn(j, i, g0, g1m < n_groups ? g1m : n_groups, act);
         u = b;
     }
+}
+
+static void x8_compute(const x8_job *j, int i, int64_t g0, int64_t g1, const char *act)
+{
+    x8_run(j, i, act, 0, g0, g1);
+}
+
+/* A unit's rows after the matmul: the residual add, rope, the K/V store. */
+static void x8_epilogue(const x8_job *j, int i, int64_t g0, int64_t g1, const char *act)
+{
+    (void)act;
+    const size_t os = (size_t)j->w[i]->n_out;
+    if (j->residual) /* n_w == 1 */
+        for (int r = 0; r < j->n_act; r++)
+            j->k->add_f32(j->residual + (size_t)r * os + (size_t)g0 * 8,
+                          j->y[i] + (size_t)r * os + (size_t)g0 * 8, (g1 - g0) * 8);
+    if (j->rope_mask >> i & 1)
+        for (int r = 0; r < j->n_act; r++) {
+            const float *cs = j->rope_tab + (size_t)r * (size_t)j->rope_n_rot;
+            cpu_rope_normal(j->y[i] + (size_t)r * os, g0 * 8, g1 * 8, j->rope_hd, j->rope_n_rot,
+                            cs, cs + j->rope_n_rot / 2);
+        }
+    if (j->kv && i > 0) /* n_w == 3: K, V; units start at multiples of 32 rows */
+        for (int r = 0; r < j->n_act; r++)
+            if (j->slots[r] >= 0)
+                cpu_kv_store_span(j->k, j->kv, i == 2, j->y[i] + (size_t)r * os, j->slots[r],
+                                  g0 * 8, g1 * 8);
+}
+
+/* Units [u, u + n) of the job's weights laid end to end. */
+static void x8_units(const void *ctx, int u, int n, int thread)
+{
+    const x8_job *j = ctx;
+    x8_each(j, u, n, x8_compute,
+            j->act_slice ? j->act_buf + (size_t)thread * j->act_slice : j->act);
+}
+
+/* What follows units [u, u + n) once the next claim is made (span_task):
+ * the epilogue works on the rows the units just wrote, still in this
+ * core's cache; then this thread's share of the K/V prefetch. */
+static void x8_finish(const void *ctx, int u, int n, int thread)
+{
+    const x8_job *j = ctx;
+    if (j->residual || j->rope_mask || j->kv)
+        x8_each(j, u, n, x8_epilogue, NULL);
     if (j->prefetch)
         kv_prefetch(j->c, thread, n);
 }
@@ -903,7 +945,8 @@ static void matmul_x8_decode(cpu_backend *c, x8_job *d, const float *x, float *c
         d->act_buf = c->act;
         d->act_slice = slice;
     }
-    run_spans(c, d->unit_end[d->n_w - 1], x8_units, d->act_slice ? x8_prologue : NULL, d);
+    run_spans(c, d->unit_end[d->n_w - 1], x8_units, d->act_slice ? x8_prologue : NULL,
+              x8_finish, d);
 }
 
 static act_quant_fn quantizer_for(const cpu_backend *c, int type)
@@ -975,7 +1018,7 @@ static void cpu_matmul(exsa_backend *b, const exsa_tensor *w, const float *x, fl
         dot_job d = {dot, w, act, act_stride, nr, n_chunks, chunk_rows,
                      y + (size_t)r0 * (size_t)n_out};
         if (nr <= X8_STREAM_ROWS && n_out / UNIT_ROWS < INT32_MAX) {
-            run_spans(c, (n_out + UNIT_ROWS - 1) / UNIT_ROWS, dot_units, NULL, &d);
+            run_spans(c, (n_out + UNIT_ROWS - 1) / UNIT_ROWS, dot_units, NULL, NULL, &d);
             continue;
         }
         int64_t n_tasks = (int64_t)n_tiles * n_chunks;
