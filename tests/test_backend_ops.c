@@ -1076,6 +1076,45 @@ static void test_attention(void **state)
 
 /* ---- matmul_multi ----------------------------------------------------------- */
 
+/* n_w weights (n_in inputs; types and output counts given) made from
+ * normal(0, 0.5) floats, repacked where g_repack says, with want / got
+ * outputs of max_rows rows: the sets the matmul tests compare. */
+typedef struct {
+    int n_w;
+    exsa_tensor t[3];
+    const exsa_tensor *tp[3];
+    void *data[3], *rbuf[3];
+    float *want[3], *got[3];
+} wset;
+
+static void wset_make(wset *s, int n_w, int n_in, const int *type, const int *n_out, int max_rows)
+{
+    s->n_w = n_w;
+    for (int i = 0; i < n_w; i++) {
+        const int no = n_out[i];
+        float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no);
+        fill_normal(src, (size_t)n_in * (size_t)no, 0.5f);
+        size_t rb;
+        s->data[i] = make_weights(type[i], src, n_in, no, &rb);
+        free(src);
+        s->t[i] = (exsa_tensor){"w", type[i], n_in, no, rb, s->data[i], EXSA_LAYOUT_ROWS};
+        s->rbuf[i] = maybe_repack(&s->t[i]);
+        s->want[i] = xmalloc(sizeof(float) * (size_t)no * (size_t)max_rows);
+        s->got[i] = xmalloc(sizeof(float) * (size_t)no * (size_t)max_rows);
+        s->tp[i] = &s->t[i];
+    }
+}
+
+static void wset_free(wset *s)
+{
+    for (int i = 0; i < s->n_w; i++) {
+        free(s->rbuf[i]);
+        free(s->data[i]);
+        free(s->want[i]);
+        free(s->got[i]);
+    }
+}
+
 /* matmul_multi must give, for each weight, the bits of matmul on it alone:
  * weights of one repacked layout run fused (one quantized input, one pool
  * run), others (row layout, another layout, n_out not a multiple of 8) on
@@ -1101,24 +1140,12 @@ static void test_matmul_multi(void **state)
     g_repack = 1;
     for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++) {
         const int n_w = sets[si].n_w, n_in = sets[si].n_in;
-        exsa_tensor t[3];
-        void *data[3], *rbuf[3];
-        float *want[3], *got[3];
         float *x = xmalloc(sizeof(float) * (size_t)n_in * 70);
         fill_normal(x, (size_t)n_in * 70, 1.0f);
-        for (int i = 0; i < n_w; i++) {
-            const int no = sets[si].n_out[i];
-            float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no);
-            fill_normal(src, (size_t)n_in * (size_t)no, 0.5f);
-            size_t rb;
-            data[i] = make_weights(sets[si].type[i], src, n_in, no, &rb);
-            free(src);
-            t[i] = (exsa_tensor){"w", sets[si].type[i], n_in, no, rb, data[i], EXSA_LAYOUT_ROWS};
-            rbuf[i] = maybe_repack(&t[i]);
-            want[i] = xmalloc(sizeof(float) * (size_t)no * 70);
-            got[i] = xmalloc(sizeof(float) * (size_t)no * 70);
-        }
-        const exsa_tensor *tp[3] = {&t[0], &t[1], &t[2]};
+        wset ws;
+        wset_make(&ws, n_w, n_in, sets[si].type, sets[si].n_out, 70);
+        const exsa_tensor *t = ws.t, *const *tp = ws.tp;
+        float **want = ws.want, **got = ws.got;
         for (size_t ri = 0; ri < sizeof rows / sizeof rows[0] && !fail[0]; ri++) {
             const int nr = rows[ri];
             for (int i = 0; i < n_w; i++) {
@@ -1137,12 +1164,7 @@ static void test_matmul_multi(void **state)
                         break;
                     }
         }
-        for (int i = 0; i < n_w; i++) {
-            free(rbuf[i]);
-            free(data[i]);
-            free(want[i]);
-            free(got[i]);
-        }
+        wset_free(&ws);
         free(x);
     }
     g_repack = 0;
@@ -1180,9 +1202,6 @@ static void test_matmul_fused(void **state)
         g_repack = repack;
         for (size_t si = 0; si < sizeof sets / sizeof sets[0] && !fail[0]; si++) {
             const int n_w = sets[si].n_w, n_in = sets[si].n_in, no0 = sets[si].n_out[0];
-            exsa_tensor t[3];
-            void *data[3], *rbuf[3];
-            float *want[3], *got[3];
             const size_t nx = (size_t)n_in * MAXR, nres = (size_t)no0 * MAXR;
             float *x = xmalloc(sizeof(float) * nx), *up = xmalloc(sizeof(float) * nx);
             float *xin = xmalloc(sizeof(float) * nx), *scratch = xmalloc(sizeof(float) * nx);
@@ -1194,20 +1213,10 @@ static void test_matmul_fused(void **state)
             fill_normal(up, nx, 1.0f);
             fill_uniform(norm, (size_t)n_in, 0.5f, 1.5f);
             fill_normal(res0, nres, 1.0f);
-            for (int i = 0; i < n_w; i++) {
-                const int no = sets[si].n_out[i];
-                float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no);
-                fill_normal(src, (size_t)n_in * (size_t)no, 0.5f);
-                size_t rb;
-                data[i] = make_weights(sets[si].type[i], src, n_in, no, &rb);
-                free(src);
-                t[i] = (exsa_tensor){"w", sets[si].type[i], n_in, no, rb, data[i],
-                                     EXSA_LAYOUT_ROWS};
-                rbuf[i] = maybe_repack(&t[i]);
-                want[i] = xmalloc(sizeof(float) * (size_t)no * MAXR);
-                got[i] = xmalloc(sizeof(float) * (size_t)no * MAXR);
-            }
-            const exsa_tensor *tp[3] = {&t[0], &t[1], &t[2]};
+            wset ws;
+            wset_make(&ws, n_w, n_in, sets[si].type, sets[si].n_out, MAXR);
+            const exsa_tensor *t = ws.t, *const *tp = ws.tp;
+            float **want = ws.want, **got = ws.got;
             for (size_t ri = 0; ri < sizeof rows / sizeof rows[0] && !fail[0]; ri++)
                 for (int pro = 0; pro < 3 && !fail[0]; pro++)     /* none, norm, swiglu */
                     for (int with_res = 0; with_res <= (n_w == 1) && !fail[0]; with_res++) {
@@ -1248,12 +1257,7 @@ static void test_matmul_fused(void **state)
                                 }
                         }
                     }
-            for (int i = 0; i < n_w; i++) {
-                free(rbuf[i]);
-                free(data[i]);
-                free(want[i]);
-                free(got[i]);
-            }
+            wset_free(&ws);
             free(x);
             free(up);
             free(xin);
@@ -1297,9 +1301,6 @@ static void test_matmul_fused_qkv(void **state)
         for (size_t si = 0; si < sizeof sets / sizeof sets[0] && !fail[0]; si++) {
             const int n_in = sets[si].n_in, hd = sets[si].head_dim;
             const int no[3] = {sets[si].n_head * hd, sets[si].n_kv * hd, sets[si].n_kv * hd};
-            exsa_tensor t[3];
-            void *data[3], *rbuf[3];
-            float *want[3], *got[3];
             float *x = xmalloc(sizeof(float) * (size_t)n_in * MAXR);
             float *xin = xmalloc(sizeof(float) * (size_t)n_in * MAXR);
             float *scratch = xmalloc(sizeof(float) * (size_t)n_in * MAXR);
@@ -1308,19 +1309,10 @@ static void test_matmul_fused_qkv(void **state)
             fill_normal(x, (size_t)n_in * MAXR, 1.0f);
             fill_uniform(norm, (size_t)n_in, 0.5f, 1.5f);
             fill_uniform(ff, 32, 1.0f, 4.0f);
-            for (int i = 0; i < 3; i++) {
-                float *src = xmalloc(sizeof(float) * (size_t)n_in * (size_t)no[i]);
-                fill_normal(src, (size_t)n_in * (size_t)no[i], 0.5f);
-                size_t rb;
-                data[i] = make_weights(sets[si].type[i], src, n_in, no[i], &rb);
-                free(src);
-                t[i] = (exsa_tensor){"w", sets[si].type[i], n_in, no[i], rb, data[i],
-                                     EXSA_LAYOUT_ROWS};
-                rbuf[i] = maybe_repack(&t[i]);
-                want[i] = xmalloc(sizeof(float) * (size_t)no[i] * MAXR);
-                got[i] = xmalloc(sizeof(float) * (size_t)no[i] * MAXR);
-            }
-            const exsa_tensor *tp[3] = {&t[0], &t[1], &t[2]};
+            wset ws;
+            wset_make(&ws, 3, n_in, sets[si].type, no, MAXR);
+            const exsa_tensor *const *tp = ws.tp;
+            float **want = ws.want, **got = ws.got;
             for (size_t ki = 0; ki < 3 && !fail[0]; ki++)
                 for (int var = 0; var < 3 && !fail[0]; var++) /* normal, partial + factors, neox */
                     for (size_t ri = 0; ri < sizeof rows / sizeof rows[0] && !fail[0]; ri++) {
@@ -1380,12 +1372,7 @@ static void test_matmul_fused_qkv(void **state)
                             free(kv[c].v);
                         }
                     }
-            for (int i = 0; i < 3; i++) {
-                free(rbuf[i]);
-                free(data[i]);
-                free(want[i]);
-                free(got[i]);
-            }
+            wset_free(&ws);
             free(x);
             free(xin);
             free(scratch);

@@ -702,15 +702,13 @@ void cpu_attention(exsa_backend *b, const exsa_attn_args *a)
     int hd = kv->head_dim;
     if (a->n_rows <= 0 || a->n_head <= 0 || hd <= 0)
         return;
-    int64_t total = (int64_t)a->n_rows * a->n_head;
     size_t hd_pad = ((size_t)hd + 15) & ~(size_t)15;
     attn_job j = {c, a, 1, hd_pad, NULL, 1, 1};
-    const int64_t tasks = attn_grid(c, a, &j.hp, &j.n_parts);
-    int ok = tasks > 0;
+    const int64_t total = attn_grid(c, a, &j.hp, &j.n_parts);
+    int ok = total > 0;
     size_t scratch = 0;
     if (ok) {
         j.group = a->n_head / kv->n_kv_head;
-        total = tasks;
         j.ak = exsa_cpu_attn_kernels_for(c->k);
         if (kv->type == EXSA_TYPE_F16) {
             size_t tiled = 0;

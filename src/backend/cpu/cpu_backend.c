@@ -630,7 +630,6 @@ static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t uni
 {
     const exsa_kv_layer *kv = a->kv;
     const int T = c->n_threads;
-    c->n_pf_spans = 0;
     if (!kv || kv->block_size <= 0 || kv->token_bytes == 0 || units <= 0)
         return -1;
     size_t lo, hi;
@@ -676,7 +675,6 @@ static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t uni
                       cpu_reserve((void **)&c->pf_spans, &c->pf_cap, n * sizeof *c->pf_spans) != 0))
             return -1;
     }
-    c->n_pf_spans = (int)n;
     c->pf_stride = kv->token_bytes;
     const size_t per_thread_units = (size_t)(units / T > 0 ? units / T : 1);
     c->pf_lines_per_unit = (int)((2 * max_lines + per_thread_units - 1) / per_thread_units);
@@ -706,10 +704,8 @@ static void kv_prefetch(cpu_backend *c, int thread, int n_units)
     }
 }
 
-/* Units [u, u + n) of the job's weights laid end to end. The residual add
- * works on the rows the unit just wrote, still in this core's cache. */
-/* Calls fn(j, i, g0, g1) for each weight i that units [u, u + n) cover:
- * its groups [g0, g1). */
+/* Calls fn(j, i, g0, g1, act) for each weight i that units [u, u + n) of
+ * the job's weights laid end to end cover: its groups [g0, g1). */
 typedef void (*x8_part_fn)(const x8_job *j, int i, int64_t g0, int64_t g1, const char *act);
 static void x8_each(const x8_job *j, int u, int n, x8_part_fn fn, const char *act)
 {
@@ -909,7 +905,7 @@ static void matmul_x8_decode(cpu_backend *c, x8_job *d, const float *x, float *c
     if (f && (f->rope_q || f->rope_k || f->kv)) {
         const exsa_rope_args *ra = f->rope_q ? f->rope_q : f->rope_k;
         if (ra) {
-            d->rope_tab = cpu_rope_table(c, ra, f->pos);
+            d->rope_tab = c->rope_tab; /* made current by fuse_qkv_epilogue */
             d->rope_n_rot = ra->n_rot;
             d->rope_hd = ra->head_dim;
             d->rope_mask = (f->rope_q ? 1u : 0u) | (f->rope_k ? 2u : 0u);

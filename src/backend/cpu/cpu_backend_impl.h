@@ -78,9 +78,8 @@ typedef struct cpu_backend {
     float *rope_tab;  /* cpu_rope_table: [n_rows][n_rot] cos, then sin */
     size_t rope_tab_cap;
     cpu_rope_key rope_key;
-    cpu_pf_span *pf_spans; /* kv_prefetch: thread t takes spans t, t + n_threads, ... */
+    cpu_pf_span *pf_spans; /* kv_prefetch: thread t's are [ts[t].pf_span, ts[t].pf_end) */
     size_t pf_cap;         /* bytes */
-    int n_pf_spans;
     int pf_lines_per_unit;
     size_t pf_stride;      /* bytes between the token rows of a span */
     cpu_thread_state *ts;  /* [n_threads] */
@@ -117,8 +116,6 @@ void cpu_add_bias(exsa_backend *b, float *y, const float *bias, int n_rows, int 
 void cpu_add(exsa_backend *b, float *y, const float *x, int64_t n);
 void cpu_scale(exsa_backend *b, float *x, float s, int64_t n);
 void cpu_rope(exsa_backend *b, float *x, const int32_t *pos, const exsa_rope_args *a);
-/* cos (cs) and sin (sn) of pos * freq[i], i < half: rope's angles. */
-void cpu_rope_angles(const float *freq, int half, int32_t pos, float *cs, float *sn);
 /* EXSA_ROPE_NORMAL on elements [o0, o1) of one row of heads (o0, o1 and
  * head_dim even): what cpu_rope does to them, bit for bit. */
 void cpu_rope_normal(float *x, int64_t o0, int64_t o1, int head_dim, int n_rot, const float *cs,
@@ -135,13 +132,13 @@ void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out,
 void cpu_kv_store(exsa_backend *b, const exsa_kv_layer *kv, const float *k, const float *v,
                   const int32_t *slots, int n_rows);
 void cpu_attention(exsa_backend *b, const exsa_attn_args *a);
-/* Elements [e0, e1) of a K (is_v 0) or V row into slot `slot` of kv, as
- * kv_store writes them; for a Q8_0 cache e0 and e1 are multiples of 32. */
 /* Where attention a splits its heads statically over the threads, the
  * bytes [*lo, *hi) of each K and V token row that thread reads: returns 1;
  * 0 when its tasks are handed out as threads come (cpu_attention.c). */
 int cpu_attn_thread_bytes(const cpu_backend *c, const exsa_attn_args *a, int thread, size_t *lo,
                           size_t *hi);
+/* Elements [e0, e1) of a K (is_v 0) or V row into slot `slot` of kv, as
+ * kv_store writes them; for a Q8_0 cache e0 and e1 are multiples of 32. */
 void cpu_kv_store_span(const exsa_cpu_kernels *k, const exsa_kv_layer *kv, int is_v,
                        const float *row, int32_t slot, int64_t e0, int64_t e1);
 

@@ -174,7 +174,8 @@ typedef struct {
     const float *freq; /* [n_rot/2] angle per unit position */
 } rope_job;
 
-void cpu_rope_angles(const float *freq, int half, int32_t pos, float *cs, float *sn)
+/* cos (cs) and sin (sn) of pos * freq[i], i < half: rope's angles. */
+static void rope_angles(const float *freq, int half, int32_t pos, float *cs, float *sn)
 {
     const float p = (float)pos;
     for (int i = 0; i < half; i++) {
@@ -210,7 +211,7 @@ static void rope_range(void *vctx, int64_t begin, int64_t end, int thread)
     int64_t row_len = (int64_t)a->n_heads * a->head_dim;
     for (int64_t r = begin; r < end; r++) {
         /* One angle per pair, shared by all heads of the row. */
-        cpu_rope_angles(j->freq, half, j->pos[r], cs, sn);
+        rope_angles(j->freq, half, j->pos[r], cs, sn);
         float *xr = j->x + r * row_len;
         if (a->mode != EXSA_ROPE_NEOX) {
             cpu_rope_normal(xr, 0, row_len, a->head_dim, a->n_rot, cs, sn);
@@ -291,7 +292,7 @@ const float *cpu_rope_table(cpu_backend *c, const exsa_rope_args *a, const int32
         return NULL;
     for (int r = 0; r < a->n_rows; r++) {
         float *cs = c->rope_tab + (size_t)r * (size_t)a->n_rot;
-        cpu_rope_angles(c->rope_freq, half, pos[r], cs, cs + half);
+        rope_angles(c->rope_freq, half, pos[r], cs, cs + half);
     }
     k->n_rows = a->n_rows;
     k->n_rot = a->n_rot;
