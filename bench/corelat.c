@@ -68,20 +68,21 @@ int main(int argc, char **argv)
     const int a = argc > 1 ? atoi(argv[1]) : 0, b = argc > 2 ? atoi(argv[2]) : 1;
     const long trips = argc > 3 ? atol(argv[3]) : 200000;
     int rounds = argc > 4 ? atoi(argv[4]) : 7;
-    if (trips < 1 || rounds < 1 || rounds > 64) {
-        fprintf(stderr, "usage: corelat [cpu a] [cpu b] [round trips >= 1] [rounds 1-64]\n");
+    /* Two spinners on one CPU would only hand over at time-slice ends. */
+    if (a == b || trips < 1 || rounds < 1 || rounds > 64) {
+        fprintf(stderr, "usage: corelat [cpu a] [cpu b, not a] [round trips >= 1] [rounds 1-64]\n");
         return 2;
     }
     if (pin(a) != 0)
         fprintf(stderr, "corelat: cannot pin to CPU %d, running unpinned\n", a);
+    shared *s = aligned_alloc(64, sizeof *s);
+    if (!s)
+        return 1;
+    s->trips = trips;
+    s->cpu = b;
     double ns[64];
     for (int r = 0; r < rounds; r++) {
-        shared *s = aligned_alloc(64, sizeof *s);
-        if (!s)
-            return 1;
         atomic_init(&s->turn, 0);
-        s->trips = trips;
-        s->cpu = b;
         pthread_t th;
         if (pthread_create(&th, NULL, partner, s) != 0) {
             free(s);
@@ -95,8 +96,8 @@ int main(int argc, char **argv)
         }
         ns[r] = (now_ns() - t0) / (2.0 * (double)trips);
         pthread_join(th, NULL);
-        free(s);
     }
+    free(s);
     qsort(ns, (size_t)rounds, sizeof ns[0], cmp);
     printf("handoff CPU %d <-> CPU %d: best %.1f ns, median %.1f ns (%d rounds of %ld round "
            "trips)\n",
