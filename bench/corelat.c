@@ -70,7 +70,8 @@ int main(int argc, char **argv)
     int rounds = argc > 4 ? atoi(argv[4]) : 7;
     /* Two spinners on one CPU would only hand over at time-slice ends. */
     if (a == b || trips < 1 || rounds < 1 || rounds > 64) {
-        fprintf(stderr, "usage: corelat [cpu a] [cpu b, not a] [round trips >= 1] [rounds 1-64]\n");
+        fprintf(stderr, "usage: corelat [cpu a] [cpu b, not a] [round trips >= 1] "
+                        "[rounds 1-64]\n");
         return 2;
     }
     if (pin(a) != 0)
