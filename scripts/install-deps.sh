@@ -2,7 +2,8 @@
 # Installs the Debian packages Exsa builds and tests with (run as root).
 set -eu
 PKGS="build-essential cmake pkg-config libcmocka-dev libjansson-dev libpcre2-dev \
-libutf8proc-dev libmicrohttpd-dev libedit-dev curl"
+libutf8proc-dev libmicrohttpd-dev libedit-dev curl ca-certificates \
+python3 python3-pip python3-venv"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
