@@ -146,6 +146,7 @@ void exsa_api_status(exsa_http_req *rq, void *app)
     }
     double up = (double)(exsa_time_ns() - a->t_start_ns) / 1e9;
     json_object_set_new(r, "status", json_string(overall_state(a)));
+    json_object_set_new(r, "version", json_string(EXSA_VERSION));
     json_object_set_new(r, "model", active ? exsa_json_str(active) : json_null());
     json_object_set_new(r, "uptime_s", exsa_json_real(up));
     json_object_set_new(r, "queue", json_integer(queue));
