@@ -197,6 +197,26 @@ static void name_of(exsa_engine *e, char *out)
     strcpy(out, info.name);
 }
 
+static void test_default_name(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        {"/m/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"},
+        {"tiny.gguf", "tiny"},
+        {"dir/x.GGUF", "x"},
+        {"/a.b/noext", "noext"},
+        {"/m/.gguf", ".gguf"}, /* nothing would be left: the whole name */
+        {"/m/my model.gguf.gguf", "my model.gguf"},
+    };
+    char out[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        exsa_registry_default_name(cases[i][0], out, sizeof out);
+        assert_string_equal(out, cases[i][1]);
+    }
+    exsa_registry_default_name("/m/abcdef.gguf", out, 4); /* truncated, terminated */
+    assert_string_equal(out, "abc");
+}
+
 static void test_load_list_active(void **state)
 {
     (void)state;
@@ -632,6 +652,7 @@ static void test_concurrent(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_name),
         cmocka_unit_test(test_load_list_active),
         cmocka_unit_test(test_unload_while_running),
         cmocka_unit_test(test_reload),

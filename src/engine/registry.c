@@ -213,10 +213,15 @@ static void set_path(entry *en, exsa_engine *e)
 
 /* ---- API ---- */
 
-/* The default model id: the file name without its directory and ".gguf"
- * (the whole file name if that leaves nothing). */
-static void file_stem(const char *path, char *out, size_t cap)
+/* The whole file name if taking ".gguf" away leaves nothing. */
+void exsa_registry_default_name(const char *path, char *out, size_t cap)
 {
+    if (!out || !cap)
+        return;
+    if (!path) {
+        out[0] = '\0';
+        return;
+    }
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     size_t n = strlen(base);
@@ -236,7 +241,7 @@ int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name
         return exsa_err_set(err, EXSA_EINVAL, "registry: name of %zu bytes is longer than %zu",
                             strlen(name), NAME_CAP - 1);
     if (!name) {
-        file_stem(p->model_path, stem, sizeof stem);
+        exsa_registry_default_name(p->model_path, stem, sizeof stem);
         name = stem;
     }
     entry *en = calloc(1, sizeof *en);
