@@ -296,7 +296,8 @@ int exsa_cmd_serve(int argc, char **argv)
         goto out;
     }
     if (exsa_server_load_initial(s, &err)) {
-        exsa_log(EXSA_LOG_ERROR, NULL, "cannot load the model %s: %s", cfg.model_path, err.msg);
+        exsa_log(EXSA_LOG_ERROR, NULL, "cannot load the model %s: %s; exiting", cfg.model_path,
+                 err.msg);
         goto out;
     }
     rc = exsa_server_run(s);
