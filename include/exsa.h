@@ -346,15 +346,18 @@ typedef struct exsa_registry_entry {
 exsa_registry *exsa_registry_create(exsa_err *err);
 /* Frees every engine (cancelling what still runs): call after the last release. */
 void exsa_registry_free(exsa_registry *r);
-/* Loads an engine (blocking; other models keep serving). Its name comes from
- * p->name or the model. EXSA_EINVAL if a model of that name is loaded or
- * loading. The first model loaded becomes active. name_out (may be NULL)
- * receives the name used. */
+/* Loads an engine (blocking; other models keep serving). Its name is p->name,
+ * else exsa_registry_default_name(p->model_path). EXSA_EINVAL if a model of
+ * that name is loaded or loading (the message names both files). The first
+ * model loaded becomes active. name_out (may be NULL) receives the name used. */
 int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name_out,
                        size_t name_cap, exsa_err *err);
 /* EXSA_EINVAL for an unknown name. If it was active, the next loaded model in
  * load order becomes active (or none). */
 int exsa_registry_unload(exsa_registry *r, const char *name, exsa_err *err);
+/* The name a model file gets by default: its file name without directory and
+ * ".gguf" ("/m/SmolLM2-135M.Q4_1.gguf" -> "SmolLM2-135M.Q4_1"). */
+void exsa_registry_default_name(const char *path, char *out, size_t cap);
 /* Loads the model again (p NULL: with the parameters it was loaded with),
  * then swaps it in under the same name; requests already running finish on
  * the old engine. On a load failure the old engine keeps serving. */

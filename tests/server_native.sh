@@ -491,7 +491,7 @@ expect_code 200 "load a model into an empty server"
 http GET /health
 expect_code 200 "/health after the load"
 http GET /v1/models
-expect_js 'j.data.length === 1 && j.data[0].id === "exsa random model"' "a model loaded without a name is named by its general.name"
+expect_js 'j.data.length === 1 && j.data[0].id === "tiny"' "a model loaded without a name is named by its file name (tiny.gguf -> tiny)"
 stop_server
 printf '# settings for the test\nexport EXSA_ALIAS="from-dotenv"\n\nEXSA_RATE_LIMIT=0\n' >"$WORK/test.env"
 start_server --no-wait --fixed-port "$p2" --env "EXSA_PORT=$p1" --env "MODEL_PATH=$TINY" --port "$p2" --env-file "$WORK/test.env"

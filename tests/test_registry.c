@@ -27,11 +27,12 @@
 #include "model/model_gen.h"
 #include "test_util.h"
 
-#define DERIVED "exsa random model" /* general.name written by the generator */
+#define DERIVED "model-b" /* the default id of g_model_b: its file name without .gguf */
 #define REF_TOKENS 40
 
 static char g_dir[64];
 static char g_model_a[128], g_model_b[128];
+static char g_copy_dir[96], g_copy_b[160]; /* another model-b.gguf (a link to A) */
 static int32_t g_prompt[8];
 static int32_t g_ref[REF_TOKENS];
 
@@ -125,9 +126,13 @@ static int setup(void **state)
     snprintf(g_dir, sizeof g_dir, "/tmp/exsa_registry_XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;
-    snprintf(g_model_a, sizeof g_model_a, "%s/a.gguf", g_dir);
-    snprintf(g_model_b, sizeof g_model_b, "%s/b.gguf", g_dir);
+    snprintf(g_model_a, sizeof g_model_a, "%s/model-a.gguf", g_dir);
+    snprintf(g_model_b, sizeof g_model_b, "%s/model-b.gguf", g_dir);
     if (gen(g_model_a, 7, "llama") || gen(g_model_b, 8, "qwen2"))
+        return -1;
+    snprintf(g_copy_dir, sizeof g_copy_dir, "%s/copy", g_dir);
+    snprintf(g_copy_b, sizeof g_copy_b, "%s/model-b.gguf", g_copy_dir);
+    if (mkdir(g_copy_dir, 0700) || symlink(g_model_a, g_copy_b))
         return -1;
     uint64_t st = 99;
     for (int i = 0; i < 8; i++)
@@ -156,6 +161,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
+    unlink(g_copy_b);
+    rmdir(g_copy_dir);
     unlink(g_model_a);
     unlink(g_model_b);
     rmdir(g_dir);
@@ -190,6 +197,26 @@ static void name_of(exsa_engine *e, char *out)
     strcpy(out, info.name);
 }
 
+static void test_default_name(void **state)
+{
+    (void)state;
+    static const char *const cases[][2] = {
+        {"/m/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"},
+        {"tiny.gguf", "tiny"},
+        {"dir/x.GGUF", "x"},
+        {"/a.b/noext", "noext"},
+        {"/m/.gguf", ".gguf"}, /* nothing would be left: the whole name */
+        {"/m/my model.gguf.gguf", "my model.gguf"},
+    };
+    char out[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        exsa_registry_default_name(cases[i][0], out, sizeof out);
+        assert_string_equal(out, cases[i][1]);
+    }
+    exsa_registry_default_name("/m/abcdef.gguf", out, 4); /* truncated, terminated */
+    assert_string_equal(out, "abc");
+}
+
 static void test_load_list_active(void **state)
 {
     (void)state;
@@ -203,7 +230,7 @@ static void test_load_list_active(void **state)
     assert_non_null(strstr(err.msg, "no model"));
 
     load_ok(reg, g_model_a, "alpha", "alpha");
-    load_ok(reg, g_model_b, NULL, DERIVED); /* name from general.name */
+    load_ok(reg, g_model_b, NULL, DERIVED); /* name from the file name */
     assert_int_equal(exsa_registry_ready(reg), 1);
 
     assert_int_equal(exsa_registry_list(reg, ents, 4), 2);
@@ -267,9 +294,19 @@ static void test_load_list_active(void **state)
     engine_params(&p, g_model_b, "alpha");
     assert_int_equal(exsa_registry_load(reg, &p, NULL, 0, &err), EXSA_EINVAL);
     assert_non_null(strstr(err.msg, "alpha"));
-    engine_params(&p, g_model_a, NULL); /* A's general.name is DERIVED too */
+    /* Another file named model-b.gguf (in another directory): the error
+     * names both files and how to pick another name. */
+    engine_params(&p, g_copy_b, NULL);
     assert_int_equal(exsa_registry_load(reg, &p, NULL, 0, &err), EXSA_EINVAL);
-    assert_non_null(strstr(err.msg, DERIVED));
+    assert_non_null(strstr(err.msg, "'" DERIVED "'"));
+    assert_non_null(strstr(err.msg, g_model_b));
+    assert_non_null(strstr(err.msg, g_copy_b));
+    assert_non_null(strstr(err.msg, "--alias"));
+    assert_non_null(strstr(err.msg, "\"name\""));
+    assert_int_equal(exsa_registry_list(reg, ents, 4), 2);
+    /* With a name of its own it loads (then goes again). */
+    load_ok(reg, g_copy_b, "b-copy", "b-copy");
+    assert_int_equal(exsa_registry_unload(reg, "b-copy", &err), 0);
     /* A file that does not load leaves nothing behind. */
     char bad[160];
     snprintf(bad, sizeof bad, "%s/missing.gguf", g_dir);
@@ -296,7 +333,7 @@ static void test_load_list_active(void **state)
     assert_int_equal(exsa_registry_ready(reg), 0);
     assert_null(exsa_registry_acquire(reg, NULL, &err));
     /* With none left, the next load becomes active. */
-    load_ok(reg, g_model_a, NULL, DERIVED);
+    load_ok(reg, g_model_a, NULL, "model-a");
     exsa_registry_list(reg, ents, 4);
     assert_int_equal(ents[0].active, 1);
     exsa_registry_free(reg); /* frees the engine still loaded */
@@ -615,6 +652,7 @@ static void test_concurrent(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_default_name),
         cmocka_unit_test(test_load_list_active),
         cmocka_unit_test(test_unload_while_running),
         cmocka_unit_test(test_reload),

@@ -390,26 +390,41 @@ static void test_params_values(void **state)
     assert_true(g.rp.logprobs && g.rp.top_logprobs == 2);
     exsa_reqparams_free(&g);
 
-    /* Budget: room in the context, caps, the prompt limit. */
+    /* Budget: room in the context, caps, the server default (-n), the
+     * prompt limit. Arguments: n_prompt, n_ctx, cap, n_predict, max_prompt. */
     int out = 0;
     assert_int_equal(gen("{}", EXSA_API_CHAT, &g, &pe), 0);
-    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, 0, "messages", &out, &pe), 0);
-    assert_int_equal(out, 90);
-    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 50, 0, "messages", &out, &pe), 0);
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, -1, 0, "messages", &out, &pe), 0);
+    assert_int_equal(out, 90); /* -n -1: to the end of the context */
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, 7, 0, "messages", &out, &pe), 0);
+    assert_int_equal(out, 7); /* no max_tokens: the server default */
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, 2048, 0, "messages", &out, &pe), 0);
+    assert_int_equal(out, 90); /* a default beyond the room stops at the context */
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 5, 7, 0, "messages", &out, &pe), 0);
+    assert_int_equal(out, 5); /* the cap bounds the default too */
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 50, -1, 0, "messages", &out, &pe), 0);
     assert_int_equal(out, 50);
-    assert_int_not_equal(exsa_reqparams_budget(&g, 100, 100, 0, 0, "messages", &out, &pe), 0);
+    assert_int_not_equal(exsa_reqparams_budget(&g, 100, 100, 0, 7, 0, "messages", &out, &pe), 0);
     assert_string_equal(pe.param, "messages");
     assert_string_equal(pe.code, "context_length_exceeded");
-    assert_int_not_equal(exsa_reqparams_budget(&g, 20, 100, 0, 10, "prompt", &out, &pe), 0);
+    assert_int_not_equal(exsa_reqparams_budget(&g, 20, 100, 0, 7, 10, "prompt", &out, &pe), 0);
     assert_string_equal(pe.param, "prompt");
-    assert_int_not_equal(exsa_reqparams_budget(&g, 0, 100, 0, 0, "prompt", &out, &pe), 0);
+    assert_int_not_equal(exsa_reqparams_budget(&g, 0, 100, 0, 7, 0, "prompt", &out, &pe), 0);
+    exsa_reqparams_free(&g);
+    /* n_predict -1 in the request: to the end of the context, whatever -n says. */
+    assert_int_equal(gen("{\"n_predict\":-1}", EXSA_API_NATIVE, &g, &pe), 0);
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, 7, 0, "prompt", &out, &pe), 0);
+    assert_int_equal(out, 90);
+    exsa_reqparams_free(&g);
+    assert_int_equal(gen("{}", EXSA_API_CHAT, &g, &pe), 0);
     g.max_tokens = 95;
-    assert_int_not_equal(exsa_reqparams_budget(&g, 10, 100, 0, 0, "prompt", &out, &pe), 0);
+    assert_int_not_equal(exsa_reqparams_budget(&g, 10, 100, 0, 7, 0, "prompt", &out, &pe), 0);
     assert_string_equal(pe.param, "max_tokens");
     g.max_tokens = 60;
-    assert_int_not_equal(exsa_reqparams_budget(&g, 10, 100, 50, 0, "prompt", &out, &pe), 0);
+    assert_int_not_equal(exsa_reqparams_budget(&g, 10, 100, 50, 7, 0, "prompt", &out, &pe), 0);
     assert_string_equal(pe.param, "max_tokens");
-    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, 0, "prompt", &out, &pe), 0);
+    /* A given max_tokens wins over the default (either way). */
+    assert_int_equal(exsa_reqparams_budget(&g, 10, 100, 0, 7, 0, "prompt", &out, &pe), 0);
     assert_int_equal(out, 60);
     exsa_reqparams_free(&g);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "model/model.h"
 #include "server/server.h"
 #include "util/config.h"
 #include "util/err.h"
@@ -14,7 +15,8 @@ static const exsa_config_opt opts[] = {
      "GGUF model to load at start; without it the server starts empty (load one with POST "
      "/v1/models/load)"},
     {"--alias", "-a", NULL, NULL, "NAME",
-     "name the model answers to (\"model\" field); default: its general.name, else the file name"},
+     "name the model answers to (\"model\" field, /v1/models id); default: the file name "
+     "without its directory and .gguf"},
     {"--host", NULL, "HOST", "127.0.0.1", "ADDR",
      "address to listen on (0.0.0.0 or :: for every interface: set --api-key then)"},
     {"--port", NULL, "PORT", "8080", "N", "TCP port (0: any free port)"},
@@ -48,9 +50,13 @@ static const exsa_config_opt opts[] = {
      "requests a client may make at once (0: 2 x rate-limit)"},
     {"--max-body-bytes", NULL, NULL, "1048576", "N", "largest request body (413 beyond)"},
     {"--max-prompt-tokens", NULL, NULL, "0", "N", "longest prompt in tokens (0: the context)"},
+    {"--n-predict", "-n", "N_PREDICT", "2048", "N",
+     "tokens generated for a request that sets no max_tokens / max_completion_tokens / "
+     "n_predict (-1: until the context is full); a default, not a limit: requests may ask for "
+     "more"},
     {"--max-tokens-cap", NULL, NULL, "0", "N",
-     "largest max_tokens a request may ask for (0: no cap; requests without max_tokens get at "
-     "most this)"},
+     "largest max_tokens a request may ask for, a limit (400 beyond; 0: no cap); it also bounds "
+     "--n-predict and a request's n_predict -1"},
     {"--timeout", NULL, NULL, "600", "SECONDS",
      "request timeout: the generation is cancelled, the reply is 504 (a stream ends with an "
      "error event); 0: none"},
@@ -229,12 +235,18 @@ static int read_config(const exsa_config *c, exsa_server_config *cfg, exsa_err *
     cfg->max_body_bytes = (size_t)mb;
     if (get_int(c, "--max-prompt-tokens", 0, 1 << 24, &cfg->max_prompt_tokens, err) ||
         get_int(c, "--max-tokens-cap", 0, 1 << 24, &cfg->max_tokens_cap, err) ||
+        get_int(c, "--n-predict", -1, 1 << 24, &cfg->n_predict, err) ||
         exsa_config_get_double(c, "--timeout", 0, 1e7, &cfg->request_timeout_s, err) ||
         exsa_config_get_double(c, "--shutdown-grace", 0, 1e5, &d, err) ||
         get_int(c, "--max-connections", 1, 100000, &cfg->max_connections, err) ||
         get_int(c, "--conn-timeout", 1, 1000000, &cfg->conn_timeout_s, err))
         return -1;
     cfg->shutdown_grace_s = d;
+    if (cfg->n_predict == 0)
+        return exsa_err_set(err, EXSA_EINVAL,
+                            "--n-predict (%s): 0 would generate nothing; give N >= 1, or -1 for "
+                            "until the context is full",
+                            exsa_config_source(c, "--n-predict"));
     return 0;
 }
 
@@ -273,12 +285,19 @@ int exsa_cmd_serve(int argc, char **argv)
         goto out;
     }
     warn_unsupported(c);
+    /* A model file that cannot be served fails here, before the port is
+     * taken and "listening" announced: the full load comes after. */
+    if (cfg.model_path && *cfg.model_path && exsa_model_probe(cfg.model_path, &err)) {
+        exsa_cli_fail("serve", "cannot load the model: %s", err.msg);
+        goto out;
+    }
     if (!(s = exsa_server_create(&cfg, &err))) {
-        exsa_log(EXSA_LOG_ERROR, NULL, "%s", err.msg);
+        exsa_cli_fail("serve", "%s", err.msg);
         goto out;
     }
     if (exsa_server_load_initial(s, &err)) {
-        exsa_log(EXSA_LOG_ERROR, NULL, "cannot load the model %s: %s", cfg.model_path, err.msg);
+        exsa_log(EXSA_LOG_ERROR, NULL, "cannot load the model %s: %s; exiting", cfg.model_path,
+                 err.msg);
         goto out;
     }
     rc = exsa_server_run(s);

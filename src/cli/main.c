@@ -22,7 +22,8 @@ static const struct {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: exsa <command> [options]   (exsa <command> --help for details)\n\n");
+    fprintf(f, "usage: exsa <command> [options]   (exsa <command> --help for details)\n"
+               "       exsa --version\n\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].help);
 }
@@ -35,6 +36,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        printf("exsa %s\n", EXSA_VERSION); /* from CMakeLists.txt's project VERSION */
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

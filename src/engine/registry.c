@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "exsa.h"
 #include "util/err.h"
@@ -212,19 +213,42 @@ static void set_path(entry *en, exsa_engine *e)
 
 /* ---- API ---- */
 
+/* The whole file name if taking ".gguf" away leaves nothing. */
+void exsa_registry_default_name(const char *path, char *out, size_t cap)
+{
+    if (!out || !cap)
+        return;
+    if (!path) {
+        out[0] = '\0';
+        return;
+    }
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    size_t n = strlen(base);
+    if (n > 5 && !strcasecmp(base + n - 5, ".gguf"))
+        n -= 5;
+    snprintf(out, cap, "%.*s", (int)n, base);
+}
+
 int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name_out,
                        size_t name_cap, exsa_err *err)
 {
     if (!r || !p || !p->model_path)
         return exsa_err_set(err, EXSA_EINVAL, "registry: load needs a registry and a model_path");
-    const char *given = p->name && p->name[0] ? p->name : NULL;
-    if (given && strlen(given) >= NAME_CAP)
+    char stem[NAME_CAP];
+    const char *name = p->name && p->name[0] ? p->name : NULL;
+    if (name && strlen(name) >= NAME_CAP)
         return exsa_err_set(err, EXSA_EINVAL, "registry: name of %zu bytes is longer than %zu",
-                            strlen(given), NAME_CAP - 1);
+                            strlen(name), NAME_CAP - 1);
+    if (!name) {
+        exsa_registry_default_name(p->model_path, stem, sizeof stem);
+        name = stem;
+    }
     entry *en = calloc(1, sizeof *en);
     if (!en)
         return exsa_err_set(err, EXSA_ENOMEM, "registry: out of memory");
-    int rc = params_dup(&en->params, p, given, err);
+    /* The name goes into the kept parameters: later reloads keep it. */
+    int rc = params_dup(&en->params, p, name, err);
     if (rc) {
         free(en);
         return rc;
@@ -233,19 +257,22 @@ int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name
     en->busy = 1;
     snprintf(en->path, sizeof en->path, "%s", p->model_path);
 
-    /* A given name is reserved before the slow part, so a second load of the
-     * same name fails at once; a name from the file is known only after. */
+    /* The name is reserved before the slow part, so a second load of the
+     * same name fails at once. */
     pthread_mutex_lock(&r->mu);
-    if (given) {
-        if (find(r, given)) {
-            pthread_mutex_unlock(&r->mu);
-            entry_free(en);
-            return exsa_err_set(err, EXSA_EINVAL, "registry: model '%s' is already loaded",
-                                given);
-        }
-        snprintf(en->name, sizeof en->name, "%s", given);
-        append(r, en);
+    entry *dup = find(r, name);
+    if (dup) {
+        exsa_err_set(err, EXSA_EINVAL,
+                     "registry: model '%s' is already loaded from %s; to load %s as well, give "
+                     "it another name (--alias on the command line, \"name\" in POST "
+                     "/v1/models/load)",
+                     name, dup->path, p->model_path);
+        pthread_mutex_unlock(&r->mu);
+        entry_free(en);
+        return EXSA_EINVAL;
     }
+    snprintf(en->name, sizeof en->name, "%s", name);
+    append(r, en);
     pthread_mutex_unlock(&r->mu);
 
     exsa_err le = {0};
@@ -253,7 +280,7 @@ int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name
 
     pthread_mutex_lock(&r->mu);
     if (!e) {
-        if (given && !en->removed)
+        if (!en->removed)
             unlink_entry(r, en);
         pthread_mutex_unlock(&r->mu);
         entry_free(en);
@@ -264,31 +291,10 @@ int exsa_registry_load(exsa_registry *r, const exsa_engine_params *p, char *name
     if (en->removed) {
         pthread_mutex_unlock(&r->mu);
         exsa_engine_free(e);
+        exsa_err_set(err, EXSA_EINVAL, "registry: model '%s' was unloaded while loading",
+                     en->name);
         entry_free(en);
-        return exsa_err_set(err, EXSA_EINVAL, "registry: model '%s' was unloaded while loading",
-                            given);
-    }
-    if (!given) {
-        exsa_model_info info;
-        exsa_engine_model_info(e, &info);
-        if (find(r, info.name)) {
-            pthread_mutex_unlock(&r->mu);
-            exsa_engine_free(e);
-            entry_free(en);
-            return exsa_err_set(err, EXSA_EINVAL, "registry: model '%s' is already loaded",
-                                info.name);
-        }
-        char *nm = strdup(info.name); /* later reloads keep this name */
-        if (!nm) {
-            pthread_mutex_unlock(&r->mu);
-            exsa_engine_free(e);
-            entry_free(en);
-            return exsa_err_set(err, EXSA_ENOMEM, "registry: out of memory");
-        }
-        en->params.name = nm;
-        en->params.p.name = nm;
-        memcpy(en->name, info.name, sizeof en->name);
-        append(r, en);
+        return EXSA_EINVAL;
     }
     en->engine = e;
     set_path(en, e);

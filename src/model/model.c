@@ -199,6 +199,38 @@ fail:
     return NULL;
 }
 
+int exsa_model_probe(const char *path, exsa_err *err)
+{
+    exsa_err local = {0};
+    if (!err)
+        err = &local;
+    exsa_gguf *g = exsa_gguf_open(path, err);
+    const char *arch;
+    size_t alen;
+    int rc = 0;
+    if (!g)
+        rc = err->code ? err->code : EXSA_EIO;
+    else if ((rc = exsa_gguf_get_str(g, "general.architecture", &arch, &alen, err)) == 0) {
+        rc = EXSA_EUNSUPPORTED;
+        for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+            if (strlen(archs[i]->name) == alen && memcmp(archs[i]->name, arch, alen) == 0)
+                rc = 0;
+        if (rc) {
+            char known[256] = "";
+            for (size_t i = 0, k = 0; i < sizeof archs / sizeof archs[0] && k < sizeof known;
+                 i++)
+                k += (size_t)snprintf(known + k, sizeof known - k, "%s%s", i ? ", " : "",
+                                      archs[i]->name);
+            exsa_err_set(err, rc, "model: architecture '%.*s' is not supported (%s)",
+                         (int)(alen > 64 ? 64 : alen), arch, known);
+        }
+    }
+    exsa_gguf_close(g);
+    if (rc && path && !strstr(err->msg, path))
+        exsa_err_prefix(err, "%s", path);
+    return rc;
+}
+
 void exsa_model_free(exsa_model *m)
 {
     if (!m)

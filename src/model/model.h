@@ -41,6 +41,10 @@ typedef struct exsa_model exsa_model;
  * required tensor's type and shape. Weights stay in the mapping. */
 exsa_model *exsa_model_load(const char *path, exsa_err *err);
 void exsa_model_free(exsa_model *m);
+/* The quick check before a slow load: path is a readable, well-formed GGUF
+ * file (header, metadata, tensor table inside the file) whose architecture
+ * exsa_model_load knows. Reads no weights. 0, or an error naming the file. */
+int exsa_model_probe(const char *path, exsa_err *err);
 
 const exsa_hparams *exsa_model_hparams(const exsa_model *m);
 const exsa_gguf *exsa_model_gguf(const exsa_model *m);

@@ -146,6 +146,7 @@ void exsa_api_status(exsa_http_req *rq, void *app)
     }
     double up = (double)(exsa_time_ns() - a->t_start_ns) / 1e9;
     json_object_set_new(r, "status", json_string(overall_state(a)));
+    json_object_set_new(r, "version", json_string(EXSA_VERSION));
     json_object_set_new(r, "model", active ? exsa_json_str(active) : json_null());
     json_object_set_new(r, "uptime_s", exsa_json_real(up));
     json_object_set_new(r, "queue", json_integer(queue));
@@ -838,10 +839,22 @@ void exsa_api_models_load(exsa_http_req *rq, void *app)
         exsa_reqparams_bool(body, "active", &make_active, NULL, &pe))
         goto bad;
     exsa_registry_entry ent;
-    if (name && find_entry(a, name, &ent)) {
-        exsa_param_fail(
-            &pe, "name", "model_exists",
-            "a model named '%.200s' is already loaded (or loading); unload or reload it", name);
+    char def_name[256];
+    if (!name) {
+        exsa_registry_default_name(path, def_name, sizeof def_name);
+        if (find_entry(a, def_name, &ent)) {
+            exsa_param_fail(&pe, "name", "model_exists",
+                            "a model named '%.200s' (the default name, from the file name) is "
+                            "already loaded from %.300s; to load %.300s as well, give it "
+                            "another \"name\"",
+                            def_name, ent.path, path);
+            goto bad;
+        }
+    } else if (find_entry(a, name, &ent)) {
+        exsa_param_fail(&pe, "name", "model_exists",
+                        "a model named '%.200s' is already loaded (or loading) from %.300s; "
+                        "unload or reload it, or give %.300s another \"name\"",
+                        name, ent.path, path);
         goto bad;
     }
     char got[256] = "";

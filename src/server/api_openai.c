@@ -156,7 +156,7 @@ static json_t *base_object(const oai *o, const char *object)
     json_object_set_new(j, "object", json_string(object));
     json_object_set_new(j, "created", json_integer(o->created));
     json_object_set_new(j, "model", exsa_json_str(o->job->info.name));
-    json_object_set_new(j, "system_fingerprint", json_string("exsa"));
+    json_object_set_new(j, "system_fingerprint", json_string("exsa-" EXSA_VERSION));
     return j;
 }
 

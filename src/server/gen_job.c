@@ -181,7 +181,7 @@ int exsa_gen_job_submit(exsa_gen_job *j, const exsa_gen_params *g, const exsa_ge
             snprintf(field, sizeof field, "%s[%d]", prompt_field, p);
         else
             snprintf(field, sizeof field, "%s", prompt_field);
-        if (exsa_reqparams_budget(g, prompts[p].n, n_ctx, cfg->max_tokens_cap,
+        if (exsa_reqparams_budget(g, prompts[p].n, n_ctx, cfg->max_tokens_cap, cfg->n_predict,
                                   cfg->max_prompt_tokens, field, &budget[p], &pe)) {
             free(budget);
             exsa_app_reply_param(rq, &pe);

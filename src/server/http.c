@@ -652,6 +652,52 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- daemon ---- */
 
+/* The listening socket, bound here rather than by MHD so that a port in use
+ * is a clear error. SO_REUSEADDR only lets a restarted server take its port
+ * back from connections in TIME_WAIT; SO_REUSEPORT is not set, so a second
+ * server on a port in use fails instead of sharing it. */
+static int listen_socket(const struct sockaddr_storage *ss, socklen_t len, const char *host,
+                         int port, exsa_err *err)
+{
+    int v6 = ss->ss_family == AF_INET6;
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        exsa_err_set(err, EXSA_EIO, "cannot listen on %s:%d: socket: %s", host, port,
+                     strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (v6) /* "::" means IPv6 only, as MHD does it */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    const char *lb = v6 ? "[" : "", *rb = v6 ? "]" : "";
+    if (bind(fd, (const struct sockaddr *)ss, len) != 0) {
+        int e = errno;
+        close(fd);
+        if (e == EADDRINUSE)
+            exsa_err_set(err, EXSA_EIO,
+                         "cannot listen on %s%s%s:%d: address already in use (another "
+                         "server?); pick another with --port",
+                         lb, host, rb, port);
+        else if (e == EADDRNOTAVAIL)
+            exsa_err_set(err, EXSA_EIO,
+                         "cannot listen on %s%s%s:%d: no interface has that address (--host)", lb,
+                         host, rb, port);
+        else
+            exsa_err_set(err, EXSA_EIO, "cannot listen on %s%s%s:%d: %s", lb, host, rb, port,
+                         strerror(e));
+        return -1;
+    }
+    if (listen(fd, 128) != 0) {
+        int e = errno;
+        close(fd);
+        exsa_err_set(err, EXSA_EIO, "cannot listen on %s%s%s:%d: %s", lb, host, rb, port,
+                     strerror(e));
+        return -1;
+    }
+    return fd;
+}
+
 exsa_http *exsa_http_start(const exsa_http_config *c, exsa_err *err)
 {
     if (!c || !c->routes || c->n_routes <= 0 || c->port < 0 || c->port > 65535) {
@@ -672,21 +718,27 @@ exsa_http *exsa_http_start(const exsa_http_config *c, exsa_err *err)
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     int v6 = ai->ai_family == AF_INET6;
-    memcpy(&ss, ai->ai_addr, ai->ai_addrlen < sizeof ss ? ai->ai_addrlen : sizeof ss);
+    socklen_t ss_len = ai->ai_addrlen < sizeof ss ? ai->ai_addrlen : sizeof ss;
+    memcpy(&ss, ai->ai_addr, ss_len);
     freeaddrinfo(ai);
     if (v6)
         ((struct sockaddr_in6 *)(void *)&ss)->sin6_port = htons((uint16_t)c->port);
     else
         ((struct sockaddr_in *)(void *)&ss)->sin_port = htons((uint16_t)c->port);
+    int fd = listen_socket(&ss, ss_len, host, c->port, err);
+    if (fd < 0)
+        return NULL;
 
     exsa_http *h = calloc(1, sizeof *h);
     if (!h) {
+        close(fd);
         exsa_err_set(err, EXSA_ENOMEM, "http: out of memory");
         return NULL;
     }
     h->c = *c;
     h->listen_fd = MHD_INVALID_SOCKET;
     if (c->cors_origins && !(h->cors = strdup(c->cors_origins))) {
+        close(fd);
         free(h);
         exsa_err_set(err, EXSA_ENOMEM, "http: out of memory");
         return NULL;
@@ -704,21 +756,26 @@ exsa_http *exsa_http_start(const exsa_http_config *c, exsa_err *err)
     if (v6)
         flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(
-        flags, (uint16_t)c->port, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR,
-        (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        flags, (uint16_t)c->port, NULL, NULL, on_access, h, MHD_OPTION_LISTEN_SOCKET,
+        (MHD_socket)fd, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(c->max_connections > 0 ? c->max_connections : 256),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(c->conn_timeout_s > 0 ? c->conn_timeout_s : 0),
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
-        MHD_OPTION_END);
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
     if (!h->d) {
         int e = errno;
-        exsa_err_set(err, EXSA_EIO, "cannot listen on %s port %d: %s", host, c->port,
+        close(fd); /* MHD owns the socket only once it started */
+        exsa_err_set(err, EXSA_EIO, "cannot listen on %s:%d: %s", host, c->port,
                      e ? strerror(e) : "libmicrohttpd failed to start");
         exsa_http_stop(h);
         return NULL;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : c->port;
+    h->port = c->port;
+    struct sockaddr_storage bound;
+    socklen_t bl = sizeof bound;
+    if (getsockname(fd, (struct sockaddr *)&bound, &bl) == 0)
+        h->port = ntohs(bound.ss_family == AF_INET6
+                            ? ((struct sockaddr_in6 *)(void *)&bound)->sin6_port
+                            : ((struct sockaddr_in *)(void *)&bound)->sin_port);
     return h;
 }
 

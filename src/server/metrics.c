@@ -190,6 +190,8 @@ static void gauge_line(exsa_strbuf *o, const char *name, const char *model, long
 int exsa_metrics_render(exsa_metrics *m, const exsa_metrics_engine *eng, int n_eng, double uptime_s,
                         exsa_strbuf *o)
 {
+    header(o, "exsa_build_info", "gauge", "Always 1; the version of this exsa build.");
+    exsa_strbuf_printf(o, "exsa_build_info{version=\"%s\"} 1\n", EXSA_VERSION);
     header(o, "exsa_requests_total", "counter", "HTTP requests by endpoint and status.");
     for (int e = 0; e <= m->n_endpoints; e++)
         for (int s = 0; s < N_STATUS; s++) {

@@ -740,7 +740,8 @@ void exsa_reqparams_free(exsa_gen_params *g)
 }
 
 int exsa_reqparams_budget(const exsa_gen_params *p, int n_prompt, int n_ctx, int max_cap,
-                          int max_prompt, const char *prompt_field, int *out, exsa_param_err *pe)
+                          int n_predict, int max_prompt, const char *prompt_field, int *out,
+                          exsa_param_err *pe)
 {
     if (n_prompt <= 0)
         return exsa_param_fail(pe, prompt_field, "invalid_value", "'%s' is empty (no tokens)",
@@ -769,7 +770,11 @@ int exsa_reqparams_budget(const exsa_gen_params *p, int n_prompt, int n_ctx, int
         *out = p->max_tokens;
         return 0;
     }
-    /* Not given (or n_predict -1): up to the end of the context, within the cap. */
-    *out = max_cap > 0 && max_cap < room ? max_cap : room;
+    /* Not given: the server's default (-n); n_predict -1 in the request, or
+     * a default of -1: up to the end of the context. Within the cap. */
+    int n = p->max_tokens == 0 && n_predict > 0 ? n_predict : room;
+    if (max_cap > 0 && max_cap < n)
+        n = max_cap;
+    *out = n < room ? n : room;
     return 0;
 }

@@ -91,8 +91,12 @@ int exsa_reqparams_model(const json_t *body, const char **model, exsa_param_err 
 /* Resolves max_tokens against the prompt length and limits: *out gets the
  * engine's max_tokens. Fails (400, code context_length_exceeded) when the
  * prompt leaves no room, or a given max_tokens does not fit or exceeds
- * max_cap (0: no cap). prompt_field names the prompt for messages. */
+ * max_cap (0: no cap). A request that gives no budget gets n_predict (the
+ * server's -n; -1 or 0: up to the end of the context), and n_predict -1 in
+ * the request means up to the end of the context; both within max_cap and
+ * the room the prompt leaves. prompt_field names the prompt for messages. */
 int exsa_reqparams_budget(const exsa_gen_params *p, int n_prompt, int n_ctx, int max_cap,
-                          int max_prompt, const char *prompt_field, int *out, exsa_param_err *pe);
+                          int n_predict, int max_prompt, const char *prompt_field, int *out,
+                          exsa_param_err *pe);
 
 #endif

@@ -81,6 +81,7 @@ void exsa_server_config_default(exsa_server_config *c)
     c->port = 8080;
     exsa_engine_params_default(&c->engine);
     c->max_body_bytes = (size_t)1 << 20;
+    c->n_predict = 2048;
     c->request_timeout_s = 600;
     c->shutdown_grace_s = 10;
     c->max_connections = 256;

@@ -28,7 +28,10 @@ typedef struct exsa_server_config {
     double rate_burst;        /* bucket size (>= 1) */
     size_t max_body_bytes;
     int max_prompt_tokens;    /* 0: only the context bounds it */
-    int max_tokens_cap;       /* 0: none */
+    int max_tokens_cap;       /* 0: none; a given max_tokens above it is a 400 */
+    /* Tokens for a request that names no max_tokens / max_completion_tokens /
+     * n_predict (2048); -1: up to the end of the context. */
+    int n_predict;
     double request_timeout_s; /* 0: none */
     double shutdown_grace_s;
     int max_connections;

@@ -18,8 +18,9 @@ if [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; then
             --fetch-timeout=60000 'openai@^4' >"$WORK/npm.log" 2>&1
     ) 9>"$NODE_DIR/.install.lock"
     if [ ! -f "$NODE_DIR/node_modules/openai/package.json" ]; then
-        cat "$WORK/npm.log" 2>/dev/null
-        skip "npm could not install the openai package into $NODE_DIR (no registry access?)"
+        # npm's first error lines say why (e.g. ENOTFOUND registry.npmjs.org).
+        grep -m 4 -E '^npm (error|ERR!)' "$WORK/npm.log" 2>/dev/null | sed 's/^/  /'
+        skip "npm could not install the openai package into $NODE_DIR (registry $(npm config get registry 2>/dev/null) out of reach?)"
     fi
 fi
 OPENAI_VERSION=$(node -p "require('$NODE_DIR/node_modules/openai/package.json').version")
