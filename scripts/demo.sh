@@ -14,6 +14,6 @@ if [ -z "$model" ]; then
 fi
 url="http://${HOST:-127.0.0.1}:${PORT:-8080}"
 [ "${HOST:-}" = 0.0.0.0 ] && url="http://127.0.0.1:${PORT:-8080}"
-echo "try: curl -s $url/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"temperature\": 0, \"max_tokens\": 64}'"
+echo "try: curl -s $url/v1/chat/completions -H 'Content-Type: application/json' -d '{\"messages\": [{\"role\": \"system\", \"content\": \"You are a helpful assistant.\"}, {\"role\": \"user\", \"content\": \"What is the capital of France?\"}], \"temperature\": 0, \"max_tokens\": 64}'"
 echo " or: build/exsa chat -m $model"
 exec build/exsa serve -m "$model"
