@@ -19,6 +19,26 @@ const char *exsa_test_fixtures_dir(void)
     return dir;
 }
 
+const char *exsa_test_model_path(const char *file_name)
+{
+    static char path[4096];
+    const char *env = getenv("EXSA_MODELS_DIR"), *xdg = getenv("XDG_CACHE_HOME"),
+               *home = getenv("HOME");
+    int n;
+    if (env && *env)
+        n = snprintf(path, sizeof path, "%s/%s", env, file_name);
+    else if (xdg && *xdg)
+        n = snprintf(path, sizeof path, "%s/exsa/models/%s", xdg, file_name);
+    else if (home && *home)
+        n = snprintf(path, sizeof path, "%s/.cache/exsa/models/%s", home, file_name);
+    else
+        return NULL;
+    struct stat st;
+    if (n < 0 || (size_t)n >= sizeof path || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    return path;
+}
+
 void *exsa_test_read_file(const char *path, size_t *size)
 {
     FILE *f = fopen(path, "rb");

@@ -8,6 +8,10 @@
 /* Directory of ../shared/fixtures, or NULL when it is absent (the test then
  * exits with 77 so CTest reports it skipped, never passed). */
 const char *exsa_test_fixtures_dir(void);
+/* Path of a real model file (static buffer, valid until the next call):
+ * $EXSA_MODELS_DIR/file_name, else ${XDG_CACHE_HOME:-$HOME/.cache}/exsa/
+ * models/file_name; NULL when it is not there (the test then skips). */
+const char *exsa_test_model_path(const char *file_name);
 /* Reads a whole file into a malloc'd buffer; NULL if unreadable. */
 void *exsa_test_read_file(const char *path, size_t *size);
 /* Deterministic PRNG for test data (splitmix64). */
