@@ -482,7 +482,8 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
 
 static const attn_case cases[] = {
     /* the 110M shape: decode rows of 8 sequences */
-    {12, 12, 64, 16, 8, {320, 257, 256, 255, 17, 16, 1, 300}, {0, 1, 2, 3, 4, 5, 6, 7}, FILL_NORMAL, 0},
+    {12, 12, 64, 16, 8, {320, 257, 256, 255, 17, 16, 1, 300}, {0, 1, 2, 3, 4, 5, 6, 7},
+     FILL_NORMAL, 0},
     /* a prefill chunk of one sequence (causal: n_ctx grows by row) */
     {4, 4, 64, 16, 10, {31, 32, 33, 34, 35, 36, 37, 38, 39, 40}, {0}, FILL_NORMAL, 0},
     /* GQA ratios 2, 3, 4, 8; odd and large head dims */

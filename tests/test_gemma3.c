@@ -243,7 +243,8 @@ static void test_window_group_vs_full(void **state)
     /* n_seq * (ceil((window + max_batch) / 16) + 1) */
     assert_int_equal(pool, 2 * ((WINDOW + B + bs - 1) / bs + 1));
     const exsa_kv_params *kp = exsa_kv_cache_params(kw);
-    assert_true(exsa_kv_cache_bytes(kp) < exsa_kv_cache_bytes(exsa_kv_cache_params(exsa_model_ctx_kv(cf))));
+    const exsa_kv_params *kpf = exsa_kv_cache_params(exsa_model_ctx_kv(cf));
+    assert_true(exsa_kv_cache_bytes(kp) < exsa_kv_cache_bytes(kpf));
 
     int32_t tok[170];
     uint64_t rng = 0x51de;

@@ -39,6 +39,14 @@
  * thread count; closer to exact than the rounding path, and 110M pp512
  * +34% (bench/RESULTS.md, 2026-12-02 second session).
  *
+ * A sliding window (exsa_attn_args.window) starts each row at its
+ * window's first token: the one-row f16 path and the F32/Q8_0 chunks
+ * begin there; the tiled path keeps its grid of EXSA_ATTN_TILE from token
+ * 0, and in the first chunk the tokens before a row's window get a score
+ * of -inf (weight exactly 0) while those before the run's first visible
+ * token are never read (copies of that token stand in): blocks before a
+ * window may already be back in the pool.
+ *
  * F32 and Q8_0 caches use chunks of ATTN_CHUNK tokens: scores for the
  * chunk, then an online-softmax update (rescale the running sum and
  * accumulator only when the chunk raises the running max) and the
