@@ -12,6 +12,10 @@
  *   freed; a rollback within the kept tokens gives the same logits again;
  *   one beyond them is refused (EXSA_EINVAL) instead of reading freed KV.
  * - Chunked prefill and several sequences in one batch against one pass.
+ * - The serving engine (continuous batching, prompts chunked past the
+ *   window, the same prompt twice so a prefix cache would be tried):
+ *   greedy tokens equal a plain greedy loop on a swa_full context, and no
+ *   prompt token is taken from a prefix cache.
  * - The real gemma-3-270m file when present: hyperparameters as llama.cpp
  *   reads them, KV size, and the window group against swa_full on a
  *   prompt longer than its 512-token window.
@@ -28,6 +32,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "exsa.h"
 #include "model/model.h"
 #include "model/model_gen.h"
 #include "quant/quant.h"
@@ -365,6 +370,95 @@ static void test_batch_invariance(void **state)
     exsa_model_free(m);
 }
 
+/* ---- the engine ---- */
+
+#define E_PROMPT 60
+#define E_GEN 30
+
+static void greedy_direct(const exsa_model *m, const int32_t *prompt, int32_t *out)
+{
+    const int V = exsa_model_hparams(m)->n_vocab;
+    exsa_model_ctx *c = make_ctx(m, EXSA_TYPE_F16, 1, 64, 256, 1);
+    float *lg = malloc((size_t)E_PROMPT * V * sizeof *lg);
+    assert_non_null(lg);
+    assert_int_equal(forward_rows(c, 0, prompt, E_PROMPT, 0, lg), 0);
+    float *last = lg + (size_t)(E_PROMPT - 1) * V;
+    for (int i = 0; i < E_GEN; i++) {
+        out[i] = (int32_t)exsa_ref_argmax_f(last, V);
+        if (i + 1 < E_GEN)
+            assert_int_equal(forward_rows(c, 0, &out[i], 1, E_PROMPT + i, last), 0);
+    }
+    free(lg);
+    exsa_model_ctx_free(c);
+}
+
+static void test_engine(void **state)
+{
+    (void)state;
+    exsa_model *m = load(g_path);
+    const int V = exsa_model_hparams(m)->n_vocab;
+    int32_t prompts[3][E_PROMPT], want[3][E_GEN];
+    uint64_t rng = 0xe9e;
+    for (int i = 0; i < 2; i++)
+        random_tokens(&rng, prompts[i], E_PROMPT, V);
+    memcpy(prompts[2], prompts[0], sizeof prompts[0]);
+    for (int i = 0; i < 2; i++)
+        greedy_direct(m, prompts[i], want[i]);
+    memcpy(want[2], want[0], sizeof want[0]);
+    exsa_model_free(m);
+
+    exsa_engine_params ep;
+    exsa_engine_params_default(&ep);
+    ep.model_path = g_path;
+    ep.n_threads = N_THREADS;
+    ep.n_ctx = 256;
+    ep.max_batch_tokens = 16;
+    ep.max_batch_size = 2;
+    ep.prefix_cache = 1;
+    exsa_err err = {0};
+    exsa_engine *e = exsa_engine_create(&ep, &err);
+    if (!e)
+        print_error("engine: %s\n", err.msg);
+    assert_non_null(e);
+    exsa_request *r[3];
+    for (int i = 0; i < 3; i++) {
+        exsa_request_params rp;
+        exsa_request_params_default(&rp);
+        rp.prompt_ids = prompts[i];
+        rp.n_prompt_ids = E_PROMPT;
+        rp.max_tokens = E_GEN;
+        rp.sampling.temperature = 0;
+        rp.ignore_eos = 1;
+        r[i] = exsa_engine_submit(e, &rp, &err);
+        if (!r[i])
+            print_error("submit: %s\n", err.msg);
+        assert_non_null(r[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        int n = 0;
+        for (;;) {
+            exsa_event ev;
+            assert_int_equal(exsa_request_next(r[i], &ev, 60000), 0);
+            if (ev.type == EXSA_EVENT_DONE) {
+                if (ev.finish != EXSA_FINISH_LENGTH)
+                    print_error("request %d: finish %d %s\n", i, ev.finish, ev.error);
+                assert_int_equal(ev.finish, EXSA_FINISH_LENGTH);
+                assert_int_equal(ev.usage.cached_tokens, 0);
+                break;
+            }
+            assert_true(n < E_GEN);
+            if (ev.token != want[i][n])
+                print_error("request %d token %d: %d, direct %d\n", i, n, ev.token,
+                            want[i][n]);
+            assert_int_equal(ev.token, want[i][n]);
+            n++;
+        }
+        assert_int_equal(n, E_GEN);
+        exsa_request_free(r[i]);
+    }
+    exsa_engine_free(e);
+}
+
 /* ---- the real model ---- */
 
 static void test_real_model(void **state)
@@ -430,6 +524,7 @@ int main(void)
         cmocka_unit_test(test_vs_ref_f16_kv),
         cmocka_unit_test(test_window_group_vs_full),
         cmocka_unit_test(test_batch_invariance),
+        cmocka_unit_test(test_engine),
         cmocka_unit_test(test_real_model),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
