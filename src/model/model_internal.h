@@ -1,5 +1,12 @@
 /* Shared between model.c (generic loading, contexts) and the architecture
- * files (llama.c, ...). Not visible outside src/model/. */
+ * files (llama.c, gemma3.c, ...). Not visible outside src/model/.
+ *
+ * A new architecture is one file defining an exsa_arch_ops and one entry
+ * in model.c's archs[]. Its load() reads the common hyperparameters with
+ * exsa_model_read_hparams, its own keys with exsa_model_key_*, and marks
+ * per-layer kinds, windows and rope bases in hp.layer
+ * (exsa_model_alloc_layers); model.c sizes the KV groups from them and
+ * hands forward() each layer's view through exsa_model_layer_kv. */
 #ifndef EXSA_MODEL_INTERNAL_H
 #define EXSA_MODEL_INTERNAL_H
 
