@@ -34,6 +34,12 @@
  *     directly: scores_f16 against its kernel table's dot times the scale,
  *     accum_f16 against the formula, and that lanes past the head (beyond
  *     hd rounded to 16) are never written; dequant_q8_0 against d * q.
+ * Sliding windows (exsa_attn_args.window): a row sees only positions
+ * [n_ctx - window, n_ctx), with the same arithmetic over them as the
+ * reference defines (the f16 one-row path and the F32/Q8_0 chunks start
+ * at the window's first token; the tiled path keeps its grid from token 0
+ * with the tokens before the window at weight 0), and blocks wholly
+ * before the window are NaN in the tests: reading them would show.
  * The whole suite also runs in children with EXSA_CPU=scalar (and avx2 on
  * AVX-512 CPUs), so each table is used through the op as well (the table
  * is chosen once per process).
@@ -111,6 +117,12 @@ static long first_diff(const float *a, const float *b, size_t n)
 
 /* ---- the reference ------------------------------------------------------ */
 
+/* The first position row r sees (its window's start, or 0). */
+static int first_pos(const exsa_attn_args *a, int r)
+{
+    return a->window > 0 && a->n_ctx[r] > a->window ? a->n_ctx[r] - a->window : 0;
+}
+
 typedef float (*dot_fn)(int n, const exsa_fp16 *x, const float *y);
 
 /* attn_kernels.h's attn_chunk for one query vector, written from its
@@ -163,11 +175,16 @@ static void reference_tiled(const exsa_attn_args *a, dot_fn dot, int r, int h, f
     float sc[T];
     memset(st, 0, sizeof(float) * (size_t)(hdp + EXSA_ATTN_ST_EXTRA));
     st[hdp + EXSA_ATTN_ST_M] = -INFINITY;
-    for (int t0 = 0; t0 < a->n_ctx[r]; t0 += T) {
+    const int first = first_pos(a, r);
+    for (int t0 = first / T * T; t0 < a->n_ctx[r]; t0 += T) {
         const int nt = a->n_ctx[r] - t0 < T ? a->n_ctx[r] - t0 : T;
         memset(vf, 0, sizeof(float) * (size_t)hdp * T);
         for (int j = 0; j < nt; j++) {
             const int t = t0 + j;
+            if (t < first) { /* before the window: weight 0 */
+                sc[j] = -INFINITY;
+                continue;
+            }
             int32_t blk = a->block_table[r][t / kv->block_size];
             size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
             const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
@@ -206,7 +223,7 @@ static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
                 acc[d] = 0;
             }
             float m = -INFINITY, l = 0.0f;
-            for (int t = 0; t < a->n_ctx[r]; t++) {
+            for (int t = first_pos(a, r); t < a->n_ctx[r]; t++) {
                 int32_t blk = a->block_table[r][t / kv->block_size];
                 size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
                 const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
@@ -257,7 +274,7 @@ static void reference_f32(const exsa_attn_args *a, const exsa_cpu_kernels *kt, f
             size_t e0 = (size_t)(h / group) * (size_t)hd;
             memset(acc, 0, sizeof(float) * (size_t)hd);
             float m = -INFINITY, l = 0.0f;
-            for (int t0 = 0; t0 < a->n_ctx[r]; t0 += F32_CHUNK) {
+            for (int t0 = first_pos(a, r); t0 < a->n_ctx[r]; t0 += F32_CHUNK) {
                 int n = a->n_ctx[r] - t0 < F32_CHUNK ? a->n_ctx[r] - t0 : F32_CHUNK;
                 float cmax = -INFINITY;
                 for (int i = 0; i < n; i++) {
@@ -310,6 +327,7 @@ typedef struct {
     int n_ctx[MAX_ROWS];
     int seq[MAX_ROWS]; /* rows with the same seq share a block table */
     enum fill fill;
+    int window;        /* 0: none */
 } attn_case;
 
 static exsa_fp16 rand_half(enum fill f, float scale)
@@ -399,13 +417,29 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
         memset(q, 0, sizeof(float) * nout);
     int32_t n_ctx[MAX_ROWS];
     const int32_t *bt[MAX_ROWS];
+    /* Per sequence, its table; with a window, the blocks wholly before
+     * every row's window point at a NaN block (as if returned). */
+    int32_t *tabs = xmalloc(sizeof(int32_t) * (size_t)n_blocks);
+    memcpy(tabs, perm, sizeof(int32_t) * (size_t)n_blocks);
+    for (int s = 0; s < n_seq && c->window > 0; s++) {
+        int lo = INT32_MAX;
+        for (int r = 0; r < c->n_rows; r++)
+            if (c->seq[r] == s) {
+                int f = c->n_ctx[r] > c->window ? c->n_ctx[r] - c->window : 0;
+                lo = f < lo ? f : lo;
+            }
+        for (int b = 0; lo != INT32_MAX && b < lo / bs; b++)
+            tabs[first[s] + b] = perm[n_blocks - 1];
+    }
     for (int r = 0; r < c->n_rows; r++) {
         n_ctx[r] = c->n_ctx[r];
-        bt[r] = perm + first[c->seq[r]];
+        bt[r] = tabs + first[c->seq[r]];
     }
     for (size_t i = 0; i < nout; i++)
         memcpy(out + i, &(uint32_t){0x7fc00123u}, sizeof(float)); /* all must be written */
-    exsa_attn_args a = {c->n_rows, c->n_head, q, out, n_ctx, bt, &kv, 1.0f / sqrtf((float)hd)};
+    exsa_attn_args a = {.n_rows = c->n_rows, .n_head = c->n_head, .q = q, .out = out,
+                        .n_ctx = n_ctx, .block_table = bt, .kv = &kv,
+                        .scale = 1.0f / sqrtf((float)hd), .window = c->window};
     B->ops->attention(B, &a);
     if (type == EXSA_TYPE_F16)
         reference(&a, exsa_cpu_kernels_best()->dot_f16_f32, ref);
@@ -416,9 +450,9 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
     long d = first_diff(out, ref, nout);
     if (d >= 0) {
         int r = (int)((size_t)d / qrow), h = (int)((size_t)d % qrow / (size_t)hd);
-        note_fail("%s heads %d/%d dim %d block %d rows %d threads %d fill %d: row %d (n_ctx %d) "
-                  "head %d dim %d: got %.9g, reference %.9g",
-                  tname, c->n_head, c->n_kv, hd, bs, c->n_rows, threads, (int)c->fill, r,
+        note_fail("%s heads %d/%d dim %d block %d rows %d threads %d fill %d window %d: row %d "
+                  "(n_ctx %d) head %d dim %d: got %.9g, reference %.9g",
+                  tname, c->n_head, c->n_kv, hd, bs, c->n_rows, threads, (int)c->fill, c->window, r,
                   n_ctx[r], h, (int)((size_t)d % (size_t)hd), (double)out[d], (double)ref[d]);
     }
     if (c->fill == FILL_OVERFLOW && type == EXSA_TYPE_F16) {
@@ -429,9 +463,15 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
         if (!saw_inf)
             note_fail("overflow case: no inf in the reference");
     }
+    for (size_t i = 0; i < nout && c->window > 0; i++)
+        if (isnan(out[i])) { /* a NaN block was read */
+            note_fail("window %d: NaN in the output (row %zu)", c->window, i / qrow);
+            break;
+        }
     free(ref);
     free(out);
     free(q);
+    free(tabs);
     free(perm);
     free(vx);
     free(kx);
@@ -442,36 +482,58 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
 
 static const attn_case cases[] = {
     /* the 110M shape: decode rows of 8 sequences */
-    {12, 12, 64, 16, 8, {320, 257, 256, 255, 17, 16, 1, 300}, {0, 1, 2, 3, 4, 5, 6, 7}, FILL_NORMAL},
+    {12, 12, 64, 16, 8, {320, 257, 256, 255, 17, 16, 1, 300}, {0, 1, 2, 3, 4, 5, 6, 7},
+     FILL_NORMAL, 0},
     /* a prefill chunk of one sequence (causal: n_ctx grows by row) */
-    {4, 4, 64, 16, 10, {31, 32, 33, 34, 35, 36, 37, 38, 39, 40}, {0}, FILL_NORMAL},
+    {4, 4, 64, 16, 10, {31, 32, 33, 34, 35, 36, 37, 38, 39, 40}, {0}, FILL_NORMAL, 0},
     /* GQA ratios 2, 3, 4, 8; odd and large head dims */
-    {8, 4, 128, 16, 3, {100, 1, 64}, {0, 1, 0}, FILL_NORMAL},
-    {6, 2, 40, 16, 4, {5, 48, 49, 70}, {0, 1, 1, 0}, FILL_NORMAL},
-    {8, 2, 72, 16, 2, {80, 33}, {0, 1}, FILL_NORMAL},
-    {16, 2, 80, 16, 2, {65, 3}, {0, 1}, FILL_NORMAL},
-    {3, 1, 13, 16, 3, {1, 16, 47}, {0, 0, 0}, FILL_NORMAL},
-    {2, 2, 7, 16, 2, {9, 40}, {0, 1}, FILL_NORMAL},
-    {4, 2, 200, 16, 2, {50, 19}, {0, 1}, FILL_NORMAL},
-    {2, 1, 264, 16, 2, {33, 70}, {0, 1}, FILL_NORMAL},
-    {2, 2, 1, 16, 2, {3, 20}, {0, 1}, FILL_NORMAL},
+    {8, 4, 128, 16, 3, {100, 1, 64}, {0, 1, 0}, FILL_NORMAL, 0},
+    {6, 2, 40, 16, 4, {5, 48, 49, 70}, {0, 1, 1, 0}, FILL_NORMAL, 0},
+    {8, 2, 72, 16, 2, {80, 33}, {0, 1}, FILL_NORMAL, 0},
+    {16, 2, 80, 16, 2, {65, 3}, {0, 1}, FILL_NORMAL, 0},
+    {3, 1, 13, 16, 3, {1, 16, 47}, {0, 0, 0}, FILL_NORMAL, 0},
+    {2, 2, 7, 16, 2, {9, 40}, {0, 1}, FILL_NORMAL, 0},
+    {4, 2, 200, 16, 2, {50, 19}, {0, 1}, FILL_NORMAL, 0},
+    {2, 1, 264, 16, 2, {33, 70}, {0, 1}, FILL_NORMAL, 0},
+    {2, 2, 1, 16, 2, {3, 20}, {0, 1}, FILL_NORMAL, 0},
     /* prefill chunks across EXSA_ATTN_EXACT_CTX (both paths in one run),
      * more rows than a task's tile, chunks ending anywhere */
-    {4, 4, 64, 16, 12, {58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69}, {0}, FILL_NORMAL},
+    {4, 4, 64, 16, 12, {58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69}, {0}, FILL_NORMAL, 0},
     {8, 2, 128, 16, 12, {97, 130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 140},
-     {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, FILL_NORMAL},
+     {0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, FILL_NORMAL, 0},
     {32, 4, 64, 16, 12, {300, 301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311}, {0},
-     FILL_NORMAL},
-    {5, 5, 17, 7, 3, {65, 96, 97}, {0, 1, 2}, FILL_NORMAL},
+     FILL_NORMAL, 0},
+    {5, 5, 17, 7, 3, {65, 96, 97}, {0, 1, 2}, FILL_NORMAL, 0},
     /* block sizes other than 16; an empty context (zeros) */
-    {4, 2, 64, 5, 3, {23, 0, 11}, {0, 1, 2}, FILL_NORMAL},
-    {6, 3, 24, 7, 2, {50, 64}, {0, 1}, FILL_NORMAL},
-    {2, 2, 64, 64, 2, {130, 64}, {0, 1}, FILL_NORMAL},
+    {4, 2, 64, 5, 3, {23, 0, 11}, {0, 1, 2}, FILL_NORMAL, 0},
+    {6, 3, 24, 7, 2, {50, 64}, {0, 1}, FILL_NORMAL, 0},
+    {2, 2, 64, 64, 2, {130, 64}, {0, 1}, FILL_NORMAL, 0},
     /* acc overflows f16 to inf; values in the f16 subnormal range */
-    {2, 1, 24, 16, 2, {40, 3}, {0, 1}, FILL_OVERFLOW},
-    {2, 1, 24, 16, 2, {100, 40}, {0, 1}, FILL_OVERFLOW},
-    {4, 2, 40, 16, 2, {60, 17}, {0, 1}, FILL_TINY},
-    {4, 2, 40, 16, 2, {90, 170}, {0, 1}, FILL_TINY},
+    {2, 1, 24, 16, 2, {40, 3}, {0, 1}, FILL_OVERFLOW, 0},
+    {2, 1, 24, 16, 2, {100, 40}, {0, 1}, FILL_OVERFLOW, 0},
+    {4, 2, 40, 16, 2, {60, 17}, {0, 1}, FILL_TINY, 0},
+    {4, 2, 40, 16, 2, {90, 170}, {0, 1}, FILL_TINY, 0},
+    /* sliding windows smaller than, equal to and larger than the context,
+     * on both F16 paths, odd sizes, a prefill chunk of one sequence
+     * (rows whose windows start at different tokens) and decode rows */
+    {.n_head = 4, .n_kv = 1, .hd = 64, .block_size = 16, .n_rows = 8,
+     .n_ctx = {300, 257, 256, 255, 17, 16, 1, 130}, .seq = {0, 1, 2, 3, 4, 5, 6, 7},
+     .fill = FILL_NORMAL, .window = 32},
+    {.n_head = 4, .n_kv = 2, .hd = 40, .block_size = 16, .n_rows = 12,
+     .n_ctx = {97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108}, .seq = {0},
+     .fill = FILL_NORMAL, .window = 37},
+    {.n_head = 3, .n_kv = 1, .hd = 13, .block_size = 7, .n_rows = 6,
+     .n_ctx = {20, 21, 22, 23, 24, 25}, .seq = {0}, .fill = FILL_NORMAL, .window = 5},
+    {.n_head = 2, .n_kv = 2, .hd = 64, .block_size = 16, .n_rows = 4,
+     .n_ctx = {45, 60, 61, 200}, .seq = {0, 1, 1, 2}, .fill = FILL_NORMAL, .window = 45},
+    {.n_head = 2, .n_kv = 1, .hd = 32, .block_size = 16, .n_rows = 3,
+     .n_ctx = {40, 64, 70}, .seq = {0, 1, 2}, .fill = FILL_NORMAL, .window = 64},
+    {.n_head = 2, .n_kv = 1, .hd = 32, .block_size = 16, .n_rows = 3,
+     .n_ctx = {40, 64, 70}, .seq = {0, 1, 2}, .fill = FILL_NORMAL, .window = 1000},
+    {.n_head = 8, .n_kv = 2, .hd = 72, .block_size = 16, .n_rows = 5,
+     .n_ctx = {1, 2, 513, 514, 515}, .seq = {0, 1, 2, 2, 2}, .fill = FILL_NORMAL, .window = 1},
+    {.n_head = 4, .n_kv = 4, .hd = 24, .block_size = 5, .n_rows = 4,
+     .n_ctx = {129, 130, 131, 300}, .seq = {0, 0, 0, 1}, .fill = FILL_NORMAL, .window = 66},
 };
 
 static void run_cases(int type, const int *thread_counts, size_t n_counts)

@@ -815,6 +815,39 @@ static void test_softmax(void **state)
     }
 }
 
+/* geglu against double-precision tanh GELU times up. */
+static void test_geglu(void **state)
+{
+    (void)state;
+    static const int64_t sizes[] = {1, 1001, 70001};
+    for (size_t k = 0; k < 3; k++) {
+        int64_t n = sizes[k];
+        float *g = xmalloc((size_t)n * sizeof *g), *u = xmalloc((size_t)n * sizeof *u);
+        float *out = xmalloc((size_t)n * sizeof *out);
+        double *ref = xmalloc((size_t)n * sizeof *ref);
+        fill_uniform(g, (size_t)n, -8.0f, 8.0f);
+        fill_normal(u, (size_t)n, 1.0f);
+        if (n > 3) {
+            g[0] = -100.0f;
+            g[1] = 100.0f;
+            g[2] = 0.0f;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            const double x = g[i];
+            /* 0.5 x (1 + tanh(z)) = x / (1 + exp(-2z)), without cancellation */
+            ref[i] = x / (1.0 + exp(-2.0 * sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
+        }
+        B->ops->geglu(B, g, u, out, n);
+        check_close("geglu", out, ref, (size_t)n, 1e-5, 1e-30);
+        B->ops->geglu(B, g, u, g, n); /* out aliases gate */
+        check_close("geglu in place", g, ref, (size_t)n, 1e-5, 1e-30);
+        free(ref);
+        free(out);
+        free(u);
+        free(g);
+    }
+}
+
 static void test_swiglu(void **state)
 {
     (void)state;
@@ -986,7 +1019,8 @@ static void check_attention(int kv_type, int n_head, int n_kv, int hd, double to
         assert_true(rows_ctx[r] <= len[rows_seq[r]]);
     }
     float scale = 1.0f / sqrtf((float)hd);
-    exsa_attn_args a = {NR, n_head, q, out, n_ctx, bt, &kv, scale};
+    exsa_attn_args a = {.n_rows = NR, .n_head = n_head, .q = q, .out = out, .n_ctx = n_ctx,
+                        .block_table = bt, .kv = &kv, .scale = scale};
     B->ops->attention(B, &a);
 
     /* Two references: on the decoded cache (tight: the same numbers) and on
@@ -1401,6 +1435,7 @@ static int run_suite(int n_threads, const char *label)
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_softmax),
         cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_geglu),
         cmocka_unit_test(test_add_bias_scale),
         cmocka_unit_test(test_attention),
     };

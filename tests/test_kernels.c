@@ -485,6 +485,50 @@ static void check_swiglu(const exsa_cpu_kernels *k)
     assert_true(worst < 4e-7);
 }
 
+/* geglu against kernels.h's formula bit for bit (odd lengths, specials,
+ * in place), and against double-precision tanh GELU times up within 2e-6
+ * relative (1e-12 absolute). */
+static void check_geglu(const exsa_cpu_kernels *k)
+{
+    enum { N = 67 };
+    float g[N] = {0}, u[N] = {0}, out[N], want[N];
+    double worst = 0;
+    uint64_t rng = 0x6e61u;
+    for (int n = 0; n <= N; n += n < 20 ? 1 : 23) {
+        for (int i = 0; i < n; i++) {
+            g[i] = (float)(exsa_test_rand_normal(&rng) * 4.0);
+            u[i] = (float)exsa_test_rand_normal(&rng);
+        }
+        static const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 20.0f, -20.0f,
+                                         -5.5f, 1e-30f, -1e-30f};
+        for (int i = 0; i < n && i < ARRAY_LEN(specials); i++)
+            g[(i * 7) % n] = specials[i];
+        for (int i = 0; i < n; i++) {
+            const float x = g[i], y = (EXSA_GELU_2C * x) * (1.0f + (EXSA_GELU_A * x) * x);
+            const float t = exsa_exp_neg(-fabsf(y));
+            want[i] = x * ((y >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+            if (isfinite(x) && fabsf(x) < 9.0f) {
+                const double xd = x, c = sqrt(2.0 / M_PI);
+                /* 0.5 (1 + tanh(z)) as 1 / (1 + exp(-2z)): no cancellation */
+                const double e = xd / (1.0 + exp(-2.0 * c * (xd + 0.044715 * xd * xd * xd))) * u[i];
+                const double r = fabs(want[i] - e) / (fabs(e) + 1e-12);
+                worst = r > worst ? r : worst;
+            }
+        }
+        k->geglu(g, u, out, n);
+        for (int i = 0; i < n; i++)
+            if (memcmp(&out[i], &want[i], sizeof(float)) != 0)
+                fail_msg("%s geglu n %d [%d]: g %.9g got %.9g want %.9g", k->isa, n, i,
+                         (double)g[i], (double)out[i], (double)want[i]);
+        k->geglu(g, u, g, n); /* out aliases g */
+        for (int i = 0; i < n; i++)
+            if (memcmp(&g[i], &want[i], sizeof(float)) != 0)
+                fail_msg("%s geglu in place n %d [%d]", k->isa, n, i);
+    }
+    if (!(worst < 2e-6))
+        fail_msg("%s geglu: %.3g relative from tanh GELU", k->isa, worst);
+}
+
 static void check_float_helpers(const exsa_cpu_kernels *isa)
 {
     static const int sizes[] = {0, 1, 5, 8, 9, 31, 32, 33, 64, 100, 257};
@@ -1457,6 +1501,7 @@ static void test_isa_float_helpers(void **state)
         skip();
     check_float_helpers(((const isa_case *)*state)->table);
     check_swiglu(((const isa_case *)*state)->table);
+    check_geglu(((const isa_case *)*state)->table);
 }
 
 static void test_scalar_helpers(void **state)
@@ -1469,6 +1514,7 @@ static void test_scalar_helpers(void **state)
     assert_ptr_equal(sc->quantize_q8_K, exsa_quantize_row_q8_K_ref);
     check_float_helpers(sc);
     check_swiglu(sc);
+    check_geglu(sc);
 }
 
 /* EXSA_CPU caps the choice. Selection happens once per process, so each

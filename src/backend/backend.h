@@ -52,7 +52,11 @@ typedef struct exsa_kv_layer {
 } exsa_kv_layer;
 
 /* Paged causal attention for n_rows query rows. Row r attends to the first
- * n_ctx[r] tokens of its sequence, whose blocks are block_table[r][0..]. */
+ * n_ctx[r] tokens of its sequence, whose blocks are block_table[r][0..];
+ * with a sliding window (window > 0) only to its last `window` of them,
+ * positions [n_ctx[r] - window, n_ctx[r]): a query at position p sees keys
+ * at k with p - k < window (llama.cpp's standard SWA). A windowed row
+ * never reads a position before its window (their blocks may be gone). */
 typedef struct exsa_attn_args {
     int n_rows;
     int n_head;                 /* query heads; n_head % kv->n_kv_head == 0 */
@@ -62,6 +66,7 @@ typedef struct exsa_attn_args {
     const int32_t *const *block_table; /* [n_rows] -> block ids */
     const exsa_kv_layer *kv;
     float scale;                /* usually 1/sqrt(head_dim) */
+    int window;                 /* 0: none (full causal) */
 } exsa_attn_args;
 
 enum exsa_rope_mode {
@@ -140,6 +145,9 @@ typedef struct exsa_backend_ops {
     void (*softmax)(exsa_backend *b, float *x, int n_rows, int n);
     /* out[i] = silu(gate[i]) * up[i]; out may alias gate. */
     void (*swiglu)(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
+    /* out[i] = gelu(gate[i]) * up[i], GELU's tanh form
+     * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); out may alias gate. */
+    void (*geglu)(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
     /* Writes K and V rows r (each n_kv_head*head_dim floats) to slot slots[r]. */
     void (*kv_store)(exsa_backend *b, const exsa_kv_layer *kv, const float *k, const float *v,
                      const int32_t *slots, int n_rows);

@@ -5,9 +5,10 @@
 #include "model/model_gen.h"
 
 static const char *usage =
-    "usage: exsa gen-model OUT.gguf [--arch llama|qwen2|qwen3] [--embd N] [--layers N]\n"
+    "usage: exsa gen-model OUT.gguf [--arch llama|qwen2|qwen3|gemma3] [--embd N] [--layers N]\n"
     "         [--heads N] [--kv-heads N] [--ff N] [--vocab N|FILE.gguf] [--head-dim N] [--ctx N]\n"
     "         [--type F32|F16|Q4_0|Q4_K_M|...] [--untied] [--seed S] [-t THREADS]\n"
+    "         [--swa N] [--swa-pattern N]   (gemma3: sliding window, every Nth layer global)\n"
     "Writes a model with seeded random weights and Exsa's own generated vocabulary\n"
     "(256 bytes + merges). Its output is random text: it is for tests, benchmarks and\n"
     "the demo. Defaults: llama, embd 256, 2 layers, 4 heads, 2 kv heads, ff 768,\n"
@@ -31,6 +32,7 @@ int exsa_cmd_gen_model(int argc, char **argv)
             {"--ff", &p.n_ff, 1, 262144},
             {"--head-dim", &p.head_dim, 2, 1024}, {"--ctx", &p.n_ctx_train, 1, 1 << 24},
             {"-t", &p.n_threads, 1, 1024},
+            {"--swa", &p.n_swa, 0, 1 << 24}, {"--swa-pattern", &p.swa_pattern, 0, 1 << 20},
         };
         int matched = 0;
         for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)

@@ -38,6 +38,7 @@
 #include "text/tokenizer.h"
 #include "text/vocab.h"
 #include "util/err.h"
+#include "util/log.h"
 #include "util/timer.h"
 
 /* 0 builds the engine without src/engine/prefix_cache.c. */
@@ -1240,7 +1241,12 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     e->n_blocks = kp->n_blocks;
     e->embed_seq = p->max_batch_size;
 #if EXSA_ENGINE_HAVE_PREFIX_CACHE
-    if (p->prefix_cache && !(e->pc = exsa_prefix_cache_create(e->kv, err)))
+    /* Sliding-window layers keep no blocks a cached prefix could bring
+     * back, so such models run without prefix reuse. */
+    if (p->prefix_cache && exsa_kv_has_swa(e->kv))
+        exsa_log(EXSA_LOG_INFO, NULL,
+                 "prefix cache off: the model's sliding-window layers keep only their window");
+    else if (p->prefix_cache && !(e->pc = exsa_prefix_cache_create(e->kv, err)))
         goto fail;
 #endif
 

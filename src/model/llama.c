@@ -41,83 +41,13 @@ typedef struct llama_scratch {
 static int load_hparams(exsa_model *m, exsa_err *err)
 {
     exsa_hparams *hp = &m->hp;
-    int64_t v, zero = 0;
-    double f;
-    const double eps_default = 1e-5, base_default = 10000.0;
-    if (exsa_model_key_int(m, "embedding_length", NULL, &v, err)) return err->code;
-    hp->n_embd = (int)v;
-    if (v <= 0 || v > (1 << 16)) goto range;
-    if (exsa_model_key_int(m, "block_count", NULL, &v, err)) return err->code;
-    hp->n_layer = (int)v;
-    if (v <= 0 || v > 1024) goto range;
-    if (exsa_model_key_int(m, "feed_forward_length", NULL, &v, err)) return err->code;
-    hp->n_ff = (int)v;
-    if (v <= 0 || v > (1 << 20)) goto range;
-    if (exsa_model_key_int(m, "attention.head_count", NULL, &v, err)) return err->code;
-    hp->n_head = (int)v;
-    if (v <= 0 || v > 4096) goto range;
-    int64_t dflt_kv = hp->n_head;
-    if (exsa_model_key_int(m, "attention.head_count_kv", &dflt_kv, &v, err)) return err->code;
-    hp->n_head_kv = (int)v;
-    if (v <= 0 || v > hp->n_head || hp->n_head % v != 0) {
-        return exsa_err_set(err, EXSA_EFORMAT,
-                            "model: %s.attention.head_count_kv = %lld must divide head_count = %d",
-                            hp->arch_name, (long long)v, hp->n_head);
-    }
-    int64_t dflt_hd = hp->n_embd / hp->n_head;
-    if (exsa_model_key_int(m, "attention.key_length", &dflt_hd, &v, err)) return err->code;
-    hp->head_dim = (int)v;
-    if (v <= 0 || v > 1024 || v % 2) goto range;
-    if (exsa_model_key_int(m, "attention.value_length", &dflt_hd, &v, err)) return err->code;
-    if (v != hp->head_dim)
-        return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: value_length != key_length");
-    if (exsa_model_key_int(m, "context_length", &zero, &v, err)) return err->code;
-    hp->n_ctx_train = v > 0 && v < (1 << 24) ? (int)v : 0;
-    if (exsa_model_key_float(m, "attention.layer_norm_rms_epsilon", &eps_default, &f, err))
-        return err->code;
-    if (!(f > 0 && f < 1))
-        return exsa_err_set(err, EXSA_EFORMAT, "model: rms epsilon %g out of range", f);
-    hp->norm_eps = (float)f;
-    if (exsa_model_key_float(m, "rope.freq_base", &base_default, &f, err)) return err->code;
-    if (!(f > 1))
-        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.freq_base %g out of range", f);
-    hp->rope_freq_base = (float)f;
-    int64_t dflt_rot = hp->head_dim;
-    if (exsa_model_key_int(m, "rope.dimension_count", &dflt_rot, &v, err)) return err->code;
-    if (v <= 0 || v > hp->head_dim || v % 2)
-        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.dimension_count %lld out of range",
-                            (long long)v);
-    hp->n_rot = (int)v;
-    /* Linear scaling: positions are divided by the factor. */
-    hp->rope_freq_scale = 1.0f;
-    const double one = 1.0;
-    char key[160];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch_name);
-    int64_t ti = exsa_gguf_find_key(m->gguf, key);
-    const char *st = NULL;
-    size_t stl = 0;
-    if (ti >= 0 && exsa_gguf_kv_str(m->gguf, ti, &st, &stl) == 0 &&
-        !(stl == 6 && memcmp(st, "linear", 6) == 0) && !(stl == 4 && memcmp(st, "none", 4) == 0))
-        return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: rope scaling '%.*s' not supported",
-                            (int)(stl > 32 ? 32 : stl), st);
-    if (exsa_model_key_float(m, "rope.scaling.factor", &one, &f, err)) return err->code;
-    if (f > 0 && (ti < 0 || (stl == 6)))
-        hp->rope_freq_scale = (float)(1.0 / f);
+    int rc = exsa_model_read_hparams(m, err);
+    if (rc)
+        return rc;
     hp->rope_mode = hp->arch == EXSA_ARCH_LLAMA ? EXSA_ROPE_NORMAL : EXSA_ROPE_NEOX;
     hp->has_qkv_bias = hp->arch == EXSA_ARCH_QWEN2;
     hp->has_qk_norm = hp->arch == EXSA_ARCH_QWEN3;
-
-    const exsa_gguf_tensor *emb = exsa_gguf_find_tensor(m->gguf, "token_embd.weight");
-    if (!emb)
-        return exsa_err_set(err, EXSA_EFORMAT, "model: missing tensor 'token_embd.weight'");
-    if (emb->ne[1] <= 0 || emb->ne[1] > (1 << 24))
-        return exsa_err_set(err, EXSA_EFORMAT, "model: vocabulary size %lld out of range",
-                            (long long)emb->ne[1]);
-    hp->n_vocab = (int)emb->ne[1];
     return 0;
-range:
-    return exsa_err_set(err, EXSA_EFORMAT, "model: %s hyperparameter %lld out of range",
-                        hp->arch_name, (long long)v);
 }
 
 static int load(exsa_model *m, exsa_err *err)

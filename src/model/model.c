@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,9 @@
 #include "quant/quant.h"
 #include "util/err.h"
 
+/* One entry per architecture file. */
 static const exsa_arch_ops *const archs[] = {&exsa_arch_llama, &exsa_arch_qwen2,
-                                             &exsa_arch_qwen3};
+                                             &exsa_arch_qwen3, &exsa_arch_gemma3};
 
 int exsa_model_key_int(const exsa_model *m, const char *suffix, const int64_t *dflt,
                        int64_t *out, exsa_err *err)
@@ -45,6 +47,100 @@ int exsa_model_key_float(const exsa_model *m, const char *suffix, const double *
     return exsa_gguf_kv_float(m->gguf, i, out) == 0
                ? 0
                : exsa_err_set(err, EXSA_EFORMAT, "model: key '%s' is not a number", key);
+}
+
+int exsa_model_read_hparams(exsa_model *m, exsa_err *err)
+{
+    exsa_hparams *hp = &m->hp;
+    int64_t v, zero = 0;
+    double f;
+    const double eps_default = 1e-5, base_default = 10000.0;
+    if (exsa_model_key_int(m, "embedding_length", NULL, &v, err)) return err->code;
+    hp->n_embd = (int)v;
+    if (v <= 0 || v > (1 << 16)) goto range;
+    if (exsa_model_key_int(m, "block_count", NULL, &v, err)) return err->code;
+    hp->n_layer = (int)v;
+    if (v <= 0 || v > 1024) goto range;
+    if (exsa_model_key_int(m, "feed_forward_length", NULL, &v, err)) return err->code;
+    hp->n_ff = (int)v;
+    if (v <= 0 || v > (1 << 20)) goto range;
+    if (exsa_model_key_int(m, "attention.head_count", NULL, &v, err)) return err->code;
+    hp->n_head = (int)v;
+    if (v <= 0 || v > 4096) goto range;
+    int64_t dflt_kv = hp->n_head;
+    if (exsa_model_key_int(m, "attention.head_count_kv", &dflt_kv, &v, err)) return err->code;
+    hp->n_head_kv = (int)v;
+    if (v <= 0 || v > hp->n_head || hp->n_head % v != 0) {
+        return exsa_err_set(err, EXSA_EFORMAT,
+                            "model: %s.attention.head_count_kv = %lld must divide head_count = %d",
+                            hp->arch_name, (long long)v, hp->n_head);
+    }
+    int64_t dflt_hd = hp->n_embd / hp->n_head;
+    if (exsa_model_key_int(m, "attention.key_length", &dflt_hd, &v, err)) return err->code;
+    hp->head_dim = (int)v;
+    if (v <= 0 || v > 1024 || v % 2) goto range;
+    if (exsa_model_key_int(m, "attention.value_length", &dflt_hd, &v, err)) return err->code;
+    if (v != hp->head_dim)
+        return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: value_length != key_length");
+    if (exsa_model_key_int(m, "context_length", &zero, &v, err)) return err->code;
+    hp->n_ctx_train = v > 0 && v < (1 << 24) ? (int)v : 0;
+    if (exsa_model_key_float(m, "attention.layer_norm_rms_epsilon", &eps_default, &f, err))
+        return err->code;
+    if (!(f > 0 && f < 1))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rms epsilon %g out of range", f);
+    hp->norm_eps = (float)f;
+    if (exsa_model_key_float(m, "rope.freq_base", &base_default, &f, err)) return err->code;
+    if (!(f > 1))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.freq_base %g out of range", f);
+    hp->rope_freq_base = (float)f;
+    int64_t dflt_rot = hp->head_dim;
+    if (exsa_model_key_int(m, "rope.dimension_count", &dflt_rot, &v, err)) return err->code;
+    if (v <= 0 || v > hp->head_dim || v % 2)
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.dimension_count %lld out of range",
+                            (long long)v);
+    hp->n_rot = (int)v;
+    /* Linear scaling: positions are divided by the factor. */
+    hp->rope_freq_scale = 1.0f;
+    const double one = 1.0;
+    char key[160];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", hp->arch_name);
+    int64_t ti = exsa_gguf_find_key(m->gguf, key);
+    const char *st = NULL;
+    size_t stl = 0;
+    if (ti >= 0 && exsa_gguf_kv_str(m->gguf, ti, &st, &stl) == 0 &&
+        !(stl == 6 && memcmp(st, "linear", 6) == 0) && !(stl == 4 && memcmp(st, "none", 4) == 0))
+        return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: rope scaling '%.*s' not supported",
+                            (int)(stl > 32 ? 32 : stl), st);
+    if (exsa_model_key_float(m, "rope.scaling.factor", &one, &f, err)) return err->code;
+    if (f > 0 && (ti < 0 || (stl == 6)))
+        hp->rope_freq_scale = (float)(1.0 / f);
+
+    const exsa_gguf_tensor *emb = exsa_gguf_find_tensor(m->gguf, "token_embd.weight");
+    if (!emb)
+        return exsa_err_set(err, EXSA_EFORMAT, "model: missing tensor 'token_embd.weight'");
+    if (emb->ne[1] <= 0 || emb->ne[1] > (1 << 24))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: vocabulary size %lld out of range",
+                            (long long)emb->ne[1]);
+    hp->n_vocab = (int)emb->ne[1];
+    return 0;
+range:
+    return exsa_err_set(err, EXSA_EFORMAT, "model: %s hyperparameter %lld out of range",
+                        hp->arch_name, (long long)v);
+}
+
+int exsa_model_alloc_layers(exsa_model *m, exsa_err *err)
+{
+    exsa_hparams *hp = &m->hp;
+    free(hp->layer);
+    hp->layer = calloc((size_t)hp->n_layer, sizeof *hp->layer);
+    if (!hp->layer)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    for (int l = 0; l < hp->n_layer; l++)
+        hp->layer[l] = (exsa_layer_hparams){
+            .kind = EXSA_LAYER_ATTN, .rope_freq_base = hp->rope_freq_base,
+            .rope_freq_scale = hp->rope_freq_scale,
+        };
+    return 0;
 }
 
 /* Rearranges a matrix for the CPU kernels when they have a faster layout
@@ -165,7 +261,7 @@ exsa_model *exsa_model_load(const char *path, exsa_err *err)
             m->ops = archs[i];
     if (!m->ops) {
         exsa_err_set(err, EXSA_EUNSUPPORTED,
-                     "model: architecture '%.*s' is not supported (llama, qwen2, qwen3)",
+                     "model: architecture '%.*s' is not supported (llama, qwen2, qwen3, gemma3)",
                      (int)(alen > 64 ? 64 : alen), arch);
         goto fail;
     }
@@ -189,10 +285,14 @@ exsa_model *exsa_model_load(const char *path, exsa_err *err)
         }
         m->owned_cap = n1d;
     }
-    if (m->ops->load(m, err) != 0) {
+    m->hp.embd_scale = 1.0f;
+    m->hp.attn_scale = 0.0f;
+    if (m->ops->load(m, err) != 0 || (!m->hp.layer && exsa_model_alloc_layers(m, err) != 0)) {
         exsa_err_prefix(err, "%s", path);
         goto fail;
     }
+    if (!(m->hp.attn_scale > 0))
+        m->hp.attn_scale = 1.0f / sqrtf((float)m->hp.head_dim);
     return m;
 fail:
     exsa_model_free(m);
@@ -238,6 +338,7 @@ void exsa_model_free(exsa_model *m)
     if (m->ops && m->weights)
         m->ops->unload(m);
     free(m->owned);
+    free(m->hp.layer);
     for (int i = 0; i < m->n_repacked; i++)
         free(m->repacked[i]);
     free(m->repacked);
@@ -254,7 +355,12 @@ uint64_t exsa_model_kv_bytes(const exsa_model *m, int n_ctx, int kv_type)
 {
     const exsa_hparams *hp = &m->hp;
     size_t row = exsa_type_row_size(kv_type, (int64_t)hp->n_head_kv * hp->head_dim);
-    return (uint64_t)row * (uint64_t)n_ctx * (uint64_t)hp->n_layer * 2;
+    uint64_t tokens = 0;
+    for (int l = 0; l < hp->n_layer; l++) {
+        const int w = hp->layer[l].kind == EXSA_LAYER_ATTN_SWA ? hp->layer[l].window : 0;
+        tokens += (uint64_t)(w > 0 && w < n_ctx ? w : n_ctx);
+    }
+    return (uint64_t)row * tokens * 2;
 }
 
 void exsa_model_ctx_params_default(exsa_model_ctx_params *p)
@@ -314,7 +420,24 @@ exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_
         .type = cp.kv_type, .block_size = EXSA_KV_BLOCK_SIZE, .n_blocks = cp.kv_blocks,
         .n_seq = cp.n_seq, .max_seq_len = cp.n_ctx,
     };
+    /* Sliding-window layers whose window is shorter than the context get
+     * a group of their own that keeps only the window (and a batch). */
+    uint8_t *swa = NULL;
+    if (hp->n_swa > 0 && hp->n_swa < cp.n_ctx && !cp.swa_full) {
+        swa = calloc((size_t)hp->n_layer, 1);
+        if (!swa) {
+            exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+            goto fail;
+        }
+        for (int l = 0; l < hp->n_layer; l++)
+            swa[l] = hp->layer[l].kind == EXSA_LAYER_ATTN_SWA;
+        kp.swa_layer = swa;
+        kp.swa_window = hp->n_swa;
+        kp.swa_keep = cp.max_batch;
+        kp.swa_n_blocks = exsa_kv_swa_blocks_needed(&kp);
+    }
     c->kv = exsa_kv_cache_create(c->be, &kp, err);
+    free(swa);
     if (!c->kv)
         goto fail;
     size_t B = (size_t)cp.max_batch;
@@ -326,6 +449,14 @@ exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_
     if (!c->seq_need || !c->slots || !c->n_ctx || !c->btab || !c->out_rows) {
         exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
         goto fail;
+    }
+    if (exsa_kv_has_swa(c->kv)) {
+        c->swa_slots = calloc(B, sizeof *c->swa_slots);
+        c->swa_btab = calloc(B, sizeof *c->swa_btab);
+        if (!c->swa_slots || !c->swa_btab) {
+            exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+            goto fail;
+        }
     }
     if (m->ops->ctx_init(c, err) != 0)
         goto fail;
@@ -349,6 +480,8 @@ void exsa_model_ctx_free(exsa_model_ctx *c)
     free(c->btab);
     free(c->out_rows);
     free(c->seq_need);
+    free(c->swa_slots);
+    free(c->swa_btab);
     free(c);
 }
 
@@ -401,10 +534,13 @@ static int run_batch(exsa_model_ctx *c, const exsa_batch *b, float *logits_out,
     if (blocks_needed > exsa_kv_n_free_blocks(c->kv))
         return exsa_err_set(err, EXSA_EFULL, "forward: batch needs %lld kv blocks, %d free",
                             (long long)blocks_needed, exsa_kv_n_free_blocks(c->kv));
+    int rc = exsa_kv_swa_check(c->kv, b->seq, b->pos, b->n, err);
+    if (rc != 0)
+        return rc;
     for (int i = 0; i < b->n; i++) {
         int s = b->seq[i];
         if (exsa_kv_seq_len(c->kv, s) < b->pos[i] + 1) {
-            int rc = exsa_kv_seq_reserve(c->kv, s, b->pos[i] + 1, err);
+            rc = exsa_kv_seq_reserve(c->kv, s, b->pos[i] + 1, err);
             if (rc != 0)
                 return rc;
         }
@@ -413,6 +549,13 @@ static int run_batch(exsa_model_ctx *c, const exsa_batch *b, float *logits_out,
         c->slots[i] = exsa_kv_slot(c->kv, b->seq[i], b->pos[i]);
         c->n_ctx[i] = b->pos[i] + 1;
         c->btab[i] = exsa_kv_block_table(c->kv, b->seq[i]);
+    }
+    if (c->swa_slots) {
+        exsa_kv_swa_prepare(c->kv, b->seq, b->pos, b->n);
+        for (int i = 0; i < b->n; i++) {
+            c->swa_slots[i] = exsa_kv_swa_slot(c->kv, b->seq[i], b->pos[i]);
+            c->swa_btab[i] = exsa_kv_swa_block_table(c->kv, b->seq[i]);
+        }
     }
     c->m->ops->forward(c, b, hidden_out ? NULL : logits_out, hidden_out);
     return 0;

@@ -21,11 +21,26 @@ enum exsa_arch {
     EXSA_ARCH_LLAMA = 0, /* Llama 2/3.x, TinyLlama, Mistral dense */
     EXSA_ARCH_QWEN2,     /* + q/k/v biases */
     EXSA_ARCH_QWEN3,     /* + per-head q/k RMS norm */
+    EXSA_ARCH_GEMMA3,    /* Gemma 3: post-norms, GeGLU, sliding-window layers */
 };
+
+/* What a layer is decides its cache: full attention layers use the paged
+ * KV's main group, sliding-window ones a group that drops blocks behind
+ * the window (kv_cache.h). */
+enum exsa_layer_kind {
+    EXSA_LAYER_ATTN = 0,     /* causal attention over the whole context */
+    EXSA_LAYER_ATTN_SWA = 1, /* a query at p sees keys k with p - k < window */
+};
+
+typedef struct exsa_layer_hparams {
+    int kind;              /* exsa_layer_kind */
+    int window;            /* EXSA_LAYER_ATTN_SWA: tokens; else 0 */
+    float rope_freq_base, rope_freq_scale;
+} exsa_layer_hparams;
 
 typedef struct exsa_hparams {
     int arch;              /* exsa_arch */
-    const char *arch_name; /* "llama", "qwen2", "qwen3" */
+    const char *arch_name; /* "llama", "qwen2", "qwen3", "gemma3" */
     int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
     int n_ctx_train;
     float norm_eps;
@@ -33,6 +48,14 @@ typedef struct exsa_hparams {
     float rope_freq_base, rope_freq_scale;
     int has_qkv_bias, has_qk_norm, tied_output;
     int weight_type;       /* type of most matrices (for display) */
+    /* Per layer ([n_layer], owned by the model); every architecture has it
+     * (model.c fills full attention at the global rope when the
+     * architecture file does not). */
+    exsa_layer_hparams *layer;
+    int n_swa;             /* window of the sliding-window layers; 0: none */
+    float embd_scale;      /* token embeddings are multiplied by it (1: none) */
+    float attn_scale;      /* q.k scale (usually 1/sqrt(head_dim)) */
+    float logit_softcap;   /* > 0: logits = cap * tanh(logits / cap) */
 } exsa_hparams;
 
 typedef struct exsa_model exsa_model;
@@ -62,6 +85,8 @@ typedef struct exsa_model_ctx_params {
     int max_batch;    /* rows per forward pass */
     int kv_type;      /* EXSA_TYPE_F16 (default), F32 or Q8_0 */
     int kv_blocks;    /* pool size in blocks; <= 0: n_seq * ceil(n_ctx / 16) */
+    int swa_full;     /* 1: sliding-window layers keep the whole context in the
+                       * main pool (no window group; a reference for tests) */
 } exsa_model_ctx_params;
 
 void exsa_model_ctx_params_default(exsa_model_ctx_params *p);
@@ -90,7 +115,8 @@ int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits
 int exsa_model_forward_hidden(exsa_model_ctx *c, const exsa_batch *batch, float *hidden_out,
                               exsa_err *err);
 
-/* Bytes of the KV cache for n_ctx tokens of one sequence at kv_type. */
+/* Bytes of the KV cache for n_ctx tokens of one sequence at kv_type:
+ * sliding-window layers count at most their window. */
 uint64_t exsa_model_kv_bytes(const exsa_model *m, int n_ctx, int kv_type);
 
 #endif

@@ -16,7 +16,7 @@ void exsa_gen_params_default(exsa_gen_params *p)
 {
     *p = (exsa_gen_params){
         .arch = "llama", .n_embd = 256, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
-        .n_ff = 768, .n_vocab = 4096, .tied = 1, .seed = 42,
+        .n_ff = 768, .n_vocab = 4096, .tied = 1, .seed = 42, .n_swa = 0, .swa_pattern = 6,
         .ftype = {"F32", EXSA_TYPE_F32, 0},
     };
 }
@@ -259,8 +259,12 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
                         void *ud, exsa_err *err)
 {
     int arch_qwen2 = strcmp(p->arch, "qwen2") == 0, arch_qwen3 = strcmp(p->arch, "qwen3") == 0;
-    if (strcmp(p->arch, "llama") != 0 && !arch_qwen2 && !arch_qwen3)
-        return exsa_err_set(err, EXSA_EINVAL, "gen-model: --arch must be llama, qwen2 or qwen3");
+    int arch_gemma3 = strcmp(p->arch, "gemma3") == 0;
+    if (strcmp(p->arch, "llama") != 0 && !arch_qwen2 && !arch_qwen3 && !arch_gemma3)
+        return exsa_err_set(err, EXSA_EINVAL,
+                            "gen-model: --arch must be llama, qwen2, qwen3 or gemma3");
+    if (p->n_swa < 0 || p->swa_pattern < 0)
+        return exsa_err_set(err, EXSA_EINVAL, "gen-model: --swa and --swa-pattern must be >= 0");
     if (p->n_embd <= 0 || p->n_embd > 65536 || p->n_layer <= 0 || p->n_layer > 512 ||
         p->n_head <= 0 || p->n_head_kv <= 0 || p->n_ff <= 0 || p->n_ff > 262144 ||
         p->n_vocab < 260 || p->n_vocab > 1000000)
@@ -300,7 +304,8 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     if (rc)
         return rc;
 
-    int n_per_layer = 9 + (arch_qwen2 ? 3 : 0) + (arch_qwen3 ? 2 : 0);
+    int n_per_layer = 9 + (arch_qwen2 ? 3 : 0) + (arch_qwen3 || arch_gemma3 ? 2 : 0) +
+                      (arch_gemma3 ? 2 : 0);
     int n_tensors = 2 + (p->tied ? 0 : 1) + p->n_layer * n_per_layer;
     tensor_spec *ts = calloc((size_t)n_tensors, sizeof *ts);
     exsa_gguf_writer *w = exsa_gguf_writer_create(err);
@@ -334,11 +339,15 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
             {"attn_v.bias", 1, KV, 1, 0.1f, 0},
             {"attn_q_norm.weight", 1, hd, 1, 0.1f, 1.0f},
             {"attn_k_norm.weight", 1, hd, 1, 0.1f, 1.0f},
+            {"post_attention_norm.weight", 1, E, 1, 0.1f, 1.0f},
+            {"post_ffw_norm.weight", 1, E, 1, 0.1f, 1.0f},
         };
-        for (int i = 0; i < 14; i++) {
+        for (int i = 0; i < 16; i++) {
             if (i >= 9 && i < 12 && !arch_qwen2)
                 continue;
-            if (i >= 12 && !arch_qwen3)
+            if (i >= 12 && i < 14 && !arch_qwen3 && !arch_gemma3)
+                continue;
+            if (i >= 14 && !arch_gemma3)
                 continue;
             snprintf(nm, sizeof nm, "blk.%d.%s", l, lay[i].s);
             add_spec(ts, &k, nm, lay[i].d, lay[i].a, lay[i].b, lay[i].sd, lay[i].mu);
@@ -362,10 +371,17 @@ int exsa_model_generate(const char *path, const exsa_gen_params *p, exsa_progres
     exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "attention.value_length"), (uint32_t)hd);
     exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "rope.dimension_count"), (uint32_t)hd);
     exsa_gguf_writer_set_f32(w, arch_key(key, sizeof key, a, "attention.layer_norm_rms_epsilon"),
-                             arch_qwen2 || arch_qwen3 ? 1e-6f : 1e-5f);
+                             arch_qwen2 || arch_qwen3 || arch_gemma3 ? 1e-6f : 1e-5f);
     exsa_gguf_writer_set_f32(w, arch_key(key, sizeof key, a, "rope.freq_base"),
                              p->rope_freq_base > 0 ? p->rope_freq_base
-                             : (arch_qwen2 || arch_qwen3) ? 1e6f : 10000.0f);
+                             : (arch_qwen2 || arch_qwen3 || arch_gemma3) ? 1e6f : 10000.0f);
+    if (arch_gemma3 && p->n_swa > 0) {
+        exsa_gguf_writer_set_u32(w, arch_key(key, sizeof key, a, "attention.sliding_window"),
+                                 (uint32_t)p->n_swa);
+        exsa_gguf_writer_set_u32(w,
+                                 arch_key(key, sizeof key, a, "attention.sliding_window_pattern"),
+                                 (uint32_t)p->swa_pattern);
+    }
     if (vsrc) {
         for (int64_t i = 0; i < exsa_gguf_n_kv(vsrc); i++)
             if (strncmp(exsa_gguf_kv_key(vsrc, i), "tokenizer.", 10) == 0 &&

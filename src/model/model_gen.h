@@ -15,12 +15,14 @@
 #include "model/model_quantize.h"
 
 typedef struct exsa_gen_params {
-    const char *arch;   /* "llama", "qwen2", "qwen3" */
+    const char *arch;   /* "llama", "qwen2", "qwen3", "gemma3" */
     int n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab;
     int head_dim;       /* 0: n_embd / n_head */
     int n_ctx_train;    /* 0: 4096 */
     int tied;           /* 1: no output.weight (uses token_embd) */
-    float rope_freq_base; /* 0: 10000 (llama) / 1e6 (qwen) */
+    float rope_freq_base; /* 0: 10000 (llama) / 1e6 (qwen, gemma3) */
+    int n_swa;          /* gemma3: sliding window (0: none, every layer global) */
+    int swa_pattern;    /* gemma3: every swa_pattern-th layer global (0: none) */
     exsa_ftype ftype;
     uint64_t seed;
     int n_threads;      /* <= 0: all cores */

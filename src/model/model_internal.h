@@ -1,5 +1,12 @@
 /* Shared between model.c (generic loading, contexts) and the architecture
- * files (llama.c, ...). Not visible outside src/model/. */
+ * files (llama.c, gemma3.c, ...). Not visible outside src/model/.
+ *
+ * A new architecture is one file defining an exsa_arch_ops and one entry
+ * in model.c's archs[]. Its load() reads the common hyperparameters with
+ * exsa_model_read_hparams, its own keys with exsa_model_key_*, and marks
+ * per-layer kinds, windows and rope bases in hp.layer
+ * (exsa_model_alloc_layers); model.c sizes the KV groups from them and
+ * hands forward() each layer's view through exsa_model_layer_kv. */
 #ifndef EXSA_MODEL_INTERNAL_H
 #define EXSA_MODEL_INTERNAL_H
 
@@ -47,7 +54,31 @@ struct exsa_model_ctx {
     int32_t *out_rows;     /* indices of rows that want logits */
     int n_out;
     int32_t *seq_need;     /* [n_seq] scratch for block accounting */
+    /* The same for the sliding-window group (when the cache has one). */
+    int32_t *swa_slots;
+    const int32_t **swa_btab;
 };
+
+/* What layer l's attention reads and writes in this batch: its KV view,
+ * the rows' slots and block tables (its group's), and its window. */
+typedef struct exsa_layer_kv {
+    const exsa_kv_layer *kv;
+    const int32_t *slots;
+    const int32_t *const *btab;
+    int window;
+} exsa_layer_kv;
+
+static inline exsa_layer_kv exsa_model_layer_kv(const exsa_model_ctx *c, int l)
+{
+    const exsa_layer_hparams *lh = &c->m->hp.layer[l];
+    const int swa = lh->kind == EXSA_LAYER_ATTN_SWA;
+    return (exsa_layer_kv){
+        .kv = exsa_kv_layer_at(c->kv, l),
+        .slots = swa && c->swa_slots ? c->swa_slots : c->slots,
+        .btab = swa && c->swa_btab ? c->swa_btab : c->btab,
+        .window = swa ? lh->window : 0,
+    };
+}
 
 /* Binds a 2-D weight [n_out][n_in] by name with shape check; optional tensors
  * (required = 0) leave t->data NULL when absent. */
@@ -63,7 +94,14 @@ int exsa_model_key_int(const exsa_model *m, const char *suffix, const int64_t *d
                        int64_t *out, exsa_err *err);
 int exsa_model_key_float(const exsa_model *m, const char *suffix, const double *dflt,
                          double *out, exsa_err *err);
+/* The hyperparameters every transformer reads the same way (model.c):
+ * sizes, head counts and dims, context, RMS epsilon, rope base, dims and
+ * linear scaling, vocabulary size from token_embd.weight. */
+int exsa_model_read_hparams(exsa_model *m, exsa_err *err);
+/* hp.layer for n_layer layers, every one full attention at the global
+ * rope; the architecture then marks its other layers. */
+int exsa_model_alloc_layers(exsa_model *m, exsa_err *err);
 
-extern const exsa_arch_ops exsa_arch_llama, exsa_arch_qwen2, exsa_arch_qwen3;
+extern const exsa_arch_ops exsa_arch_llama, exsa_arch_qwen2, exsa_arch_qwen3, exsa_arch_gemma3;
 
 #endif

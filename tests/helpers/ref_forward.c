@@ -25,7 +25,8 @@ typedef struct ref_layer {
     double *attn_norm, *ffn_norm;
     ref_mat wq, wk, wv, wo;          /* [Q][E], [KV][E], [KV][E], [E][Q] */
     double *bq, *bk, *bv;            /* optional biases (qwen2) */
-    double *q_norm, *k_norm;         /* [head_dim] (qwen3) */
+    double *q_norm, *k_norm;         /* [head_dim] (qwen3, gemma3) */
+    double *post_attn_norm, *post_ffw_norm; /* [E] (gemma3) */
     ref_mat w_gate, w_up, w_down;    /* [F][E], [F][E], [E][F] */
 } ref_layer;
 
@@ -155,8 +156,8 @@ static int load_hparams(const exsa_gguf *g, exsa_ref_hparams *hp, char *msg, siz
     memcpy(hp->arch, arch, alen);
     hp->arch[alen] = '\0';
     int is_llama = strcmp(hp->arch, "llama") == 0, is_qwen2 = strcmp(hp->arch, "qwen2") == 0,
-        is_qwen3 = strcmp(hp->arch, "qwen3") == 0;
-    if (!is_llama && !is_qwen2 && !is_qwen3) {
+        is_qwen3 = strcmp(hp->arch, "qwen3") == 0, is_gemma3 = strcmp(hp->arch, "gemma3") == 0;
+    if (!is_llama && !is_qwen2 && !is_qwen3 && !is_gemma3) {
         set_msg(msg, msg_len, "ref: architecture %s not handled", hp->arch);
         return -1;
     }
@@ -205,7 +206,22 @@ static int load_hparams(const exsa_gguf *g, exsa_ref_hparams *hp, char *msg, siz
     hp->rope_freq_scale = linear && factor > 0 ? 1.0 / factor : 1.0;
     hp->neox = !is_llama;
     hp->qkv_bias = is_qwen2;
-    hp->qk_norm = is_qwen3;
+    hp->qk_norm = is_qwen3 || is_gemma3;
+    hp->gemma3 = is_gemma3;
+    hp->embd_scale = is_gemma3 ? sqrt((double)hp->n_embd) : 1.0;
+    hp->attn_scale = 1.0 / sqrt((double)hp->head_dim);
+    if (is_gemma3 && hp->n_layer == 62)
+        hp->attn_scale = 1.0 / sqrt((double)(hp->n_embd / hp->n_head));
+    if (key_float(g, a, "final_logit_softcapping", 0.0, &hp->logit_softcap, msg, msg_len))
+        return -1;
+    if (!is_gemma3)
+        hp->logit_softcap = 0;
+    if (key_int(g, a, "attention.sliding_window", 0, 0, &v, msg, msg_len)) return -1;
+    hp->n_swa = is_gemma3 ? (int)v : 0;
+    if (key_int(g, a, "attention.sliding_window_pattern", 0, 6, &v, msg, msg_len)) return -1;
+    hp->swa_pattern = (int)v;
+    if (key_float(g, a, "rope.freq_base_swa", 10000.0, &hp->rope_base_swa, msg, msg_len))
+        return -1;
 
     const exsa_gguf_tensor *emb = exsa_gguf_find_tensor(g, "token_embd.weight");
     if (!emb || emb->ne[0] != hp->n_embd || emb->ne[1] <= 0) {
@@ -243,13 +259,15 @@ static int load_layer(const exsa_gguf *g, const exsa_ref_hparams *hp, int l, ref
         {"attn_v.bias", &L->bv, NULL, KV, 1, hp->qkv_bias},
         {"attn_q_norm.weight", &L->q_norm, NULL, hp->head_dim, 1, hp->qk_norm},
         {"attn_k_norm.weight", &L->k_norm, NULL, hp->head_dim, 1, hp->qk_norm},
+        {"post_attention_norm.weight", &L->post_attn_norm, NULL, E, 1, hp->gemma3},
+        {"post_ffw_norm.weight", &L->post_ffw_norm, NULL, E, 1, hp->gemma3},
     };
     for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
         char name[96];
         snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].suffix);
         /* Biases are only part of the qwen2 graph; q/k norms only of qwen3. */
-        int is_bias = i >= 9 && i < 12, is_qk = i >= 12;
-        if ((is_bias && !hp->qkv_bias) || (is_qk && !hp->qk_norm))
+        int is_bias = i >= 9 && i < 12, is_qk = i >= 12 && i < 14, is_post = i >= 14;
+        if ((is_bias && !hp->qkv_bias) || (is_qk && !hp->qk_norm) || (is_post && !hp->gemma3))
             continue;
         int absent;
         *spec[i].dst = load_tensor(g, name, spec[i].ne0, spec[i].ne1, spec[i].required,
@@ -319,7 +337,7 @@ void exsa_ref_free(exsa_ref_model *r)
             ref_layer *L = &r->layers[l];
             double *p[] = {L->attn_norm, L->ffn_norm, L->wq.w, L->wk.w, L->wv.w, L->wo.w,
                            L->bq, L->bk, L->bv, L->q_norm, L->k_norm, L->w_gate.w, L->w_up.w,
-                           L->w_down.w};
+                           L->w_down.w, L->post_attn_norm, L->post_ffw_norm};
             for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
                 free(p[i]);
         }
@@ -386,14 +404,15 @@ static void matvec(const exsa_ref_model *r, const ref_mat *W, const double *b, c
 
 /* Rotates each of n_heads heads of x at position pos. Pair i (i < n_rot/2)
  * turns by theta_i = pos * freq_scale * base^(-2i/n_rot) (/ factor_i). */
-static void rope(const exsa_ref_model *r, double *x, int n_heads, int pos)
+static void rope(const exsa_ref_model *r, double *x, int n_heads, int pos, double base,
+                 double freq_scale)
 {
     const exsa_ref_hparams *hp = &r->hp;
     const int half = hp->n_rot / 2;
     for (int h = 0; h < n_heads; h++) {
         double *v = x + (size_t)h * hp->head_dim;
         for (int i = 0; i < half; i++) {
-            double theta = pos * hp->rope_freq_scale * pow(hp->rope_base, -2.0 * i / hp->n_rot);
+            double theta = pos * freq_scale * pow(base, -2.0 * i / hp->n_rot);
             if (r->rope_factors)
                 theta /= r->rope_factors[i];
             double c = cos(theta), s = sin(theta);
@@ -430,11 +449,17 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
         goto done;
 
     for (int t = 0; t < n; t++)
-        memcpy(x + (size_t)t * E, r->tok_embd.w + (size_t)tok[t] * E, (size_t)E * sizeof *x);
+        for (int i = 0; i < E; i++)
+            x[(size_t)t * E + i] = r->tok_embd.w[(size_t)tok[t] * E + i] * hp->embd_scale;
 
-    const double scale = 1.0 / sqrt((double)hd);
+    const double scale = hp->attn_scale;
     for (int l = 0; l < hp->n_layer; l++) {
         const ref_layer *L = &r->layers[l];
+        /* a sliding-window layer: keys within n_swa positions, own rope */
+        const int swa = hp->n_swa > 0 &&
+                        (hp->swa_pattern == 0 || l % hp->swa_pattern < hp->swa_pattern - 1);
+        const double base = swa ? hp->rope_base_swa : hp->rope_base;
+        const double fscale = swa ? 1.0 : hp->rope_freq_scale;
         for (int t = 0; t < n; t++) {
             double *qt = q + (size_t)t * Q, *kt = k + (size_t)t * KV, *vt = v + (size_t)t * KV;
             rms_norm(x + (size_t)t * E, L->attn_norm, xn, E, hp->norm_eps);
@@ -447,8 +472,8 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
                 for (int h = 0; h < HKV; h++)
                     rms_norm(kt + h * hd, L->k_norm, kt + h * hd, hd, hp->norm_eps);
             }
-            rope(r, qt, H, t);
-            rope(r, kt, HKV, t);
+            rope(r, qt, H, t, base, fscale);
+            rope(r, kt, HKV, t, base, fscale);
         }
         /* Causal attention: row t sees positions 0..t; query head h reads
          * kv head h / (H / HKV). */
@@ -457,7 +482,8 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
                 const double *qh = q + (size_t)t * Q + h * hd;
                 int kvh = h / (H / HKV);
                 double mx = -INFINITY;
-                for (int j = 0; j <= t; j++) {
+                const int j0 = swa && t - hp->n_swa + 1 > 0 ? t - hp->n_swa + 1 : 0;
+                for (int j = j0; j <= t; j++) {
                     const double *kj = k + (size_t)j * KV + kvh * hd;
                     double s = 0;
                     for (int d = 0; d < hd; d++)
@@ -467,14 +493,14 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
                         mx = sc[j];
                 }
                 double sum = 0;
-                for (int j = 0; j <= t; j++) {
+                for (int j = j0; j <= t; j++) {
                     sc[j] = exp(sc[j] - mx);
                     sum += sc[j];
                 }
                 double *o = att + h * hd;
                 for (int d = 0; d < hd; d++)
                     o[d] = 0;
-                for (int j = 0; j <= t; j++) {
+                for (int j = j0; j <= t; j++) {
                     const double *vj = v + (size_t)j * KV + kvh * hd;
                     double p = sc[j] / sum;
                     for (int d = 0; d < hd; d++)
@@ -482,6 +508,8 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
                 }
             }
             matvec(r, &L->wo, NULL, att, tmp, Q, E);
+            if (L->post_attn_norm)
+                rms_norm(tmp, L->post_attn_norm, tmp, E, hp->norm_eps);
             double *xt = x + (size_t)t * E;
             for (int i = 0; i < E; i++)
                 xt[i] += tmp[i];
@@ -492,9 +520,17 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
             rms_norm(xt, L->ffn_norm, xn, E, hp->norm_eps);
             matvec(r, &L->w_gate, NULL, xn, g, E, F);
             matvec(r, &L->w_up, NULL, xn, u, E, F);
-            for (int i = 0; i < F; i++)
-                g[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
+            if (hp->gemma3) /* GeGLU, GELU's tanh form */
+                for (int i = 0; i < F; i++)
+                    g[i] = 0.5 * g[i] *
+                           (1.0 + tanh(sqrt(2.0 / M_PI) * (g[i] + 0.044715 * g[i] * g[i] * g[i]))) *
+                           u[i];
+            else
+                for (int i = 0; i < F; i++)
+                    g[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
             matvec(r, &L->w_down, NULL, g, tmp, F, E);
+            if (L->post_ffw_norm)
+                rms_norm(tmp, L->post_ffw_norm, tmp, E, hp->norm_eps);
             for (int i = 0; i < E; i++)
                 xt[i] += tmp[i];
         }
@@ -502,7 +538,10 @@ static int forward_rows(const exsa_ref_model *r, const int32_t *tok, int n, int 
     const ref_mat *W_out = r->output.w ? &r->output : &r->tok_embd;
     for (int t = first_out; t < n; t++) {
         rms_norm(x + (size_t)t * E, r->output_norm, xn, E, hp->norm_eps);
-        matvec(r, W_out, NULL, xn, logits + (size_t)(t - first_out) * V, E, V);
+        double *lg = logits + (size_t)(t - first_out) * V;
+        matvec(r, W_out, NULL, xn, lg, E, V);
+        for (int i = 0; i < V && hp->logit_softcap > 0; i++)
+            lg[i] = tanh(lg[i] / hp->logit_softcap) * hp->logit_softcap;
     }
     rc = 0;
 done:

@@ -1,5 +1,5 @@
 /* A naive double-precision forward pass of the llama family (llama, qwen2,
- * qwen3), written straight from the math for the model tests.
+ * qwen3) and Gemma 3, written straight from the math for the model tests.
  *
  * It shares nothing with src/model or src/backend: it reads the
  * hyperparameters from the GGUF keys itself, dequantizes every weight to
@@ -23,6 +23,13 @@ typedef struct exsa_ref_hparams {
     double norm_eps, rope_base, rope_freq_scale;
     int neox;           /* 1: rotate (i, i + n_rot/2); 0: rotate (2i, 2i+1) */
     int qkv_bias, qk_norm, tied;
+    /* gemma3: embeddings times sqrt(n_embd), post-attention and post-FFN
+     * norms, GeGLU (tanh GELU), q.k scale, optional logit softcap, and
+     * sliding-window layers (n_swa > 0: layer l is one when swa_pattern is
+     * 0 or l % swa_pattern < swa_pattern - 1) at their own rope base. */
+    int gemma3;
+    double embd_scale, attn_scale, logit_softcap, rope_base_swa;
+    int n_swa, swa_pattern;
 } exsa_ref_hparams;
 
 /* Loads the model at path; NULL with a message in msg[msg_len] on failure. */

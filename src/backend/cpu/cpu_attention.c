@@ -39,6 +39,14 @@
  * thread count; closer to exact than the rounding path, and 110M pp512
  * +34% (bench/RESULTS.md, 2026-12-02 second session).
  *
+ * A sliding window (exsa_attn_args.window) starts each row at its
+ * window's first token: the one-row f16 path and the F32/Q8_0 chunks
+ * begin there; the tiled path keeps its grid of EXSA_ATTN_TILE from token
+ * 0, and in the first chunk the tokens before a row's window get a score
+ * of -inf (weight exactly 0) while those before the run's first visible
+ * token are never read (copies of that token stand in): blocks before a
+ * window may already be back in the pool.
+ *
  * F32 and Q8_0 caches use chunks of ATTN_CHUNK tokens: scores for the
  * chunk, then an online-softmax update (rescale the running sum and
  * accumulator only when the chunk raises the running max) and the
@@ -215,6 +223,23 @@ static void kv_heads(int kh, int group, int h0, int h1, int *ha, int *hb)
     *hb = (kh + 1) * group < h1 ? (kh + 1) * group : h1;
 }
 
+/* The first position row r sees: 0, or with a sliding window the start
+ * of its window. Positions before it are never read (their blocks may
+ * have gone back to the pool). */
+static int row_first(const exsa_attn_args *a, int r)
+{
+    return a->window > 0 && a->n_ctx[r] > a->window ? a->n_ctx[r] - a->window : 0;
+}
+
+/* The first position any of rows [r0, r0 + nr) sees. */
+static int run_first(const exsa_attn_args *a, int r0, int nr)
+{
+    int f = row_first(a, r0);
+    for (int q = 1; q < nr; q++)
+        f = row_first(a, r0 + q) < f ? row_first(a, r0 + q) : f;
+    return f;
+}
+
 /* Query rows of one sequence per F16 task: they read the same K and V
  * rows, so one pass over the context serves all of them (K converted once
  * for their scores, V loaded once for their updates, whose independent
@@ -323,8 +348,10 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
     float ms[F16_ROWS][F16_CHUNK], vs[F16_ROWS][F16_CHUNK];
     const char *krow[F16_CHUNK], *vrow[F16_CHUNK];
     const exsa_fp16 *kp[F16_CHUNK], *vp[F16_CHUNK];
-    int bi = 0, bo = 0; /* block index and offset of the next token */
-    for (int t0 = 0; t0 < nc; t0 += F16_CHUNK) {
+    const int first = run_first(a, r0, nr);
+    /* block index and offset of the next token */
+    int bi = first / kv->block_size, bo = first % kv->block_size;
+    for (int t0 = first; t0 < nc; t0 += F16_CHUNK) {
         const int n = nc - t0 < F16_CHUNK ? nc - t0 : F16_CHUNK;
         const int left = nc - t0 - n;
         chunk_rows(kv, bt, &bi, &bo, n, left < F16_CHUNK ? left : F16_CHUNK, lo, hi, krow, vrow);
@@ -341,15 +368,19 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
                 int n_full = 0;
                 for (int q = 0; q < nr; q++) {
                     const int left_q = a->n_ctx[r0 + q] - t0;
-                    const int nt = left_q < n ? left_q : n;
+                    const int end = left_q < n ? left_q : n;
+                    /* tokens before its window start: skipped */
+                    const int skip = row_first(a, r0 + q) > t0 ? row_first(a, r0 + q) - t0 : 0;
+                    const int nt = end - skip;
                     if (nt <= 0)
                         continue;
                     const float *s =
-                        sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - (ha - h0))) * (size_t)n;
+                        sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - (ha - h0))) * (size_t)n +
+                        skip;
                     const int x = q * nh + h;
                     m[x] = softmax_factors(s, nt, m[x], &l[x], ms[q], vs[q]);
-                    if (nt < n) { /* its context ends inside this chunk */
-                        ak->accum_f16(hd, nt, vp, ms[q], vs[q], acc + (size_t)x * hdp);
+                    if (nt < n) { /* its context ends or its window starts inside */
+                        ak->accum_f16(hd, nt, vp + skip, ms[q], vs[q], acc + (size_t)x * hdp);
                         continue;
                     }
                     msp[n_full] = ms[q];
@@ -435,11 +466,22 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
     const size_t hi = (size_t)kv1 * (size_t)hd * sizeof(exsa_fp16);
     const char *krow[T], *vrow[T];
     const exsa_fp16 *kp[T], *vp[T];
-    int bi = 0, bo = 0; /* block index and offset of the next token */
-    for (int t0 = 0; t0 < nc; t0 += T) {
+    /* Chunks stay on the grid of multiples of T from token 0; a window's
+     * first chunk reads only from the run's first visible token on (the
+     * tokens before it stand in as copies of that one, with scores of
+     * -inf: weight 0). */
+    const int first = run_first(a, r0, nr);
+    int bi = first / kv->block_size, bo = first % kv->block_size;
+    for (int t0 = first / T * T; t0 < nc; t0 += T) {
         const int n = nc - t0 < T ? nc - t0 : T;
         const int left = nc - t0 - n;
-        chunk_rows(kv, bt, &bi, &bo, n, left < T ? left : T, lo, hi, krow, vrow);
+        const int pre = first > t0 ? first - t0 : 0;
+        chunk_rows(kv, bt, &bi, &bo, n - pre, left < T ? left : T, lo, hi, krow + pre,
+                   vrow + pre);
+        for (int i = 0; i < pre; i++) {
+            krow[i] = krow[pre];
+            vrow[i] = vrow[pre];
+        }
         for (int kh = kv0; kh < kv1; kh++) {
             int ha, hb;
             kv_heads(kh, group, h0, h1, &ha, &hb);
@@ -453,12 +495,17 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
             int ntb[4], nb = 0;
             for (int q = 0; q < nr; q++) {
                 const int left_q = a->n_ctx[r0 + q] - t0;
-                if (left_q <= 0)
+                const int nt = left_q < T ? left_q : T;
+                const int skip = row_first(a, r0 + q) > t0 ? row_first(a, r0 + q) - t0 : 0;
+                if (nt <= skip)
                     continue;
                 for (int h = ha; h < hb; h++) {
-                    sb[nb] = sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - ha)) * (size_t)n;
+                    float *sq = sc + ((size_t)q * (size_t)(hb - ha) + (size_t)(h - ha)) * (size_t)n;
+                    for (int i = 0; i < skip; i++)
+                        sq[i] = -INFINITY; /* before its window */
+                    sb[nb] = sq;
                     stb[nb] = sts + ((size_t)q * (size_t)nh + (size_t)(h - h0)) * stn;
-                    ntb[nb++] = left_q < T ? left_q : T;
+                    ntb[nb++] = nt;
                     if (nb == 4) {
                         ak->attn_chunk((int)hdp, vf, nb, sb, ntb, stb);
                         nb = 0;
@@ -568,8 +615,9 @@ static void attn_task(void *vctx, int task, int thread)
     }
 
     size_t slot_off[ATTN_CHUNK];
-    int bi = 0, bo = 0; /* block index and offset of the next token */
-    for (int t0 = 0; t0 < nc; t0 += ATTN_CHUNK) {
+    const int first = row_first(a, r);
+    int bi = first / bs, bo = first % bs; /* block index and offset of the next token */
+    for (int t0 = first; t0 < nc; t0 += ATTN_CHUNK) {
         const int n = nc - t0 < ATTN_CHUNK ? nc - t0 : ATTN_CHUNK;
         for (int i = 0; i < n; i++) {
             slot_off[i] = ((size_t)bt[bi] * (size_t)bs + (size_t)bo) * kv->token_bytes;

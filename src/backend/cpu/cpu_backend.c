@@ -649,10 +649,14 @@ static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t uni
                 if (seen)
                     continue;
                 int64_t left = a->n_ctx[r] > 0 ? a->n_ctx[r] : 0;
+                /* a windowed row reads from its window's first block on */
+                const int64_t b0 = a->window > 0 && left > a->window
+                                       ? (left - a->window) / kv->block_size : 0;
+                left -= b0 * kv->block_size;
                 const int64_t cap = (int64_t)(PF_SEQ_BYTES / 2 / kv->token_bytes);
                 left = left < cap ? left : cap;
                 all += (size_t)left * kv->token_bytes;
-                for (int b = 0; left > 0; b++) {
+                for (int b = (int)b0; left > 0; b++) {
                     const int rows = left < kv->block_size ? (int)left : kv->block_size;
                     left -= rows;
                     if (!split && b % T != t)
@@ -1193,6 +1197,7 @@ static const exsa_backend_ops cpu_ops = {
     .rope = cpu_rope,
     .softmax = cpu_softmax,
     .swiglu = cpu_swiglu,
+    .geglu = cpu_geglu,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
 };

@@ -1,7 +1,7 @@
 /* Private to the CPU backend: its state and the pieces its .c files share.
  *
  * cpu_backend.c   lifecycle, buffers, get_rows, matmul
- * cpu_ops.c       rms_norm, add, add_bias, scale, rope, softmax, swiglu
+ * cpu_ops.c       rms_norm, add, add_bias, scale, rope, softmax, swiglu, geglu
  * cpu_attention.c kv_store, paged attention
  *
  * Scratch memory is owned by the backend and grown on the caller's thread
@@ -127,6 +127,7 @@ void cpu_rope_normal(float *x, int64_t o0, int64_t o1, int head_dim, int n_rot, 
 const float *cpu_rope_table(cpu_backend *c, const exsa_rope_args *a, const int32_t *pos);
 void cpu_softmax(exsa_backend *b, float *x, int n_rows, int n);
 void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
+void cpu_geglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n);
 
 /* cpu_attention.c */
 void cpu_kv_store(exsa_backend *b, const exsa_kv_layer *kv, const float *k, const float *v,

@@ -122,6 +122,22 @@ void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out,
     cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, swiglu_range, &j);
 }
 
+/* ---- geglu ---------------------------------------------------------------- */
+
+static void geglu_range(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    (void)thread;
+    swiglu_job *j = vctx;
+    j->k->geglu(j->gate + begin, j->up + begin, j->out + begin, end - begin);
+}
+
+void cpu_geglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n)
+{
+    cpu_backend *c = cpu_of(b);
+    swiglu_job j = {c->k, gate, up, out};
+    cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, geglu_range, &j);
+}
+
 /* ---- softmax ---------------------------------------------------------------- */
 
 typedef struct {

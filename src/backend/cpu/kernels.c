@@ -32,7 +32,7 @@ static const exsa_cpu_kernels *best;
     X(gemm_q4_0x8) X(gemm_q4_Kx8) X(gemm_q4_1x8) X(gemm_q5_0x8) X(gemm_q5_1x8) X(gemm_fx) X(fx_batch_groups) X(swiglu) X(gemm_q8_0x8)    \
     X(gemm_q4_0x16) X(gemm_q8_0x16) X(gemm_q4_Kx16) X(gemm_q6_Kx8)     \
     X(gemm_q6_Kx16) X(gemm_q4_0x32) X(gemm_q8_0x32) X(gemm_bf16)  \
-    X(scale_mul) X(add_f32)
+    X(scale_mul) X(add_f32) X(geglu)
 #define SIZE_OF(f) +sizeof(((exsa_cpu_kernels *)0)->f)
 _Static_assert(sizeof(exsa_cpu_kernels) ==
                    offsetof(exsa_cpu_kernels, dot) + sizeof(((exsa_cpu_kernels *)0)->dot)

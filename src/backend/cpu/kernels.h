@@ -334,7 +334,17 @@ typedef struct exsa_cpu_kernels {
      * s) * w[i] (w NULL: x[i] * s), the tail of rms_norm; y may be x. */
     void (*scale_mul)(const float *x, float s, const float *w, float *y, int64_t n);
     void (*add_f32)(float *y, const float *x, int64_t n); /* y[i] += x[i] */
+    /* GeGLU, GELU in its tanh form: out[i] = (g * s) * u[i] with
+     * s = sigmoid(y) = 0.5 (1 + tanh(y / 2)), y = (EXSA_GELU_2C * g) *
+     * (1 + (EXSA_GELU_A * g) * g), s computed as swiglu's (t =
+     * exsa_exp_neg(-|y|), s = (y >= 0 ? 1 : t) / (1 + t)). The same bits
+     * in every table; out may alias g or u. */
+    void (*geglu)(const float *g, const float *u, float *out, int64_t n);
 } exsa_cpu_kernels;
+
+/* GELU (tanh form) constants: 2 sqrt(2/pi) and 0.044715. */
+#define EXSA_GELU_2C 1.5957691216057308f
+#define EXSA_GELU_A 0.044715f
 
 const exsa_cpu_kernels *exsa_cpu_kernels_scalar(void);
 /* NULL when the binary was built without that ISA or the CPU lacks it. */

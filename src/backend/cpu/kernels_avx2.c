@@ -755,6 +755,30 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n)
     }
 }
 
+/* geglu of kernels.h, 8 lanes with exp8_neg as swiglu; the tail by the
+ * same scalar formula. */
+static void geglu(const float *g, const float *u, float *out, int64_t n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 c2 = _mm256_set1_ps(EXSA_GELU_2C), ca = _mm256_set1_ps(EXSA_GELU_A);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 y = _mm256_mul_ps(
+            _mm256_mul_ps(c2, x), _mm256_add_ps(one, _mm256_mul_ps(_mm256_mul_ps(ca, x), x)));
+        const __m256 t = exp8_neg(_mm256_or_ps(y, sign)); /* -|y| */
+        const __m256 pos = _mm256_cmp_ps(y, zero, _CMP_GE_OQ);
+        const __m256 s = _mm256_div_ps(_mm256_blendv_ps(t, one, pos), _mm256_add_ps(one, t));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(x, s), _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) {
+        const float x = g[i], y = (EXSA_GELU_2C * x) * (1.0f + (EXSA_GELU_A * x) * x);
+        const float t = exsa_exp_neg(-fabsf(y));
+        out[i] = x * ((y >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+    }
+}
+
 /* scale_mul / add_f32 of kernels.h: 8 lanes, then the tail one by one;
  * each element is the same rounded products as the scalar form. */
 static void scale_mul(const float *x, float s, const float *w, float *y, int64_t n)
@@ -1299,6 +1323,7 @@ static const exsa_cpu_kernels avx2_table = {
     .gemm_fx = gemm_fx,
     .gemm_bf16 = gemm_bf16,
     .swiglu = swiglu,
+    .geglu = geglu,
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,

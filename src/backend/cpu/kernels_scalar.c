@@ -408,6 +408,15 @@ static void swiglu(const float *g, const float *u, float *out, int64_t n)
     }
 }
 
+static void geglu(const float *g, const float *u, float *out, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i], y = (EXSA_GELU_2C * x) * (1.0f + (EXSA_GELU_A * x) * x);
+        const float t = exsa_exp_neg(-fabsf(y));
+        out[i] = x * ((y >= 0.0f ? 1.0f : t) / (1.0f + t)) * u[i];
+    }
+}
+
 static void f16_to_f32(const exsa_fp16 *x, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -708,6 +717,7 @@ static const exsa_cpu_kernels scalar_table = {
     .gemm_fx = gemm_fx,
     .gemm_bf16 = gemm_bf16,
     .swiglu = swiglu,
+    .geglu = geglu,
     .fx_batch_groups = 2,
     .gemm_q4_Kx8 = gemm_q4_Kx8,
     .gemm_q6_Kx8 = gemm_q6_Kx8,

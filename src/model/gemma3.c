@@ -1,0 +1,316 @@
+/* Gemma 3 (GGUF architecture "gemma3").
+ *
+ * A pre- and post-normed transformer: per layer
+ *     h  = x + post_attn_norm(attn(rope(qk_norm(attn_norm(x)))))
+ *     x' = h + post_ffw_norm(down(gelu(gate(ffn_norm(h))) * up(ffn_norm(h))))
+ * with token embeddings scaled by sqrt(n_embd), q scaled before attention,
+ * per-head RMS norms on q and k, NEOX rope, GeGLU (tanh GELU), tied
+ * output, optional final logit softcapping. Most layers attend through a
+ * sliding window with their own rope base; every sliding_window_pattern-th
+ * layer (6 by default: il % 6 == 5) attends to the whole context.
+ *
+ * The numbers follow llama.cpp's (src/models/gemma3.cpp, llama-hparams):
+ *   - the window applies when gemma3.attention.sliding_window > 0; its
+ *     layers are those with il % P < P - 1 for P =
+ *     gemma3.attention.sliding_window_pattern (a scalar; absent or an
+ *     array: 6; 0: every layer);
+ *   - window layers rope at gemma3.rope.freq_base_swa (default 10000) and
+ *     scale 1; the others at rope.freq_base with the file's linear scaling;
+ *   - the attention scale is 1/sqrt(head_dim), except for the 62-layer
+ *     (27B) model: 1/sqrt(n_embd / n_head); q is scaled before attention;
+ *   - final_logit_softcapping (absent: none) caps the logits.
+ * GELU is the tanh form computed in f32; llama.cpp's CPU backend looks it
+ * up in an f16 table, a difference of about 1e-3 of the value. */
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+#include "quant/quant.h"
+#include "util/err.h"
+
+typedef struct layer_weights {
+    const float *attn_norm, *post_attn_norm, *ffn_norm, *post_ffw_norm;
+    const float *q_norm, *k_norm;
+    exsa_tensor wq, wk, wv, wo;
+    exsa_tensor w_gate, w_up, w_down;
+} layer_weights;
+
+typedef struct gemma3_weights {
+    exsa_tensor tok_embd, output;
+    const float *output_norm;
+    layer_weights *layers;
+} gemma3_weights;
+
+/* Activations for max_batch rows, allocated once per context. */
+typedef struct gemma3_scratch {
+    float *x;         /* [B][embd] residual stream */
+    float *xb;        /* [B][max(embd, n_head*head_dim)] normed input / branch output */
+    float *q;         /* [B][n_head*head_dim] */
+    float *k, *v;     /* [B][n_head_kv*head_dim] */
+    float *att;       /* [B][n_head*head_dim] */
+    float *ff1, *ff2; /* [B][n_ff] */
+} gemma3_scratch;
+
+static int load_hparams(exsa_model *m, exsa_err *err)
+{
+    exsa_hparams *hp = &m->hp;
+    int rc = exsa_model_read_hparams(m, err);
+    if (rc)
+        return rc;
+    hp->rope_mode = EXSA_ROPE_NEOX;
+    hp->has_qk_norm = 1;
+    hp->embd_scale = sqrtf((float)hp->n_embd);
+    hp->attn_scale = hp->n_layer == 62 ? 1.0f / sqrtf((float)(hp->n_embd / hp->n_head))
+                                       : 1.0f / sqrtf((float)hp->head_dim);
+
+    const int64_t zero = 0, six = 6;
+    const double none = 0.0, base_swa_default = 10000.0;
+    int64_t v;
+    double f;
+    if ((rc = exsa_model_key_float(m, "final_logit_softcapping", &none, &f, err)))
+        return rc;
+    if (!(f >= 0 && f < 1e6))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: final_logit_softcapping %g out of range",
+                            f);
+    hp->logit_softcap = (float)f;
+
+    if ((rc = exsa_model_alloc_layers(m, err)))
+        return rc;
+    if ((rc = exsa_model_key_int(m, "attention.sliding_window", &zero, &v, err)))
+        return rc;
+    if (v < 0 || v > (1 << 24))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: sliding_window %lld out of range",
+                            (long long)v);
+    if (v == 0)
+        return 0; /* no window: every layer global */
+    hp->n_swa = (int)v;
+    /* The pattern is a scalar key; llama.cpp ignores an array there. */
+    int64_t period = six;
+    char key[160];
+    snprintf(key, sizeof key, "%s.attention.sliding_window_pattern", hp->arch_name);
+    int64_t ki = exsa_gguf_find_key(m->gguf, key);
+    if (ki >= 0 && exsa_gguf_kv_type(m->gguf, ki) != EXSA_GGUF_ARRAY &&
+        exsa_gguf_kv_int(m->gguf, ki, &period) != 0)
+        return exsa_err_set(err, EXSA_EFORMAT, "model: key '%s' is not an integer", key);
+    if (period < 0 || period > (1 << 20))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: %s = %lld out of range", key,
+                            (long long)period);
+    if ((rc = exsa_model_key_float(m, "rope.freq_base_swa", &base_swa_default, &f, err)))
+        return rc;
+    if (!(f > 1))
+        return exsa_err_set(err, EXSA_EFORMAT, "model: rope.freq_base_swa %g out of range", f);
+    for (int l = 0; l < hp->n_layer; l++) {
+        if (!(period == 0 || l % period < period - 1))
+            continue;
+        hp->layer[l] = (exsa_layer_hparams){
+            .kind = EXSA_LAYER_ATTN_SWA, .window = hp->n_swa,
+            .rope_freq_base = (float)f, .rope_freq_scale = 1.0f,
+        };
+    }
+    return 0;
+}
+
+static int load(exsa_model *m, exsa_err *err)
+{
+    int rc = load_hparams(m, err);
+    if (rc)
+        return rc;
+    exsa_hparams *hp = &m->hp;
+    gemma3_weights *w = calloc(1, sizeof *w);
+    if (!w)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    m->weights = w;
+    w->layers = calloc((size_t)hp->n_layer, sizeof *w->layers);
+    if (!w->layers)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
+                  KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+
+    if ((rc = exsa_model_bind_matrix(m, &w->tok_embd, "token_embd.weight", E, V, 1, err)))
+        return rc;
+    if ((rc = exsa_model_bind_matrix(m, &w->output, "output.weight", E, V, 0, err)))
+        return rc;
+    hp->tied_output = w->output.data == NULL;
+    if (hp->tied_output)
+        w->output = w->tok_embd;
+    if (!(w->output_norm = exsa_model_bind_vector(m, "output_norm.weight", E, 1, err)))
+        return err->code;
+
+    const struct {
+        const char *suffix;
+        size_t field;
+        int is_matrix;
+        int64_t n_in, n_out; /* vectors: n_in elements */
+    } spec[] = {
+        {"attn_norm.weight", offsetof(layer_weights, attn_norm), 0, E, 1},
+        {"post_attention_norm.weight", offsetof(layer_weights, post_attn_norm), 0, E, 1},
+        {"ffn_norm.weight", offsetof(layer_weights, ffn_norm), 0, E, 1},
+        {"post_ffw_norm.weight", offsetof(layer_weights, post_ffw_norm), 0, E, 1},
+        {"attn_q_norm.weight", offsetof(layer_weights, q_norm), 0, hp->head_dim, 1},
+        {"attn_k_norm.weight", offsetof(layer_weights, k_norm), 0, hp->head_dim, 1},
+        {"attn_q.weight", offsetof(layer_weights, wq), 1, E, Q},
+        {"attn_k.weight", offsetof(layer_weights, wk), 1, E, KV},
+        {"attn_v.weight", offsetof(layer_weights, wv), 1, E, KV},
+        {"attn_output.weight", offsetof(layer_weights, wo), 1, Q, E},
+        {"ffn_gate.weight", offsetof(layer_weights, w_gate), 1, E, F},
+        {"ffn_up.weight", offsetof(layer_weights, w_up), 1, E, F},
+        {"ffn_down.weight", offsetof(layer_weights, w_down), 1, F, E},
+    };
+    for (int l = 0; l < hp->n_layer; l++) {
+        char *L = (char *)&w->layers[l];
+        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].suffix);
+            if (spec[i].is_matrix) {
+                rc = exsa_model_bind_matrix(m, (exsa_tensor *)(L + spec[i].field), name,
+                                            spec[i].n_in, spec[i].n_out, 1, err);
+            } else {
+                err->code = 0;
+                *(const float **)(L + spec[i].field) =
+                    exsa_model_bind_vector(m, name, spec[i].n_in, 1, err);
+                rc = err->code;
+            }
+            if (rc)
+                return rc;
+        }
+    }
+    hp->weight_type = w->layers[0].wq.type;
+    return 0;
+}
+
+static void unload(exsa_model *m)
+{
+    gemma3_weights *w = m->weights;
+    free(w->layers);
+    free(w);
+    m->weights = NULL;
+}
+
+static int ctx_init(exsa_model_ctx *c, exsa_err *err)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    exsa_backend *be = c->be;
+    const size_t B = (size_t)c->p.max_batch, E = (size_t)hp->n_embd;
+    const size_t Q = (size_t)hp->n_head * hp->head_dim, KV = (size_t)hp->n_head_kv * hp->head_dim;
+    gemma3_scratch *s = calloc(1, sizeof *s);
+    if (!s)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    c->scratch = s;
+    s->x = be->ops->alloc(be, B * E * sizeof(float));
+    s->xb = be->ops->alloc(be, B * (Q > E ? Q : E) * sizeof(float));
+    s->q = be->ops->alloc(be, B * Q * sizeof(float));
+    s->k = be->ops->alloc(be, B * KV * sizeof(float));
+    s->v = be->ops->alloc(be, B * KV * sizeof(float));
+    s->att = be->ops->alloc(be, B * Q * sizeof(float));
+    s->ff1 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
+    s->ff2 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
+    if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->ff1 || !s->ff2)
+        return exsa_err_set(err, EXSA_ENOMEM,
+                            "model: cannot allocate activations for a batch of %zu rows", B);
+    return 0;
+}
+
+static void ctx_free(exsa_model_ctx *c)
+{
+    gemma3_scratch *s = c->scratch;
+    exsa_backend *be = c->be;
+    float *bufs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->ff1, s->ff2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            be->ops->free(be, bufs[i]);
+    free(s);
+    c->scratch = NULL;
+}
+
+static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out,
+                    float *hidden_out)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    const gemma3_weights *w = c->m->weights;
+    gemma3_scratch *s = c->scratch;
+    exsa_backend *be = c->be;
+    const exsa_backend_ops *op = be->ops;
+    const int n = batch->n, E = hp->n_embd, hd = hp->head_dim;
+    const int Q = hp->n_head * hd;
+    const float eps = hp->norm_eps;
+
+    op->get_rows(be, &w->tok_embd, batch->token, n, s->x);
+    op->scale(be, s->x, hp->embd_scale, (int64_t)n * E);
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer_weights *L = &w->layers[l];
+        const exsa_layer_hparams *lh = &hp->layer[l];
+        const exsa_layer_kv lk = exsa_model_layer_kv(c, l);
+        exsa_rope_args rq = {
+            .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
+            .mode = hp->rope_mode, .freq_base = lh->rope_freq_base,
+            .freq_scale = lh->rope_freq_scale,
+        };
+        exsa_rope_args rk = rq;
+        rk.n_heads = hp->n_head_kv;
+
+        /* attention: q, k, v of attn_norm(x); per-head norms; rope; q
+         * scaled; K and V to the cache; attention through the window */
+        {
+            const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
+            float *out[3] = {s->q, s->k, s->v};
+            exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = eps, .scratch = s->xb};
+            op->matmul_fused(be, qkv, 3, s->x, out, n, &f);
+        }
+        op->rms_norm(be, s->q, L->q_norm, s->q, n * hp->n_head, hd, eps);
+        op->rms_norm(be, s->k, L->k_norm, s->k, n * hp->n_head_kv, hd, eps);
+        op->rope(be, s->q, batch->pos, &rq);
+        op->rope(be, s->k, batch->pos, &rk);
+        op->scale(be, s->q, hp->attn_scale, (int64_t)n * Q);
+        op->kv_store(be, lk.kv, s->k, s->v, lk.slots, n);
+        exsa_attn_args aa = {
+            .n_rows = n, .n_head = hp->n_head, .q = s->q, .out = s->att, .n_ctx = c->n_ctx,
+            .block_table = lk.btab, .kv = lk.kv, .scale = 1.0f, .window = lk.window,
+        };
+        op->attention(be, &aa);
+        op->matmul(be, &L->wo, s->att, s->xb, n);
+        op->rms_norm(be, s->xb, L->post_attn_norm, s->xb, n, E, eps);
+        op->add(be, s->x, s->xb, (int64_t)n * E);
+
+        /* feed-forward: GeGLU of ffn_norm(x), post-normed */
+        {
+            const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
+            float *out[2] = {s->ff1, s->ff2};
+            exsa_matmul_fuse f = {.norm = L->ffn_norm, .eps = eps, .scratch = s->xb};
+            op->matmul_fused(be, gu, 2, s->x, out, n, &f);
+        }
+        op->geglu(be, s->ff1, s->ff2, s->ff1, (int64_t)n * hp->n_ff);
+        op->matmul(be, &L->w_down, s->ff1, s->xb, n);
+        op->rms_norm(be, s->xb, L->post_ffw_norm, s->xb, n, E, eps);
+        op->add(be, s->x, s->xb, (int64_t)n * E);
+    }
+
+    if (c->n_out == 0)
+        return;
+    /* Only rows that want logits go through the output head. */
+    exsa_tensor xs = {.name = "x", .type = EXSA_TYPE_F32, .n_in = E, .n_out = n,
+                      .row_bytes = (size_t)E * sizeof(float), .data = s->x};
+    op->get_rows(be, &xs, c->out_rows, c->n_out, s->xb);
+    if (hidden_out) { /* embeddings: stop before the output head */
+        op->rms_norm(be, s->xb, w->output_norm, hidden_out, c->n_out, E, eps);
+        return;
+    }
+    const exsa_tensor *out = &w->output;
+    exsa_matmul_fuse f = {.norm = w->output_norm, .eps = eps, .scratch = s->xb};
+    op->matmul_fused(be, &out, 1, s->xb, &logits_out, c->n_out, &f);
+    if (hp->logit_softcap > 0) {
+        /* logits_out is the caller's host memory */
+        const float cap = hp->logit_softcap;
+        const size_t nl = (size_t)c->n_out * (size_t)hp->n_vocab;
+        for (size_t i = 0; i < nl; i++)
+            logits_out[i] = tanhf(logits_out[i] * (1.0f / cap)) * cap;
+    }
+}
+
+const exsa_arch_ops exsa_arch_gemma3 = {
+    .name = "gemma3", .arch = EXSA_ARCH_GEMMA3, .load = load, .unload = unload,
+    .ctx_init = ctx_init, .ctx_free = ctx_free, .forward = forward,
+};
