@@ -10,36 +10,6 @@
 
 #include "text/jinja_internal.h"
 
-static const char *const FILTERS[] = {
-    "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first",
-    "float", "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max",
-    "min", "reject", "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr",
-    "sort", "string", "sum", "title", "tojson", "trim", "unique", "upper", "wordcount",
-    NULL};
-static const char *const TESTS[] = {
-    "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false",
-    "filter", "float", "ge", "gt", "greaterthan", "in", "integer", "iterable", "le", "lower", "lt",
-    "lessthan", "mapping", "ne", "none", "number", "odd", "sameas", "sequence", "string", "test",
-    "true", "undefined", "upper", "==", "!=", "<", "<=", ">", ">=", NULL};
-
-int jinja_in_list(const char *const *l, const char *s, size_t n)
-{
-    for (; *l; l++)
-        if (strlen(*l) == n && memcmp(*l, s, n) == 0)
-            return 1;
-    return 0;
-}
-
-int jinja_filter_known(const char *s, size_t n)
-{
-    return jinja_in_list(FILTERS, s, n);
-}
-
-int jinja_test_known(const char *s, size_t n)
-{
-    return jinja_in_list(TESTS, s, n);
-}
-
 
 /* ---- filters ---- */
 
@@ -245,7 +215,7 @@ static jv f_map(ctx *C, int line, jv in, cargs *A)
     jv f = ga(A, 0, NULL, UNDEF);
     if (jinja_want_str(C, line, f, "map"))
         return UNDEF;
-    if (!jinja_in_list(FILTERS, f.u.s.p, f.u.s.n))
+    if (!jinja_filter_known(f.u.s.p, f.u.s.n))
         return jinja_rfail(C, line, "map: unknown filter '%.*s'", (int)f.u.s.n, f.u.s.p), UNDEF;
     cargs sub = {.pos = A->pos + 1, .np = A->np ? A->np - 1 : 0, .kwn = A->kwn, .kwv = A->kwv, .nk = A->nk};
     for (size_t i = 0; i < src->n; i++) {
@@ -312,323 +282,584 @@ static jv f_minmax(ctx *C, int line, jv in, cargs *A, int want_max)
 }
 
 
+/* ---- the filter table ---- */
+
+static jv fl_safe(ctx *C, int line, jv in, cargs *A)
+{
+    return in;
+}
+
+static jv fl_default(ctx *C, int line, jv in, cargs *A)
+{
+    int boolean = truthy(ga(A, 1, "boolean", vbool(0)));
+    if (in.t == V_UNDEF || (boolean && !truthy(in)))
+        return ga(A, 0, "default_value", vstrref("", 0));
+    return in;
+}
+
+static jv fl_length(ctx *C, int line, jv in, cargs *A)
+{
+    switch (in.t) {
+    case V_STR: return vint((int64_t)jinja_u8len(in.u.s.p, in.u.s.n));
+    case V_LIST: return vint((int64_t)in.u.l->n);
+    case V_DICT:
+    case V_NS: return vint((int64_t)in.u.d->n);
+    case V_UNDEF: return vint(0);
+    default: return jinja_rfail(C, line, "object of type '%s' has no len()", jinja_tname(in)), UNDEF;
+    }
+}
+
+static jv fl_string(ctx *C, int line, jv in, cargs *A)
+{
+    return jinja_tostr(C, in, line);
+}
+
+static jv fl_items(ctx *C, int line, jv in, cargs *A)
+{
+    if (in.t == V_UNDEF)
+        return vlist(jinja_newlist(C, 0, line));
+    if (in.t != V_DICT)
+        return jinja_rfail(C, line, "items: expected a mapping, got %s", jinja_tname(in)), UNDEF;
+    return jinja_call_method(C, line, in, "items", A);
+}
+
+static jv fl_list(ctx *C, int line, jv in, cargs *A)
+{
+    jlist *s = jinja_iterlist(C, line, in);
+    if (!s)
+        return UNDEF;
+    jlist *l = jinja_newlist(C, s->n, line);
+    if (!l)
+        return UNDEF;
+    if (s->n)
+        memcpy(l->v, s->v, s->n * sizeof(jv));
+    l->n = s->n;
+    return vlist(l);
+}
+
+static jv first_last(ctx *C, int line, jv in, int last)
+{
+    jlist *l = jinja_iterlist(C, line, in);
+    if (!l || l->n == 0)
+        return UNDEF;
+    return last ? l->v[l->n - 1] : l->v[0];
+}
+static jv fl_first(ctx *C, int line, jv in, cargs *A)
+{
+    return first_last(C, line, in, 0);
+}
+static jv fl_last(ctx *C, int line, jv in, cargs *A)
+{
+    return first_last(C, line, in, 1);
+}
+
+static jv fl_join(ctx *C, int line, jv in, cargs *A)
+{
+    jlist *l = jinja_iterlist(C, line, in);
+    if (!l)
+        return UNDEF;
+    jv sep = jinja_tostr(C, ga(A, 0, "d", vstrref("", 0)), line), at = ga(A, 1, "attribute", NONE);
+    sbuf b = jinja_sbnew(C);
+    for (size_t i = 0; i < l->n; i++) {
+        if (i)
+            jinja_sb_put(&b, sep.u.s.p, sep.u.s.n);
+        jv x = at.t != V_NONE ? attrpath(C, line, l->v[i], at) : l->v[i];
+        jinja_vstr(&b, x, 0, 0);
+    }
+    return jinja_sbtake(C, &b, line);
+}
+
+static jv fl_selectattr(ctx *C, int line, jv in, cargs *A)
+{
+    return f_select(C, line, in, A, 1, 0);
+}
+static jv fl_rejectattr(ctx *C, int line, jv in, cargs *A)
+{
+    return f_select(C, line, in, A, 1, 1);
+}
+static jv fl_select(ctx *C, int line, jv in, cargs *A)
+{
+    return f_select(C, line, in, A, 0, 0);
+}
+static jv fl_reject(ctx *C, int line, jv in, cargs *A)
+{
+    return f_select(C, line, in, A, 0, 1);
+}
+
+static jv fl_unique(ctx *C, int line, jv in, cargs *A)
+{
+    jlist *s = jinja_iterlist(C, line, in);
+    jlist *l = jinja_newlist(C, 0, line), *seen = jinja_newlist(C, 0, line);
+    if (!s || !l || !seen)
+        return UNDEF;
+    int cs = truthy(ga(A, 0, "case_sensitive", vbool(0)));
+    jv attr = ga(A, 1, "attribute", NONE);
+    for (size_t i = 0; i < s->n; i++) {
+        jv k = sortkey(C, line, s->v[i], attr, cs);
+        if (jinja_contains(C, line, vlist(seen), k))
+            continue;
+        if (jinja_lpush(C, seen, k, line) || jinja_lpush(C, l, s->v[i], line))
+            return UNDEF;
+    }
+    return vlist(l);
+}
+
+static jv fl_sort(ctx *C, int line, jv in, cargs *A)
+{
+    jlist *s = jinja_iterlist(C, line, in);
+    if (!s)
+        return UNDEF;
+    return f_sort(C, line, s, truthy(ga(A, 0, "reverse", vbool(0))),
+                  truthy(ga(A, 1, "case_sensitive", vbool(0))), ga(A, 2, "attribute", NONE));
+}
+
+static jv fl_dictsort(ctx *C, int line, jv in, cargs *A)
+{
+    if (in.t != V_DICT)
+        return jinja_rfail(C, line, "dictsort: expected a mapping, got %s", jinja_tname(in)), UNDEF;
+    jv items = jinja_call_method(C, line, in, "items", A);
+    if (C->failed)
+        return UNDEF;
+    jv by = ga(A, 1, "by", vstrref("key", 3));
+    int byval = by.t == V_STR && eqs(by.u.s.p, by.u.s.n, "value");
+    return f_sort(C, line, items.u.l, truthy(ga(A, 2, "reverse", vbool(0))),
+                  truthy(ga(A, 0, "case_sensitive", vbool(0))), vint(byval));
+}
+
+static jv fl_reverse(ctx *C, int line, jv in, cargs *A)
+{
+    if (in.t == V_STR) {
+        jv m1 = vint(-1);
+        return jinja_do_slice(C, line, in, NULL, NULL, &m1);
+    }
+    jlist *s = jinja_iterlist(C, line, in);
+    jlist *l = s ? jinja_newlist(C, s->n, line) : NULL;
+    if (!l)
+        return UNDEF;
+    for (size_t i = 0; i < s->n; i++)
+        l->v[i] = s->v[s->n - 1 - i];
+    l->n = s->n;
+    return vlist(l);
+}
+
+static jv fl_min(ctx *C, int line, jv in, cargs *A)
+{
+    return f_minmax(C, line, in, A, 0);
+}
+static jv fl_max(ctx *C, int line, jv in, cargs *A)
+{
+    return f_minmax(C, line, in, A, 1);
+}
+
+static jv fl_sum(ctx *C, int line, jv in, cargs *A)
+{
+    jlist *l = jinja_iterlist(C, line, in);
+    if (!l)
+        return UNDEF;
+    jv at = ga(A, 0, "attribute", NONE), acc = ga(A, 1, "start", vint(0));
+    for (size_t i = 0; i < l->n && !C->failed; i++)
+        acc = jinja_arith(C, line, "+", acc, at.t != V_NONE ? attrpath(C, line, l->v[i], at) : l->v[i]);
+    return acc;
+}
+
+static jv fl_abs(ctx *C, int line, jv in, cargs *A)
+{
+    if (in.t == V_INT)
+        return in.u.i == INT64_MIN ? vflt(9223372036854775808.0) : vint(in.u.i < 0 ? -in.u.i : in.u.i);
+    if (in.t == V_BOOL)
+        return vint(in.u.b);
+    if (in.t == V_FLOAT)
+        return vflt(fabs(in.u.f));
+    return jinja_rfail(C, line, "bad operand type for abs(): '%s'", jinja_tname(in)), UNDEF;
+}
+
+static jv fl_round(ctx *C, int line, jv in, cargs *A)
+{
+    return f_round(C, line, in, A);
+}
+
+static jv fl_int(ctx *C, int line, jv in, cargs *A)
+{
+    jv def = ga(A, 0, "default", vint(0));
+    if (in.t == V_INT)
+        return in;
+    if (in.t == V_BOOL)
+        return vint(in.u.b);
+    if (in.t == V_FLOAT)
+        return isfinite(in.u.f) && fabs(in.u.f) < 9.2e18 ? vint((int64_t)in.u.f) : def;
+    if (in.t == V_STR) {
+        char tmp[64];
+        jv t = jinja_s_strip(in, NONE, 1, 1);
+        if (t.u.s.n == 0 || t.u.s.n >= sizeof tmp)
+            return def;
+        memcpy(tmp, t.u.s.p, t.u.s.n);
+        tmp[t.u.s.n] = '\0';
+        char *e;
+        errno = 0;
+        long long v = strtoll(tmp, &e, 10);
+        if (*e == '\0' && !errno)
+            return vint(v);
+        double d = strtod(tmp, &e);
+        if (*e == '\0' && isfinite(d) && fabs(d) < 9.2e18)
+            return vint((int64_t)d);
+    }
+    return def;
+}
+
+static jv fl_float(ctx *C, int line, jv in, cargs *A)
+{
+    jv def = ga(A, 0, "default", vflt(0.0));
+    if (isnum(in))
+        return vflt(numf(in));
+    if (in.t == V_STR) {
+        char tmp[64];
+        jv t = jinja_s_strip(in, NONE, 1, 1);
+        if (t.u.s.n == 0 || t.u.s.n >= sizeof tmp)
+            return def;
+        memcpy(tmp, t.u.s.p, t.u.s.n);
+        tmp[t.u.s.n] = '\0';
+        char *e;
+        double d = strtod(tmp, &e);
+        if (*e == '\0')
+            return vflt(d);
+    }
+    return def;
+}
+
+static jv fl_attr(ctx *C, int line, jv in, cargs *A)
+{
+    jv nm = ga(A, 0, "name", UNDEF);
+    if (jinja_want_str(C, line, nm, "attr"))
+        return UNDEF;
+    return jinja_getattr(C, line, in, nm.u.s.p, nm.u.s.n);
+}
+
+static jv fl_tojson(ctx *C, int line, jv in, cargs *A)
+{
+    return f_tojson(C, line, in, A);
+}
+
+static jv fl_map(ctx *C, int line, jv in, cargs *A)
+{
+    return f_map(C, line, in, A);
+}
+
+/* The filters below work on str(value), as Jinja2's string filters do. */
+
+static jv fl_trim(ctx *C, int line, jv in, cargs *A)
+{
+    jv s = jinja_tostr(C, in, line);
+    return C->failed ? UNDEF : jinja_s_strip(s, ga(A, 0, "chars", NONE), 1, 1);
+}
+
+static jv str_case(ctx *C, int line, jv in, int mode)
+{
+    jv s = jinja_tostr(C, in, line);
+    return C->failed ? UNDEF : jinja_s_case(C, s, mode, line);
+}
+static jv fl_upper(ctx *C, int line, jv in, cargs *A)
+{
+    return str_case(C, line, in, CASE_UPPER);
+}
+static jv fl_lower(ctx *C, int line, jv in, cargs *A)
+{
+    return str_case(C, line, in, CASE_LOWER);
+}
+static jv fl_capitalize(ctx *C, int line, jv in, cargs *A)
+{
+    return str_case(C, line, in, CASE_CAP);
+}
+static jv fl_title(ctx *C, int line, jv in, cargs *A)
+{
+    return str_case(C, line, in, CASE_TITLE_JINJA);
+}
+
+static jv fl_replace(ctx *C, int line, jv in, cargs *A)
+{
+    jv s = jinja_tostr(C, in, line);
+    jv o = jinja_tostr(C, ga(A, 0, "old", UNDEF), line), nw = jinja_tostr(C, ga(A, 1, "new", UNDEF), line);
+    jv cnt = ga(A, 2, "count", NONE);
+    if (C->failed)
+        return UNDEF;
+    return jinja_s_replace(C, s, o, nw, isnum(cnt) ? numi(cnt) : -1, line);
+}
+
+static jv fl_escape(ctx *C, int line, jv in, cargs *A)
+{
+    jv s = jinja_tostr(C, in, line);
+    return C->failed ? UNDEF : html_escape(C, s, line);
+}
+
+static jv fl_indent(ctx *C, int line, jv in, cargs *A)
+{
+    jv s = jinja_tostr(C, in, line);
+    return C->failed ? UNDEF : f_indent(C, line, s, A);
+}
+
+static jv fl_wordcount(ctx *C, int line, jv in, cargs *A)
+{
+    jv s = jinja_tostr(C, in, line);
+    if (C->failed)
+        return UNDEF;
+    int64_t k = 0;
+    int inw = 0;
+    for (size_t i = 0; i < s.u.s.n;) {
+        int32_t cp;
+        i += jinja_u8dec((const unsigned char *)s.u.s.p + i, s.u.s.n - i, &cp);
+        utf8proc_category_t cat = utf8proc_category(cp);
+        int w = cp == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
+                (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
+        if (w && !inw)
+            k++;
+        inw = w;
+    }
+    return vint(k);
+}
+
+typedef jv (*filter_fn)(ctx *C, int line, jv in, cargs *A);
+
+/* Every filter, by name (Jinja2's built-ins that chat templates use, plus
+ * HF's tojson). A name not here is an error where the filter is applied. */
+static const struct {
+    const char *name;
+    filter_fn fn;
+} FILTERS[] = {
+    {"abs", fl_abs},         {"attr", fl_attr},           {"capitalize", fl_capitalize},
+    {"count", fl_length},    {"d", fl_default},           {"default", fl_default},
+    {"dictsort", fl_dictsort}, {"e", fl_escape},          {"escape", fl_escape},
+    {"first", fl_first},     {"float", fl_float},         {"indent", fl_indent},
+    {"int", fl_int},         {"items", fl_items},         {"join", fl_join},
+    {"last", fl_last},       {"length", fl_length},       {"list", fl_list},
+    {"lower", fl_lower},     {"map", fl_map},             {"max", fl_max},
+    {"min", fl_min},         {"reject", fl_reject},       {"rejectattr", fl_rejectattr},
+    {"replace", fl_replace}, {"reverse", fl_reverse},     {"round", fl_round},
+    {"safe", fl_safe},       {"select", fl_select},       {"selectattr", fl_selectattr},
+    {"sort", fl_sort},       {"string", fl_string},       {"sum", fl_sum},
+    {"title", fl_title},     {"tojson", fl_tojson},       {"trim", fl_trim},
+    {"unique", fl_unique},   {"upper", fl_upper},         {"wordcount", fl_wordcount},
+};
+
+static filter_fn find_filter(const char *name, size_t n)
+{
+    for (size_t i = 0; i < sizeof FILTERS / sizeof FILTERS[0]; i++)
+        if (eqs(name, n, FILTERS[i].name))
+            return FILTERS[i].fn;
+    return NULL;
+}
+
+int jinja_filter_known(const char *s, size_t n)
+{
+    return find_filter(s, n) != NULL;
+}
+
 jv jinja_apply_filter(ctx *C, int line, const char *name, size_t nn, jv in, cargs *A)
 {
     if (C->failed)
         return UNDEF;
-    if (eqs(name, nn, "safe"))
-        return in;
-    if (eqs(name, nn, "tojson"))
-        return f_tojson(C, line, in, A);
-    if (eqs(name, nn, "default") || eqs(name, nn, "d")) {
-        int boolean = truthy(ga(A, 1, "boolean", vbool(0)));
-        if (in.t == V_UNDEF || (boolean && !truthy(in)))
-            return ga(A, 0, "default_value", vstrref("", 0));
-        return in;
-    }
-    if (eqs(name, nn, "length") || eqs(name, nn, "count")) {
-        switch (in.t) {
-        case V_STR: return vint((int64_t)jinja_u8len(in.u.s.p, in.u.s.n));
-        case V_LIST: return vint((int64_t)in.u.l->n);
-        case V_DICT:
-        case V_NS: return vint((int64_t)in.u.d->n);
-        case V_UNDEF: return vint(0);
-        default: return jinja_rfail(C, line, "object of type '%s' has no len()", jinja_tname(in)), UNDEF;
-        }
-    }
-    if (eqs(name, nn, "string"))
-        return jinja_tostr(C, in, line);
-    if (eqs(name, nn, "items")) {
-        if (in.t == V_UNDEF)
-            return vlist(jinja_newlist(C, 0, line));
-        if (in.t != V_DICT)
-            return jinja_rfail(C, line, "items: expected a mapping, got %s", jinja_tname(in)), UNDEF;
-        return jinja_call_method(C, line, in, "items", A);
-    }
-    if (eqs(name, nn, "list")) {
-        jlist *s = jinja_iterlist(C, line, in);
-        if (!s)
-            return UNDEF;
-        jlist *l = jinja_newlist(C, s->n, line);
-        if (!l)
-            return UNDEF;
-        if (s->n)
-            memcpy(l->v, s->v, s->n * sizeof(jv));
-        l->n = s->n;
-        return vlist(l);
-    }
-    if (eqs(name, nn, "first") || eqs(name, nn, "last")) {
-        jlist *l = jinja_iterlist(C, line, in);
-        if (!l)
-            return UNDEF;
-        if (l->n == 0)
-            return UNDEF;
-        return name[0] == 'f' ? l->v[0] : l->v[l->n - 1];
-    }
-    if (eqs(name, nn, "join")) {
-        jlist *l = jinja_iterlist(C, line, in);
-        if (!l)
-            return UNDEF;
-        jv sep = jinja_tostr(C, ga(A, 0, "d", vstrref("", 0)), line), at = ga(A, 1, "attribute", NONE);
-        sbuf b = jinja_sbnew(C);
-        for (size_t i = 0; i < l->n; i++) {
-            if (i)
-                jinja_sb_put(&b, sep.u.s.p, sep.u.s.n);
-            jv x = at.t != V_NONE ? attrpath(C, line, l->v[i], at) : l->v[i];
-            jinja_vstr(&b, x, 0, 0);
-        }
-        return jinja_sbtake(C, &b, line);
-    }
-    if (eqs(name, nn, "selectattr") || eqs(name, nn, "rejectattr"))
-        return f_select(C, line, in, A, 1, name[0] == 'r');
-    if (eqs(name, nn, "select") || eqs(name, nn, "reject"))
-        return f_select(C, line, in, A, 0, name[0] == 'r');
-    if (eqs(name, nn, "map"))
-        return f_map(C, line, in, A);
-    if (eqs(name, nn, "unique")) {
-        jlist *s = jinja_iterlist(C, line, in);
-        jlist *l = jinja_newlist(C, 0, line), *seen = jinja_newlist(C, 0, line);
-        if (!s || !l || !seen)
-            return UNDEF;
-        int cs = truthy(ga(A, 0, "case_sensitive", vbool(0)));
-        jv attr = ga(A, 1, "attribute", NONE);
-        for (size_t i = 0; i < s->n; i++) {
-            jv k = sortkey(C, line, s->v[i], attr, cs);
-            if (jinja_contains(C, line, vlist(seen), k))
-                continue;
-            if (jinja_lpush(C, seen, k, line) || jinja_lpush(C, l, s->v[i], line))
-                return UNDEF;
-        }
-        return vlist(l);
-    }
-    if (eqs(name, nn, "sort")) {
-        jlist *s = jinja_iterlist(C, line, in);
-        if (!s)
-            return UNDEF;
-        return f_sort(C, line, s, truthy(ga(A, 0, "reverse", vbool(0))),
-                      truthy(ga(A, 1, "case_sensitive", vbool(0))), ga(A, 2, "attribute", NONE));
-    }
-    if (eqs(name, nn, "dictsort")) {
-        if (in.t != V_DICT)
-            return jinja_rfail(C, line, "dictsort: expected a mapping, got %s", jinja_tname(in)), UNDEF;
-        jv items = jinja_call_method(C, line, in, "items", A);
-        if (C->failed)
-            return UNDEF;
-        jv by = ga(A, 1, "by", vstrref("key", 3));
-        int byval = by.t == V_STR && eqs(by.u.s.p, by.u.s.n, "value");
-        return f_sort(C, line, items.u.l, truthy(ga(A, 2, "reverse", vbool(0))),
-                      truthy(ga(A, 0, "case_sensitive", vbool(0))), vint(byval));
-    }
-    if (eqs(name, nn, "reverse")) {
-        if (in.t == V_STR) {
-            jv m1 = vint(-1);
-            return jinja_do_slice(C, line, in, NULL, NULL, &m1);
-        }
-        jlist *s = jinja_iterlist(C, line, in);
-        jlist *l = s ? jinja_newlist(C, s->n, line) : NULL;
-        if (!l)
-            return UNDEF;
-        for (size_t i = 0; i < s->n; i++)
-            l->v[i] = s->v[s->n - 1 - i];
-        l->n = s->n;
-        return vlist(l);
-    }
-    if (eqs(name, nn, "min") || eqs(name, nn, "max"))
-        return f_minmax(C, line, in, A, name[1] == 'a');
-    if (eqs(name, nn, "sum")) {
-        jlist *l = jinja_iterlist(C, line, in);
-        if (!l)
-            return UNDEF;
-        jv at = ga(A, 0, "attribute", NONE), acc = ga(A, 1, "start", vint(0));
-        for (size_t i = 0; i < l->n && !C->failed; i++)
-            acc = jinja_arith(C, line, "+", acc, at.t != V_NONE ? attrpath(C, line, l->v[i], at) : l->v[i]);
-        return acc;
-    }
-    if (eqs(name, nn, "abs")) {
-        if (in.t == V_INT)
-            return in.u.i == INT64_MIN ? vflt(9223372036854775808.0) : vint(in.u.i < 0 ? -in.u.i : in.u.i);
-        if (in.t == V_BOOL)
-            return vint(in.u.b);
-        if (in.t == V_FLOAT)
-            return vflt(fabs(in.u.f));
-        return jinja_rfail(C, line, "bad operand type for abs(): '%s'", jinja_tname(in)), UNDEF;
-    }
-    if (eqs(name, nn, "round"))
-        return f_round(C, line, in, A);
-    if (eqs(name, nn, "int")) {
-        jv def = ga(A, 0, "default", vint(0));
-        if (in.t == V_INT)
-            return in;
-        if (in.t == V_BOOL)
-            return vint(in.u.b);
-        if (in.t == V_FLOAT)
-            return isfinite(in.u.f) && fabs(in.u.f) < 9.2e18 ? vint((int64_t)in.u.f) : def;
-        if (in.t == V_STR) {
-            char tmp[64];
-            jv t = jinja_s_strip(in, NONE, 1, 1);
-            if (t.u.s.n == 0 || t.u.s.n >= sizeof tmp)
-                return def;
-            memcpy(tmp, t.u.s.p, t.u.s.n);
-            tmp[t.u.s.n] = '\0';
-            char *e;
-            errno = 0;
-            long long v = strtoll(tmp, &e, 10);
-            if (*e == '\0' && !errno)
-                return vint(v);
-            double d = strtod(tmp, &e);
-            if (*e == '\0' && isfinite(d) && fabs(d) < 9.2e18)
-                return vint((int64_t)d);
-        }
-        return def;
-    }
-    if (eqs(name, nn, "float")) {
-        jv def = ga(A, 0, "default", vflt(0.0));
-        if (isnum(in))
-            return vflt(numf(in));
-        if (in.t == V_STR) {
-            char tmp[64];
-            jv t = jinja_s_strip(in, NONE, 1, 1);
-            if (t.u.s.n == 0 || t.u.s.n >= sizeof tmp)
-                return def;
-            memcpy(tmp, t.u.s.p, t.u.s.n);
-            tmp[t.u.s.n] = '\0';
-            char *e;
-            double d = strtod(tmp, &e);
-            if (*e == '\0')
-                return vflt(d);
-        }
-        return def;
-    }
-    if (eqs(name, nn, "attr")) {
-        jv nm = ga(A, 0, "name", UNDEF);
-        if (jinja_want_str(C, line, nm, "attr"))
-            return UNDEF;
-        return jinja_getattr(C, line, in, nm.u.s.p, nm.u.s.n);
-    }
-    /* the rest work on str(value) */
-    jv s = jinja_tostr(C, in, line);
-    if (C->failed)
-        return UNDEF;
-    if (eqs(name, nn, "trim"))
-        return jinja_s_strip(s, ga(A, 0, "chars", NONE), 1, 1);
-    if (eqs(name, nn, "upper"))
-        return jinja_s_case(C, s, CASE_UPPER, line);
-    if (eqs(name, nn, "lower"))
-        return jinja_s_case(C, s, CASE_LOWER, line);
-    if (eqs(name, nn, "capitalize"))
-        return jinja_s_case(C, s, CASE_CAP, line);
-    if (eqs(name, nn, "title"))
-        return jinja_s_case(C, s, CASE_TITLE_JINJA, line);
-    if (eqs(name, nn, "replace")) {
-        jv o = jinja_tostr(C, ga(A, 0, "old", UNDEF), line), nw = jinja_tostr(C, ga(A, 1, "new", UNDEF), line);
-        jv cnt = ga(A, 2, "count", NONE);
-        if (C->failed)
-            return UNDEF;
-        return jinja_s_replace(C, s, o, nw, isnum(cnt) ? numi(cnt) : -1, line);
-    }
-    if (eqs(name, nn, "escape") || eqs(name, nn, "e"))
-        return html_escape(C, s, line);
-    if (eqs(name, nn, "indent"))
-        return f_indent(C, line, s, A);
-    if (eqs(name, nn, "wordcount")) {
-        int64_t k = 0;
-        int inw = 0;
-        for (size_t i = 0; i < s.u.s.n;) {
-            int32_t cp;
-            i += jinja_u8dec((const unsigned char *)s.u.s.p + i, s.u.s.n - i, &cp);
-            utf8proc_category_t cat = utf8proc_category(cp);
-            int w = cp == '_' || (cat >= UTF8PROC_CATEGORY_LU && cat <= UTF8PROC_CATEGORY_LO) ||
-                    (cat >= UTF8PROC_CATEGORY_ND && cat <= UTF8PROC_CATEGORY_NO);
-            if (w && !inw)
-                k++;
-            inw = w;
-        }
-        return vint(k);
-    }
-    return jinja_rfail(C, line, "filter '%.*s' is not supported", (int)nn, name), UNDEF;
+    filter_fn fn = find_filter(name, nn);
+    if (!fn)
+        return jinja_rfail(C, line, "unknown filter '%.*s'", (int)nn, name), UNDEF;
+    return fn(C, line, in, A);
 }
 
-/* ---- tests ---- */
+/* ---- the test table ---- */
+
+typedef int (*test_fn)(ctx *C, int line, jv v, jv *args, size_t na);
+
+#define ARG0 (na ? args[0] : UNDEF)
+
+static int ts_defined(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t != V_UNDEF;
+}
+static int ts_undefined(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_UNDEF;
+}
+static int ts_none(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_NONE;
+}
+static int ts_string(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_STR;
+}
+static int ts_mapping(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_DICT;
+}
+static int ts_iterable(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_STR || v.t == V_LIST || v.t == V_DICT || v.t == V_UNDEF;
+}
+static int ts_number(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return isnum(v);
+}
+static int ts_integer(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_INT;
+}
+static int ts_float(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_FLOAT;
+}
+static int ts_boolean(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_BOOL;
+}
+static int ts_true(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_BOOL && v.u.b;
+}
+static int ts_false(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_BOOL && !v.u.b;
+}
+static int ts_callable(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_FUNC;
+}
+static int ts_escaped(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return 0;
+}
+static int ts_eq(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return jinja_veq(v, ARG0);
+}
+static int ts_ne(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return !jinja_veq(v, ARG0);
+}
+static int ts_sameas(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    jv a0 = ARG0;
+    if (v.t != a0.t)
+        return 0;
+    if (v.t == V_LIST)
+        return v.u.l == a0.u.l;
+    if (v.t == V_DICT || v.t == V_NS)
+        return v.u.d == a0.u.d;
+    return jinja_veq(v, a0);
+}
+static int ts_in(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return jinja_contains(C, line, ARG0, v);
+}
+static int str_is(ctx *C, int line, jv v, const char *method)
+{
+    if (v.t != V_STR)
+        return 0;
+    cargs none = {0};
+    jv r = jinja_call_method(C, line, v, method, &none);
+    return C->failed ? -1 : truthy(r);
+}
+static int ts_lower(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return str_is(C, line, v, "islower");
+}
+static int ts_upper(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return str_is(C, line, v, "isupper");
+}
+static int ts_filter(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_STR && jinja_filter_known(v.u.s.p, v.u.s.n);
+}
+static int ts_test(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return v.t == V_STR && jinja_test_known(v.u.s.p, v.u.s.n);
+}
+/* x divisible by d (odd: d = 2 and inverted, even: d = 2) */
+static int divisible(ctx *C, int line, const char *what, jv v, jv *args, size_t na, int64_t d)
+{
+    if (!isnum(v) || (na && !isnum(args[0])))
+        return jinja_rfail(C, line, "test '%s' needs numbers", what), -1;
+    if (d == 0)
+        return jinja_rfail(C, line, "divisibleby: division by zero"), -1;
+    return d == -1 || numi(v) % d == 0;
+}
+static int ts_odd(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    int r = divisible(C, line, "odd", v, args, na, 2);
+    return r < 0 ? r : !r;
+}
+static int ts_even(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return divisible(C, line, "even", v, args, na, 2);
+}
+static int ts_divisibleby(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return divisible(C, line, "divisibleby", v, args, na, na && isnum(args[0]) ? numi(args[0]) : 0);
+}
+/* order tests: sign of the comparison wanted (lt: -1, gt: +1), and whether
+ * equality passes */
+static int order(ctx *C, int line, jv v, jv *args, size_t na, int sign, int or_eq)
+{
+    int r;
+    if (jinja_vcmp(C, line, v, ARG0, &r))
+        return -1;
+    return (sign < 0 ? r < 0 : r > 0) || (or_eq && r == 0);
+}
+static int ts_lt(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return order(C, line, v, args, na, -1, 0);
+}
+static int ts_le(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return order(C, line, v, args, na, -1, 1);
+}
+static int ts_gt(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return order(C, line, v, args, na, 1, 0);
+}
+static int ts_ge(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return order(C, line, v, args, na, 1, 1);
+}
+
+#undef ARG0
+
+/* Every test, by name (Jinja2's built-ins and their operator aliases). */
+static const struct {
+    const char *name;
+    test_fn fn;
+} TESTS[] = {
+    {"boolean", ts_boolean},   {"callable", ts_callable}, {"defined", ts_defined},
+    {"divisibleby", ts_divisibleby}, {"eq", ts_eq},       {"equalto", ts_eq},
+    {"escaped", ts_escaped},   {"even", ts_even},         {"false", ts_false},
+    {"filter", ts_filter},     {"float", ts_float},       {"ge", ts_ge},
+    {"gt", ts_gt},             {"greaterthan", ts_gt},    {"in", ts_in},
+    {"integer", ts_integer},   {"iterable", ts_iterable}, {"le", ts_le},
+    {"lower", ts_lower},       {"lt", ts_lt},             {"lessthan", ts_lt},
+    {"mapping", ts_mapping},   {"ne", ts_ne},             {"none", ts_none},
+    {"number", ts_number},     {"odd", ts_odd},           {"sameas", ts_sameas},
+    {"sequence", ts_iterable}, {"string", ts_string},     {"test", ts_test},
+    {"true", ts_true},         {"undefined", ts_undefined}, {"upper", ts_upper},
+    {"==", ts_eq},             {"!=", ts_ne},             {"<", ts_lt},
+    {"<=", ts_le},             {">", ts_gt},              {">=", ts_ge},
+};
+
+static test_fn find_test(const char *name, size_t n)
+{
+    for (size_t i = 0; i < sizeof TESTS / sizeof TESTS[0]; i++)
+        if (eqs(name, n, TESTS[i].name))
+            return TESTS[i].fn;
+    return NULL;
+}
+
+int jinja_test_known(const char *s, size_t n)
+{
+    return find_test(s, n) != NULL;
+}
 
 int jinja_apply_test(ctx *C, int line, const char *name, size_t nn, jv v, jv *args, size_t na)
 {
-    jv a0 = na ? args[0] : UNDEF;
-    if (eqs(name, nn, "defined"))
-        return v.t != V_UNDEF;
-    if (eqs(name, nn, "undefined"))
-        return v.t == V_UNDEF;
-    if (eqs(name, nn, "none"))
-        return v.t == V_NONE;
-    if (eqs(name, nn, "string"))
-        return v.t == V_STR;
-    if (eqs(name, nn, "mapping"))
-        return v.t == V_DICT;
-    if (eqs(name, nn, "iterable"))
-        return v.t == V_STR || v.t == V_LIST || v.t == V_DICT || v.t == V_UNDEF;
-    if (eqs(name, nn, "sequence"))
-        return v.t == V_STR || v.t == V_LIST || v.t == V_DICT || v.t == V_UNDEF;
-    if (eqs(name, nn, "number"))
-        return isnum(v);
-    if (eqs(name, nn, "integer"))
-        return v.t == V_INT;
-    if (eqs(name, nn, "float"))
-        return v.t == V_FLOAT;
-    if (eqs(name, nn, "boolean"))
-        return v.t == V_BOOL;
-    if (eqs(name, nn, "true"))
-        return v.t == V_BOOL && v.u.b;
-    if (eqs(name, nn, "false"))
-        return v.t == V_BOOL && !v.u.b;
-    if (eqs(name, nn, "callable"))
-        return v.t == V_FUNC;
-    if (eqs(name, nn, "escaped"))
-        return 0;
-    if (eqs(name, nn, "equalto") || eqs(name, nn, "eq") || eqs(name, nn, "=="))
-        return jinja_veq(v, a0);
-    if (eqs(name, nn, "ne") || eqs(name, nn, "!="))
-        return !jinja_veq(v, a0);
-    if (eqs(name, nn, "sameas")) {
-        if (v.t != a0.t)
-            return 0;
-        if (v.t == V_LIST)
-            return v.u.l == a0.u.l;
-        if (v.t == V_DICT || v.t == V_NS)
-            return v.u.d == a0.u.d;
-        return jinja_veq(v, a0);
-    }
-    if (eqs(name, nn, "in")) {
-        return jinja_contains(C, line, a0, v);
-    }
-    if (eqs(name, nn, "lower") || eqs(name, nn, "upper")) {
-        if (v.t != V_STR)
-            return 0;
-        cargs none = {0};
-        jv r = jinja_call_method(C, line, v, name[0] == 'l' ? "islower" : "isupper", &none);
-        return C->failed ? -1 : truthy(r);
-    }
-    if (eqs(name, nn, "filter") || eqs(name, nn, "test")) {
-        if (v.t != V_STR)
-            return 0;
-        return jinja_in_list(name[0] == 'f' ? FILTERS : TESTS, v.u.s.p, v.u.s.n);
-    }
-    if (eqs(name, nn, "odd") || eqs(name, nn, "even") || eqs(name, nn, "divisibleby")) {
-        if (!isnum(v) || (na && !isnum(a0)))
-            return jinja_rfail(C, line, "test '%.*s' needs numbers", (int)nn, name), -1;
-        int64_t x = numi(v), d = name[0] == 'd' ? numi(a0) : 2;
-        if (d == 0)
-            return jinja_rfail(C, line, "divisibleby: division by zero"), -1;
-        int64_t r = d == -1 ? 0 : x % d;
-        return name[0] == 'o' ? r != 0 : r == 0;
-    }
-    int r;
-    const char *op = eqs(name, nn, "lt") || eqs(name, nn, "lessthan") || eqs(name, nn, "<") ? "<"
-                     : eqs(name, nn, "le") || eqs(name, nn, "<=")                         ? "<="
-                     : eqs(name, nn, "gt") || eqs(name, nn, "greaterthan") || eqs(name, nn, ">") ? ">"
-                     : eqs(name, nn, "ge") || eqs(name, nn, ">=")                         ? ">="
-                                                                                          : NULL;
-    if (!op)
-        return jinja_rfail(C, line, "test '%.*s' is not supported", (int)nn, name), -1;
-    if (jinja_vcmp(C, line, v, a0, &r))
+    if (C->failed)
         return -1;
-    return op[0] == '<' ? (op[1] ? r <= 0 : r < 0) : (op[1] ? r >= 0 : r > 0);
+    test_fn fn = find_test(name, nn);
+    if (!fn)
+        return jinja_rfail(C, line, "unknown test '%.*s'", (int)nn, name), -1;
+    return fn(C, line, v, args, na);
 }

@@ -265,7 +265,6 @@ int jinja_filter_known(const char *s, size_t n);
 int jinja_test_known(const char *s, size_t n);
 jv jinja_apply_filter(ctx *C, int line, const char *name, size_t nn, jv in, cargs *A);
 int jinja_apply_test(ctx *C, int line, const char *name, size_t nn, jv v, jv *args, size_t na);
-int jinja_in_list(const char *const *l, const char *s, size_t n);
 
 /* jinja.c */
 jv jinja_arith(ctx *C, int line, const char *op, jv a, jv b);

@@ -107,6 +107,14 @@ static const char *tok_desc(tok *t, char *buf, size_t n)
     }
 }
 
+static int in_list(const char *const *l, const char *s, size_t n)
+{
+    for (; *l; l++)
+        if (strlen(*l) == n && memcmp(*l, s, n) == 0)
+            return 1;
+    return 0;
+}
+
 static node *p_expr(parser *P, int with_cond);
 static node *p_tuple(parser *P, int with_cond);
 static node *p_unary(parser *P, int with_filter);
@@ -930,8 +938,8 @@ static node *p_body(parser *P, const char *const *ends, const char **which, int 
         } else if (t->t == T_BBEGIN) {
             adv(P);
             tok *k = cur(P);
-            if (k->t == T_NAME && jinja_in_list(ALL_ENDS, k->s, k->n)) {
-                if (ends && jinja_in_list(ends, k->s, k->n)) {
+            if (k->t == T_NAME && in_list(ALL_ENDS, k->s, k->n)) {
+                if (ends && in_list(ends, k->s, k->n)) {
                     for (const char *const *e = ends; *e; e++)
                         if (strlen(*e) == k->n && memcmp(*e, k->s, k->n) == 0)
                             *which = *e;
