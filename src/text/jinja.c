@@ -1,8 +1,8 @@
 /* Jinja2-subset engine, the evaluator: walks the AST that jinja_parser.c
  * built (operators, expressions, statements, macros, the global functions)
  * and renders. See jinja.h for the scope and the limits, and
-XX
- * Jinja2 3.x as HF transformers configures it; where a Python type matters
+ * jinja_internal.h for how the engine is split over its files. Semantics
+ * follow Python's Jinja2 3.x as HF transformers configures it; where a Python type matters
  * (str(), repr of floats, json.dumps) the Python output is reproduced. */
 #include "text/jinja_internal.h"
 
