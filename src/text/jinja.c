@@ -18,9 +18,22 @@
 
 /* ---- operators ---- */
 
-static jv undef_err(ctx *C, int line, jv u)
+/* Fails with Jinja2's UndefinedError for the undefined value u: what an
+ * attribute, item, call, arithmetic or comparison on it raises. */
+jv jinja_undef_err(ctx *C, int line, jv u)
 {
-    if (u.u.s.p)
+    if (u.miss > 0) {
+        static const char *const names[] = {"Undefined", "None", "bool object", "int object",
+                                            "float object", "str object", "list object",
+                                            "dict object", "Namespace object", "function object",
+                                            "LoopContext object"};
+        int t = u.miss - 1;
+        const char *tn = t >= 0 && t <= V_LOOP ? names[t] : "object", *obj = "";
+        if (u.u.s.p)
+            jinja_rfail(C, line, "'%s%s' has no attribute '%.*s'", tn, obj, (int)u.u.s.n, u.u.s.p);
+        else
+            jinja_rfail(C, line, "'%s%s' has no such element", tn, obj);
+    } else if (u.u.s.p)
         jinja_rfail(C, line, "'%.*s' is undefined", (int)u.u.s.n, u.u.s.p);
     else
         jinja_rfail(C, line, "an undefined value was used in an operation");
@@ -39,9 +52,9 @@ jv jinja_arith(ctx *C, int line, const char *op, jv a, jv b)
         return jinja_sbtake(C, &s, line);
     }
     if (a.t == V_UNDEF)
-        return undef_err(C, line, a);
+        return jinja_undef_err(C, line, a);
     if (b.t == V_UNDEF)
-        return undef_err(C, line, b);
+        return jinja_undef_err(C, line, b);
     if (isnum(a) && isnum(b)) {
         int fl = a.t == V_FLOAT || b.t == V_FLOAT;
         double x = numf(a), y = numf(b);
@@ -348,11 +361,8 @@ static jv builtin(ctx *C, int line, const char *name, cargs *A)
 
 static jv callv(ctx *C, int line, jv fn, cargs *A, jv caller)
 {
-    if (fn.t == V_UNDEF) {
-        if (fn.u.s.p)
-            return jinja_rfail(C, line, "'%.*s' is undefined (called as a function)", (int)fn.u.s.n, fn.u.s.p), UNDEF;
-        return jinja_rfail(C, line, "an undefined value was called as a function"), UNDEF;
-    }
+    if (fn.t == V_UNDEF)
+        return jinja_undef_err(C, line, fn);
     if (fn.t != V_FUNC)
         return jinja_rfail(C, line, "'%s' object is not callable", jinja_tname(fn)), UNDEF;
     jfunc *f = fn.u.fn;
@@ -374,13 +384,18 @@ static jv eval(ctx *C, frame *F, const node *e)
     case E_PIPEIN: return C->pipe_in;
     case E_NAME: return lookup(C, F, e->s, e->n, line);
     case E_ATTR: {
+        /* Jinja2's Undefined: a missing attribute is undefined, but any
+         * attribute or item of an undefined value is an error */
         jv o = eval(C, F, e->a);
         if (C->failed)
             return UNDEF;
+        if (o.t == V_UNDEF)
+            return jinja_undef_err(C, line, o);
         jv r = jinja_getattr(C, line, o, e->s, e->n);
         if (r.t == V_UNDEF) {
             r.u.s.p = e->s;
             r.u.s.n = e->n;
+            r.miss = o.t + 1;
         }
         return r;
     }
@@ -388,9 +403,16 @@ static jv eval(ctx *C, frame *F, const node *e)
         jv o = eval(C, F, e->a), k = eval(C, F, e->b);
         if (C->failed)
             return UNDEF;
+        if (o.t == V_UNDEF)
+            return jinja_undef_err(C, line, o);
         jv r = jinja_getitem(C, line, o, k);
         if (r.t == V_UNDEF && k.t == V_STR)
             r = jinja_getattr(C, line, o, k.u.s.p, k.u.s.n);
+        if (r.t == V_UNDEF) {
+            r.u.s.p = k.t == V_STR ? k.u.s.p : NULL;
+            r.u.s.n = k.t == V_STR ? k.u.s.n : 0;
+            r.miss = o.t + 1;
+        }
         return r;
     }
     case E_SLICE: {
@@ -398,6 +420,8 @@ static jv eval(ctx *C, frame *F, const node *e)
            s = e->d ? eval(C, F, e->d) : NONE;
         if (C->failed)
             return UNDEF;
+        if (o.t == V_UNDEF)
+            return jinja_undef_err(C, line, o);
         return jinja_do_slice(C, line, o, &a, &b, &s);
     }
     case E_CALL: {
@@ -691,7 +715,8 @@ static void exec_body(ctx *C, frame *F, const node *b)
 
 /* ---- entry ---- */
 
-static jv from_json(ctx *C, const json_t *j, int depth)
+/* A JSON value as a template value (strings copied into the render arena). */
+jv jinja_from_json(ctx *C, const json_t *j, int depth)
 {
     if (depth > 256)
         return jinja_rfail(C, 0, "input JSON nested too deeply"), UNDEF;
@@ -708,7 +733,7 @@ static jv from_json(ctx *C, const json_t *j, int depth)
         if (!l)
             return UNDEF;
         for (size_t i = 0; i < n && !C->failed; i++)
-            l->v[l->n++] = from_json(C, json_array_get(j, i), depth + 1);
+            l->v[l->n++] = jinja_from_json(C, json_array_get(j, i), depth + 1);
         return vlist(l);
     }
     case JSON_OBJECT: {
@@ -721,7 +746,7 @@ static jv from_json(ctx *C, const json_t *j, int depth)
         json_object_foreach((json_t *)j, k, v)
         {
             jv kv = jinja_mkstr(C, k, strlen(k), 0);
-            jv vv = from_json(C, v, depth + 1);
+            jv vv = jinja_from_json(C, v, depth + 1);
             if (C->failed || jinja_dset(C, d, kv, vv, 0))
                 return UNDEF;
         }
@@ -756,7 +781,7 @@ int exsa_jinja_render(const exsa_jinja *t, const json_t *vars, const exsa_jinja_
         json_object_foreach((json_t *)vars, k, v)
         {
             jv kv = jinja_mkstr(&C, k, strlen(k), 0);
-            jv vv = from_json(&C, v, 0);
+            jv vv = jinja_from_json(&C, v, 0);
             if (C.failed || jinja_dset(&C, root.vars, kv, vv, 0))
                 break;
         }

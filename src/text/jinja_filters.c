@@ -1,4 +1,4 @@
-/* Jinja2 filters and tests (plus HF's tojson). */
+/* Jinja2 filters and tests (plus HF's tojson and fromjson). */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -415,6 +415,8 @@ static jv fl_sort(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_dictsort(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_UNDEF)
+        return jinja_undef_err(C, line, in);
     if (in.t != V_DICT)
         return jinja_rfail(C, line, "dictsort: expected a mapping, got %s", jinja_tname(in)), UNDEF;
     jv items = jinja_call_method(C, line, in, "items", A);
@@ -480,6 +482,8 @@ static jv fl_round(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_int(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_UNDEF) /* int(Undefined) raises in Jinja2 */
+        return jinja_undef_err(C, line, in);
     jv def = ga(A, 0, "default", vint(0));
     if (in.t == V_INT)
         return in;
@@ -508,6 +512,8 @@ static jv fl_int(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_float(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_UNDEF)
+        return jinja_undef_err(C, line, in);
     jv def = ga(A, 0, "default", vflt(0.0));
     if (isnum(in))
         return vflt(numf(in));
@@ -528,6 +534,8 @@ static jv fl_float(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_attr(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_UNDEF)
+        return jinja_undef_err(C, line, in);
     jv nm = ga(A, 0, "name", UNDEF);
     if (jinja_want_str(C, line, nm, "attr"))
         return UNDEF;
@@ -592,6 +600,8 @@ static jv fl_escape(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_indent(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_UNDEF) /* Jinja2 calls a method of its input */
+        return jinja_undef_err(C, line, in);
     jv s = jinja_tostr(C, in, line);
     return C->failed ? UNDEF : f_indent(C, line, s, A);
 }
@@ -616,6 +626,24 @@ static jv fl_wordcount(ctx *C, int line, jv in, cargs *A)
     return vint(k);
 }
 
+/* json.loads(s), which transformers' chat templates know as fromjson (and
+ * some templates, e.g. DeepSeek-V3.2's, as from_json): tool-call arguments
+ * that arrive as a JSON string become a mapping to iterate. */
+static jv fl_fromjson(ctx *C, int line, jv in, cargs *A)
+{
+    if (in.t != V_STR)
+        return jinja_rfail(C, line, "the JSON object must be str, bytes or bytearray, not %s",
+                           jinja_tname(in)), UNDEF;
+    json_error_t je;
+    json_t *j = json_loadb(in.u.s.p, in.u.s.n, JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+    if (!j)
+        return jinja_rfail(C, line, "from_json: invalid JSON at line %d column %d: %s", je.line,
+                           je.column, je.text), UNDEF;
+    jv v = jinja_from_json(C, j, 0);
+    json_decref(j);
+    return C->failed ? UNDEF : v;
+}
+
 typedef jv (*filter_fn)(ctx *C, int line, jv in, cargs *A);
 
 /* Every filter, by name (Jinja2's built-ins that chat templates use, plus
@@ -627,7 +655,8 @@ static const struct {
     {"abs", fl_abs},         {"attr", fl_attr},           {"capitalize", fl_capitalize},
     {"count", fl_length},    {"d", fl_default},           {"default", fl_default},
     {"dictsort", fl_dictsort}, {"e", fl_escape},          {"escape", fl_escape},
-    {"first", fl_first},     {"float", fl_float},         {"indent", fl_indent},
+    {"first", fl_first},     {"float", fl_float},         {"from_json", fl_fromjson},  {"fromjson", fl_fromjson},
+    {"indent", fl_indent},
     {"int", fl_int},         {"items", fl_items},         {"join", fl_join},
     {"last", fl_last},       {"length", fl_length},       {"list", fl_list},
     {"lower", fl_lower},     {"map", fl_map},             {"max", fl_max},

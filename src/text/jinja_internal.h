@@ -41,6 +41,10 @@ typedef struct jloop jloop;
 
 typedef struct jv {
     int t;
+    /* V_UNDEF only, for Jinja2's error messages: 0 when the variable u.s
+     * is missing, else 1 + the type (V_*) of the object that has no
+     * attribute or item u.s (u.s.p NULL: an index that is out of range). */
+    int miss;
     union {
         int b;
         int64_t i;
@@ -267,6 +271,8 @@ jv jinja_apply_filter(ctx *C, int line, const char *name, size_t nn, jv in, carg
 int jinja_apply_test(ctx *C, int line, const char *name, size_t nn, jv v, jv *args, size_t na);
 
 /* jinja.c */
+jv jinja_from_json(ctx *C, const json_t *j, int depth);
+jv jinja_undef_err(ctx *C, int line, jv u);
 jv jinja_arith(ctx *C, int line, const char *op, jv a, jv b);
 
 /* small helpers */

@@ -17,6 +17,15 @@ typedef struct parser {
     arena *a;
     exsa_err *err;
     int failed, depth;
+    /* Jinja2 checks filter and test names when it compiles, except inside
+     * an {% if %} (test and branches) or an inline `x if c else y`: there an
+     * unknown name fails only when it is applied. soft is set while parsing
+     * such a part (a for / macro / call / filter / set block inside it
+     * starts hard again); unknown names seen while hard wait in pending
+     * (an inline if may still forgive the ones in its first operand) and
+     * fail the parse at the end. */
+    int soft;
+    nlist pending;
 } parser;
 
 #define MAX_DEPTH 96
@@ -381,8 +390,8 @@ static node *p_one_filter(parser *P, node *n)
     node *f = mk(P, E_FILTER, cur(P)->line);
     if (!f || p_dotted(P, &f->s, &f->n))
         return NULL;
-    if (!jinja_filter_known(f->s, f->n))
-        return perr(P, f->line, "unknown filter '%.*s'", (int)f->n, f->s);
+    if (!jinja_filter_known(f->s, f->n) && !P->soft && nl_push(P, &P->pending, f))
+        return NULL;
     f->a = n;
     if (is_op(cur(P), "(") && p_args(P, &f->l1, &f->l2))
         return NULL;
@@ -413,8 +422,8 @@ static node *p_filters(parser *P, node *n)
                 adv(P);
             } else if (p_dotted(P, &x->s, &x->n))
                 return NULL;
-            if (!jinja_test_known(x->s, x->n))
-                return perr(P, x->line, "unknown test '%.*s'", (int)x->n, x->s);
+            if (!jinja_test_known(x->s, x->n) && !P->soft && nl_push(P, &P->pending, x))
+                return NULL;
             x->a = n;
             tok *a = cur(P);
             if (is_op(a, "(")) {
@@ -584,6 +593,7 @@ static node *p_or(parser *P)
 }
 static node *p_expr(parser *P, int with_cond)
 {
+    size_t mark = P->pending.n;
     node *n = p_or(P);
     while (n && with_cond && is_name(cur(P), "if")) {
         tok *t = cur(P);
@@ -593,16 +603,21 @@ static node *p_expr(parser *P, int with_cond)
         node *x = mk(P, E_COND, t->line);
         if (!x)
             return NULL;
+        /* the whole inline if is soft, its first operand included */
+        P->pending.n = mark;
+        int soft = P->soft;
+        P->soft = 1;
         x->b = n;
         x->a = p_or(P);
-        if (!x->a)
-            return NULL;
-        if (is_name(cur(P), "else")) {
+        if (x->a && is_name(cur(P), "else")) {
             adv(P);
             x->c = p_expr(P, 1);
             if (!x->c)
-                return NULL;
+                x->a = NULL;
         }
+        P->soft = soft;
+        if (!x->a)
+            return NULL;
         P->depth--;
         n = x;
     }
@@ -693,6 +708,9 @@ static int p_targets(parser *P, nlist *out, int allow_attr)
     return 0;
 }
 
+static node *p_if(parser *P, int line);
+static node *p_block_stmt(parser *P, tok *kw, int line, int outer);
+
 static node *p_stmt(parser *P)
 {
     tok *kw = cur(P);
@@ -703,32 +721,53 @@ static node *p_stmt(parser *P)
     }
     adv(P);
     if (is_name(kw, "if") || is_name(kw, "elif")) {
-        node *n = mk(P, S_IF, line);
-        if (!n)
-            return NULL;
-        n->a = p_tuple(P, 0);
-        if (!n->a || expect_bend(P))
-            return NULL;
-        static const char *const ends[] = {"elif", "else", "endif", NULL};
-        const char *w;
-        n->b = p_body(P, ends, &w, line);
-        if (!n->b)
-            return NULL;
-        if (strcmp(w, "elif") == 0) {
-            P->pos--; /* reparse "elif" as a nested if that owns the endif */
-            n->c = p_stmt(P);
-            return n->c ? n : NULL;
-        }
-        if (strcmp(w, "else") == 0) {
-            if (expect_bend(P))
-                return NULL;
-            static const char *const e2[] = {"endif", NULL};
-            n->c = p_body(P, e2, &w, line);
-            if (!n->c)
-                return NULL;
-        }
-        return expect_bend(P) ? NULL : n;
+        int soft = P->soft;
+        P->soft = 1;
+        node *n = p_if(P, line);
+        P->soft = soft;
+        return n;
     }
+    int soft = P->soft;
+    P->soft = 0; /* the blocks below open a new Jinja2 frame */
+    node *n = p_block_stmt(P, kw, line, soft);
+    P->soft = soft;
+    return n;
+}
+
+/* {% if %} / {% elif %}, with P->soft set. */
+static node *p_if(parser *P, int line)
+{
+    node *n = mk(P, S_IF, line);
+    if (!n)
+        return NULL;
+    n->a = p_tuple(P, 0);
+    if (!n->a || expect_bend(P))
+        return NULL;
+    static const char *const ends[] = {"elif", "else", "endif", NULL};
+    const char *w;
+    n->b = p_body(P, ends, &w, line);
+    if (!n->b)
+        return NULL;
+    if (strcmp(w, "elif") == 0) {
+        P->pos--; /* reparse "elif" as a nested if that owns the endif */
+        n->c = p_stmt(P);
+        return n->c ? n : NULL;
+    }
+    if (strcmp(w, "else") == 0) {
+        if (expect_bend(P))
+            return NULL;
+        static const char *const e2[] = {"endif", NULL};
+        n->c = p_body(P, e2, &w, line);
+        if (!n->c)
+            return NULL;
+    }
+    return expect_bend(P) ? NULL : n;
+}
+
+/* The other statements, with P->soft cleared; outer is the softness around
+ * the statement, which the parts evaluated in the enclosing frame keep. */
+static node *p_block_stmt(parser *P, tok *kw, int line, int outer)
+{
     if (is_name(kw, "for")) {
         node *n = mk(P, S_FOR, line);
         if (!n || p_targets(P, &n->l1, 0))
@@ -736,7 +775,9 @@ static node *p_stmt(parser *P)
         if (!is_name(cur(P), "in"))
             return perr(P, cur(P)->line, "expected 'in' in for loop");
         adv(P);
+        P->soft = outer;
         n->a = p_tuple(P, 0);
+        P->soft = 0;
         if (!n->a)
             return NULL;
         if (is_name(cur(P), "if")) {
@@ -770,7 +811,9 @@ static node *p_stmt(parser *P)
             return NULL;
         if (is_op(cur(P), "=")) {
             adv(P);
+            P->soft = outer;
             n->a = p_tuple(P, 1);
+            P->soft = 0;
             if (!n->a || expect_bend(P))
                 return NULL;
             return n;
@@ -834,7 +877,9 @@ static node *p_stmt(parser *P)
             adv(P);
         }
         if (!is_macro) {
+            P->soft = outer;
             n->a = p_expr(P, 1);
+            P->soft = 0;
             if (!n->a)
                 return NULL;
             if (n->a->k != E_CALL)
@@ -888,7 +933,9 @@ static node *p_stmt(parser *P)
         node *n = mk(P, S_DO, line);
         if (!n)
             return NULL;
+        P->soft = outer;
         n->a = p_tuple(P, 1);
+        P->soft = 0;
         return n->a && !expect_bend(P) ? n : NULL;
     }
     return perr(P, line, "unknown or unsupported statement '%.*s'", (int)kw->n, kw->s);
@@ -996,6 +1043,11 @@ exsa_jinja *exsa_jinja_parse(const char *src, size_t len, exsa_err *err)
     }
     parser P = {.t = L.v, .nt = L.nt, .a = &t->a, .err = err};
     t->root = p_body(&P, NULL, NULL, 1);
+    if (t->root && P.pending.n) {
+        const node *u = P.pending.v[0];
+        perr(&P, u->line, "unknown %s '%.*s'", u->k == E_FILTER ? "filter" : "test", (int)u->n, u->s);
+        t->root = NULL;
+    }
     free(L.v);
     if (!t->root) {
         exsa_jinja_destroy(t);
