@@ -19,6 +19,28 @@ const char *exsa_test_fixtures_dir(void)
     return dir;
 }
 
+const char *exsa_test_model_path(const char *file_name)
+{
+    static char path[4096];
+    const char *dir = getenv("EXSA_MODELS_DIR");
+    int n;
+    if (dir && *dir) {
+        n = snprintf(path, sizeof path, "%s/%s", dir, file_name);
+    } else {
+        const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+        if (xdg && *xdg)
+            n = snprintf(path, sizeof path, "%s/exsa/models/%s", xdg, file_name);
+        else if (home && *home)
+            n = snprintf(path, sizeof path, "%s/.cache/exsa/models/%s", home, file_name);
+        else
+            return NULL;
+    }
+    struct stat st;
+    if (n < 0 || (size_t)n >= sizeof path || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    return path;
+}
+
 void *exsa_test_read_file(const char *path, size_t *size)
 {
     FILE *f = fopen(path, "rb");

@@ -8,6 +8,10 @@
 /* Directory of ../shared/fixtures, or NULL when it is absent (the test then
  * exits with 77 so CTest reports it skipped, never passed). */
 const char *exsa_test_fixtures_dir(void);
+/* Path of a real model fetched by scripts/fetch-models.sh ($EXSA_MODELS_DIR,
+ * else $XDG_CACHE_HOME/exsa/models, else ~/.cache/exsa/models), or NULL when
+ * it is not there (the test then reports itself skipped). Static buffer. */
+const char *exsa_test_model_path(const char *file_name);
 /* Reads a whole file into a malloc'd buffer; NULL if unreadable. */
 void *exsa_test_read_file(const char *path, size_t *size);
 /* Deterministic PRNG for test data (splitmix64). */
