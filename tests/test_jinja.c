@@ -174,6 +174,15 @@ static void test_errors(void **state)
     expect_error("{% if false %}{% set s %}{{ x | nofilter }}{% endset %}{% endif %}", "unknown filter");
     expect_error("{% set z = x | nofilter %}", "unknown filter 'nofilter'");
     expect_output("{% if false %}{{ x | nofilter }}{% endif %}{% if false %}{% set y = x | nofilter %}{% endif %}ok", "ok");
+    /* the iterators Jinja2's map / select / reverse ... return have no len(),
+     * are not JSON and not reversible; Markup only adds to strings */
+    expect_error("{{ [1, 2] | map('string') | length }}", "object of type 'generator' has no len()");
+    expect_error("{{ [1, 2] | map('string') | tojson }}", "Object of type generator is not JSON serializable");
+    expect_error("{{ {'a': 1} | items | tojson }}", "Object of type generator is not JSON serializable");
+    expect_error("{{ [1, 2] | reverse | tojson }}", "Object of type list_reverseiterator is not JSON");
+    expect_error("{{ [1, 2] | select | last }}", "'generator' object is not reversible");
+    expect_error("{{ [1] | select + [2] }}", "unsupported operand type(s) for +: 'generator' and 'list'");
+    expect_error("{{ 'a' | safe + 1 }}", "'Markup' and 'int'");
     /* fromjson (json.loads) wants a string holding JSON */
     expect_error("{{ 3 | fromjson }}", "must be str");
     expect_error("{{ '{\"a\": }' | from_json }}", "invalid JSON");

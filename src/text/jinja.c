@@ -124,12 +124,22 @@ jv jinja_arith(ctx *C, int line, const char *op, jv a, jv b)
     }
     if (o == '+' && op[1] == 0) {
         if (a.t == V_STR && b.t == V_STR) {
+            /* Markup + str escapes the str (and str + Markup too) */
+            int markup = a.miss || b.miss;
+            if (markup) {
+                a = jinja_html_escape(C, a, line);
+                b = jinja_html_escape(C, b, line);
+                if (C->failed)
+                    return UNDEF;
+            }
             sbuf s = jinja_sbnew(C);
             jinja_sb_put(&s, a.u.s.p, a.u.s.n);
             jinja_sb_put(&s, b.u.s.p, b.u.s.n);
-            return jinja_sbtake(C, &s, line);
+            jv r = jinja_sbtake(C, &s, line);
+            r.miss = markup;
+            return r;
         }
-        if (a.t == V_LIST && b.t == V_LIST) {
+        if (a.t == V_LIST && b.t == V_LIST && !a.u.l->gen && !b.u.l->gen) {
             size_t n = a.u.l->n + b.u.l->n;
             jlist *l = jinja_newlist(C, n, line);
             if (!l)
@@ -156,7 +166,9 @@ jv jinja_arith(ctx *C, int line, const char *op, jv a, jv b)
             sbuf s = jinja_sbnew(C);
             for (int64_t i = 0; i < k; i++)
                 jinja_sb_put(&s, a.u.s.p, a.u.s.n);
-            return jinja_sbtake(C, &s, line);
+            jv r = jinja_sbtake(C, &s, line);
+            r.miss = a.miss;
+            return r;
         }
         jlist *l = jinja_newlist(C, a.u.l->n * (size_t)k, line);
         if (!l)

@@ -170,12 +170,23 @@ static jv f_indent(ctx *C, int line, jv s, cargs *A)
     return jinja_sbtake(C, &b, line);
 }
 
+/* A generator-like result (see jlist.gen) for a filter Jinja2 makes one with. */
+static jlist *newgen(ctx *C, size_t cap, int line)
+{
+    jlist *l = jinja_newlist(C, cap, line);
+    if (l)
+        l->gen = GEN_ITER;
+    return l;
+}
+
 static jv f_select(ctx *C, int line, jv in, cargs *A, int attr, int reject)
 {
+    if (!truthy(in)) /* Jinja2: `if value:` before the loop, so none gives nothing */
+        return vlist(newgen(C, 0, line));
     jlist *src = jinja_iterlist(C, line, in);
     if (!src)
         return UNDEF;
-    jlist *l = jinja_newlist(C, 0, line);
+    jlist *l = newgen(C, 0, line);
     if (!l)
         return UNDEF;
     size_t ti = attr ? 1 : 0;
@@ -197,10 +208,12 @@ static jv f_select(ctx *C, int line, jv in, cargs *A, int attr, int reject)
 
 static jv f_map(ctx *C, int line, jv in, cargs *A)
 {
+    if (!truthy(in))
+        return vlist(newgen(C, 0, line));
     jlist *src = jinja_iterlist(C, line, in);
     if (!src)
         return UNDEF;
-    jlist *l = jinja_newlist(C, src->n, line);
+    jlist *l = newgen(C, src->n, line);
     if (!l)
         return UNDEF;
     jv at = ga(A, 99, "attribute", UNDEF);
@@ -227,22 +240,6 @@ static jv f_map(ctx *C, int line, jv in, cargs *A)
     return vlist(l);
 }
 
-static jv html_escape(ctx *C, jv s, int line)
-{
-    sbuf b = jinja_sbnew(C);
-    for (size_t i = 0; i < s.u.s.n; i++) {
-        char c = s.u.s.p[i];
-        switch (c) {
-        case '&': sb_puts(&b, "&amp;"); break;
-        case '<': sb_puts(&b, "&lt;"); break;
-        case '>': sb_puts(&b, "&gt;"); break;
-        case '"': sb_puts(&b, "&#34;"); break;
-        case '\'': sb_puts(&b, "&#39;"); break;
-        default: sb_putc(&b, c);
-        }
-    }
-    return jinja_sbtake(C, &b, line);
-}
 
 static jv f_round(ctx *C, int line, jv v, cargs *A)
 {
@@ -284,9 +281,21 @@ static jv f_minmax(ctx *C, int line, jv in, cargs *A, int want_max)
 
 /* ---- the filter table ---- */
 
+/* Markup(value): Jinja2 prints it as it is; what matters without
+ * autoescape is that a Markup escapes a plain string added to it. */
 static jv fl_safe(ctx *C, int line, jv in, cargs *A)
 {
-    return in;
+    jv s = in.t == V_STR ? in : jinja_tostr(C, in, line);
+    s.miss = 1;
+    return s;
+}
+
+/* s, Markup again when in was Markup (str methods of Markup return Markup). */
+static jv keep_markup(jv in, jv s)
+{
+    if (in.t == V_STR && in.miss && s.t == V_STR)
+        s.miss = 1;
+    return s;
 }
 
 static jv fl_default(ctx *C, int line, jv in, cargs *A)
@@ -301,7 +310,10 @@ static jv fl_length(ctx *C, int line, jv in, cargs *A)
 {
     switch (in.t) {
     case V_STR: return vint((int64_t)jinja_u8len(in.u.s.p, in.u.s.n));
-    case V_LIST: return vint((int64_t)in.u.l->n);
+    case V_LIST:
+        if (in.u.l->gen)
+            return jinja_rfail(C, line, "object of type '%s' has no len()", jinja_tname(in)), UNDEF;
+        return vint((int64_t)in.u.l->n);
     case V_DICT:
     case V_NS: return vint((int64_t)in.u.d->n);
     case V_UNDEF: return vint(0);
@@ -311,16 +323,19 @@ static jv fl_length(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_string(ctx *C, int line, jv in, cargs *A)
 {
-    return jinja_tostr(C, in, line);
+    return keep_markup(in, jinja_tostr(C, in, line));
 }
 
 static jv fl_items(ctx *C, int line, jv in, cargs *A)
 {
     if (in.t == V_UNDEF)
-        return vlist(jinja_newlist(C, 0, line));
+        return vlist(newgen(C, 0, line));
     if (in.t != V_DICT)
         return jinja_rfail(C, line, "items: expected a mapping, got %s", jinja_tname(in)), UNDEF;
-    return jinja_call_method(C, line, in, "items", A);
+    jv r = jinja_call_method(C, line, in, "items", A);
+    if (r.t == V_LIST)
+        r.u.l->gen = GEN_ITER;
+    return r;
 }
 
 static jv fl_list(ctx *C, int line, jv in, cargs *A)
@@ -350,6 +365,8 @@ static jv fl_first(ctx *C, int line, jv in, cargs *A)
 }
 static jv fl_last(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_LIST && in.u.l->gen)
+        return jinja_rfail(C, line, "'%s' object is not reversible", jinja_tname(in)), UNDEF;
     return first_last(C, line, in, 1);
 }
 
@@ -389,7 +406,7 @@ static jv fl_reject(ctx *C, int line, jv in, cargs *A)
 static jv fl_unique(ctx *C, int line, jv in, cargs *A)
 {
     jlist *s = jinja_iterlist(C, line, in);
-    jlist *l = jinja_newlist(C, 0, line), *seen = jinja_newlist(C, 0, line);
+    jlist *l = newgen(C, 0, line), *seen = jinja_newlist(C, 0, line);
     if (!s || !l || !seen)
         return UNDEF;
     int cs = truthy(ga(A, 0, "case_sensitive", vbool(0)));
@@ -441,6 +458,9 @@ static jv fl_reverse(ctx *C, int line, jv in, cargs *A)
     for (size_t i = 0; i < s->n; i++)
         l->v[i] = s->v[s->n - 1 - i];
     l->n = s->n;
+    /* reversed() of a list or dict is an iterator; a generator is not
+     * reversible, so Jinja2 makes a list of it */
+    l->gen = (in.t == V_LIST && !in.u.l->gen) || in.t == V_DICT ? GEN_REVERSED : GEN_NONE;
     return vlist(l);
 }
 
@@ -557,13 +577,13 @@ static jv fl_map(ctx *C, int line, jv in, cargs *A)
 static jv fl_trim(ctx *C, int line, jv in, cargs *A)
 {
     jv s = jinja_tostr(C, in, line);
-    return C->failed ? UNDEF : jinja_s_strip(s, ga(A, 0, "chars", NONE), 1, 1);
+    return C->failed ? UNDEF : keep_markup(in, jinja_s_strip(s, ga(A, 0, "chars", NONE), 1, 1));
 }
 
 static jv str_case(ctx *C, int line, jv in, int mode)
 {
     jv s = jinja_tostr(C, in, line);
-    return C->failed ? UNDEF : jinja_s_case(C, s, mode, line);
+    return C->failed ? UNDEF : keep_markup(in, jinja_s_case(C, s, mode, line));
 }
 static jv fl_upper(ctx *C, int line, jv in, cargs *A)
 {
@@ -594,8 +614,10 @@ static jv fl_replace(ctx *C, int line, jv in, cargs *A)
 
 static jv fl_escape(ctx *C, int line, jv in, cargs *A)
 {
+    if (in.t == V_STR && in.miss)
+        return in;
     jv s = jinja_tostr(C, in, line);
-    return C->failed ? UNDEF : html_escape(C, s, line);
+    return C->failed ? UNDEF : jinja_html_escape(C, s, line);
 }
 
 static jv fl_indent(ctx *C, int line, jv in, cargs *A)
@@ -603,7 +625,7 @@ static jv fl_indent(ctx *C, int line, jv in, cargs *A)
     if (in.t == V_UNDEF) /* Jinja2 calls a method of its input */
         return jinja_undef_err(C, line, in);
     jv s = jinja_tostr(C, in, line);
-    return C->failed ? UNDEF : f_indent(C, line, s, A);
+    return C->failed ? UNDEF : keep_markup(in, f_indent(C, line, s, A));
 }
 
 static jv fl_wordcount(ctx *C, int line, jv in, cargs *A)
@@ -720,6 +742,10 @@ static int ts_mapping(ctx *C, int line, jv v, jv *args, size_t na)
 static int ts_iterable(ctx *C, int line, jv v, jv *args, size_t na)
 {
     return v.t == V_STR || v.t == V_LIST || v.t == V_DICT || v.t == V_UNDEF;
+}
+static int ts_sequence(ctx *C, int line, jv v, jv *args, size_t na)
+{
+    return ts_iterable(C, line, v, args, na) && !(v.t == V_LIST && v.u.l->gen);
 }
 static int ts_number(ctx *C, int line, jv v, jv *args, size_t na)
 {
@@ -864,7 +890,7 @@ static const struct {
     {"lower", ts_lower},       {"lt", ts_lt},             {"lessthan", ts_lt},
     {"mapping", ts_mapping},   {"ne", ts_ne},             {"none", ts_none},
     {"number", ts_number},     {"odd", ts_odd},           {"sameas", ts_sameas},
-    {"sequence", ts_iterable}, {"string", ts_string},     {"test", ts_test},
+    {"sequence", ts_sequence}, {"string", ts_string},     {"test", ts_test},
     {"true", ts_true},         {"undefined", ts_undefined}, {"upper", ts_upper},
     {"==", ts_eq},             {"!=", ts_ne},             {"<", ts_lt},
     {"<=", ts_le},             {">", ts_gt},              {">=", ts_ge},

@@ -41,9 +41,11 @@ typedef struct jloop jloop;
 
 typedef struct jv {
     int t;
-    /* V_UNDEF only, for Jinja2's error messages: 0 when the variable u.s
-     * is missing, else 1 + the type (V_*) of the object that has no
-     * attribute or item u.s (u.s.p NULL: an index that is out of range). */
+    /* V_UNDEF, for Jinja2's error messages: 0 when the variable u.s is
+     * missing, else 1 + the type (V_*) of the object that has no attribute
+     * or item u.s (u.s.p NULL: an index that is out of range).
+     * V_STR: 1 for a Markup string (made by |safe or |escape), which
+     * escapes the plain string it is added to, as MarkupSafe does. */
     int miss;
     union {
         int b;
@@ -64,7 +66,15 @@ struct jlist {
     size_t n, cap;
     jv *v;
     int tuple; /* prints as (a, b) */
+    /* not a list in Jinja2 but what its filter returns there: GEN_ITER a
+     * generator (map, select, reject, selectattr, rejectattr, unique,
+     * items), GEN_REVERSED a list_reverseiterator (reverse): always true,
+     * no len(), no subscript, not JSON (values are still kept as a list,
+     * and may be iterated more than once) */
+    int gen;
 };
+
+enum { GEN_NONE, GEN_ITER, GEN_REVERSED };
 struct jdict {
     size_t n, cap;
     jv *k, *v;
@@ -248,6 +258,7 @@ jv jinja_sbtake(ctx *C, sbuf *b, int line);
 int jinja_step(ctx *C, int line, uint64_t n);
 const char *jinja_tname(jv v);
 jv jinja_tostr(ctx *C, jv v, int line);
+jv jinja_html_escape(ctx *C, jv s, int line);
 size_t jinja_u8dec(const unsigned char *s, size_t n, int32_t *cp);
 size_t jinja_u8enc(int32_t cp, char *out);
 size_t jinja_u8len(const char *p, size_t n);
@@ -332,7 +343,7 @@ static inline int truthy(jv v)
     case V_INT: return v.u.i != 0;
     case V_FLOAT: return v.u.f != 0.0;
     case V_STR: return v.u.s.n != 0;
-    case V_LIST: return v.u.l->n != 0;
+    case V_LIST: return v.u.l->gen || v.u.l->n != 0; /* a generator object is true */
     case V_DICT: return v.u.d->n != 0;
     default: return 1;
     }

@@ -352,7 +352,7 @@ static jv str_format(ctx *C, int line, jv fmt, cargs *A)
     return jinja_sbtake(C, &b, line);
 }
 
-jv jinja_call_method(ctx *C, int line, jv self, const char *m, cargs *A)
+static jv call_method(ctx *C, int line, jv self, const char *m, cargs *A)
 {
     size_t mn = strlen(m);
     if (self.t == V_STR) {
@@ -541,4 +541,18 @@ jv jinja_call_method(ctx *C, int line, jv self, const char *m, cargs *A)
         return jinja_rfail(C, line, "loop.%s() is not supported", m), UNDEF;
     }
     return jinja_rfail(C, line, "'%s' object has no method %s", jinja_tname(self), m), UNDEF;
+}
+
+jv jinja_call_method(ctx *C, int line, jv self, const char *m, cargs *A)
+{
+    jv r = call_method(C, line, self, m, A);
+    /* Markup's string methods that return Markup (MarkupSafe wraps them) */
+    static const char *const keep[] = {"strip", "lstrip", "rstrip", "upper", "lower", "title",
+                                       "capitalize", "swapcase", "center", "ljust", "rjust",
+                                       "zfill", "expandtabs", "replace", "translate", NULL};
+    if (self.t == V_STR && self.miss && r.t == V_STR)
+        for (const char *const *k = keep; *k; k++)
+            if (strcmp(*k, m) == 0)
+                r.miss = 1;
+    return r;
 }

@@ -299,6 +299,29 @@ jv jinja_sbtake(ctx *C, sbuf *b, int line)
     return r;
 }
 
+/* MarkupSafe's escape(): a Markup string is returned as it is, any other
+ * string comes back escaped, as Markup. */
+jv jinja_html_escape(ctx *C, jv s, int line)
+{
+    if (s.miss)
+        return s;
+    sbuf b = jinja_sbnew(C);
+    for (size_t i = 0; i < s.u.s.n; i++) {
+        char c = s.u.s.p[i];
+        switch (c) {
+        case '&': sb_puts(&b, "&amp;"); break;
+        case '<': sb_puts(&b, "&lt;"); break;
+        case '>': sb_puts(&b, "&gt;"); break;
+        case '"': sb_puts(&b, "&#34;"); break;
+        case '\'': sb_puts(&b, "&#39;"); break;
+        default: sb_putc(&b, c);
+        }
+    }
+    jv r = jinja_sbtake(C, &b, line);
+    r.miss = 1;
+    return r;
+}
+
 /* ---- conversions ---- */
 
 
@@ -309,6 +332,10 @@ const char *jinja_tname(jv v)
                                         "list", "dict", "Namespace", "function", "LoopContext"};
     if (v.t == V_LIST && v.u.l->tuple)
         return "tuple";
+    if (v.t == V_LIST && v.u.l->gen)
+        return v.u.l->gen == GEN_ITER ? "generator" : "list_reverseiterator";
+    if (v.t == V_STR && v.miss)
+        return "Markup";
     return names[v.t];
 }
 
@@ -461,6 +488,12 @@ void jinja_vstr(sbuf *b, jv v, int repr, int depth)
             jinja_sb_put(b, v.u.s.p, v.u.s.n);
         break;
     case V_LIST:
+        if (v.u.l->gen) {
+            sb_printf(b, "<%s object>", jinja_tname(v));
+            break;
+        }
+        vstr_seq(b, v, depth);
+        break;
     case V_DICT: vstr_seq(b, v, depth); break;
     case V_NS:
         sb_puts(b, "<Namespace ");
@@ -543,6 +576,8 @@ int jinja_vjson(ctx *C, sbuf *b, jv v, const jopt *o, int level, int line)
     case V_LIST:
     case V_DICT: {
         int isl = v.t == V_LIST;
+        if (isl && v.u.l->gen)
+            return jinja_rfail(C, line, "Object of type %s is not JSON serializable", jinja_tname(v)), -1;
         size_t n = isl ? v.u.l->n : v.u.d->n;
         sb_putc(b, isl ? '[' : '{');
         if (n == 0) {
@@ -742,6 +777,8 @@ static void slice_bounds(int64_t len, jv *st, jv *sp, int64_t step, int64_t *sta
 
 jv jinja_do_slice(ctx *C, int line, jv obj, jv *st, jv *sp, jv *stp)
 {
+    if (obj.t == V_LIST && obj.u.l->gen) /* not subscriptable: undefined */
+        return UNDEF;
     int64_t step = stp && stp->t != V_NONE && stp->t != V_UNDEF ? numi(*stp) : 1;
     if (step == 0)
         return jinja_rfail(C, line, "slice step cannot be zero"), UNDEF;
@@ -788,6 +825,8 @@ jv jinja_getitem(ctx *C, int line, jv obj, jv key)
         return i >= 0 ? obj.u.d->v[i] : UNDEF;
     }
     case V_LIST:
+        if (obj.u.l->gen) /* not subscriptable: Jinja2 gives undefined */
+            return UNDEF;
         if (key.t == V_INT || key.t == V_BOOL) {
             int64_t i = numi(key), n = (int64_t)obj.u.l->n;
             if (i < 0)
@@ -864,6 +903,8 @@ jv jinja_getattr(ctx *C, int line, jv obj, const char *name, size_t n)
                 return jinja_mkfunc(C, F_METHOD, *m, obj, line);
         return UNDEF;
     case V_LIST:
+        if (obj.u.l->gen)
+            return UNDEF;
         for (const char *const *m = LIST_METHODS; *m; m++)
             if (strlen(*m) == n && memcmp(*m, name, n) == 0)
                 return jinja_mkfunc(C, F_METHOD, *m, obj, line);

@@ -48,6 +48,11 @@ SN = [
  "{% if false %}{{ x | nofilter }}{% endif %}|{{ (x | nofilter) if false else 1 }}|{{ 1 if true else x | nofilter }}|{% if false %}{{ x is notest }}{% endif %}|{% for a in [1] %}{% if false %}{{ x | nofilter }}{% endif %}{% endfor %}|{% if false %}{% set y = x | nofilter %}{% elif false %}{{ x | nofilter2 }}{% else %}ok{% endif %}|{% if false %}{% for z in l | nofilter %}{% endfor %}{% endif %}",
  # loops over undefined values run zero times (else branch), a missing attribute of a defined value is undefined
  "{% for x in nothing %}a{% else %}E{% endfor %}|{% for x in d.missing %}a{% else %}E{% endfor %}|{% for x in n.b %}a{% else %}E{% endfor %}|{{ n.b }}|{{ d.missing is defined }}|{{ l[7] }}|{% for x in [] %}a{% else %}E{% endfor %}|{% for x in nothing if x %}a{% else %}E{% endfor %}",
+ # select / reject / map give nothing for a false input (none); their results, unique's, items' and reverse's are
+ # iterators: always true, not subscriptable
+ "{{ n | selectattr('x') | list }}|{{ n | map('upper') | list }}|{{ n | reject | list }}|{{ 0 | select | list }}|{% if [] | select %}T{% endif %}|{% if [] | reverse %}R{% endif %}|{{ ([1, 2] | select)[0] }}|{{ [1, 2] | map('string') | join('-') }}|{{ l | select | first }}|{{ l | reverse | list }}|{{ n | selectattr('type', 'equalto', 'code_interpreter') | list | length > 0 }}|{{ [1] | select is sequence }}|{{ [1] | select is iterable }}|{% for k, v in d | items %}{{ k }}{% endfor %}",
+ # Markup (|safe, |escape) escapes a plain string added to it
+ "{{ 'a' | safe + '\"b\"' }}|{{ '\"a\"' + 'b' | safe }}|{{ 'a' | safe ~ '\"b\"' }}|{{ ('<x>' | safe + '<y>') | length }}|{{ '<x>' | safe | e }}|{{ '<x>' | e | e }}|{{ ('<x>' | safe + '&') | upper }}|{{ ('a' | safe).upper() + '&' }}|{{ 'a' | safe * 2 + '&' }}|{{ ('a' | safe | string) + '<' }}|{{ ('a' | safe + '<') | replace('a', 'b') + '<' }}|{{ {'k': 'x&' | safe} | tojson }}|{{ ' a ' | safe | trim + '<' }}|{{ ['a' | safe, '&'] | join }}",
  # transformers' fromjson
  "{% for k, v in (js | fromjson).items() %}{{ k }}={{ v }};{% endfor %}|{{ js | from_json }}|{{ ' [1, 2] ' | fromjson | length }}|{{ (js | fromjson).o.k }}|{{ '\"s\"' | fromjson }}|{{ 'null' | fromjson }}",
 ]
