@@ -125,6 +125,8 @@ static void test_errors(void **state)
     expect_error("line1\n{{ x | nosuchfilter }}", "line 2: unknown filter 'nosuchfilter'");
     expect_error("a\nb\n{% if x is nosuchtest %}{% endif %}", "line 3: unknown test 'nosuchtest'");
     expect_error("{% include 'x.jinja' %}", "line 1: unknown or unsupported statement 'include'");
+    /* HF's environment loads loopcontrols only, not jinja2.ext.do */
+    expect_error("{% set l = [] %}{% do l.append(1) %}", "line 1: unknown or unsupported statement 'do'");
     expect_error("{% for x in y %}\n\nno end", "expected 'endfor' (block opened at line 1)");
     expect_error("{% if true %}{% endfor %}", "unexpected 'endfor'");
     expect_error("{{ 'abc' ", "expected '}}'");

@@ -713,7 +713,6 @@ static void exec_stmt(ctx *C, frame *F, const node *s)
     }
     case S_BREAK: C->ctl = 1; return;
     case S_CONTINUE: C->ctl = 2; return;
-    case S_DO: eval(C, F, s->a); return;
     case S_BODY: exec_body(C, F, s); return;
     default: jinja_rfail(C, line, "internal: bad statement node"); return;
     }

@@ -166,7 +166,7 @@ enum {
     E_AND, E_OR, E_NOT, E_COND, E_LIST, E_DICT, E_KW, E_PIPEIN,
     /* statements */
     S_BODY, S_TEXT, S_OUT, S_IF, S_FOR, S_SET, S_SETBLOCK, S_MACRO, S_CALLBLOCK, S_FILTERBLOCK,
-    S_BREAK, S_CONTINUE, S_DO
+    S_BREAK, S_CONTINUE
 };
 
 typedef struct nlist {

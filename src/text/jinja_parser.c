@@ -929,15 +929,7 @@ static node *p_block_stmt(parser *P, tok *kw, int line, int outer)
         node *n = mk(P, is_name(kw, "break") ? S_BREAK : S_CONTINUE, line);
         return n && !expect_bend(P) ? n : NULL;
     }
-    if (is_name(kw, "do")) {
-        node *n = mk(P, S_DO, line);
-        if (!n)
-            return NULL;
-        P->soft = outer;
-        n->a = p_tuple(P, 1);
-        P->soft = 0;
-        return n->a && !expect_bend(P) ? n : NULL;
-    }
+    /* no {% do %}: HF's environment does not load jinja2.ext.do */
     return perr(P, line, "unknown or unsupported statement '%.*s'", (int)kw->n, kw->s);
 }
 
