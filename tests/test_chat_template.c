@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "test_util.h"
+#include "gguf/gguf.h"
 #include "text/chat_template.h"
 
 static struct tm fixed_now(void)
@@ -239,6 +240,109 @@ static void test_local_templates(void **state)
     assert_true(tot >= 100);
 }
 
+/* The built-in "gemma" template renders what Gemma 3's official template
+ * (tests/data/templates/google-gemma-3-it.jinja, as rendered by Jinja2 into
+ * cases.json) renders, for every conversation that one accepts. */
+static void test_builtin_gemma_is_gemma3(void **state)
+{
+    (void)state;
+    char dir[900], path[1024];
+    data_dir(dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/cases.json", dir);
+    json_error_t je;
+    json_t *all = json_load_file(path, 0, &je);
+    assert_non_null(all);
+    json_t *convs = json_object_get(all, "conversations");
+    json_t *cases = json_object_get(json_object_get(all, "templates"), "google-gemma-3-it.jinja");
+    assert_non_null(cases);
+    exsa_err err = {0};
+    exsa_chat_template *t = exsa_chat_template_builtin("gemma", &err);
+    assert_non_null(t);
+    struct tm now = fixed_now();
+    size_t checked = 0;
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        json_t *c = json_array_get(cases, i);
+        const char *want = json_string_value(json_object_get(c, "output"));
+        if (!want)
+            continue; /* the official template raises on it (roles, tools) */
+        json_t *conv = json_array_get(convs, (size_t)json_integer_value(json_object_get(c, "conv")));
+        json_t *agp = json_object_get(conv, "add_generation_prompt");
+        exsa_chat_opts o = {.add_generation_prompt = agp ? json_is_true(agp) : 1,
+                            .bos_token = "<s>", .eos_token = "</s>",
+                            .tools = json_object_get(conv, "tools"), .extra = json_object_get(conv, "extra"),
+                            .now = &now};
+        char *out = exsa_chat_template_render(t, json_object_get(conv, "messages"), &o, &err);
+        if (!out || strcmp(out, want) != 0) {
+            fprintf(stderr, "builtin gemma, conv %zu: %s\n", i, out ? "" : err.msg);
+            if (out)
+                show_diff("builtin gemma", out, want);
+        }
+        assert_non_null(out);
+        assert_string_equal(out, want);
+        free(out);
+        checked++;
+    }
+    assert_true(checked >= 5); /* system folded, multi-turn, unicode, list parts, image */
+    exsa_chat_template_destroy(t);
+    json_decref(all);
+}
+
+/* A GGUF in memory with only general.architecture = arch. */
+static size_t tiny_gguf(unsigned char *b, const char *arch)
+{
+    size_t n = 0;
+    const char *key = "general.architecture";
+    uint64_t kl = strlen(key), al = strlen(arch), one = 1, zero = 0;
+    uint32_t ver = 3, ty = 8;
+    memcpy(b + n, "GGUF", 4), n += 4;
+    memcpy(b + n, &ver, 4), n += 4;
+    memcpy(b + n, &zero, 8), n += 8;
+    memcpy(b + n, &one, 8), n += 8;
+    memcpy(b + n, &kl, 8), n += 8;
+    memcpy(b + n, key, kl), n += kl;
+    memcpy(b + n, &ty, 4), n += 4;
+    memcpy(b + n, &al, 8), n += 8;
+    memcpy(b + n, arch, al), n += al;
+    while (n % 32)
+        b[n++] = 0;
+    return n;
+}
+
+/* With no template in the GGUF, a Gemma architecture gets the built-in
+ * gemma template and anything else ChatML. */
+static void test_template_for_arch(void **state)
+{
+    (void)state;
+    const char *archs[] = {"gemma3", "gemma2", "llama"};
+    const char *want[] = {"<s><start_of_turn>user\nSys\n\nHi<end_of_turn>\n<start_of_turn>model\n",
+                          "<s><start_of_turn>user\nSys\n\nHi<end_of_turn>\n<start_of_turn>model\n",
+                          "<|im_start|>system\nSys<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+                          "<|im_start|>assistant\n"};
+    json_t *msgs = json_loads("[{\"role\":\"system\",\"content\":\"Sys\"},{\"role\":\"user\",\"content\":\"Hi\"}]",
+                              0, NULL);
+    assert_non_null(msgs);
+    for (int i = 0; i < 3; i++) {
+        unsigned char buf[256];
+        size_t n = tiny_gguf(buf, archs[i]);
+        exsa_err err = {0};
+        exsa_gguf *g = exsa_gguf_open_memory(buf, n, &err);
+        if (!g)
+            fprintf(stderr, "gguf: %s\n", err.msg);
+        assert_non_null(g);
+        const char *desc = NULL;
+        exsa_chat_template *t = exsa_chat_template_for_model(g, NULL, &desc, &err);
+        assert_non_null(t);
+        exsa_chat_opts o = {.add_generation_prompt = 1, .bos_token = "<s>", .eos_token = "</s>"};
+        char *out = exsa_chat_template_render(t, msgs, &o, &err);
+        assert_non_null(out);
+        assert_string_equal(out, want[i]);
+        free(out);
+        exsa_chat_template_destroy(t);
+        exsa_gguf_close(g);
+    }
+    json_decref(msgs);
+}
+
 int main(void)
 {
     if (!exsa_test_fixtures_dir()) {
@@ -248,6 +352,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixture_templates),
         cmocka_unit_test(test_local_templates),
+        cmocka_unit_test(test_builtin_gemma_is_gemma3),
+        cmocka_unit_test(test_template_for_arch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

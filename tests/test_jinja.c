@@ -6,7 +6,9 @@
  *   rendered for them (tests/data/templates/jinja_snippets.py made
  *   jinja_snippets.json with HF's environment settings).
  * - Errors: unknown filters/tests/statements and syntax errors name the
- *   line; raise_exception() reports the template's message.
+ *   line (unknown filters/tests inside an if only when applied, as in
+ *   Jinja2); Jinja2's Undefined rules; raise_exception() reports the
+ *   template's message.
  * - Limits: runaway loops, recursion, huge strings and deep nesting end in
  *   an error, never a hang or a crash.
  * - Fuzz: thousands of mutated real templates are parsed and rendered with
@@ -123,6 +125,8 @@ static void test_errors(void **state)
     expect_error("line1\n{{ x | nosuchfilter }}", "line 2: unknown filter 'nosuchfilter'");
     expect_error("a\nb\n{% if x is nosuchtest %}{% endif %}", "line 3: unknown test 'nosuchtest'");
     expect_error("{% include 'x.jinja' %}", "line 1: unknown or unsupported statement 'include'");
+    /* HF's environment loads loopcontrols only, not jinja2.ext.do */
+    expect_error("{% set l = [] %}{% do l.append(1) %}", "line 1: unknown or unsupported statement 'do'");
     expect_error("{% for x in y %}\n\nno end", "expected 'endfor' (block opened at line 1)");
     expect_error("{% if true %}{% endfor %}", "unexpected 'endfor'");
     expect_error("{{ 'abc' ", "expected '}}'");
@@ -138,8 +142,52 @@ static void test_errors(void **state)
     expect_error("{{ [].append(1) }}", "immutable");
     expect_error("{{ none | length }}", "has no len()");
     expect_error("{% for x in 5 %}{% endfor %}", "not iterable");
-    /* lenient Undefined: missing attributes and items chain to undefined */
-    expect_output("{{ a.b.c is defined }}|{{ a.b }}|{{ {}.x.y }}|{% for i in nothing %}x{% endfor %}", "False|||");
+    /* Jinja2's Undefined: a missing variable or attribute is undefined
+     * (iterates as empty, prints as ""), but an attribute, item or slice of
+     * an undefined value is an error, as is a loop over None */
+    expect_output("{% set d = {} %}{{ d.b is defined }}|{{ d.b }}|{% for i in nothing %}x{% endfor %}|"
+                  "{% for i in d.b %}x{% else %}E{% endfor %}",
+                  "False|||E");
+    expect_error("{{ a.b.c is defined }}", "'a' is undefined");
+    expect_error("{% for x in a.b %}a{% else %}E{% endfor %}", "'a' is undefined");
+    expect_error("{{ a['x'] }}", "'a' is undefined");
+    expect_error("{{ a[1:] }}", "'a' is undefined");
+    expect_error("{{ {}.x.y }}", "'dict object' has no attribute 'x'");
+    expect_error("{% set d = {} %}{% for x in d.b.c %}{% endfor %}", "'dict object' has no attribute 'b'");
+    expect_error("{% set n = none %}{{ n.b.c }}", "'None' has no attribute 'b'");
+    expect_error("{% set n = none %}{% for k, v in n.items() %}{% endfor %}", "'None' has no attribute 'items'");
+    expect_error("{{ 'abc'.nomethod() }}", "'str object' has no attribute 'nomethod'");
+    expect_error("{{ [][3].x }}", "'list object' has no such element");
+    expect_error("{{ a.x | default('d') }}", "'a' is undefined");
+    expect_error("{{ a | int }}", "'a' is undefined");
+    expect_error("{% set n = none %}{% for x in n %}a{% else %}E{% endfor %}", "'NoneType' object is not iterable");
+    expect_error("{% set d = {'c': none} %}{% for x in d.c %}{% endfor %}", "'NoneType' object is not iterable");
+    /* an unknown filter or test fails when the template is parsed, unless it
+     * is inside an {% if %} or an inline if: then only when it is applied
+     * (Jinja2's soft frames); a for / macro / filter / set block opens a hard
+     * one again */
+    expect_error("{% if true %}\n{{ x | nofilter }}{% endif %}", "line 2: unknown filter 'nofilter'");
+    expect_error("{% if x is notest %}{% endif %}", "line 1: unknown test 'notest'");
+    expect_error("{{ (x | nofilter) ~ 'a' if true else 2 }}", "unknown filter 'nofilter'");
+    expect_error("{% if false %}{% for a in b %}{{ x | nofilter }}{% endfor %}{% endif %}", "unknown filter");
+    expect_error("{% if false %}{% for a in b if a | nofilter %}{% endfor %}{% endif %}", "unknown filter");
+    expect_error("{% if false %}{% macro m() %}{{ x | nofilter }}{% endmacro %}{% endif %}", "unknown filter");
+    expect_error("{% if false %}{% filter nofilter %}a{% endfilter %}{% endif %}", "unknown filter");
+    expect_error("{% if false %}{% set s %}{{ x | nofilter }}{% endset %}{% endif %}", "unknown filter");
+    expect_error("{% set z = x | nofilter %}", "unknown filter 'nofilter'");
+    expect_output("{% if false %}{{ x | nofilter }}{% endif %}{% if false %}{% set y = x | nofilter %}{% endif %}ok", "ok");
+    /* the iterators Jinja2's map / select / reverse ... return have no len(),
+     * are not JSON and not reversible; Markup only adds to strings */
+    expect_error("{{ [1, 2] | map('string') | length }}", "object of type 'generator' has no len()");
+    expect_error("{{ [1, 2] | map('string') | tojson }}", "Object of type generator is not JSON serializable");
+    expect_error("{{ {'a': 1} | items | tojson }}", "Object of type generator is not JSON serializable");
+    expect_error("{{ [1, 2] | reverse | tojson }}", "Object of type list_reverseiterator is not JSON");
+    expect_error("{{ [1, 2] | select | last }}", "'generator' object is not reversible");
+    expect_error("{{ [1] | select + [2] }}", "unsupported operand type(s) for +: 'generator' and 'list'");
+    expect_error("{{ 'a' | safe + 1 }}", "'Markup' and 'int'");
+    /* fromjson (json.loads) wants a string holding JSON */
+    expect_error("{{ 3 | fromjson }}", "must be str");
+    expect_error("{{ '{\"a\": }' | from_json }}", "invalid JSON");
     /* HF's generation block renders its body */
     expect_output("{% generation %}gen{{ 1 }}{% endgeneration %}!", "gen1!");
     /* CRLF templates behave like LF ones; one trailing newline is dropped */

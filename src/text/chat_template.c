@@ -81,14 +81,24 @@ static const struct builtin {
      "{{- raise_exception('mistral: only user and assistant roles after an optional system message') -}}\n"
      "{%- endif -%}\n"
      "{%- endfor -%}\n"},
+    /* Gemma 3's official template (google/gemma-3-*-it) without its role
+     * checks: a system turn is folded into the first user turn, text parts
+     * are trimmed, image parts become <start_of_image> */
     {"gemma", CONTENT_MACRO
+     "{%- macro turn(c) -%}"
+     "{%- if c is string -%}{{ c | trim }}"
+     "{%- elif c is iterable and c is not mapping -%}"
+     "{%- for p in c -%}{%- if p is mapping and p.type == 'image' -%}{{ '<start_of_image>' }}"
+     "{%- elif p is mapping and p.type == 'text' -%}{{ p.text | trim }}{%- endif -%}{%- endfor -%}"
+     "{%- elif c is not none -%}{{ c | trim }}{%- endif -%}"
+     "{%- endmacro -%}\n"
      "{{- bos_token -}}\n"
      "{%- if messages[0].role == 'system' -%}\n"
      "{%- set prefix = text(messages[0].content) + '\\n\\n' -%}{%- set msgs = messages[1:] -%}\n"
      "{%- else -%}{%- set prefix = '' -%}{%- set msgs = messages -%}{%- endif -%}\n"
      "{%- for message in msgs -%}\n"
      "{%- set role = 'model' if message.role == 'assistant' else message.role -%}\n"
-     "{{- '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + text(message.content) | trim"
+     "{{- '<start_of_turn>' + role + '\\n' + (prefix if loop.first else '') + turn(message.content)"
      " + '<end_of_turn>\\n' -}}\n"
      "{%- endfor -%}\n"
      "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}\n"},
@@ -287,6 +297,21 @@ static char *read_template_file(const char *path, size_t *len, exsa_err *err)
     return buf;
 }
 
+static const char BUILTIN_GEMMA[] = "gemma";
+
+/* The built-in template for a GGUF without one: Gemma files (base models
+ * such as gemma-3-270m carry no template) get Gemma's turn format, which
+ * their instruction-tuned siblings were trained on; anything else ChatML. */
+static const char *builtin_for_arch(const exsa_gguf *g)
+{
+    const char *arch;
+    size_t n;
+    if (g && exsa_gguf_get_str(g, "general.architecture", &arch, &n, NULL) == 0 && n >= 5 &&
+        memcmp(arch, "gemma", 5) == 0)
+        return BUILTIN_GEMMA;
+    return "chatml";
+}
+
 exsa_chat_template *exsa_chat_template_for_model(const exsa_gguf *g, const char *override,
                                                  const char **source_desc, exsa_err *err)
 {
@@ -310,7 +335,9 @@ exsa_chat_template *exsa_chat_template_for_model(const exsa_gguf *g, const char 
             desc = "gguf";
             t = exsa_chat_template_create(src, len, err);
         } else {
-            t = exsa_chat_template_builtin("chatml", err);
+            const char *name = builtin_for_arch(g);
+            desc = name == BUILTIN_GEMMA ? "builtin gemma (no template in the GGUF)" : "builtin chatml";
+            t = exsa_chat_template_builtin(name, err);
         }
     }
     if (t && source_desc)

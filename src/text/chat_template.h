@@ -52,8 +52,9 @@ void exsa_chat_template_destroy(exsa_chat_template *t);
 
 /* The template a model should use: override (a built-in name, else a path
  * to a Jinja file) when given, else the GGUF's tokenizer.chat_template, else
- * chatml. *source_desc (optional) says which ("gguf", "builtin chatml",
- * "file PATH"); it points at static or caller-owned memory. */
+ * the built-in "gemma" for a gemma* architecture, else chatml.
+ * *source_desc (optional) says which ("gguf", "builtin chatml", "file",
+ * ...); it points at static memory. */
 exsa_chat_template *exsa_chat_template_for_model(const exsa_gguf *g, const char *override,
                                                  const char **source_desc, exsa_err *err);
 

@@ -6,8 +6,13 @@
  * {% call %}, {% filter %}, {% raw %}, HF's {% generation %}, the common
  * filters, tests, Python string/dict methods, slicing and the full operator
  * set. The environment matches how HF transformers renders chat templates:
- * trim_blocks and lstrip_blocks on, autoescape off, tojson as json.dumps with
- * ensure_ascii=False, undefined values are Jinja2's lenient Undefined.
+ * trim_blocks and lstrip_blocks on, autoescape off, loop controls but no
+ * {% do %}, tojson as json.dumps with ensure_ascii=False, fromjson (also
+ * spelled from_json) as json.loads, undefined values are Jinja2's default
+ * Undefined (printable, iterable as empty, but an attribute or item of one
+ * is an error). Python details that change output are kept: |safe makes a
+ * Markup that escapes strings added to it; map/select/... return
+ * iterators (always true, no len(), not JSON).
  *
  * Parsing builds an AST once; rendering walks it with every value in a
  * per-render arena that is freed in one go, so values never need reference
@@ -41,7 +46,9 @@ typedef struct exsa_jinja_opts {
 } exsa_jinja_opts;
 
 /* Parses src (len bytes, need not be NUL-terminated). NULL + err on a syntax
- * error, an unknown statement/filter/test, or memory. */
+ * error, an unknown statement, an unknown filter/test outside any {% if %}
+ * or inline if (inside one it fails only when applied, as in Jinja2), or
+ * memory. */
 exsa_jinja *exsa_jinja_parse(const char *src, size_t len, exsa_err *err);
 void exsa_jinja_destroy(exsa_jinja *t);
 

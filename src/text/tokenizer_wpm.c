@@ -3,11 +3,15 @@
  * continuation pieces ("##xx" in BERT) bare, so a word is matched as
  * U+2581 + word, greedily longest-first from the left.
  *
- * Normalization (llama.cpp's, which the reference ids come from): every
- * code point is replaced by the first code point of its canonical
- * decomposition (so precomposed accents drop their mark), then lowercased;
- * whitespace splits words; NUL, U+FFFD and control characters are dropped;
- * punctuation, ASCII symbols and CJK ideographs become one-character words. */
+ * Normalization (BERT's BasicTokenizer as llama.cpp runs it, which the
+ * reference ids come from), under the GGUF keys
+ * tokenizer.ggml.normalizer.lowercase (default on) and .strip_accents
+ * (default: as lowercase): with strip_accents every code point is replaced
+ * by the first code point of its canonical decomposition and combining
+ * marks (category M: accents, but also the vowel signs and viramas of Indic
+ * scripts) are dropped; with lowercase it is lowercased; whitespace splits
+ * words; NUL, U+FFFD and control characters are dropped; punctuation, ASCII
+ * symbols and CJK ideographs become one-character words. */
 #include <string.h>
 #include <utf8proc.h>
 
@@ -18,6 +22,7 @@ struct exsa_wpm {
     const exsa_vocab *v;
     size_t max_token_len; /* bytes; bounds the longest-match search */
     int32_t unk;
+    int lowercase, strip_accents;
 };
 
 exsa_wpm *exsa_wpm_create(const exsa_vocab *v, exsa_err *err)
@@ -28,6 +33,11 @@ exsa_wpm *exsa_wpm_create(const exsa_vocab *v, exsa_err *err)
         return NULL;
     }
     w->v = v;
+    w->lowercase = 1;
+    exsa_gguf_get_bool(exsa_vocab_gguf(v), "tokenizer.ggml.normalizer.lowercase", &w->lowercase, NULL);
+    w->strip_accents = w->lowercase;
+    exsa_gguf_get_bool(exsa_vocab_gguf(v), "tokenizer.ggml.normalizer.strip_accents", &w->strip_accents,
+                       NULL);
     w->unk = exsa_vocab_unk(v);
     if (w->unk < 0 && exsa_vocab_n_tokens(v) > 100)
         w->unk = 100; /* BERT's [UNK], llama.cpp's default too */
@@ -113,7 +123,8 @@ int exsa_wpm_encode(const exsa_wpm *w, const char *text, size_t len, exsa_tokbuf
             k = 1;
         }
         i += (size_t)k;
-        c = nfd_first(c);
+        if (w->strip_accents)
+            c = nfd_first(c);
         if (is_whitespace(c)) {
             if (wn > 3)
                 rc = match_word(w, word, wn, out);
@@ -125,10 +136,12 @@ int exsa_wpm_encode(const exsa_wpm *w, const char *text, size_t len, exsa_tokbuf
                       cat == UTF8PROC_CATEGORY_CS || cat == UTF8PROC_CATEGORY_CO;
         if (c == 0 || c == 0xFFFD || control)
             continue;
+        if (w->strip_accents && cat >= UTF8PROC_CATEGORY_MN && cat <= UTF8PROC_CATEGORY_ME)
+            continue;
         int punct = cat >= UTF8PROC_CATEGORY_PC && cat <= UTF8PROC_CATEGORY_PO;
         int symbol = cat >= UTF8PROC_CATEGORY_SM && cat <= UTF8PROC_CATEGORY_SO;
         utf8proc_uint8_t enc[4];
-        utf8proc_ssize_t el = utf8proc_encode_char(utf8proc_tolower(c), enc);
+        utf8proc_ssize_t el = utf8proc_encode_char(w->lowercase ? utf8proc_tolower(c) : c, enc);
         if (punct || (c < 0x7F && symbol) || is_chinese(c)) {
             if (wn > 3)
                 rc = match_word(w, word, wn, out);

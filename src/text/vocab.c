@@ -14,6 +14,7 @@ struct exsa_vocab {
     int32_t bos, eos, eot, eom, unk, pad, sep;
     int add_bos, add_eos, add_space_prefix;
     int64_t kv_scores;
+    uint8_t *info;         /* per id: effective token type | TOK_EOG */
     int32_t *index;        /* open addressing over token strings, -1 empty */
     uint32_t index_mask;
     int16_t byte_of_cp[512]; /* GPT-2 map: code point -> byte, -1 if none */
@@ -25,6 +26,92 @@ static int32_t get_id(const exsa_gguf *g, const char *key, int32_t n)
     if (exsa_gguf_get_int(g, key, &v, NULL) != 0 || v < 0 || v >= n)
         return -1;
     return (int32_t)v;
+}
+
+#define TOK_EOG 0x80
+#define TOK_TYPE 0x0f
+
+/* Tokens llama.cpp treats as ending generation by their text (GGUF files
+ * often name only one of them in eos/eot_token_id). Each is also made a
+ * control token, so plain text that spells it is not split out. */
+static const char *const EOG_TEXTS[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>", "[e~[", NULL};
+
+/* Fill-in-the-middle tokens found by text when the GGUF does not name them
+ * (tokenizer.ggml.fim_*_token_id): the first one present becomes a control
+ * token; pad, repo and file-separator ones also end generation. */
+static const struct {
+    const char *key;
+    int eog;
+    const char *texts[9];
+} FIM[] = {
+    {"tokenizer.ggml.fim_pre_token_id", 0,
+     {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>",
+      "<PRE>", "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>", NULL}},
+    {"tokenizer.ggml.fim_suf_token_id", 0,
+     {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+      "<SUF>", "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>", NULL}},
+    {"tokenizer.ggml.fim_mid_token_id", 0,
+     {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>",
+      "<MID>", "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>", NULL}},
+    {"tokenizer.ggml.fim_pad_token_id", 1, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL}},
+    {"tokenizer.ggml.fim_rep_token_id", 1,
+     {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", NULL}},
+    {"tokenizer.ggml.fim_sep_token_id", 1, {"<|file_sep|>", NULL}},
+};
+
+static int32_t find_str(const exsa_vocab *v, const char *s)
+{
+    return exsa_vocab_find(v, s, strlen(s));
+}
+
+/* Token types as llama.cpp settles them at load, and the end-of-generation
+ * set (llama-vocab.cpp, "auto-detect special tokens by text"). */
+static void settle_types(exsa_vocab *v)
+{
+    for (int32_t id = 0; id < v->n; id++) {
+        int64_t t = v->kv_types < 0 ? EXSA_TOKEN_NORMAL : exsa_gguf_arr_int(v->g, v->kv_types, (uint64_t)id);
+        v->info[id] = (uint8_t)(t >= EXSA_TOKEN_UNDEFINED && t <= EXSA_TOKEN_BYTE ? t : EXSA_TOKEN_UNDEFINED);
+    }
+    for (const char *const *t = EOG_TEXTS; *t; t++) {
+        int32_t id = find_str(v, *t);
+        if (id >= 0)
+            v->info[id] = TOK_EOG | EXSA_TOKEN_CONTROL;
+    }
+    for (size_t k = 0; k < sizeof FIM / sizeof FIM[0]; k++) {
+        int32_t id = get_id(v->g, FIM[k].key, v->n);
+        for (const char *const *t = FIM[k].texts; id < 0 && *t; t++)
+            if ((id = find_str(v, *t)) >= 0)
+                v->info[id] = (uint8_t)((v->info[id] & TOK_EOG) | EXSA_TOKEN_CONTROL);
+        if (id >= 0 && FIM[k].eog)
+            v->info[id] |= TOK_EOG;
+    }
+    const int32_t named[] = {v->eos, v->eot, v->eom};
+    for (int i = 0; i < 3; i++)
+        if (named[i] >= 0)
+            v->info[named[i]] |= TOK_EOG;
+    /* gpt-oss / solar-open: "<|end|>" ends a message, not the generation,
+     * when "<|return|>" and "<|call|>" (or "<|calls|>" and "<|flush|>") exist */
+    int32_t end = find_str(v, "<|end|>"), ret = find_str(v, "<|return|>"), flush = find_str(v, "<|flush|>");
+    int32_t call = find_str(v, "<|call|>");
+    if (call < 0)
+        call = find_str(v, "<|calls|>");
+    if (end >= 0 && (v->info[end] & TOK_EOG) && call >= 0 && (ret >= 0 || flush >= 0))
+        v->info[end] = EXSA_TOKEN_USER_DEFINED;
+    /* gemma4 / paddleocr: "</s>" is plain text beside "<|tool_response>" */
+    int32_t s = find_str(v, "</s>");
+    if (s >= 0 && (v->info[s] & TOK_EOG) && find_str(v, "<|tool_response>") >= 0)
+        v->info[s] = EXSA_TOKEN_NORMAL;
+    /* gpt-oss: these are always rendered */
+    static const char *const shown[] = {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>", NULL};
+    for (const char *const *t = shown; *t; t++) {
+        int32_t id = find_str(v, *t);
+        if (id >= 0)
+            v->info[id] = (uint8_t)((v->info[id] & TOK_EOG) | EXSA_TOKEN_USER_DEFINED);
+    }
 }
 
 exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
@@ -136,13 +223,22 @@ exsa_vocab *exsa_vocab_load(const exsa_gguf *g, exsa_err *err)
         int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174);
         v->byte_of_cp[printable ? b : 256 + extra++] = (int16_t)b;
     }
+    v->info = malloc((size_t)v->n);
+    if (!v->info) {
+        exsa_err_set(err, EXSA_ENOMEM, "vocab: out of memory");
+        exsa_vocab_free(v);
+        return NULL;
+    }
+    settle_types(v);
     return v;
 }
 
 void exsa_vocab_free(exsa_vocab *v)
 {
-    if (v)
+    if (v) {
         free(v->index);
+        free(v->info);
+    }
     free(v);
 }
 
@@ -181,16 +277,14 @@ int exsa_vocab_add_bos(const exsa_vocab *v) { return v->add_bos; }
 
 int exsa_vocab_is_eog(const exsa_vocab *v, int32_t id)
 {
-    return id >= 0 && (id == v->eos || id == v->eot || id == v->eom);
+    return id >= 0 && id < v->n && (v->info[id] & TOK_EOG);
 }
 
 int exsa_vocab_token_type(const exsa_vocab *v, int32_t id)
 {
     if (id < 0 || id >= v->n)
         return EXSA_TOKEN_UNDEFINED;
-    if (v->kv_types < 0)
-        return EXSA_TOKEN_NORMAL;
-    return (int)exsa_gguf_arr_int(v->g, v->kv_types, (uint64_t)id);
+    return v->info[id] & TOK_TYPE;
 }
 
 const char *exsa_vocab_token_str(const exsa_vocab *v, int32_t id, size_t *len)

@@ -39,8 +39,14 @@ int32_t exsa_vocab_n_tokens(const exsa_vocab *v);
 int32_t exsa_vocab_bos(const exsa_vocab *v); /* -1 if none */
 int32_t exsa_vocab_eos(const exsa_vocab *v); /* -1 if none */
 int exsa_vocab_add_bos(const exsa_vocab *v);
-/* End of generation: eos, eot/eom ids from the GGUF. */
+/* End of generation: the eos/eot/eom ids of the GGUF, and, as llama.cpp
+ * decides it, every token whose text is a known end-of-turn marker
+ * ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "</s>", ...) and FIM
+ * pad/repo/separator tokens. */
 int exsa_vocab_is_eog(const exsa_vocab *v, int32_t id);
+/* The token type as llama.cpp settles it at load: tokenizer.ggml.token_type,
+ * except that the end-of-turn / FIM markers found by text are CONTROL (so
+ * plain text that spells them stays text unless special tokens are parsed). */
 int exsa_vocab_token_type(const exsa_vocab *v, int32_t id);
 /* The stored token string (not NUL-terminated). */
 const char *exsa_vocab_token_str(const exsa_vocab *v, int32_t id, size_t *len);

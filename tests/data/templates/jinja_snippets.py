@@ -9,9 +9,12 @@ def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
 env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
 env.filters["tojson"] = tojson
 env.globals["raise_exception"] = raise_exception
+# transformers' fromjson is json.loads; DeepSeek-V3.2's template spells it from_json
+env.filters["fromjson"] = env.filters["from_json"] = json.loads
 env.globals["strftime_now"] = lambda fmt: datetime.datetime(2026, 1, 2, 3, 4, 5).strftime(fmt)
 V = {"d": {"b": 1, "a": [1, 2.5, None, True], "s": "x\"y\n\u00e9"}, "l": [3, 1, 2], "s": "  Hello World  ", "u": "h\u00e9llo w\u00f6rld",
-     "msgs": [{"role": "user", "c": "a"}, {"role": "assistant", "c": "b"}, {"role": "user", "c": "c"}], "f": 0.1, "big": 1e20, "n": None}
+     "msgs": [{"role": "user", "c": "a"}, {"role": "assistant", "c": "b"}, {"role": "user", "c": "c"}], "f": 0.1, "big": 1e20, "n": None,
+     "js": "{\"b\": 1, \"a\": [1, 2.5, null, true, \"x\\u00e9\"], \"o\": {\"k\": -0.5}}"}
 SN = [
  "{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 10 }} {{ 1 + 2 * 3 }} {{ 4 / 2 }}",
  "{{ f }} {{ big }} {{ 1e-5 }} {{ 3.0 }} {{ 1/3 }} {{ 2.5e16 }} {{ -0.0 }} {{ 100.0 }}",
@@ -41,6 +44,17 @@ SN = [
  "{{ [1,2,3] | join }}|{{ ['x', 'y'] | join(', ') }}|{{ 10 is divisibleby 5 }}|{{ 'abc' is lower }}|{{ none | string }}|{{ 1.5 | string }}|{{ (1, 2) | list }}",
  "{{ [{'a': 2}, {'a': 1}] | sort(attribute='a') | map(attribute='a') | list }}|{{ [{'x': {'y': 1}}] | map(attribute='x.y') | list }}|{{ l | map('string') | join('-') }}|{{ 'x,y'.split(',') | map('upper') | join }}",
  "{{ 1 == 1.0 }}{{ [1, 2] == [1, 2] }}{{ {'a': 1} == {'a': 1} }}{{ 'a' != 'b' }}{{ none == none }}{{ true == 1 }}",
+ # unknown filters and tests fail at compile time except inside an if or an inline if
+ "{% if false %}{{ x | nofilter }}{% endif %}|{{ (x | nofilter) if false else 1 }}|{{ 1 if true else x | nofilter }}|{% if false %}{{ x is notest }}{% endif %}|{% for a in [1] %}{% if false %}{{ x | nofilter }}{% endif %}{% endfor %}|{% if false %}{% set y = x | nofilter %}{% elif false %}{{ x | nofilter2 }}{% else %}ok{% endif %}|{% if false %}{% for z in l | nofilter %}{% endfor %}{% endif %}",
+ # loops over undefined values run zero times (else branch), a missing attribute of a defined value is undefined
+ "{% for x in nothing %}a{% else %}E{% endfor %}|{% for x in d.missing %}a{% else %}E{% endfor %}|{% for x in n.b %}a{% else %}E{% endfor %}|{{ n.b }}|{{ d.missing is defined }}|{{ l[7] }}|{% for x in [] %}a{% else %}E{% endfor %}|{% for x in nothing if x %}a{% else %}E{% endfor %}",
+ # select / reject / map give nothing for a false input (none); their results, unique's, items' and reverse's are
+ # iterators: always true, not subscriptable
+ "{{ n | selectattr('x') | list }}|{{ n | map('upper') | list }}|{{ n | reject | list }}|{{ 0 | select | list }}|{% if [] | select %}T{% endif %}|{% if [] | reverse %}R{% endif %}|{{ ([1, 2] | select)[0] }}|{{ [1, 2] | map('string') | join('-') }}|{{ l | select | first }}|{{ l | reverse | list }}|{{ n | selectattr('type', 'equalto', 'code_interpreter') | list | length > 0 }}|{{ [1] | select is sequence }}|{{ [1] | select is iterable }}|{% for k, v in d | items %}{{ k }}{% endfor %}",
+ # Markup (|safe, |escape) escapes a plain string added to it
+ "{{ 'a' | safe + '\"b\"' }}|{{ '\"a\"' + 'b' | safe }}|{{ 'a' | safe ~ '\"b\"' }}|{{ ('<x>' | safe + '<y>') | length }}|{{ '<x>' | safe | e }}|{{ '<x>' | e | e }}|{{ ('<x>' | safe + '&') | upper }}|{{ ('a' | safe).upper() + '&' }}|{{ 'a' | safe * 2 + '&' }}|{{ ('a' | safe | string) + '<' }}|{{ ('a' | safe + '<') | replace('a', 'b') + '<' }}|{{ {'k': 'x&' | safe} | tojson }}|{{ ' a ' | safe | trim + '<' }}|{{ ['a' | safe, '&'] | join }}",
+ # transformers' fromjson
+ "{% for k, v in (js | fromjson).items() %}{{ k }}={{ v }};{% endfor %}|{{ js | from_json }}|{{ ' [1, 2] ' | fromjson | length }}|{{ (js | fromjson).o.k }}|{{ '\"s\"' | fromjson }}|{{ 'null' | fromjson }}",
 ]
 out = []
 for s in SN:
