@@ -353,6 +353,147 @@ static void test_chat_cmd(void **state)
     expect_fail("chat no model", "missing -m", exsa("chat"));
 }
 
+/* Parses the first JSON array of integers in s into ids; returns the count. */
+static int parse_id_array(const char *s, int32_t *ids, int cap)
+{
+    const char *c = strchr(s, '[');
+    int n = 0;
+    if (!c)
+        return 0;
+    for (c++; *c && *c != ']';) {
+        char *end;
+        long v = strtol(c, &end, 10);
+        if (end == c) {
+            c++;
+            continue;
+        }
+        if (n < cap)
+            ids[n] = (int32_t)v;
+        n++;
+        c = end;
+    }
+    return n;
+}
+
+static double json_number(const char *s, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = strstr(s, k);
+    if (!p)
+        fail_msg("no \"%s\" in:\n%s", key, s);
+    return strtod(p + strlen(k), NULL);
+}
+
+/* Mean NLL of the second half of each chunk, computed here from
+ * `exsa run --dump-logits` of the chunk's tokens (first replaced by bos
+ * when bos >= 0), scoring the tokens after position first (n_ctx / 2):
+ * llama-perplexity's definition, written independently of
+ * cmd_perplexity.c. Returns the PPL; *err gets its error estimate. */
+static double reference_ppl(const int32_t *ids, int n_chunk, int n_ctx, int first, int32_t bos,
+                            double *err)
+{
+    double nll = 0, nll2 = 0;
+    int count = 0;
+    for (int k = 0; k < n_chunk; k++) {
+        char list[8192];
+        size_t off = 0;
+        for (int i = 0; i < n_ctx; i++) {
+            int32_t t = i == 0 && bos >= 0 ? bos : ids[k * n_ctx + i];
+            off += (size_t)snprintf(list + off, sizeof list - off, "%s%d", i ? "," : "", t);
+        }
+        assert_int_equal(exsa("run -m m.gguf --prompt-ids %s -n 0 --kv-type f32 "
+                              "--dump-logits chunk.f32", list), 0);
+        size_t n;
+        float *l = read_logits("chunk.f32", &n);
+        assert_int_equal(n, (size_t)n_ctx * 600);
+        for (int i = first; i < n_ctx - 1; i++) {
+            const float *row = l + (size_t)i * 600;
+            double mx = row[0], sum = 0;
+            for (int v = 1; v < 600; v++)
+                mx = row[v] > mx ? row[v] : mx;
+            for (int v = 0; v < 600; v++)
+                sum += exp((double)row[v] - mx);
+            double x = mx + log(sum) - row[ids[k * n_ctx + i + 1]];
+            nll += x, nll2 += x * x, count++;
+        }
+        free(l);
+    }
+    double mean = nll / count, ppl = exp(mean);
+    *err = ppl * sqrt((nll2 / count - mean * mean) / (count - 1));
+    return ppl;
+}
+
+static void test_perplexity(void **state)
+{
+    (void)state;
+    /* A text of lowercase words (merged tokens) and punctuation (bytes). */
+    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "while", "dogs",
+                                  "ran", "far", "away", "from", "home", ",", ".", "quietly"};
+    char path[512];
+    snprintf(path, sizeof path, "%s/text.txt", g_dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    uint64_t st = 42;
+    for (int i = 0; i < 400; i++)
+        fprintf(f, "%s%s", i ? " " : "", words[exsa_test_rand_u64(&st) % 16]);
+    fclose(f);
+    assert_int_equal(exsa("tokenize -m m.gguf --bos < text.txt"), 0);
+    static int32_t ids[4096];
+    int n_tok = parse_id_array(g_out, ids, 4096);
+    assert_true(n_tok > 200 && n_tok < 4096);
+    assert_int_equal(ids[0], 598);
+    const int n_ctx = 32, n_chunk = n_tok / n_ctx;
+
+    double ref_err, ref = reference_ppl(ids, n_chunk, n_ctx, n_ctx / 2, 598, &ref_err);
+    /* The reference tells the variants apart: without BOS at each chunk's
+     * start, or with the window one token early, it differs, so a
+     * perplexity that got either wrong fails below. */
+    double x_err, nobos = reference_ppl(ids, n_chunk, n_ctx, n_ctx / 2, -1, &x_err);
+    double early = reference_ppl(ids, n_chunk, n_ctx, n_ctx / 2 - 1, 598, &x_err);
+    printf("reference PPL %.6f +/- %.6f (without BOS %.6f, window one early %.6f), %d chunks\n",
+           ref, ref_err, nobos, early, n_chunk);
+    assert_true(fabs(nobos / ref - 1) > 1e-4);
+    assert_true(fabs(early / ref - 1) > 1e-4);
+
+    /* One chunk per pass, a chunk split over passes, several per pass. */
+    const char *batches[] = {"32", "10", "64", "96"};
+    for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        assert_int_equal(exsa("perplexity -m m.gguf -f text.txt -c 32 -b %s --kv-type f32 "
+                              "--json -t 2", batches[b]), 0);
+        double ppl = json_number(g_out, "ppl"), err = json_number(g_out, "ppl_error");
+        printf("exsa perplexity -b %s: PPL %.6f +/- %.6f\n", batches[b], ppl, err);
+        assert_int_equal((int)json_number(g_out, "n_tokens"), n_tok);
+        assert_int_equal((int)json_number(g_out, "n_chunks"), n_chunk);
+        assert_int_equal((int)json_number(g_out, "tokens_scored"), n_chunk * (n_ctx / 2 - 1));
+        assert_int_equal((int)json_number(g_out, "tokens_evaluated"), n_chunk * n_ctx);
+        if (!(fabs(ppl / ref - 1) < 2e-5 && fabs(err / ref_err - 1) < 1e-3))
+            fail_msg("-b %s: PPL %.6f +/- %.6f, reference %.6f +/- %.6f", batches[b], ppl, err,
+                     ref, ref_err);
+    }
+    /* --chunks 2: the first two chunks only. */
+    double ref2_err, ref2 = reference_ppl(ids, 2, n_ctx, n_ctx / 2, 598, &ref2_err);
+    assert_int_equal(exsa("perplexity -m m.gguf -f text.txt -c 32 --chunks 2 --kv-type f32 "
+                          "--json"), 0);
+    assert_true(fabs(json_number(g_out, "ppl") / ref2 - 1) < 2e-5);
+    /* Text report: running values per chunk and the final line. */
+    assert_int_equal(exsa("perplexity -m m.gguf -f text.txt -c 32 --chunks 3"), 0);
+    assert_non_null(strstr(g_out, "[1]"));
+    assert_non_null(strstr(g_out, ",[3]"));
+    assert_non_null(strstr(g_out, "Final estimate: PPL = "));
+    assert_non_null(strstr(g_out, " t/s)"));
+
+    expect_fail("ppl missing file", "cannot open 'nope.txt'",
+                exsa("perplexity -m m.gguf -f nope.txt"));
+    expect_fail("ppl short text", "needs at least 4096 tokens",
+                exsa("perplexity -m m.gguf -f text.txt -c 2048"));
+    expect_fail("ppl bad batch", "-b (48) must be below -c (32) or a multiple of it",
+                exsa("perplexity -m m.gguf -f text.txt -c 32 -b 48"));
+    expect_fail("ppl bad ctx", "-c must be in", exsa("perplexity -m m.gguf -f text.txt -c 2"));
+    expect_fail("ppl no file", "missing -f", exsa("perplexity -m m.gguf"));
+    expect_fail("ppl flag", "unknown option '--frob'", exsa("perplexity -m m.gguf --frob"));
+}
+
 static void test_other_archs(void **state)
 {
     (void)state;
@@ -381,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_template_cmd),
         cmocka_unit_test(test_chat_cmd),
         cmocka_unit_test(test_other_archs),
+        cmocka_unit_test(test_perplexity),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,7 +2,9 @@
 #ifndef EXSA_CLI_H
 #define EXSA_CLI_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/sampling.h"
 
@@ -16,6 +18,7 @@ int exsa_cmd_tokenize(int argc, char **argv);
 int exsa_cmd_template(int argc, char **argv);
 int exsa_cmd_chat(int argc, char **argv);
 int exsa_cmd_serve(int argc, char **argv);
+int exsa_cmd_perplexity(int argc, char **argv);
 
 /* Prints "exsa <cmd>: message" to stderr; returns 1 (the exit status). */
 int exsa_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -46,6 +49,9 @@ const char *exsa_cli_sampling_help(void);
 
 /* A terminal progress bar on stderr (only when stderr is a tty). */
 void exsa_cli_progress(void *ud, int64_t done, int64_t total);
+
+/* Writes s[0..n) as a JSON string literal (quotes, escapes) to f. */
+void exsa_cli_json_string(FILE *f, const char *s, size_t n);
 
 /* Model path default from the environment (MODEL_PATH / EXSA_MODEL_PATH). */
 const char *exsa_cli_env_model(void);
