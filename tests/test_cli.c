@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "engine/sampling.h"
+#include "model/model.h"
 #include "test_util.h"
 
 #ifndef EXSA_BIN
@@ -287,17 +289,24 @@ static void test_tokenize_and_prompt(void **state)
                 exsa("gen-model x.gguf --vocab %s/README.md", fx));
 }
 
-/* Runs "printf INPUT | exsa ARGS" (stdin not a tty); same capture as exsa(). */
-static int exsa_stdin(const char *input, const char *args)
+/* Runs "printf INPUT | exsa ARGS" (stdin not a tty); same capture as exsa(),
+ * stderr too when with_stderr. */
+static int exsa_stdin2(const char *input, const char *args, int with_stderr)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "cd %s && printf '%s' | %s %s 2>&1", g_dir, input, EXSA_BIN, args);
+    snprintf(cmd, sizeof cmd, "cd %s && printf '%s' | %s %s %s", g_dir, input, EXSA_BIN, args,
+             with_stderr ? "2>&1" : "2>/dev/null");
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     size_t n = fread(g_out, 1, sizeof g_out - 1, p);
     g_out[n] = '\0';
     int st = pclose(p);
     return WIFSIGNALED(st) ? -1000 - WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+static int exsa_stdin(const char *input, const char *args)
+{
+    return exsa_stdin2(input, args, 1);
 }
 
 static void test_template_cmd(void **state)
@@ -336,21 +345,66 @@ static void test_template_cmd(void **state)
 static void test_chat_cmd(void **state)
 {
     (void)state;
-    assert_int_equal(exsa_stdin("/set temp 0\\nhello\\n", "chat -m m.gguf -n 6"), 0);
+    /* Answers on stdout; the stats lines go to stderr. */
+    assert_int_equal(exsa_stdin2("/set temp 0\\nhello\\n", "chat -m m.gguf -n 6", 0), 0);
     assert_non_null(strstr(g_out, "(temp = 0)"));
     char first[2048];
     snprintf(first, sizeof first, "%s", strstr(g_out, ")\n") + 2);
+    /* The -n cap ends the answer with a marker. */
+    assert_non_null(strstr(first, " [length]\n"));
     /* Greedy turns are reproducible; a second turn reuses the cache. */
-    assert_int_equal(exsa_stdin("/set temp 0\\nhello\\nmore\\n/clear\\nhello\\n/quit\\nnot read\\n",
-                                "chat -m m.gguf -n 6"), 0);
+    assert_int_equal(exsa_stdin2("/set temp 0\\nhello\\nmore\\n/clear\\nhello\\n/quit\\nnot read\\n",
+                                 "chat -m m.gguf -n 6", 0), 0);
     assert_non_null(strstr(g_out, first));
     assert_non_null(strstr(g_out, "(conversation cleared)"));
     const char *again = strstr(strstr(g_out, "(conversation cleared)"), "\n") + 1;
     assert_string_equal(again, first);
-    assert_int_equal(exsa_stdin("/set top-p 7\\n/bogus\\n", "chat -m m.gguf"), 0);
+    /* /set n 3: the same greedy answer cut at 3 tokens, marked [length];
+     * the stats line counts them. */
+    assert_int_equal(exsa_stdin("/set temp 0\\n/set n 3\\nhello\\n", "chat -m m.gguf"), 0);
+    assert_non_null(strstr(g_out, "(n = 3)"));
+    const char *ans = strstr(g_out, "(n = 3)\n") + 8;
+    const char *mark = strstr(ans, " [length]\n");
+    assert_non_null(mark);
+    assert_true(mark - ans > 0 && strncmp(first, ans, (size_t)(mark - ans)) == 0);
+    assert_non_null(strstr(mark, "[3 tokens, "));
+    assert_non_null(strstr(mark, " t/s; prompt "));
+    /* /help lists the chat's commands, not the command-line usage. */
+    assert_int_equal(exsa_stdin("/help\\n", "chat -m m.gguf"), 0);
+    assert_non_null(strstr(g_out, "/set n N"));
+    assert_non_null(strstr(g_out, "/clear"));
+    assert_non_null(strstr(g_out, "/quit"));
+    assert_null(strstr(g_out, "usage: exsa"));
+    assert_int_equal(exsa_stdin("/set top-p 7\\n/bogus\\n/set n x\\n", "chat -m m.gguf"), 0);
     assert_non_null(strstr(g_out, "--top-p must be in"));
     assert_non_null(strstr(g_out, "unknown command '/bogus'"));
+    assert_non_null(strstr(g_out, "n expects an integer"));
     expect_fail("chat no model", "missing -m", exsa("chat"));
+
+    /* Ctrl-C at the prompt keeps the conversation going: SIGINT while chat
+     * waits for a line, then a question still gets its answer. (env resets
+     * SIGINT, which sh ignores in background jobs.) */
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && rm -f fifo && mkfifo fifo && "
+             "{ env --default-signal=INT %s chat -m m.gguf < fifo > chat.out 2>&1 & "
+             "pid=$!; exec 3> fifo; "
+             "printf '/set n 2\\n' >&3; "
+             "for i in $(seq 300); do grep -q 'n = 2' chat.out && break; sleep 0.1; done; "
+             "kill -INT $pid; sleep 0.3; printf 'hello\\n/quit\\n' >&3; exec 3>&-; "
+             "wait $pid; echo \"rc=$?\" >> chat.out; }",
+             g_dir, EXSA_BIN);
+    assert_int_equal(system(cmd), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/chat.out", g_dir);
+    size_t size;
+    char *out = exsa_test_read_file(path, &size);
+    assert_non_null(out);
+    out = realloc(out, size + 1);
+    out[size] = 0;
+    if (!strstr(out, "[length]") || !strstr(out, "rc=0"))
+        fail_msg("chat after SIGINT:\n%s", out);
+    free(out);
 }
 
 /* Parses the first JSON array of integers in s into ids; returns the count. */
@@ -494,6 +548,102 @@ static void test_perplexity(void **state)
     expect_fail("ppl flag", "unknown option '--frob'", exsa("perplexity -m m.gguf --frob"));
 }
 
+/* The single-sequence loop `exsa run` had before it became an engine
+ * client, written here on the model and sampler APIs: the prompt in one
+ * pass, the sampler fed the prompt, then one row per generated token. */
+static void loop_generate(const char *model, const int32_t *prompt, int n_prompt,
+                          const exsa_sampling_params *sp, int n_gen, int32_t *out)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, model);
+    exsa_err err = {0};
+    exsa_model *m = exsa_model_load(path, &err);
+    assert_non_null(m);
+    exsa_model_ctx_params cp;
+    exsa_model_ctx_params_default(&cp);
+    cp.n_ctx = 256;
+    cp.max_batch = 64;
+    exsa_model_ctx *c = exsa_model_ctx_create(m, &cp, &err);
+    assert_non_null(c);
+    const int V = exsa_model_hparams(m)->n_vocab;
+    float *logits = malloc((size_t)V * sizeof *logits);
+    exsa_sampler *smp = exsa_sampler_create(sp, V, &err);
+    assert_non_null(smp);
+    int32_t pos[64], seq[64] = {0}, tok[64];
+    uint8_t want[64];
+    for (int i = 0; i < n_prompt; i++) {
+        tok[i] = prompt[i], pos[i] = i, want[i] = i == n_prompt - 1;
+        exsa_sampler_accept(smp, prompt[i]);
+    }
+    exsa_batch b = {.n = n_prompt, .token = tok, .pos = pos, .seq = seq, .logits = want};
+    assert_int_equal(exsa_model_forward(c, &b, logits, &err), 0);
+    for (int k = 0; k < n_gen; k++) {
+        int32_t t = exsa_sampler_sample(smp, logits);
+        exsa_sampler_accept(smp, t);
+        out[k] = t;
+        int32_t p = n_prompt + k;
+        uint8_t one = 1;
+        exsa_batch d = {.n = 1, .token = &t, .pos = &p, .seq = seq, .logits = &one};
+        assert_int_equal(exsa_model_forward(c, &d, logits, &err), 0);
+    }
+    exsa_sampler_free(smp);
+    free(logits);
+    exsa_model_ctx_free(c);
+    exsa_model_free(m);
+}
+
+static void test_run_matches_model_loop(void **state)
+{
+    (void)state;
+    const int32_t prompt[] = {5, 6, 7, 8, 300, 12};
+    int32_t want[16], got[32];
+    exsa_sampling_params sp;
+    exsa_sampling_params_default(&sp);
+    sp.temperature = 0;
+    loop_generate("m.gguf", prompt, 6, &sp, 16, want);
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 5,6,7,8,300,12 -n 16 --temp 0 "
+                          "--ignore-eos --json"), 0);
+    assert_int_equal(parse_id_array(strstr(g_out, "\"tokens\""), got, 32), 16);
+    assert_memory_equal(got, want, sizeof want);
+    assert_non_null(strstr(g_out, "\"finish_reason\": \"length\""));
+    /* Seeded sampling with penalties and truncations draws the same. */
+    exsa_sampling_params_default(&sp);
+    sp.seed = 3;
+    sp.top_k = 20;
+    sp.repeat_penalty = 1.3f;
+    sp.presence_penalty = 0.5f;
+    loop_generate("m.gguf", prompt, 6, &sp, 16, want);
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 5,6,7,8,300,12 -n 16 --seed 3 --top-k 20 "
+                          "--repeat-penalty 1.3 --presence-penalty 0.5 --ignore-eos --json"), 0);
+    assert_int_equal(parse_id_array(strstr(g_out, "\"tokens\""), got, 32), 16);
+    assert_memory_equal(got, want, sizeof want);
+
+    /* --stop: the text ends before the first occurrence of the stop string
+     * (two lowercase letters picked from the greedy text). */
+    assert_int_equal(exsa("run -m m.gguf -p 'hello there' -n 24 --temp 0 --ignore-eos --json"), 0);
+    char text[4096];
+    const char *t = strstr(g_out, "\"text\": \"");
+    assert_non_null(t);
+    t += 9;
+    snprintf(text, sizeof text, "%.*s", (int)(strstr(t, "\", \"finish_reason\"") - t), t);
+    char stop[3] = {0};
+    for (size_t i = 3; text[i] && text[i + 1] && !stop[0]; i++)
+        if (text[i] >= 'a' && text[i] <= 'z' && text[i + 1] >= 'a' && text[i + 1] <= 'z')
+            stop[0] = text[i], stop[1] = text[i + 1];
+    if (!stop[0]) {
+        printf("no letter pair in '%s': --stop check not run\n", text);
+        return;
+    }
+    size_t cut = (size_t)(strstr(text, stop) - text);
+    assert_int_equal(exsa("run -m m.gguf -p 'hello there' -n 24 --temp 0 --ignore-eos --json "
+                          "--stop %s", stop), 0);
+    char expect[4200];
+    snprintf(expect, sizeof expect, "\"text\": \"%.*s\", \"finish_reason\": \"stop\"", (int)cut,
+             text);
+    if (!strstr(g_out, expect))
+        fail_msg("--stop %s: wanted %s in\n%s", stop, expect, g_out);
+}
+
 static void test_other_archs(void **state)
 {
     (void)state;
@@ -523,6 +673,7 @@ int main(void)
         cmocka_unit_test(test_chat_cmd),
         cmocka_unit_test(test_other_archs),
         cmocka_unit_test(test_perplexity),
+        cmocka_unit_test(test_run_matches_model_loop),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
