@@ -371,14 +371,15 @@ int exsa_cmd_chat(int argc, char **argv)
     for (;;) {
         int dropped;
         char *line = next_line(tty, &dropped);
-        if (dropped) {
-            if (!line || line[0])
-                fputc('\n', stdout); /* libedit did not end the line itself */
+        if (dropped) { /* Ctrl-C: the line is dropped, the conversation goes on */
             free(line);
             continue;
         }
-        if (!line)
+        if (!line) {
+            if (tty)
+                fputc('\n', stdout); /* Ctrl-D: leave the shell's prompt a fresh line */
             break;
+        }
         if (tty && *line)
             add_history(line);
         int r = 0;
