@@ -73,7 +73,7 @@ static int teardown(void **state)
 static void test_help(void **state)
 {
     (void)state;
-    const char *cmds[] = {"run", "info", "quantize", "bench", "gen-model"};
+    const char *cmds[] = {"run", "info", "quantize", "bench", "gen-model", "perplexity", "chat"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         assert_int_equal(exsa("%s --help", cmds[i]), 0);
         assert_non_null(strstr(g_out, "usage: exsa"));
