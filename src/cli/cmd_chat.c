@@ -10,6 +10,7 @@
 #include <editline/readline.h>
 #include <errno.h>
 #include <jansson.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -363,6 +364,9 @@ int exsa_cmd_chat(int argc, char **argv)
     int tty = isatty(0);
     ch.dim = isatty(2);
     if (tty) {
+        /* libedit converts what is typed through the locale's encoding:
+         * without this, anything beyond ASCII is lost. */
+        setlocale(LC_CTYPE, "");
         rl_catch_signals = 0;
         rl_getc_function = read_key;
         fprintf(stderr, "exsa chat: %s (%s, template: %s, context %d). /help for commands.\n",
