@@ -282,6 +282,7 @@ typedef struct exsa_model_info {
     int32_t bos, eos;      /* -1: none */
     uint64_t n_params, weight_bytes;
     int64_t created;       /* unix time the engine was created */
+    char backend[128];     /* what runs it: backend, ISA, threads ("cpu avx2 x8") */
 } exsa_model_info;
 
 void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out);

@@ -14,6 +14,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "engine/sampling.h"
+#include "model/model.h"
 #include "test_util.h"
 
 #ifndef EXSA_BIN
@@ -71,7 +73,7 @@ static int teardown(void **state)
 static void test_help(void **state)
 {
     (void)state;
-    const char *cmds[] = {"run", "info", "quantize", "bench", "gen-model"};
+    const char *cmds[] = {"run", "info", "quantize", "bench", "gen-model", "perplexity", "chat"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         assert_int_equal(exsa("%s --help", cmds[i]), 0);
         assert_non_null(strstr(g_out, "usage: exsa"));
@@ -287,17 +289,24 @@ static void test_tokenize_and_prompt(void **state)
                 exsa("gen-model x.gguf --vocab %s/README.md", fx));
 }
 
-/* Runs "printf INPUT | exsa ARGS" (stdin not a tty); same capture as exsa(). */
-static int exsa_stdin(const char *input, const char *args)
+/* Runs "printf INPUT | exsa ARGS" (stdin not a tty); same capture as exsa(),
+ * stderr too when with_stderr. */
+static int exsa_stdin2(const char *input, const char *args, int with_stderr)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "cd %s && printf '%s' | %s %s 2>&1", g_dir, input, EXSA_BIN, args);
+    snprintf(cmd, sizeof cmd, "cd %s && printf '%s' | %s %s %s", g_dir, input, EXSA_BIN, args,
+             with_stderr ? "2>&1" : "2>/dev/null");
     FILE *p = popen(cmd, "r");
     assert_non_null(p);
     size_t n = fread(g_out, 1, sizeof g_out - 1, p);
     g_out[n] = '\0';
     int st = pclose(p);
     return WIFSIGNALED(st) ? -1000 - WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+static int exsa_stdin(const char *input, const char *args)
+{
+    return exsa_stdin2(input, args, 1);
 }
 
 static void test_template_cmd(void **state)
@@ -336,21 +345,303 @@ static void test_template_cmd(void **state)
 static void test_chat_cmd(void **state)
 {
     (void)state;
-    assert_int_equal(exsa_stdin("/set temp 0\\nhello\\n", "chat -m m.gguf -n 6"), 0);
+    /* Answers on stdout; the stats lines go to stderr. */
+    assert_int_equal(exsa_stdin2("/set temp 0\\nhello\\n", "chat -m m.gguf -n 6", 0), 0);
     assert_non_null(strstr(g_out, "(temp = 0)"));
     char first[2048];
     snprintf(first, sizeof first, "%s", strstr(g_out, ")\n") + 2);
+    /* The -n cap ends the answer with a marker. */
+    assert_non_null(strstr(first, " [length]\n"));
     /* Greedy turns are reproducible; a second turn reuses the cache. */
-    assert_int_equal(exsa_stdin("/set temp 0\\nhello\\nmore\\n/clear\\nhello\\n/quit\\nnot read\\n",
-                                "chat -m m.gguf -n 6"), 0);
+    assert_int_equal(exsa_stdin2("/set temp 0\\nhello\\nmore\\n/clear\\nhello\\n/quit\\nnot read\\n",
+                                 "chat -m m.gguf -n 6", 0), 0);
     assert_non_null(strstr(g_out, first));
     assert_non_null(strstr(g_out, "(conversation cleared)"));
     const char *again = strstr(strstr(g_out, "(conversation cleared)"), "\n") + 1;
     assert_string_equal(again, first);
-    assert_int_equal(exsa_stdin("/set top-p 7\\n/bogus\\n", "chat -m m.gguf"), 0);
+    /* /set n 3: the same greedy answer cut at 3 tokens, marked [length];
+     * the stats line counts them. */
+    assert_int_equal(exsa_stdin("/set temp 0\\n/set n 3\\nhello\\n", "chat -m m.gguf"), 0);
+    assert_non_null(strstr(g_out, "(n = 3)"));
+    const char *ans = strstr(g_out, "(n = 3)\n") + 8;
+    const char *mark = strstr(ans, " [length]\n");
+    assert_non_null(mark);
+    assert_true(mark - ans > 0 && strncmp(first, ans, (size_t)(mark - ans)) == 0);
+    assert_non_null(strstr(mark, "[3 tokens, "));
+    assert_non_null(strstr(mark, " t/s; prompt "));
+    /* /help lists the chat's commands, not the command-line usage. */
+    assert_int_equal(exsa_stdin("/help\\n", "chat -m m.gguf"), 0);
+    assert_non_null(strstr(g_out, "/set n N"));
+    assert_non_null(strstr(g_out, "/clear"));
+    assert_non_null(strstr(g_out, "/quit"));
+    assert_null(strstr(g_out, "usage: exsa"));
+    assert_int_equal(exsa_stdin("/set top-p 7\\n/bogus\\n/set n x\\n", "chat -m m.gguf"), 0);
     assert_non_null(strstr(g_out, "--top-p must be in"));
     assert_non_null(strstr(g_out, "unknown command '/bogus'"));
+    assert_non_null(strstr(g_out, "n expects an integer"));
     expect_fail("chat no model", "missing -m", exsa("chat"));
+
+    /* Ctrl-C at the prompt keeps the conversation going: SIGINT while chat
+     * waits for a line, then a question still gets its answer. (env resets
+     * SIGINT, which sh ignores in background jobs.) */
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && rm -f fifo && mkfifo fifo && "
+             "{ env --default-signal=INT %s chat -m m.gguf < fifo > chat.out 2>&1 & "
+             "pid=$!; exec 3> fifo; "
+             "printf '/set n 2\\n' >&3; "
+             "for i in $(seq 300); do grep -q 'n = 2' chat.out && break; sleep 0.1; done; "
+             "kill -INT $pid; sleep 0.3; printf 'hello\\n/quit\\n' >&3; exec 3>&-; "
+             "wait $pid; echo \"rc=$?\" >> chat.out; }",
+             g_dir, EXSA_BIN);
+    assert_int_equal(system(cmd), 0);
+    char path[512];
+    snprintf(path, sizeof path, "%s/chat.out", g_dir);
+    size_t size;
+    char *out = exsa_test_read_file(path, &size);
+    assert_non_null(out);
+    out = realloc(out, size + 1);
+    out[size] = 0;
+    if (!strstr(out, "[length]") || !strstr(out, "rc=0"))
+        fail_msg("chat after SIGINT:\n%s", out);
+    free(out);
+}
+
+/* Parses the first JSON array of integers in s into ids; returns the count. */
+static int parse_id_array(const char *s, int32_t *ids, int cap)
+{
+    const char *c = strchr(s, '[');
+    int n = 0;
+    if (!c)
+        return 0;
+    for (c++; *c && *c != ']';) {
+        char *end;
+        long v = strtol(c, &end, 10);
+        if (end == c) {
+            c++;
+            continue;
+        }
+        if (n < cap)
+            ids[n] = (int32_t)v;
+        n++;
+        c = end;
+    }
+    return n;
+}
+
+static double json_number(const char *s, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\": ", key);
+    const char *p = strstr(s, k);
+    if (!p)
+        fail_msg("no \"%s\" in:\n%s", key, s);
+    return strtod(p + strlen(k), NULL);
+}
+
+/* Mean NLL of the second half of each chunk, computed here from
+ * `exsa run --dump-logits` of the chunk's tokens (first replaced by bos
+ * when bos >= 0), scoring the tokens after position first (n_ctx / 2):
+ * llama-perplexity's definition, written independently of
+ * cmd_perplexity.c. Returns the PPL; *err gets its error estimate. */
+static double reference_ppl(const int32_t *ids, int n_chunk, int n_ctx, int first, int32_t bos,
+                            double *err)
+{
+    double nll = 0, nll2 = 0;
+    int count = 0;
+    for (int k = 0; k < n_chunk; k++) {
+        char list[8192];
+        size_t off = 0;
+        for (int i = 0; i < n_ctx; i++) {
+            int32_t t = i == 0 && bos >= 0 ? bos : ids[k * n_ctx + i];
+            off += (size_t)snprintf(list + off, sizeof list - off, "%s%d", i ? "," : "", t);
+        }
+        assert_int_equal(exsa("run -m m.gguf --prompt-ids %s -n 0 --kv-type f32 "
+                              "--dump-logits chunk.f32", list), 0);
+        size_t n;
+        float *l = read_logits("chunk.f32", &n);
+        assert_int_equal(n, (size_t)n_ctx * 600);
+        for (int i = first; i < n_ctx - 1; i++) {
+            const float *row = l + (size_t)i * 600;
+            double mx = row[0], sum = 0;
+            for (int v = 1; v < 600; v++)
+                mx = row[v] > mx ? row[v] : mx;
+            for (int v = 0; v < 600; v++)
+                sum += exp((double)row[v] - mx);
+            double x = mx + log(sum) - row[ids[k * n_ctx + i + 1]];
+            nll += x, nll2 += x * x, count++;
+        }
+        free(l);
+    }
+    double mean = nll / count, ppl = exp(mean);
+    *err = ppl * sqrt((nll2 / count - mean * mean) / (count - 1));
+    return ppl;
+}
+
+static void test_perplexity(void **state)
+{
+    (void)state;
+    /* A text of lowercase words (merged tokens) and punctuation (bytes). */
+    static const char *words[] = {"the", "cat", "sat", "on", "a", "mat", "while", "dogs",
+                                  "ran", "far", "away", "from", "home", ",", ".", "quietly"};
+    char path[512];
+    snprintf(path, sizeof path, "%s/text.txt", g_dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    uint64_t st = 42;
+    for (int i = 0; i < 400; i++)
+        fprintf(f, "%s%s", i ? " " : "", words[exsa_test_rand_u64(&st) % 16]);
+    fclose(f);
+    assert_int_equal(exsa("tokenize -m m.gguf --bos < text.txt"), 0);
+    static int32_t ids[4096];
+    int n_tok = parse_id_array(g_out, ids, 4096);
+    assert_true(n_tok > 200 && n_tok < 4096);
+    assert_int_equal(ids[0], 598);
+    const int n_ctx = 32, n_chunk = n_tok / n_ctx;
+
+    double ref_err, ref = reference_ppl(ids, n_chunk, n_ctx, n_ctx / 2, 598, &ref_err);
+    /* The reference tells the variants apart: without BOS at each chunk's
+     * start, or with the window one token early, it differs, so a
+     * perplexity that got either wrong fails below. */
+    double x_err, nobos = reference_ppl(ids, n_chunk, n_ctx, n_ctx / 2, -1, &x_err);
+    double early = reference_ppl(ids, n_chunk, n_ctx, n_ctx / 2 - 1, 598, &x_err);
+    printf("reference PPL %.6f +/- %.6f (without BOS %.6f, window one early %.6f), %d chunks\n",
+           ref, ref_err, nobos, early, n_chunk);
+    assert_true(fabs(nobos / ref - 1) > 1e-4);
+    assert_true(fabs(early / ref - 1) > 1e-4);
+
+    /* One chunk per pass, a chunk split over passes, several per pass. */
+    const char *batches[] = {"32", "10", "64", "96"};
+    for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        assert_int_equal(exsa("perplexity -m m.gguf -f text.txt -c 32 -b %s --kv-type f32 "
+                              "--json -t 2", batches[b]), 0);
+        double ppl = json_number(g_out, "ppl"), err = json_number(g_out, "ppl_error");
+        printf("exsa perplexity -b %s: PPL %.6f +/- %.6f\n", batches[b], ppl, err);
+        assert_int_equal((int)json_number(g_out, "n_tokens"), n_tok);
+        assert_int_equal((int)json_number(g_out, "n_chunks"), n_chunk);
+        assert_int_equal((int)json_number(g_out, "tokens_scored"), n_chunk * (n_ctx / 2 - 1));
+        assert_int_equal((int)json_number(g_out, "tokens_evaluated"), n_chunk * n_ctx);
+        if (!(fabs(ppl / ref - 1) < 2e-5 && fabs(err / ref_err - 1) < 1e-3))
+            fail_msg("-b %s: PPL %.6f +/- %.6f, reference %.6f +/- %.6f", batches[b], ppl, err,
+                     ref, ref_err);
+    }
+    /* --chunks 2: the first two chunks only. */
+    double ref2_err, ref2 = reference_ppl(ids, 2, n_ctx, n_ctx / 2, 598, &ref2_err);
+    assert_int_equal(exsa("perplexity -m m.gguf -f text.txt -c 32 --chunks 2 --kv-type f32 "
+                          "--json"), 0);
+    assert_true(fabs(json_number(g_out, "ppl") / ref2 - 1) < 2e-5);
+    /* Text report: running values per chunk and the final line. */
+    assert_int_equal(exsa("perplexity -m m.gguf -f text.txt -c 32 --chunks 3"), 0);
+    assert_non_null(strstr(g_out, "[1]"));
+    assert_non_null(strstr(g_out, ",[3]"));
+    assert_non_null(strstr(g_out, "Final estimate: PPL = "));
+    assert_non_null(strstr(g_out, " t/s)"));
+
+    expect_fail("ppl missing file", "cannot open 'nope.txt'",
+                exsa("perplexity -m m.gguf -f nope.txt"));
+    expect_fail("ppl short text", "needs at least 4096 tokens",
+                exsa("perplexity -m m.gguf -f text.txt -c 2048"));
+    expect_fail("ppl bad batch", "-b (48) must be below -c (32) or a multiple of it",
+                exsa("perplexity -m m.gguf -f text.txt -c 32 -b 48"));
+    expect_fail("ppl bad ctx", "-c must be in", exsa("perplexity -m m.gguf -f text.txt -c 2"));
+    expect_fail("ppl no file", "missing -f", exsa("perplexity -m m.gguf"));
+    expect_fail("ppl flag", "unknown option '--frob'", exsa("perplexity -m m.gguf --frob"));
+}
+
+/* The single-sequence loop `exsa run` had before it became an engine
+ * client, written here on the model and sampler APIs: the prompt in one
+ * pass, the sampler fed the prompt, then one row per generated token. */
+static void loop_generate(const char *model, const int32_t *prompt, int n_prompt,
+                          const exsa_sampling_params *sp, int n_gen, int32_t *out)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", g_dir, model);
+    exsa_err err = {0};
+    exsa_model *m = exsa_model_load(path, &err);
+    assert_non_null(m);
+    exsa_model_ctx_params cp;
+    exsa_model_ctx_params_default(&cp);
+    cp.n_ctx = 256;
+    cp.max_batch = 64;
+    exsa_model_ctx *c = exsa_model_ctx_create(m, &cp, &err);
+    assert_non_null(c);
+    const int V = exsa_model_hparams(m)->n_vocab;
+    float *logits = malloc((size_t)V * sizeof *logits);
+    exsa_sampler *smp = exsa_sampler_create(sp, V, &err);
+    assert_non_null(smp);
+    int32_t pos[64], seq[64] = {0}, tok[64];
+    uint8_t want[64];
+    for (int i = 0; i < n_prompt; i++) {
+        tok[i] = prompt[i], pos[i] = i, want[i] = i == n_prompt - 1;
+        exsa_sampler_accept(smp, prompt[i]);
+    }
+    exsa_batch b = {.n = n_prompt, .token = tok, .pos = pos, .seq = seq, .logits = want};
+    assert_int_equal(exsa_model_forward(c, &b, logits, &err), 0);
+    for (int k = 0; k < n_gen; k++) {
+        int32_t t = exsa_sampler_sample(smp, logits);
+        exsa_sampler_accept(smp, t);
+        out[k] = t;
+        int32_t p = n_prompt + k;
+        uint8_t one = 1;
+        exsa_batch d = {.n = 1, .token = &t, .pos = &p, .seq = seq, .logits = &one};
+        assert_int_equal(exsa_model_forward(c, &d, logits, &err), 0);
+    }
+    exsa_sampler_free(smp);
+    free(logits);
+    exsa_model_ctx_free(c);
+    exsa_model_free(m);
+}
+
+static void test_run_matches_model_loop(void **state)
+{
+    (void)state;
+    const int32_t prompt[] = {5, 6, 7, 8, 300, 12};
+    int32_t want[16], got[32];
+    exsa_sampling_params sp;
+    exsa_sampling_params_default(&sp);
+    sp.temperature = 0;
+    loop_generate("m.gguf", prompt, 6, &sp, 16, want);
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 5,6,7,8,300,12 -n 16 --temp 0 "
+                          "--ignore-eos --json"), 0);
+    assert_int_equal(parse_id_array(strstr(g_out, "\"tokens\""), got, 32), 16);
+    assert_memory_equal(got, want, sizeof want);
+    assert_non_null(strstr(g_out, "\"finish_reason\": \"length\""));
+    /* Seeded sampling with penalties and truncations draws the same. */
+    exsa_sampling_params_default(&sp);
+    sp.seed = 3;
+    sp.top_k = 20;
+    sp.repeat_penalty = 1.3f;
+    sp.presence_penalty = 0.5f;
+    loop_generate("m.gguf", prompt, 6, &sp, 16, want);
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 5,6,7,8,300,12 -n 16 --seed 3 --top-k 20 "
+                          "--repeat-penalty 1.3 --presence-penalty 0.5 --ignore-eos --json"), 0);
+    assert_int_equal(parse_id_array(strstr(g_out, "\"tokens\""), got, 32), 16);
+    assert_memory_equal(got, want, sizeof want);
+
+    /* --stop: the text ends before the first occurrence of the stop string
+     * (two lowercase letters picked from the greedy text). */
+    assert_int_equal(exsa("run -m m.gguf -p 'hello there' -n 24 --temp 0 --ignore-eos --json"), 0);
+    char text[4096];
+    const char *t = strstr(g_out, "\"text\": \"");
+    assert_non_null(t);
+    t += 9;
+    snprintf(text, sizeof text, "%.*s", (int)(strstr(t, "\", \"finish_reason\"") - t), t);
+    char stop[3] = {0};
+    for (size_t i = 3; text[i] && text[i + 1] && !stop[0]; i++)
+        if (text[i] >= 'a' && text[i] <= 'z' && text[i + 1] >= 'a' && text[i + 1] <= 'z')
+            stop[0] = text[i], stop[1] = text[i + 1];
+    if (!stop[0]) {
+        printf("no letter pair in '%s': --stop check not run\n", text);
+        return;
+    }
+    size_t cut = (size_t)(strstr(text, stop) - text);
+    assert_int_equal(exsa("run -m m.gguf -p 'hello there' -n 24 --temp 0 --ignore-eos --json "
+                          "--stop %s", stop), 0);
+    char expect[4200];
+    snprintf(expect, sizeof expect, "\"text\": \"%.*s\", \"finish_reason\": \"stop\"", (int)cut,
+             text);
+    if (!strstr(g_out, expect))
+        fail_msg("--stop %s: wanted %s in\n%s", stop, expect, g_out);
 }
 
 static void test_other_archs(void **state)
@@ -381,6 +672,8 @@ int main(void)
         cmocka_unit_test(test_template_cmd),
         cmocka_unit_test(test_chat_cmd),
         cmocka_unit_test(test_other_archs),
+        cmocka_unit_test(test_perplexity),
+        cmocka_unit_test(test_run_matches_model_loop),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,7 +2,10 @@
 #ifndef EXSA_CLI_H
 #define EXSA_CLI_H
 
+#include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/sampling.h"
 
@@ -16,6 +19,7 @@ int exsa_cmd_tokenize(int argc, char **argv);
 int exsa_cmd_template(int argc, char **argv);
 int exsa_cmd_chat(int argc, char **argv);
 int exsa_cmd_serve(int argc, char **argv);
+int exsa_cmd_perplexity(int argc, char **argv);
 
 /* Prints "exsa <cmd>: message" to stderr; returns 1 (the exit status). */
 int exsa_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -44,8 +48,34 @@ int exsa_cli_sampling_set(const char *cmd, exsa_cli_sampling *s, const char *nam
                           const char *value);
 const char *exsa_cli_sampling_help(void);
 
+/* Generation through the engine: `run` and `chat` are its clients, so
+ * chunked prefill, prefix reuse, stop strings and sampling live in one
+ * place (engine/engine.c). */
+typedef struct exsa_cli_gen {
+    int32_t *ids;         /* generated ids */
+    int n_ids, cap_ids;
+    char *text;           /* generated text (NUL-terminated) */
+    size_t len, cap;
+    int finish;           /* exsa_finish_reason */
+    exsa_usage usage;
+    exsa_timings timings;
+    char error[512];      /* finish == EXSA_FINISH_ERROR: why */
+} exsa_cli_gen;
+
+/* Submits p to e and reads the stream to its end: each token's text goes
+ * to out (unless NULL) as it comes and is collected in g (emptied first,
+ * buffers kept) with the ids. When *interrupt (may be NULL) becomes
+ * nonzero, the request is cancelled (finish EXSA_FINISH_CANCEL). Returns 0,
+ * or the submit error with err set. */
+int exsa_cli_generate(exsa_engine *e, const exsa_request_params *p, FILE *out,
+                      volatile sig_atomic_t *interrupt, exsa_cli_gen *g, exsa_err *err);
+void exsa_cli_gen_free(exsa_cli_gen *g);
+
 /* A terminal progress bar on stderr (only when stderr is a tty). */
 void exsa_cli_progress(void *ud, int64_t done, int64_t total);
+
+/* Writes s[0..n) as a JSON string literal (quotes, escapes) to f. */
+void exsa_cli_json_string(FILE *f, const char *s, size_t n);
 
 /* Model path default from the environment (MODEL_PATH / EXSA_MODEL_PATH). */
 const char *exsa_cli_env_model(void);

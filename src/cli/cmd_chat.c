@@ -1,9 +1,16 @@
-/* exsa chat: an interactive conversation in the terminal. Each turn renders
- * the whole conversation with the model's chat template, reuses the KV cache
- * for the common prefix with what was already computed, and streams the
- * answer as complete UTF-8 characters. */
+/* exsa chat: an interactive conversation in the terminal, as a client of
+ * the serving engine. Each turn renders the whole conversation with the
+ * chat template and submits it as one request; the engine's prefix cache
+ * keeps the K/V of the blocks earlier turns computed, so a turn only
+ * computes what is new. Answers stream as complete UTF-8 characters.
+ *
+ * SIGINT (Ctrl-C) sets a flag and never ends the process: during an answer
+ * it cancels the request; at the prompt it drops the line being typed.
+ * Only Ctrl-D (end of input) and /quit leave. */
 #include <editline/readline.h>
+#include <errno.h>
 #include <jansson.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,46 +18,47 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "model/model.h"
+#include "engine/sampling.h"
 #include "quant/quant.h"
-#include "text/chat_template.h"
-#include "text/tokenizer.h"
-#include "text/vocab.h"
 
 static const char *usage =
     "usage: exsa chat -m MODEL [--template FILE|NAME] [--system TEXT] [-n N] [-c CTX]\n"
     "                 [-t THREADS] [--kv-type f16|f32|q8_0] [sampling flags]\n"
-    "Commands: /clear (forget the conversation), /system TEXT, /set NAME VALUE\n"
-    "(a sampling setting, e.g. /set temp 0.7), /help, /quit. Ctrl-C stops the\n"
-    "current answer; Ctrl-D leaves. -n caps tokens per answer (default: until the\n"
-    "model stops or the context is full).\n";
+    "  -n N   tokens per answer at most (default -1: until the model stops or the\n"
+    "         context is full)\n"
+    "In the chat, /help lists the commands. Ctrl-C stops the current answer (at the\n"
+    "prompt it clears the line); Ctrl-D or /quit leaves.\n";
 
-static volatile sig_atomic_t g_stop;
+static const char *repl_help =
+    "  /help               this list\n"
+    "  /clear              forget the conversation\n"
+    "  /system [TEXT]      set the system prompt (none: remove it); restarts the conversation\n"
+    "  /set n N            tokens per answer at most (-1: no cap)\n"
+    "  /set NAME VALUE     a sampling setting: temp, top-k, top-p, min-p, typical, tfs,\n"
+    "                      repeat-penalty, repeat-last-n, presence-penalty,\n"
+    "                      frequency-penalty, mirostat, mirostat-ent, mirostat-lr, seed,\n"
+    "                      logit-bias (e.g. /set temp 0.7)\n"
+    "  /quit, /exit        leave (or Ctrl-D)\n"
+    "Ctrl-C stops an answer; at the prompt it clears the line.\n";
+
+static volatile sig_atomic_t g_int;
 
 static void on_sigint(int sig)
 {
     (void)sig;
-    g_stop = 1;
+    g_int = 1;
 }
 
 typedef struct chat {
-    exsa_model *m;
-    exsa_model_ctx *c;
-    exsa_vocab *v;
-    exsa_tokenizer *tok;
-    exsa_detok *detok;
-    exsa_chat_template *tpl;
-    exsa_sampler *smp;
+    exsa_engine *e;
+    exsa_model_info info;
     exsa_cli_sampling sampling;
     json_t *messages;
     char *system;
-    char bos[128], eos[128];
-    int32_t *cached;  /* ids whose K/V are in sequence 0 */
-    int n_cached, n_ctx, max_batch;
+    char bos[128];
     int64_t n_predict;
-    float *logits;
-    int32_t *pos, *seq;
-    uint8_t *want;
+    exsa_cli_gen g;
+    int dim; /* stderr is a terminal: stats in dim text */
 } chat;
 
 static void reset_messages(chat *ch)
@@ -61,195 +69,205 @@ static void reset_messages(chat *ch)
                               json_pack("{s:s, s:s}", "role", "system", "content", ch->system));
 }
 
-static void token_text(const exsa_vocab *v, int32_t id, char *buf, size_t cap)
+/* The conversation's prompt as token ids (malloc'd), or NULL with a message. */
+static int32_t *render(chat *ch, int *n_out)
 {
-    buf[0] = '\0';
-    if (id >= 0) {
-        size_t len;
-        const char *s = exsa_vocab_token_str(v, id, &len);
-        snprintf(buf, cap, "%.*s", (int)(len < cap ? len : cap - 1), s);
+    exsa_err err = {0};
+    char *msgs = json_dumps(ch->messages, JSON_COMPACT);
+    char *prompt = msgs ? exsa_engine_chat_render(ch->e, msgs, NULL, 1, &err) : NULL;
+    free(msgs);
+    if (!prompt) {
+        fprintf(stderr, "exsa chat: %s\n", err.msg[0] ? err.msg : "out of memory");
+        return NULL;
     }
-}
-
-/* Runs ids[from..n) into the cache; logits of the last row. */
-static int prefill(chat *ch, const int32_t *ids, int from, int n, exsa_err *err)
-{
-    for (int s = from; s < n; s += ch->max_batch) {
-        int k = n - s < ch->max_batch ? n - s : ch->max_batch;
-        for (int i = 0; i < k; i++) {
-            ch->pos[i] = s + i;
-            ch->want[i] = s + i == n - 1;
-        }
-        exsa_batch b = {.n = k, .token = (int32_t *)ids + s, .pos = ch->pos, .seq = ch->seq,
-                        .logits = ch->want};
-        if (exsa_model_forward(ch->c, &b, ch->logits, err))
-            return err->code;
+    size_t len = strlen(prompt);
+    /* BOS unless the template wrote it already. */
+    int add = !ch->bos[0] || strncmp(prompt, ch->bos, strlen(ch->bos)) != 0;
+    int64_t n = exsa_engine_tokenize(ch->e, prompt, len, add, 1, NULL, 0, &err);
+    int32_t *ids = n > 0 && n <= INT32_MAX ? malloc((size_t)n * sizeof *ids) : NULL;
+    if (!ids || exsa_engine_tokenize(ch->e, prompt, len, add, 1, ids, n, &err) != n) {
+        fprintf(stderr, "exsa chat: %s\n", n < 0 ? err.msg : "cannot tokenize the prompt");
+        free(ids);
+        ids = NULL;
     }
-    return 0;
+    free(prompt);
+    *n_out = (int)n;
+    return ids;
 }
 
 /* One assistant answer to the conversation so far; appends it. */
 static int answer(chat *ch)
 {
+    int n = 0;
+    int32_t *ids = render(ch, &n);
+    if (!ids)
+        return 1;
+    const int n_ctx = ch->info.n_ctx;
+    if (n >= n_ctx) {
+        fprintf(stderr, "exsa chat: the conversation (%d tokens) fills the context (%d); "
+                        "/clear it or raise -c\n", n, n_ctx);
+        free(ids);
+        return 1;
+    }
+    int room = n_ctx - n;
+    int capped = ch->n_predict > 0 && ch->n_predict <= room;
+    exsa_request_params rp;
+    exsa_request_params_default(&rp);
+    rp.prompt_ids = ids;
+    rp.n_prompt_ids = n;
+    rp.sampling = ch->sampling.sp;
+    rp.max_tokens = capped ? (int)ch->n_predict : room;
     exsa_err err = {0};
-    exsa_chat_opts o = {.add_generation_prompt = 1, .bos_token = ch->bos, .eos_token = ch->eos};
-    char *prompt = exsa_chat_template_render(ch->tpl, ch->messages, &o, &err);
-    if (!prompt) {
-        fprintf(stderr, "exsa chat: %s\n", err.msg);
-        return 1;
-    }
-    size_t len = strlen(prompt);
-    /* BOS unless the template wrote it already. */
-    int flags = EXSA_TOK_PARSE_SPECIAL;
-    if (!ch->bos[0] || strncmp(prompt, ch->bos, strlen(ch->bos)) != 0)
-        flags |= EXSA_TOK_ADD_SPECIAL;
-    int64_t n = exsa_tokenize(ch->tok, prompt, len, flags, NULL, 0, &err);
-    int32_t *ids = n > 0 ? malloc((size_t)n * sizeof *ids) : NULL;
-    if (n <= 0 || !ids || exsa_tokenize(ch->tok, prompt, len, flags, ids, n, &err) != n) {
-        fprintf(stderr, "exsa chat: %s\n", n < 0 ? err.msg : "cannot tokenize the prompt");
-        free(ids);
-        free(prompt);
-        return 1;
-    }
-    free(prompt);
-    if (n >= ch->n_ctx) {
-        fprintf(stderr, "exsa chat: the conversation (%lld tokens) fills the context (%d); "
-                        "/clear it or raise -c\n", (long long)n, ch->n_ctx);
-        free(ids);
-        return 1;
-    }
-    /* Keep the common prefix in the cache; recompute at least the last id. */
-    int common = 0;
-    while (common < ch->n_cached && common < n - 1 && ch->cached[common] == ids[common])
-        common++;
-    exsa_kv_seq_truncate(exsa_model_ctx_kv(ch->c), 0, common);
-    ch->n_cached = common;
-    if (prefill(ch, ids, common, (int)n, &err)) {
-        fprintf(stderr, "exsa chat: %s\n", err.msg);
-        free(ids);
-        return 1;
-    }
-    memcpy(ch->cached, ids, (size_t)n * sizeof *ids);
-    ch->n_cached = (int)n;
+    g_int = 0;
+    int rc = exsa_cli_generate(ch->e, &rp, stdout, &g_int, &ch->g, &err);
     free(ids);
-
-    exsa_sampler_reset(ch->smp);
-    exsa_detok_reset(ch->detok);
-    size_t cap = 4096, tlen = 0;
-    char *text = malloc(cap);
-    struct sigaction sa = {.sa_handler = on_sigint}, old;
-    sigemptyset(&sa.sa_mask);
-    g_stop = 0;
-    sigaction(SIGINT, &sa, &old);
-    int64_t produced = 0;
-    while (text && !g_stop && ch->n_cached < ch->n_ctx &&
-           (ch->n_predict < 0 || produced < ch->n_predict)) {
-        int32_t t = exsa_sampler_sample(ch->smp, ch->logits);
-        exsa_sampler_accept(ch->smp, t);
-        produced++;
-        if (exsa_vocab_is_eog(ch->v, t))
-            break;
-        if (tlen + 256 > cap) {
-            char *p = realloc(text, cap *= 2);
-            if (!p)
-                break;
-            text = p;
-        }
-        int k = exsa_detok_push(ch->detok, t, text + tlen, 256);
-        if (k > 0) {
-            fwrite(text + tlen, 1, (size_t)k, stdout);
-            fflush(stdout);
-            tlen += (size_t)k;
-        }
-        int32_t p = ch->n_cached, s0 = 0;
-        uint8_t one = 1;
-        exsa_batch b = {.n = 1, .token = &t, .pos = &p, .seq = &s0, .logits = &one};
-        if (exsa_model_forward(ch->c, &b, ch->logits, &err)) {
-            fprintf(stderr, "\nexsa chat: %s\n", err.msg);
-            break;
-        }
-        ch->cached[ch->n_cached++] = t;
+    if (rc) {
+        fprintf(stderr, "exsa chat: %s\n", err.msg);
+        return 1;
     }
-    sigaction(SIGINT, &old, NULL);
-    if (text) {
-        int k = exsa_detok_flush(ch->detok, text + tlen, 256);
-        if (k > 0) {
-            fwrite(text + tlen, 1, (size_t)k, stdout);
-            tlen += (size_t)k;
-        }
-        text[tlen] = '\0';
-        json_array_append_new(ch->messages, json_pack("{s:s, s:s%}", "role", "assistant",
-                                                      "content", text, tlen));
-    }
-    if (g_stop)
+    const exsa_cli_gen *g = &ch->g;
+    json_array_append_new(ch->messages, json_pack("{s:s, s:s%}", "role", "assistant", "content",
+                                                  g->text, g->len));
+    if (g->finish == EXSA_FINISH_CANCEL)
         fputs(" [stopped]", stdout);
+    else if (g->finish == EXSA_FINISH_LENGTH && capped)
+        fputs(" [length]", stdout);
+    else if (g->finish == EXSA_FINISH_LENGTH || g->finish == EXSA_FINISH_CONTEXT)
+        fputs(" [context full]", stdout);
     fputs("\n", stdout);
-    free(text);
+    fflush(stdout);
+    if (g->finish == EXSA_FINISH_ERROR)
+        fprintf(stderr, "exsa chat: %s\n", g->error);
+    double gen_ms = g->timings.total_ms - g->timings.ttft_ms;
+    fprintf(stderr, "%s[%d tokens, %.1f t/s; prompt %d tokens (%d cached) in %.2f s]%s\n",
+            ch->dim ? "\033[2m" : "", g->n_ids,
+            g->n_ids > 1 && gen_ms > 0 ? (g->n_ids - 1) * 1e3 / gen_ms : 0.0,
+            g->usage.prompt_tokens, g->usage.cached_tokens, g->timings.ttft_ms / 1e3,
+            ch->dim ? "\033[0m" : "");
+    g_int = 0;
     return 0;
 }
 
+static void set_cmd(chat *ch, char *args)
+{
+    char *name = strtok(args, " "), *value = strtok(NULL, " ");
+    if (!name || !value) {
+        fputs("usage: /set NAME VALUE (e.g. /set temp 0.7, /set n 128); /help lists them\n",
+              stderr);
+        return;
+    }
+    if (!strcmp(name, "n")) {
+        int64_t v;
+        if (exsa_cli_int("chat", "n", value, -1, 1 << 24, &v) == 0) {
+            ch->n_predict = v > 0 ? v : -1;
+            printf("(n = %lld)\n", (long long)ch->n_predict);
+        }
+        return;
+    }
+    exsa_cli_sampling trial = ch->sampling;
+    trial.sp.logit_bias = trial.bias;
+    exsa_err err = {0};
+    if (exsa_cli_sampling_set("chat", &trial, name, value) != 0)
+        return;
+    if (exsa_sampling_params_check(&trial.sp, ch->info.n_vocab, &err) != 0) {
+        fprintf(stderr, "exsa chat: %s\n", err.msg);
+        return;
+    }
+    ch->sampling = trial;
+    ch->sampling.sp.logit_bias = ch->sampling.bias;
+    printf("(%s = %s)\n", name, value);
+}
+
+/* A REPL command; -1 leaves. */
 static int command(chat *ch, char *line)
 {
     if (!strcmp(line, "/quit") || !strcmp(line, "/exit"))
         return -1;
     if (!strcmp(line, "/help")) {
-        fputs(usage, stdout);
+        fputs(repl_help, stdout);
     } else if (!strcmp(line, "/clear")) {
         reset_messages(ch);
-        exsa_kv_seq_free(exsa_model_ctx_kv(ch->c), 0);
-        ch->n_cached = 0;
         puts("(conversation cleared)");
     } else if (!strncmp(line, "/system", 7) && (line[7] == ' ' || !line[7])) {
         const char *s = line[7] ? line + 8 : "";
         free(ch->system);
         ch->system = *s ? strdup(s) : NULL;
         reset_messages(ch);
-        ch->n_cached = 0;
-        exsa_kv_seq_free(exsa_model_ctx_kv(ch->c), 0);
         puts(*s ? "(system prompt set; conversation restarted)" : "(system prompt removed)");
-    } else if (!strncmp(line, "/set ", 5)) {
-        char *name = strtok(line + 5, " "), *value = strtok(NULL, " ");
-        exsa_cli_sampling trial = ch->sampling;
-        trial.sp.logit_bias = trial.bias;
-        exsa_err err = {0};
-        exsa_sampler *s;
-        const int32_t n_vocab = exsa_model_hparams(ch->m)->n_vocab;
-        if (!name || !value) {
-            fputs("usage: /set NAME VALUE (e.g. /set temp 0.7)\n", stderr);
-        } else if (exsa_cli_sampling_set("chat", &trial, name, value) == 0) {
-            if (exsa_sampling_params_check(&trial.sp, n_vocab, &err) ||
-                !(s = exsa_sampler_create(&trial.sp, n_vocab, &err))) {
-                fprintf(stderr, "exsa chat: %s\n", err.msg);
-            } else {
-                exsa_sampler_free(ch->smp);
-                ch->smp = s;
-                ch->sampling = trial;
-                ch->sampling.sp.logit_bias = ch->sampling.bias;
-                printf("(%s = %s)\n", name, value);
-            }
-        }
+    } else if (!strncmp(line, "/set", 4) && (line[4] == ' ' || !line[4])) {
+        set_cmd(ch, line + 4);
     } else {
-        fprintf(stderr, "unknown command '%s' (/help)\n", line);
+        fprintf(stderr, "unknown command '%s' (/help lists them)\n", line);
     }
+    fflush(stdout);
     return 0;
+}
+
+/* libedit reads keys through this: a SIGINT at the prompt (read fails with
+ * EINTR) ends the line, which the loop then drops. Returns a code point
+ * (UTF-8 decoded, as libedit's own reader does) or EOF. */
+static int read_key(FILE *f)
+{
+    unsigned char c[4];
+    for (;;) {
+        ssize_t k = read(fileno(f), c, 1);
+        if (k == 1)
+            break;
+        if (k == 0 || errno != EINTR)
+            return EOF;
+        if (g_int) {
+            fputs("^C", stdout);
+            fflush(stdout);
+            return '\n';
+        }
+    }
+    int more = c[0] >= 0xF0 ? 3 : c[0] >= 0xE0 ? 2 : c[0] >= 0xC0 ? 1 : 0;
+    int cp = more == 3 ? c[0] & 0x07 : more == 2 ? c[0] & 0x0F : more ? c[0] & 0x1F : c[0];
+    for (int i = 1; i <= more; i++) {
+        ssize_t k;
+        while ((k = read(fileno(f), c + i, 1)) < 0 && errno == EINTR)
+            ;
+        if (k != 1 || (c[i] & 0xC0) != 0x80)
+            return 0xFFFD;
+        cp = cp << 6 | (c[i] & 0x3F);
+    }
+    return cp;
+}
+
+/* The next input line (malloc'd), NULL at end of input; *dropped = 1 when
+ * Ctrl-C ended it (the caller ignores it). */
+static char *next_line(int tty, int *dropped)
+{
+    char *line = NULL;
+    g_int = 0;
+    if (tty) {
+        line = readline("> ");
+    } else {
+        size_t cap = 0;
+        ssize_t k;
+        while ((k = getline(&line, &cap, stdin)) < 0 && errno == EINTR) {
+            clearerr(stdin);
+            if (g_int)
+                break;
+        }
+        if (k < 0) {
+            free(line);
+            line = NULL;
+        } else if (k > 0 && line[k - 1] == '\n') {
+            line[k - 1] = '\0';
+        }
+    }
+    *dropped = g_int != 0;
+    g_int = 0;
+    return line;
 }
 
 static void chat_free(chat *ch)
 {
-    free(ch->cached);
-    free(ch->logits);
-    free(ch->pos);
-    free(ch->seq);
-    free(ch->want);
+    exsa_cli_gen_free(&ch->g);
     free(ch->system);
     json_decref(ch->messages);
-    exsa_sampler_free(ch->smp);
-    exsa_chat_template_destroy(ch->tpl);
-    exsa_detok_free(ch->detok);
-    exsa_tokenizer_free(ch->tok);
-    exsa_vocab_free(ch->v);
-    exsa_model_ctx_free(ch->c);
-    exsa_model_free(ch->m);
+    exsa_engine_free(ch->e);
 }
 
 int exsa_cmd_chat(int argc, char **argv)
@@ -286,6 +304,8 @@ int exsa_cmd_chat(int argc, char **argv)
             if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
                 exsa_cli_int(cmd, a, v, -1, 1 << 24, &ch.n_predict))
                 return 1;
+            if (ch.n_predict == 0)
+                ch.n_predict = -1;
         } else if (!strcmp(a, "-t")) {
             if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
                 exsa_cli_int(cmd, a, v, 1, 1024, &threads))
@@ -301,70 +321,69 @@ int exsa_cmd_chat(int argc, char **argv)
             if (kv_type != EXSA_TYPE_F16 && kv_type != EXSA_TYPE_F32 && kv_type != EXSA_TYPE_Q8_0)
                 return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", v);
         } else {
+            free(ch.system);
             return exsa_cli_fail(cmd, "unknown option '%s' (see --help)", a);
         }
     }
-    if (!path)
+    if (!path) {
+        free(ch.system);
         return exsa_cli_fail(cmd, "missing -m MODEL (or MODEL_PATH); see --help");
+    }
     exsa_err err = {0};
     int rc = 1;
-    const char *tpl_src = NULL;
-    if (!(ch.m = exsa_model_load(path, &err)) ||
-        !(ch.v = exsa_vocab_load(exsa_model_gguf(ch.m), &err)) ||
-        !(ch.tok = exsa_tokenizer_create(ch.v, &err)) ||
-        !(ch.detok = exsa_detok_create(ch.tok, 0, &err)) ||
-        !(ch.tpl = exsa_chat_template_for_model(exsa_model_gguf(ch.m), tpl_name, &tpl_src,
-                                                &err))) {
+    exsa_engine_params ep;
+    exsa_engine_params_default(&ep);
+    ep.model_path = path;
+    ep.n_threads = (int)threads;
+    ep.n_ctx = (int)ctx;
+    ep.kv_type = kv_type;
+    ep.max_batch_size = 1;
+    ep.queue_size = 1;
+    ep.chat_template = tpl_name;
+    if (!(ch.e = exsa_engine_create(&ep, &err)) ||
+        exsa_engine_tokenize(ch.e, "", 0, 0, 0, NULL, 0, &err) < 0) {
         exsa_cli_fail(cmd, "%s", err.msg);
         goto done;
     }
-    const exsa_hparams *hp = exsa_model_hparams(ch.m);
-    exsa_model_ctx_params cp;
-    exsa_model_ctx_params_default(&cp);
-    cp.n_threads = (int)threads;
-    cp.n_ctx = (int)ctx;
-    cp.kv_type = kv_type;
-    if (!(ch.c = exsa_model_ctx_create(ch.m, &cp, &err)) ||
-        exsa_sampling_params_check(&ch.sampling.sp, hp->n_vocab, &err) ||
-        !(ch.smp = exsa_sampler_create(&ch.sampling.sp, hp->n_vocab, &err))) {
-        exsa_cli_fail(cmd, "%s", err.msg);
+    exsa_engine_model_info(ch.e, &ch.info);
+    if (exsa_sampling_params_check(&ch.sampling.sp, ch.info.n_vocab, &err) ||
+        !(ch.messages = json_array())) {
+        exsa_cli_fail(cmd, "%s", err.msg[0] ? err.msg : "out of memory");
         goto done;
     }
-    ch.n_ctx = exsa_model_ctx_params_get(ch.c)->n_ctx;
-    ch.max_batch = exsa_model_ctx_params_get(ch.c)->max_batch;
-    ch.cached = malloc((size_t)ch.n_ctx * sizeof *ch.cached);
-    ch.logits = malloc((size_t)hp->n_vocab * sizeof *ch.logits);
-    ch.pos = malloc((size_t)ch.max_batch * sizeof *ch.pos);
-    ch.seq = calloc((size_t)ch.max_batch, sizeof *ch.seq);
-    ch.want = calloc((size_t)ch.max_batch, 1);
-    ch.messages = json_array();
-    if (!ch.cached || !ch.logits || !ch.pos || !ch.seq || !ch.want || !ch.messages) {
-        exsa_cli_fail(cmd, "out of memory");
-        goto done;
+    if (ch.info.bos >= 0) {
+        int64_t k = exsa_engine_token_bytes(ch.e, ch.info.bos, 1, ch.bos, sizeof ch.bos - 1, NULL);
+        ch.bos[k > 0 && k < (int64_t)sizeof ch.bos ? k : 0] = '\0';
     }
-    token_text(ch.v, exsa_vocab_bos(ch.v), ch.bos, sizeof ch.bos);
-    token_text(ch.v, exsa_vocab_eos(ch.v), ch.eos, sizeof ch.eos);
     reset_messages(&ch);
+
+    /* Ctrl-C never ends the process here; libedit must not catch it. */
+    struct sigaction sa = {.sa_handler = on_sigint}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old);
     int tty = isatty(0);
-    if (tty)
+    ch.dim = isatty(2);
+    if (tty) {
+        /* libedit converts what is typed through the locale's encoding:
+         * without this, anything beyond ASCII is lost. */
+        setlocale(LC_CTYPE, "");
+        rl_catch_signals = 0;
+        rl_getc_function = read_key;
         fprintf(stderr, "exsa chat: %s (%s, template: %s, context %d). /help for commands.\n",
-                path, exsa_model_ctx_describe(ch.c), tpl_src, ch.n_ctx);
+                path, ch.info.backend, tpl_name ? tpl_name : "the model's", ch.info.n_ctx);
+    }
     for (;;) {
-        char *line = NULL;
-        if (tty) {
-            line = readline("> ");
-        } else {
-            size_t cap = 0;
-            ssize_t k = getline(&line, &cap, stdin);
-            if (k < 0) {
-                free(line);
-                line = NULL;
-            } else if (k > 0 && line[k - 1] == '\n') {
-                line[k - 1] = '\0';
-            }
+        int dropped;
+        char *line = next_line(tty, &dropped);
+        if (dropped) { /* Ctrl-C: the line is dropped, the conversation goes on */
+            free(line);
+            continue;
         }
-        if (!line)
+        if (!line) {
+            if (tty)
+                fputc('\n', stdout); /* Ctrl-D: leave the shell's prompt a fresh line */
             break;
+        }
         if (tty && *line)
             add_history(line);
         int r = 0;
@@ -380,6 +399,7 @@ int exsa_cmd_chat(int argc, char **argv)
         if (r < 0)
             break;
     }
+    sigaction(SIGINT, &old, NULL);
     rc = 0;
 done:
     chat_free(&ch);

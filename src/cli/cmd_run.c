@@ -1,3 +1,6 @@
+/* exsa run: one prompt, one generation, through the serving engine (the
+ * same path as `exsa serve`). --dump-logits and -n 0 run the prompt alone
+ * through the model API, for the logits of every prompt row. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +25,7 @@ static const char *usage =
     "  --dump-logits FILE   write the logits of every prompt position as float32\n"
     "                       little-endian [n_prompt][n_vocab]\n"
     "  --ignore-eos         keep generating past end-of-generation tokens\n"
+    "  --stop TEXT          stop before this text (repeatable, at most 16)\n"
     "MODEL defaults to $MODEL_PATH.\n";
 
 static int parse_ids(const char *s, int32_t **out, int *n)
@@ -55,27 +59,12 @@ static int parse_ids(const char *s, int32_t **out, int *n)
     return 0;
 }
 
-static void json_string(FILE *f, const char *s, size_t n)
-{
-    fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", f);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
 typedef struct run_opts {
     const char *model, *prompt, *prompt_ids, *dump;
     int64_t n_gen, threads, ctx, batch;
     int kv_type, json, ignore_eos;
+    const char *stop[16];
+    int n_stop;
     exsa_cli_sampling smp;
 } run_opts;
 
@@ -122,6 +111,12 @@ static int parse(int argc, char **argv, run_opts *o)
                 return 1;
         } else if (!strcmp(a, "--json")) {
             o->json = 1;
+        } else if (!strcmp(a, "--stop")) {
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
+            if (o->n_stop == 16)
+                return exsa_cli_fail(cmd, "at most 16 --stop strings");
+            o->stop[o->n_stop++] = v;
         } else if (!strcmp(a, "--ignore-eos")) {
             o->ignore_eos = 1;
         } else if (!strcmp(a, "--kv-type")) {
@@ -136,6 +131,256 @@ static int parse(int argc, char **argv, run_opts *o)
         }
     }
     return 0;
+}
+
+static void print_json(const run_opts *o, int n_prompt, const int32_t *gen, int n_out,
+                       const char *text, size_t text_len, double pms, double gms,
+                       double gen_tps, const char *finish, const char *backend)
+{
+    printf("{\"model\": ");
+    exsa_cli_json_string(stdout, o->model, strlen(o->model));
+    printf(", \"n_prompt\": %d, \"n_gen\": %d, \"prompt_ms\": %.3f, \"gen_ms\": %.3f, "
+           "\"prompt_tps\": %.3f, \"gen_tps\": %.3f, \"tokens\": [",
+           n_prompt, n_out, pms, gms, pms > 0 ? n_prompt * 1e3 / pms : 0.0, gen_tps);
+    for (int i = 0; i < n_out; i++)
+        printf("%s%d", i ? ", " : "", gen[i]);
+    printf("], \"text\": ");
+    exsa_cli_json_string(stdout, text, text_len);
+    printf(", \"finish_reason\": \"%s\", \"backend\": ", finish);
+    exsa_cli_json_string(stdout, backend, strlen(backend));
+    printf("}\n");
+}
+
+/* The prompt alone through the model API: chunks of -b rows, logits of
+ * every row to --dump-logits. With -n 0 it is the whole command. */
+static int prompt_pass(const run_opts *o, const int32_t *given, int n_given)
+{
+    const char *cmd = "run";
+    int rc = 1;
+    exsa_err err = {0};
+    int32_t *ids = NULL;
+    int n_prompt = n_given;
+    exsa_model *m = NULL;
+    exsa_model_ctx *c = NULL;
+    exsa_vocab *voc = NULL;
+    exsa_tokenizer *tok = NULL;
+    float *logits = NULL;
+    FILE *dump = NULL;
+    int32_t *pos = NULL, *seq = NULL;
+    uint8_t *want = NULL;
+
+    if (!(m = exsa_model_load(o->model, &err))) {
+        exsa_cli_fail(cmd, "%s", err.msg);
+        goto done;
+    }
+    if (o->prompt) {
+        if (!(voc = exsa_vocab_load(exsa_model_gguf(m), &err)) ||
+            !(tok = exsa_tokenizer_create(voc, &err))) {
+            exsa_cli_fail(cmd, "-p needs the model's tokenizer: %s", err.msg);
+            goto done;
+        }
+        size_t len = strlen(o->prompt);
+        int64_t n = exsa_tokenize(tok, o->prompt, len, EXSA_TOK_ADD_SPECIAL, NULL, 0, &err);
+        if (n <= 0 || n > INT32_MAX || !(ids = malloc((size_t)n * sizeof *ids)) ||
+            exsa_tokenize(tok, o->prompt, len, EXSA_TOK_ADD_SPECIAL, ids, n, &err) != n) {
+            exsa_cli_fail(cmd, "%s", n == 0 ? "the prompt has no tokens" : err.msg);
+            goto done;
+        }
+        n_prompt = (int)n;
+        given = ids;
+    }
+    const exsa_hparams *hp = exsa_model_hparams(m);
+    for (int i = 0; i < n_prompt; i++)
+        if (given[i] >= hp->n_vocab) {
+            exsa_cli_fail(cmd, "prompt token %d is out of the vocabulary (%d tokens)", given[i],
+                          hp->n_vocab);
+            goto done;
+        }
+    exsa_model_ctx_params cp;
+    exsa_model_ctx_params_default(&cp);
+    cp.n_threads = (int)o->threads;
+    cp.n_ctx = (int)o->ctx;
+    cp.max_batch = (int)o->batch;
+    cp.kv_type = o->kv_type;
+    if (!(c = exsa_model_ctx_create(m, &cp, &err))) {
+        exsa_cli_fail(cmd, "%s", err.msg);
+        goto done;
+    }
+    const int n_ctx = exsa_model_ctx_params_get(c)->n_ctx;
+    if (n_prompt > n_ctx) {
+        exsa_cli_fail(cmd, "prompt of %d tokens exceeds the context (%d); raise -c", n_prompt,
+                      n_ctx);
+        goto done;
+    }
+    const size_t V = (size_t)hp->n_vocab;
+    const int B = (int)o->batch;
+    logits = malloc((size_t)(o->dump ? B : 1) * V * sizeof(float));
+    pos = malloc((size_t)B * sizeof *pos);
+    seq = calloc((size_t)B, sizeof *seq);
+    want = calloc((size_t)B, 1);
+    if (!logits || !pos || !seq || !want) {
+        exsa_cli_fail(cmd, "out of memory");
+        goto done;
+    }
+    if (o->dump && !(dump = fopen(o->dump, "wb"))) {
+        exsa_cli_fail(cmd, "cannot write '%s'", o->dump);
+        goto done;
+    }
+    int64_t t0 = exsa_time_ns();
+    for (int s = 0; s < n_prompt; s += B) {
+        int n = n_prompt - s < B ? n_prompt - s : B;
+        for (int i = 0; i < n; i++) {
+            pos[i] = s + i;
+            want[i] = o->dump ? 1 : (s + i == n_prompt - 1);
+        }
+        exsa_batch b = {.n = n, .token = (int32_t *)given + s, .pos = pos, .seq = seq,
+                        .logits = want};
+        if (exsa_model_forward(c, &b, logits, &err)) {
+            exsa_cli_fail(cmd, "%s", err.msg);
+            goto done;
+        }
+        if (dump && fwrite(logits, sizeof(float) * V, (size_t)n, dump) != (size_t)n) {
+            exsa_cli_fail(cmd, "write to '%s' failed", o->dump);
+            goto done;
+        }
+    }
+    double pms = (double)(exsa_time_ns() - t0) / 1e6;
+    if (dump) {
+        int bad = fclose(dump) != 0;
+        dump = NULL;
+        if (bad) {
+            exsa_cli_fail(cmd, "write to '%s' failed", o->dump);
+            goto done;
+        }
+    }
+    if (o->n_gen == 0) {
+        if (o->json)
+            print_json(o, n_prompt, NULL, 0, "", 0, pms, 0, 0, "length",
+                       exsa_model_ctx_describe(c));
+        else
+            fprintf(stderr, "\nprompt: %d tokens in %.1f ms (%.2f t/s); %s\n", n_prompt, pms,
+                    pms > 0 ? n_prompt * 1e3 / pms : 0.0, exsa_model_ctx_describe(c));
+    }
+    rc = 0;
+done:
+    if (dump)
+        fclose(dump);
+    free(pos);
+    free(seq);
+    free(want);
+    free(logits);
+    free(ids);
+    exsa_tokenizer_free(tok);
+    exsa_vocab_free(voc);
+    exsa_model_ctx_free(c);
+    exsa_model_free(m);
+    return rc;
+}
+
+static const char *finish_name(int f)
+{
+    switch (f) {
+    case EXSA_FINISH_STOP: return "stop";
+    case EXSA_FINISH_LENGTH: return "length";
+    case EXSA_FINISH_CONTEXT: return "context";
+    case EXSA_FINISH_CANCEL: return "cancel";
+    default: return "error";
+    }
+}
+
+/* Generation: one request to an engine of one sequence. */
+static int generate(const run_opts *o, const int32_t *given, int n_given)
+{
+    const char *cmd = "run";
+    int rc = 1;
+    exsa_err err = {0};
+    int32_t *ids = NULL;
+    int n_prompt = n_given;
+    exsa_cli_gen g = {0};
+    exsa_engine_params ep;
+    exsa_engine_params_default(&ep);
+    ep.model_path = o->model;
+    ep.n_threads = (int)o->threads;
+    ep.n_ctx = (int)o->ctx;
+    ep.max_batch_tokens = (int)o->batch;
+    ep.max_batch_size = 1;
+    ep.kv_type = o->kv_type;
+    ep.queue_size = 1;
+    ep.prefix_cache = 0;
+    exsa_engine *e = exsa_engine_create(&ep, &err);
+    if (!e)
+        return exsa_cli_fail(cmd, "%s", err.msg);
+    static exsa_model_info info;
+    exsa_engine_model_info(e, &info);
+    /* Without a tokenizer the engine still runs ids; output is ids then. */
+    int has_text = exsa_engine_tokenize(e, "", 0, 0, 0, NULL, 0, NULL) >= 0;
+    if (o->prompt) {
+        size_t len = strlen(o->prompt);
+        int64_t n = exsa_engine_tokenize(e, o->prompt, len, 1, 0, NULL, 0, &err);
+        if (n < 0 && !has_text) {
+            exsa_cli_fail(cmd, "-p needs the model's tokenizer: %s", err.msg);
+            goto done;
+        }
+        if (n <= 0 || n > INT32_MAX || !(ids = malloc((size_t)n * sizeof *ids)) ||
+            exsa_engine_tokenize(e, o->prompt, len, 1, 0, ids, n, &err) != n) {
+            exsa_cli_fail(cmd, "%s", n == 0 ? "the prompt has no tokens" : err.msg);
+            goto done;
+        }
+        n_prompt = (int)n;
+        given = ids;
+    }
+    for (int i = 0; i < n_prompt; i++)
+        if (given[i] >= info.n_vocab) {
+            exsa_cli_fail(cmd, "prompt token %d is out of the vocabulary (%d tokens)", given[i],
+                          info.n_vocab);
+            goto done;
+        }
+    if (n_prompt >= info.n_ctx) {
+        exsa_cli_fail(cmd, "prompt of %d tokens %s the context (%d); raise -c", n_prompt,
+                      n_prompt > info.n_ctx ? "exceeds" : "fills", info.n_ctx);
+        goto done;
+    }
+    exsa_request_params rp;
+    exsa_request_params_default(&rp);
+    rp.prompt_ids = given;
+    rp.n_prompt_ids = n_prompt;
+    rp.sampling = o->smp.sp;
+    rp.max_tokens = o->n_gen < info.n_ctx - n_prompt ? (int)o->n_gen : info.n_ctx - n_prompt;
+    rp.ignore_eos = o->ignore_eos;
+    rp.stop = o->stop;
+    rp.n_stop = o->n_stop;
+    if (exsa_cli_generate(e, &rp, o->json || !has_text ? NULL : stdout, NULL, &g, &err)) {
+        exsa_cli_fail(cmd, "%s", err.msg);
+        goto done;
+    }
+    if (g.finish == EXSA_FINISH_ERROR) {
+        exsa_cli_fail(cmd, "%s", g.error);
+        goto done;
+    }
+    /* Prompt time: submit to the first token (one prefill and a sample);
+     * generation: the rest, n - 1 decode steps. */
+    double pms = g.timings.ttft_ms, gms = g.timings.total_ms - g.timings.ttft_ms;
+    double gen_tps = g.n_ids > 1 && gms > 0 ? (g.n_ids - 1) * 1e3 / gms : 0.0;
+    if (o->json) {
+        print_json(o, n_prompt, g.ids, g.n_ids, g.text, g.len, pms, gms, gen_tps,
+                   finish_name(g.finish), info.backend);
+    } else {
+        if (!has_text)
+            for (int i = 0; i < g.n_ids; i++)
+                printf("%s%d", i ? " " : "", g.ids[i]);
+        printf("\n");
+        fprintf(stderr,
+                "prompt: %d tokens in %.1f ms (%.2f t/s); generated: %d tokens in %.1f ms "
+                "(%.2f t/s); %s\n",
+                n_prompt, pms, pms > 0 ? n_prompt * 1e3 / pms : 0.0, g.n_ids, gms, gen_tps,
+                info.backend);
+    }
+    rc = 0;
+done:
+    exsa_cli_gen_free(&g);
+    free(ids);
+    exsa_engine_free(e);
+    return rc;
 }
 
 int exsa_cmd_run(int argc, char **argv)
@@ -157,210 +402,18 @@ int exsa_cmd_run(int argc, char **argv)
         return exsa_cli_fail(cmd, "give a prompt with -p TEXT or --prompt-ids 1,2,3");
     if (o.prompt && o.prompt_ids)
         return exsa_cli_fail(cmd, "-p and --prompt-ids are exclusive");
-
-    int rc = 1;
-    exsa_err err = {0};
     int32_t *ids = NULL;
-    int n_prompt = 0;
-    exsa_model *m = NULL;
-    exsa_model_ctx *c = NULL;
-    exsa_sampler *smp = NULL;
-    exsa_vocab *voc = NULL;
-    exsa_tokenizer *tok = NULL;
-    exsa_detok *detok = NULL;
-    float *logits = NULL;
-    FILE *dump = NULL;
-    char *text = NULL;
-    int32_t *gen = NULL;
-
-    if (o.prompt_ids && (parse_ids(o.prompt_ids, &ids, &n_prompt) || n_prompt == 0)) {
-        exsa_cli_fail(cmd, "--prompt-ids expects comma-separated token ids, got '%s'",
-                      o.prompt_ids);
-        goto done;
+    int n = 0;
+    if (o.prompt_ids && (parse_ids(o.prompt_ids, &ids, &n) || n == 0)) {
+        free(ids);
+        return exsa_cli_fail(cmd, "--prompt-ids expects comma-separated token ids, got '%s'",
+                             o.prompt_ids);
     }
-    if (!(m = exsa_model_load(o.model, &err))) {
-        exsa_cli_fail(cmd, "%s", err.msg);
-        goto done;
-    }
-    /* The tokenizer is needed for -p; without one, output is printed as ids. */
-    exsa_err terr = {0};
-    if ((voc = exsa_vocab_load(exsa_model_gguf(m), &terr)) &&
-        (tok = exsa_tokenizer_create(voc, &terr)))
-        detok = exsa_detok_create(tok, 0, &terr);
-    if (o.prompt) {
-        if (!tok) {
-            exsa_cli_fail(cmd, "-p needs the model's tokenizer: %s", terr.msg);
-            goto done;
-        }
-        size_t len = strlen(o.prompt);
-        int64_t n = exsa_tokenize(tok, o.prompt, len, EXSA_TOK_ADD_SPECIAL, NULL, 0, &err);
-        if (n <= 0 || n > INT32_MAX || !(ids = malloc((size_t)n * sizeof *ids)) ||
-            exsa_tokenize(tok, o.prompt, len, EXSA_TOK_ADD_SPECIAL, ids, n, &err) != n) {
-            exsa_cli_fail(cmd, "%s", n == 0 ? "the prompt has no tokens" : err.msg);
-            goto done;
-        }
-        n_prompt = (int)n;
-    }
-    const exsa_hparams *hp = exsa_model_hparams(m);
-    for (int i = 0; i < n_prompt; i++)
-        if (ids[i] >= hp->n_vocab) {
-            exsa_cli_fail(cmd, "prompt token %d is out of the vocabulary (%d tokens)", ids[i],
-                          hp->n_vocab);
-            goto done;
-        }
-    exsa_model_ctx_params cp;
-    exsa_model_ctx_params_default(&cp);
-    cp.n_threads = (int)o.threads;
-    cp.n_ctx = (int)o.ctx;
-    cp.max_batch = (int)o.batch;
-    cp.kv_type = o.kv_type;
-    if (!(c = exsa_model_ctx_create(m, &cp, &err))) {
-        exsa_cli_fail(cmd, "%s", err.msg);
-        goto done;
-    }
-    const int n_ctx = exsa_model_ctx_params_get(c)->n_ctx;
-    if (n_prompt > n_ctx) {
-        exsa_cli_fail(cmd, "prompt of %d tokens exceeds the context (%d); raise -c", n_prompt,
-                      n_ctx);
-        goto done;
-    }
-    if (exsa_sampling_params_check(&o.smp.sp, hp->n_vocab, &err) ||
-        !(smp = exsa_sampler_create(&o.smp.sp, hp->n_vocab, &err))) {
-        exsa_cli_fail(cmd, "%s", err.msg);
-        goto done;
-    }
-    const size_t V = (size_t)hp->n_vocab;
-    int rows = o.dump ? (int)o.batch : 1;
-    logits = malloc((size_t)rows * V * sizeof(float));
-    gen = malloc(((size_t)o.n_gen + 1) * sizeof *gen);
-    text = malloc((size_t)o.n_gen * 64 + 65);
-    if (!logits || !gen || !text) {
-        exsa_cli_fail(cmd, "out of memory");
-        goto done;
-    }
-    if (o.dump && !(dump = fopen(o.dump, "wb"))) {
-        exsa_cli_fail(cmd, "cannot write '%s'", o.dump);
-        goto done;
-    }
-
-    /* Prompt: chunks of up to -b rows, one forward pass each. */
-    int32_t *pos = malloc((size_t)o.batch * sizeof *pos), *seq = calloc((size_t)o.batch, 4);
-    uint8_t *want = calloc((size_t)o.batch, 1);
-    if (!pos || !seq || !want) {
-        free(pos), free(seq), free(want);
-        exsa_cli_fail(cmd, "out of memory");
-        goto done;
-    }
-    int64_t t0 = exsa_time_ns();
-    int fail = 0;
-    for (int s = 0; s < n_prompt && !fail; s += (int)o.batch) {
-        int n = n_prompt - s < (int)o.batch ? n_prompt - s : (int)o.batch;
-        for (int i = 0; i < n; i++) {
-            pos[i] = s + i;
-            want[i] = o.dump ? 1 : (s + i == n_prompt - 1);
-        }
-        exsa_batch b = {.n = n, .token = ids + s, .pos = pos, .seq = seq, .logits = want};
-        if (exsa_model_forward(c, &b, logits, &err)) {
-            exsa_cli_fail(cmd, "%s", err.msg);
-            fail = 1;
-        } else if (dump && fwrite(logits, sizeof(float) * V, (size_t)n, dump) != (size_t)n) {
-            exsa_cli_fail(cmd, "write to '%s' failed", o.dump);
-            fail = 1;
-        }
-    }
-    int64_t t1 = exsa_time_ns();
-    free(pos), free(seq), free(want);
-    if (fail)
-        goto done;
-    if (dump) {
-        if (fclose(dump) != 0) {
-            dump = NULL;
-            exsa_cli_fail(cmd, "write to '%s' failed", o.dump);
-            goto done;
-        }
-        dump = NULL;
-    }
-    if (o.dump) /* the last prompt row's logits for sampling */
-        memmove(logits, logits + (size_t)((n_prompt - 1) % o.batch) * V, V * sizeof(float));
-    for (int i = 0; i < n_prompt; i++)
-        exsa_sampler_accept(smp, ids[i]);
-
-    /* Generation: one row per step. */
-    int n_out = 0;
-    size_t text_len = 0;
-    while (n_out < o.n_gen && n_prompt + n_out < n_ctx) {
-        int32_t t = exsa_sampler_sample(smp, logits);
-        exsa_sampler_accept(smp, t);
-        gen[n_out++] = t;
-        if (detok) {
-            int k = exsa_detok_push(detok, t, text + text_len, 64);
-            if (k > 0) {
-                if (!o.json) {
-                    fwrite(text + text_len, 1, (size_t)k, stdout);
-                    fflush(stdout);
-                }
-                text_len += (size_t)k;
-            }
-        }
-        if ((!o.ignore_eos && voc && exsa_vocab_is_eog(voc, t)) || n_out == o.n_gen)
-            break;
-        int32_t p = n_prompt + n_out - 1, s0 = 0;
-        uint8_t one = 1;
-        exsa_batch b = {.n = 1, .token = &t, .pos = &p, .seq = &s0, .logits = &one};
-        if (exsa_model_forward(c, &b, logits, &err)) {
-            exsa_cli_fail(cmd, "%s", err.msg);
-            goto done;
-        }
-    }
-    if (detok) {
-        int k = exsa_detok_flush(detok, text + text_len, 64);
-        if (k > 0) {
-            if (!o.json)
-                fwrite(text + text_len, 1, (size_t)k, stdout);
-            text_len += (size_t)k;
-        }
-    }
-    int64_t t2 = exsa_time_ns();
-    double pms = (double)(t1 - t0) / 1e6, gms = (double)(t2 - t1) / 1e6;
-    if (o.json) {
-        printf("{\"model\": ");
-        json_string(stdout, o.model, strlen(o.model));
-        printf(", \"n_prompt\": %d, \"n_gen\": %d, \"prompt_ms\": %.3f, \"gen_ms\": %.3f, "
-               "\"prompt_tps\": %.3f, \"gen_tps\": %.3f, \"tokens\": [",
-               n_prompt, n_out, pms, gms, pms > 0 ? n_prompt * 1e3 / pms : 0.0,
-               gms > 0 ? n_out * 1e3 / gms : 0.0);
-        for (int i = 0; i < n_out; i++)
-            printf("%s%d", i ? ", " : "", gen[i]);
-        printf("], \"text\": ");
-        json_string(stdout, text, text_len);
-        printf(", \"backend\": ");
-        const char *d = exsa_model_ctx_describe(c);
-        json_string(stdout, d, strlen(d));
-        printf("}\n");
-    } else {
-        if (!detok)
-            for (int i = 0; i < n_out; i++)
-                printf("%s%d", i ? " " : "", gen[i]);
-        printf("\n");
-        fprintf(stderr,
-                "prompt: %d tokens in %.1f ms (%.2f t/s); generated: %d tokens in %.1f ms "
-                "(%.2f t/s); %s\n",
-                n_prompt, pms, pms > 0 ? n_prompt * 1e3 / pms : 0.0, n_out, gms,
-                gms > 0 ? n_out * 1e3 / gms : 0.0, exsa_model_ctx_describe(c));
-    }
-    rc = 0;
-done:
-    if (dump)
-        fclose(dump);
-    free(text);
-    free(gen);
-    free(logits);
+    int rc = 0;
+    if (o.dump || o.n_gen == 0)
+        rc = prompt_pass(&o, ids, n);
+    if (rc == 0 && o.n_gen > 0)
+        rc = generate(&o, ids, n);
     free(ids);
-    exsa_sampler_free(smp);
-    exsa_detok_free(detok);
-    exsa_tokenizer_free(tok);
-    exsa_vocab_free(voc);
-    exsa_model_ctx_free(c);
-    exsa_model_free(m);
     return rc;
 }

@@ -16,6 +16,7 @@ static const struct {
     {"template", exsa_cmd_template, "render a chat template for a list of messages"},
     {"info", exsa_cmd_info, "show a model's metadata, tensors and memory needs"},
     {"quantize", exsa_cmd_quantize, "convert a model's weights to another format"},
+    {"perplexity", exsa_cmd_perplexity, "measure a model's perplexity over a text file"},
     {"bench", exsa_cmd_bench, "measure prompt processing and generation speed"},
     {"gen-model", exsa_cmd_gen_model, "write a random-weight model of any shape"},
 };

@@ -1491,6 +1491,7 @@ void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out)
     out->n_params = exsa_model_n_params(e->m);
     out->weight_bytes = exsa_model_weight_bytes(e->m);
     out->created = e->created;
+    snprintf(out->backend, sizeof out->backend, "%s", exsa_model_ctx_describe(e->ctx));
 }
 
 /* Appends k bytes of piece to out (at most cap - 1 kept) and counts them. */
