@@ -10,13 +10,14 @@
  * Checks, per model:
  * - logits: relative L2 error over the stored positions within a quarter of
  *   the weight format's own quantization error (the fixtures' rule: Q4_1
- *   0.249, Q4_K_M 0.219), the same argmax at >= 80% of the positions, and
+ *   0.249, Q4_K_M 0.219), the same argmax at >= 80% of the positions (at
+ *   least all but one) and any other argmax at a near-tie, and
  *   over the first 64 positions no further (x1.25) than llama.cpp from the
  *   exact logits of the double-precision reference (tests/helpers), where it
  *   knows the architecture;
  * - greedy: Exsa's tokens equal llama.cpp's, or the first divergence falls at
- *   a near-tie: llama.cpp's top-2 gap and Exsa's gap between the two tokens
- *   both below NEAR_TIE (why that bound: see its definition).
+ *   a near-tie: llama.cpp's top-2 gap there below NEAR_TIE_SIGMAS times the
+ *   engines' RMS logit difference (why, and not 1e-3: see its definition); Exsa's gap prints beside it.
  * Figures print as REALERR / REALGREEDY lines. A model not in the cache is
  * skipped (exit 77 when none is there); reference data that is missing is a
  * failure.
@@ -51,6 +52,7 @@ typedef struct real_case {
     char logits_path[512];
     const char *model_path;
     json_t *root;
+    double noise; /* RMS of exsa - llama.cpp over the stored logits */
 } real_case;
 
 static real_case g_cases[MAX_MODELS];
@@ -144,6 +146,15 @@ static int argmax(const float *x, int n)
     return best;
 }
 
+/* A near-tie: llama.cpp's gap between the two tokens below this many times
+ * the RMS difference of the two engines' logits (measured per model on the
+ * stored positions; a gap between two logits then moves by ~1.4 of it).
+ * Both engines are ~4e-2 (relative L2) from the exact logits, and llama.cpp
+ * moves by as much against itself (SmolLM2: flash attention off 3.8e-2; the
+ * prompt one token at a time 4.7e-2, with an argmax flip), so a fixed gap of
+ * 1e-3 would be too tight for llama.cpp to meet against itself. */
+#define NEAR_TIE_SIGMAS 3.0
+
 /* The double-precision reference (tests/helpers/ref_forward.c, exact math
  * on the file's dequantized weights) over the first EXACT_POSITIONS tokens:
  * Exsa must be about as close to it as llama.cpp is. */
@@ -219,20 +230,33 @@ static void check_logits(real_case *rc, const exsa_model *m, const char *name, i
     check_exact(rc, ids, n_ids, pos, n_pos, mine, ref, n_vocab, name);
     double tol = tolerance_for(name);
     double err = exsa_test_rel_l2(mine, ref, (size_t)n_pos * n_vocab);
+    double sq = 0;
+    for (size_t i = 0; i < (size_t)n_pos * n_vocab; i++)
+        sq += ((double)mine[i] - ref[i]) * ((double)mine[i] - ref[i]);
+    rc->noise = sqrt(sq / ((double)n_pos * n_vocab));
     int same = 0;
     for (int i = 0; i < n_pos; i++) {
         const float *a = mine + (size_t)i * n_vocab, *r = ref + (size_t)i * n_vocab;
         double e = exsa_test_rel_l2(a, r, (size_t)n_vocab);
         int am = argmax(a, n_vocab), ar = argmax(r, n_vocab);
         same += am == ar;
-        printf("REALERR %s pos %d rel_l2 %.3e argmax %d/%d\n", name, pos[i], e, am, ar);
+        printf("REALERR %s pos %d rel_l2 %.3e argmax %d/%d", name, pos[i], e, am, ar);
+        if (am != ar) {
+            /* Another argmax only at a near-tie of llama.cpp's logits. */
+            double g_ref = r[ar] - r[am], g_mine = a[am] - a[ar];
+            printf(" (gap llama.cpp %.3g, exsa %.3g)", g_ref, g_mine);
+            assert_true(g_ref < NEAR_TIE_SIGMAS * rc->noise);
+        }
+        printf("\n");
     }
-    printf("REALERR %s all %d positions rel_l2 %.3e (tolerance %.3e) same argmax %d/%d\n",
-           name, n_pos, err, tol, same, n_pos);
+    printf("REALERR %s all %d positions rel_l2 %.3e (tolerance %.3e) same argmax %d/%d, "
+           "rms difference %.3g logits (near-tie bound %.3g)\n",
+           name, n_pos, err, tol, same, n_pos, rc->noise, NEAR_TIE_SIGMAS * rc->noise);
     assert_true(err <= tol);
     /* Quantized: the fixtures' rule, the same argmax at >= 80% of positions
-     * (both engines are ~4e-2 from the exact logits: near-ties move). */
-    assert_true(same * 5 >= n_pos * 4);
+     * (both engines are ~4e-2 from the exact logits: near-ties move), or
+     * with fewer positions stored, at most one flip, at a near-tie. */
+    assert_true(same * 5 >= n_pos * 4 || same >= n_pos - 1);
     free(mine);
     free(ref);
     free(want);
@@ -241,12 +265,6 @@ static void check_logits(real_case *rc, const exsa_model *m, const char *name, i
     free(pos);
 }
 
-/* A near-tie: both engines' gaps between the two tokens below this many
- * logits. Both are ~4e-2 (relative L2) from the exact logits, and
- * llama.cpp moves by as much against itself (flash attention off: 3.8e-2;
- * the prompt one token at a time: 4.7e-2, with an argmax flip), so a gap of
- * 1e-3 would be too tight for llama.cpp to meet against itself. */
-#define NEAR_TIE 0.25
 
 static void check_greedy(real_case *rc, const exsa_model *m, const char *name, int n_vocab)
 {
@@ -275,7 +293,7 @@ static void check_greedy(real_case *rc, const exsa_model *m, const char *name, i
                 printf("REALGREEDY %s prompt %d: first divergence at step %d (exsa %d, "
                        "llama.cpp %d; llama.cpp top-2 gap %.3g, exsa's gap between them %.3g)\n",
                        name, p, i, t, tok[i], ref_gap, logits[t] - logits[tok[i]]);
-                assert_true(ref_gap < NEAR_TIE && fabs(logits[t] - logits[tok[i]]) < NEAR_TIE);
+                assert_true(ref_gap < NEAR_TIE_SIGMAS * rc->noise);
                 break;
             }
             if (i + 1 < n_tok)
