@@ -6,8 +6,9 @@ round), one table per run:
   round | model | Exsa PPL | llama.cpp PPL | PPL rel. diff | Exsa t/s | llama.cpp t/s | ratio
 
 t/s is prompt evaluation speed: tokens evaluated (n_chunks * ctx) over the
-time the forward passes took (Exsa: eval_tps of --json; llama.cpp: its
-"prompt eval time" line). Both use llama-perplexity's method (chunks of ctx
+time the evaluation took (Exsa: eval_tps of --json; llama.cpp: the time
+stamps of its log lines, from "calculating perplexity" to the final
+estimate). Both use llama-perplexity's method (chunks of ctx
 tokens, BOS at each chunk start, second half of each chunk scored).
 
   bench/perplexity_compare.py [--exsa build/exsa] --llama-perplexity PATH
@@ -41,13 +42,22 @@ def run_llama(a, model):
         cmd += ["-b", str(a.batch)]
     p = subprocess.run(cmd, capture_output=True, text=True)
     log = p.stdout + p.stderr
-    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)
-    t = re.search(r"prompt eval time =\s*([0-9.]+) ms /\s*([0-9]+) tokens", log)
-    c = re.search(r"calculating perplexity over ([0-9]+) chunks", log)
-    if p.returncode != 0 or not m or not t:
+    # Its log lines carry a time stamp (minutes.seconds.ms.us): the
+    # evaluation runs from the "calculating" line to the final estimate.
+    m = re.search(r"([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+) I Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)",
+                  log)
+    c = re.search(r"([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+) I perplexity: calculating perplexity over "
+                  r"([0-9]+) chunks, n_ctx=([0-9]+)", log)
+    if p.returncode != 0 or not m or not c:
         sys.exit("llama-perplexity failed on %s:\n%s" % (model, log[-2000:]))
-    tps = float(t.group(2)) / (float(t.group(1)) / 1000.0)
-    return float(m.group(1)), float(m.group(2)), tps, int(c.group(1)) if c else None
+
+    def stamp(g):
+        return (int(g.group(1)) * 60 + int(g.group(2)) + int(g.group(3)) / 1e3 +
+                int(g.group(4)) / 1e6)
+
+    n_chunks, n_ctx = int(c.group(5)), int(c.group(6))
+    tps = n_chunks * n_ctx / (stamp(m) - stamp(c))
+    return float(m.group(5)), float(m.group(6)), tps, n_chunks
 
 
 def main():
