@@ -139,44 +139,24 @@ static int load(exsa_model *m, exsa_err *err)
     if (!(w->output_norm = exsa_model_bind_vector(m, "output_norm.weight", E, 1, err)))
         return err->code;
 
-    const struct {
-        const char *suffix;
-        size_t field;
-        int is_matrix;
-        int64_t n_in, n_out; /* vectors: n_in elements */
-    } spec[] = {
-        {"attn_norm.weight", offsetof(layer_weights, attn_norm), 0, E, 1},
-        {"post_attention_norm.weight", offsetof(layer_weights, post_attn_norm), 0, E, 1},
-        {"ffn_norm.weight", offsetof(layer_weights, ffn_norm), 0, E, 1},
-        {"post_ffw_norm.weight", offsetof(layer_weights, post_ffw_norm), 0, E, 1},
-        {"attn_q_norm.weight", offsetof(layer_weights, q_norm), 0, hp->head_dim, 1},
-        {"attn_k_norm.weight", offsetof(layer_weights, k_norm), 0, hp->head_dim, 1},
-        {"attn_q.weight", offsetof(layer_weights, wq), 1, E, Q},
-        {"attn_k.weight", offsetof(layer_weights, wk), 1, E, KV},
-        {"attn_v.weight", offsetof(layer_weights, wv), 1, E, KV},
-        {"attn_output.weight", offsetof(layer_weights, wo), 1, Q, E},
-        {"ffn_gate.weight", offsetof(layer_weights, w_gate), 1, E, F},
-        {"ffn_up.weight", offsetof(layer_weights, w_up), 1, E, F},
-        {"ffn_down.weight", offsetof(layer_weights, w_down), 1, F, E},
+    const exsa_layer_tensor_spec spec[] = {
+        {"attn_norm.weight", offsetof(layer_weights, attn_norm), 0, E, 1, 1},
+        {"post_attention_norm.weight", offsetof(layer_weights, post_attn_norm), 0, E, 1, 1},
+        {"ffn_norm.weight", offsetof(layer_weights, ffn_norm), 0, E, 1, 1},
+        {"post_ffw_norm.weight", offsetof(layer_weights, post_ffw_norm), 0, E, 1, 1},
+        {"attn_q_norm.weight", offsetof(layer_weights, q_norm), 0, hp->head_dim, 1, 1},
+        {"attn_k_norm.weight", offsetof(layer_weights, k_norm), 0, hp->head_dim, 1, 1},
+        {"attn_q.weight", offsetof(layer_weights, wq), 1, E, Q, 1},
+        {"attn_k.weight", offsetof(layer_weights, wk), 1, E, KV, 1},
+        {"attn_v.weight", offsetof(layer_weights, wv), 1, E, KV, 1},
+        {"attn_output.weight", offsetof(layer_weights, wo), 1, Q, E, 1},
+        {"ffn_gate.weight", offsetof(layer_weights, w_gate), 1, E, F, 1},
+        {"ffn_up.weight", offsetof(layer_weights, w_up), 1, E, F, 1},
+        {"ffn_down.weight", offsetof(layer_weights, w_down), 1, F, E, 1},
     };
-    for (int l = 0; l < hp->n_layer; l++) {
-        char *L = (char *)&w->layers[l];
-        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
-            char name[96];
-            snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].suffix);
-            if (spec[i].is_matrix) {
-                rc = exsa_model_bind_matrix(m, (exsa_tensor *)(L + spec[i].field), name,
-                                            spec[i].n_in, spec[i].n_out, 1, err);
-            } else {
-                err->code = 0;
-                *(const float **)(L + spec[i].field) =
-                    exsa_model_bind_vector(m, name, spec[i].n_in, 1, err);
-                rc = err->code;
-            }
-            if (rc)
-                return rc;
-        }
-    }
+    if ((rc = exsa_model_bind_layers(m, w->layers, sizeof *w->layers, spec,
+                                     sizeof spec / sizeof spec[0], err)))
+        return rc;
     hp->weight_type = w->layers[0].wq.type;
     return 0;
 }

@@ -82,13 +82,7 @@ static int load(exsa_model *m, exsa_err *err)
     hp->weight_type = w->tok_embd.type;
 
     /* Per-layer tensors: name suffix, where it goes, shape, required. */
-    const struct {
-        const char *suffix;
-        size_t field;
-        int is_matrix;
-        int64_t n_in, n_out; /* vectors: n_in elements */
-        int required;
-    } spec[] = {
+    const exsa_layer_tensor_spec spec[] = {
         {"attn_norm.weight", offsetof(layer_weights, attn_norm), 0, E, 1, 1},
         {"ffn_norm.weight", offsetof(layer_weights, ffn_norm), 0, E, 1, 1},
         {"attn_q.weight", offsetof(layer_weights, wq), 1, E, Q, 1},
@@ -106,24 +100,9 @@ static int load(exsa_model *m, exsa_err *err)
         {"attn_k_norm.weight", offsetof(layer_weights, k_norm), 0, hp->head_dim, 1,
          hp->has_qk_norm},
     };
-    for (int l = 0; l < hp->n_layer; l++) {
-        char *L = (char *)&w->layers[l];
-        for (size_t i = 0; i < sizeof spec / sizeof spec[0]; i++) {
-            char name[96];
-            snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].suffix);
-            if (spec[i].is_matrix) {
-                rc = exsa_model_bind_matrix(m, (exsa_tensor *)(L + spec[i].field), name,
-                                            spec[i].n_in, spec[i].n_out, spec[i].required, err);
-            } else {
-                err->code = 0;
-                *(const float **)(L + spec[i].field) =
-                    exsa_model_bind_vector(m, name, spec[i].n_in, spec[i].required, err);
-                rc = err->code;
-            }
-            if (rc)
-                return rc;
-        }
-    }
+    if ((rc = exsa_model_bind_layers(m, w->layers, sizeof *w->layers, spec,
+                                     sizeof spec / sizeof spec[0], err)))
+        return rc;
     hp->weight_type = w->layers[0].wq.type;
     return 0;
 }

@@ -203,6 +203,31 @@ int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int6
     return repack(m, t, err);
 }
 
+int exsa_model_bind_layers(exsa_model *m, void *layers, size_t layer_size,
+                           const exsa_layer_tensor_spec *spec, size_t n_spec, exsa_err *err)
+{
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        char *L = (char *)layers + (size_t)l * layer_size;
+        for (size_t i = 0; i < n_spec; i++) {
+            char name[128];
+            snprintf(name, sizeof name, "blk.%d.%s", l, spec[i].suffix);
+            int rc;
+            if (spec[i].is_matrix) {
+                rc = exsa_model_bind_matrix(m, (exsa_tensor *)(L + spec[i].field), name,
+                                            spec[i].n_in, spec[i].n_out, spec[i].required, err);
+            } else {
+                err->code = 0;
+                *(const float **)(L + spec[i].field) =
+                    exsa_model_bind_vector(m, name, spec[i].n_in, spec[i].required, err);
+                rc = err->code;
+            }
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
 const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
                                     exsa_err *err)
 {

@@ -84,6 +84,22 @@ static inline exsa_layer_kv exsa_model_layer_kv(const exsa_model_ctx *c, int l)
  * (required = 0) leave t->data NULL when absent. */
 int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
                            int64_t n_out, int required, exsa_err *err);
+/* One per-layer tensor "blk.<l>.<suffix>": where it goes in the family's
+ * layer struct (offsetof: an exsa_tensor for a matrix, a const float * for
+ * a vector), its shape, and whether it must be there. */
+typedef struct exsa_layer_tensor_spec {
+    const char *suffix;
+    size_t field;
+    int is_matrix;
+    int64_t n_in, n_out; /* vectors: n_in elements */
+    int required;
+} exsa_layer_tensor_spec;
+
+/* Binds every spec of every layer: layers points at n_layer structs of
+ * layer_size bytes. Returns 0 or the first error. */
+int exsa_model_bind_layers(exsa_model *m, void *layers, size_t layer_size,
+                           const exsa_layer_tensor_spec *spec, size_t n_spec, exsa_err *err);
+
 /* A 1-D tensor of n elements as float32 (converted into model-owned memory
  * when stored in another type); NULL + error when absent and required. */
 const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
