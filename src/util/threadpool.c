@@ -72,15 +72,23 @@
 #define DONE_SPIN_NS 30000LL
 #define SPIN_CHECK_EVERY 32
 
-/* A run whose caller waited longer than this, and longer than it worked
- * itself, for tasks other threads held, stalled: their thread was off the
- * CPU (a balanced op's tail is microseconds). The caller then runs the
- * next runs alone for a while (SOLO_MIN_NS, doubling on each stall that
- * follows a probe, up to SOLO_MAX_NS; halving again while probes pass; and
- * at least four times the stall), as -t 1 would: a thread that the kernel shares out with other work costs
- * each run it holds a task of up to a whole time slice, more than its help
- * is worth. */
+/* Solo periods: the caller runs the pool's runs alone, as -t 1 would,
+ * while the workers sleep. It goes solo
+ * - after a stall: a run whose caller waited longer than STALL_MIN_NS, and
+ *   longer than it worked itself, for tasks other threads held (a
+ *   balanced op's tail is microseconds; this is a thread the kernel took
+ *   off the CPU, which costs every run it holds a task of up to a time
+ *   slice of whatever else runs there);
+ * - when over HELP_WINDOW pooled runs the workers ran less than a quarter
+ *   of their fair share of the tasks: they are mostly off the CPU, and
+ *   their polling and wakeups still cost the caller (where the kernel
+ *   gives the process one share of the CPUs however many threads it has,
+ *   as with autogroup, and when a woken worker preempts the caller).
+ * A period lasts solo_ns (from SOLO_MIN_NS, doubling each time the probe
+ * after a period fails, up to SOLO_MAX_NS, halving with each window that
+ * passes), after a stall at least four stalls long. */
 #define STALL_MIN_NS 500000LL
+#define HELP_WINDOW 64
 #define SOLO_MIN_NS 4000000LL
 #define SOLO_MAX_NS 256000000LL
 
@@ -114,9 +122,15 @@ struct exsa_threadpool {
     atomic_int sleep_done;               /* 1 while the caller sleeps on cv_done */
     _Alignas(64) atomic_int sleep_work;  /* workers sleeping (or about to) on cv_work */
 
-    /* The caller's alone: runs before solo_until (CLOCK_MONOTONIC ns) skip
-     * the workers; solo_ns is the next period's length. Caller-only. */
-    long long solo_until, solo_ns, probe_since;
+    /* Solo periods (caller-only fields): runs before solo_until
+     * (CLOCK_MONOTONIC ns) skip the workers; solo_ns is the next period's
+     * length. */
+    long long solo_until, solo_ns;
+    int probing; /* no window has passed since the last solo period */
+    /* pooled runs, their tasks and the caller's share of them since the
+     * last look (HELP_WINDOW runs) */
+    int win_runs;
+    long long win_tasks, win_caller;
 };
 
 typedef struct {
@@ -192,8 +206,9 @@ static int claim_next(exsa_threadpool *p, unsigned gen, int n)
 }
 
 /* Runs tasks of run gen on `thread` until none are left to claim, then adds
- * the number it ran to done (waking a sleeping caller on the last one). */
-static void work(exsa_threadpool *p, unsigned gen, int thread)
+ * the number it ran to done (waking a sleeping caller on the last one).
+ * Returns that number. */
+static int work(exsa_threadpool *p, unsigned gen, int thread)
 {
     const int64_t shape = atomic_load_explicit(&p->shape, memory_order_acquire);
     const int n = (int)(shape >> 1), each = (int)(shape & 1);
@@ -221,7 +236,7 @@ static void work(exsa_threadpool *p, unsigned gen, int thread)
         ran++;
     }
     if (ran == 0)
-        return;
+        return 0;
     /* release: the tasks' writes are visible to the caller that sees done */
     if (atomic_fetch_add(&p->done, ran) + ran == n && thread != 0 &&
         atomic_load(&p->sleep_done)) {
@@ -229,6 +244,7 @@ static void work(exsa_threadpool *p, unsigned gen, int thread)
         pthread_cond_signal(&p->cv_done);
         pthread_mutex_unlock(&p->mu);
     }
+    return ran;
 }
 
 static void *worker_main(void *arg)
@@ -259,7 +275,7 @@ static void *worker_main(void *arg)
         /* A worker that slept through several runs joins the newest one
          * (whose claims may all be gone: then it only looks). */
         seen = g;
-        work(p, g, id);
+        (void)work(p, g, id);
     }
     return NULL;
 }
@@ -398,26 +414,47 @@ static void run_solo(exsa_task_fn fn, void *ctx, int n_tasks)
         fn(ctx, t, 0);
 }
 
-/* After a run that began at t0 whose caller waited for other threads'
- * tasks from wait0 on: a stall starts or lengthens a solo period; runs
- * that keep up shorten the next one (see STALL_MIN_NS). */
-static void note_wait(exsa_threadpool *p, long long t0, long long wait0)
+/* The caller alone for a while from t1 on, at least `least` ns: after a
+ * stall, or workers that hardly help. Coming right after a solo period
+ * (the probe failed), the period doubles. */
+static void go_solo(exsa_threadpool *p, long long t1, long long least)
 {
-    long long t1 = now_ns();
-    const long long stall = t1 - wait0;
-    if (stall > STALL_MIN_NS && stall > wait0 - t0) {
-        /* a stall soon after the last solo period: that probe failed */
-        if (p->probe_since && t1 - p->probe_since < 4 * p->solo_ns)
-            p->solo_ns = p->solo_ns * 2 < SOLO_MAX_NS ? p->solo_ns * 2 : SOLO_MAX_NS;
-        /* at least a few stalls long, so that one costs a fraction */
-        long long solo = stall < SOLO_MAX_NS / 4 && 4 * stall > p->solo_ns ? 4 * stall : p->solo_ns;
-        p->solo_until = t1 + solo;
-        p->probe_since = p->solo_until;
-    } else if (p->probe_since && t1 - p->probe_since >= 4 * p->solo_ns) {
-        /* the workers have kept up since the last solo period */
-        p->solo_ns = p->solo_ns / 2 > SOLO_MIN_NS ? p->solo_ns / 2 : SOLO_MIN_NS;
-        p->probe_since = t1;
+    if (p->probing)
+        p->solo_ns = p->solo_ns * 2 < SOLO_MAX_NS ? p->solo_ns * 2 : SOLO_MAX_NS;
+    const long long solo = least > p->solo_ns && least < SOLO_MAX_NS ? least : p->solo_ns;
+    p->solo_until = t1 + solo;
+    p->probing = 1;
+    p->win_runs = 0;
+    p->win_tasks = p->win_caller = 0;
+}
+
+/* After a pooled run of n tasks that began at t0, of which the caller ran
+ * `mine`, and whose caller waited for the others' from wait0 on (0: it did
+ * not wait): a stall, or workers that hardly helped over the last
+ * HELP_WINDOW runs, start a solo period; each window that passes without
+ * either halves the next one (see STALL_MIN_NS, HELP_WINDOW). */
+static void pace(exsa_threadpool *p, long long t0, long long wait0, int n, int mine)
+{
+    if (wait0 != 0) {
+        const long long t1 = now_ns(), stall = t1 - wait0;
+        if (stall > STALL_MIN_NS && stall > wait0 - t0) {
+            go_solo(p, t1, 4 * stall); /* then a stall costs a fifth at most */
+            return;
+        }
     }
+    p->win_tasks += n;
+    p->win_caller += mine;
+    if (++p->win_runs < HELP_WINDOW)
+        return;
+    const long long others = p->win_tasks - p->win_caller;
+    if (others * 4 * p->n_threads < p->win_tasks * (p->n_threads - 1)) {
+        go_solo(p, now_ns(), 0);
+        return;
+    }
+    p->probing = 0;
+    p->solo_ns = p->solo_ns / 2 > SOLO_MIN_NS ? p->solo_ns / 2 : SOLO_MIN_NS;
+    p->win_runs = 0;
+    p->win_tasks = p->win_caller = 0;
 }
 
 static void run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks, int each)
@@ -450,10 +487,9 @@ static void run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks, int
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);
     }
-    work(p, g, 0);
-    long long wait0 = wait_done(p, n_tasks);
-    if (wait0 != 0)
-        note_wait(p, t0, wait0);
+    const int mine = work(p, g, 0);
+    const long long wait0 = wait_done(p, n_tasks);
+    pace(p, t0, wait0, n_tasks, mine);
 }
 
 void exsa_threadpool_run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks)
