@@ -504,6 +504,11 @@ void exsa_threadpool_run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_t
     run(p, fn, ctx, n_tasks, 0);
 }
 
+int exsa_threadpool_active(const exsa_threadpool *p)
+{
+    return p->n_threads > 1 && now_ns() < p->solo_until ? 1 : p->n_threads;
+}
+
 void exsa_threadpool_run_each(exsa_threadpool *p, exsa_task_fn fn, void *ctx)
 {
     if (p->n_threads == 1)

@@ -15,9 +15,11 @@
  * among the threads running at once, < n_threads) for which scratch to use.
  *
  * A run ends when its tasks are done: a thread that the kernel keeps off
- * the CPU holds it up only while it holds a started task, and waiting
- * threads yield the CPU after a few microseconds, so a pool that shares
- * its cores with other work degrades instead of stalling.
+ * the CPU holds it up only while it holds a started task, waiting threads
+ * yield or sleep after a few microseconds, and a caller whose workers
+ * stall or hardly help runs alone for a while; so a pool that shares its
+ * cores with other work degrades to about one thread's speed instead of
+ * stalling.
  */
 #ifndef EXSA_THREADPOOL_H
 #define EXSA_THREADPOOL_H
@@ -32,5 +34,10 @@ void exsa_threadpool_free(exsa_threadpool *p);
 int exsa_threadpool_size(const exsa_threadpool *p);
 void exsa_threadpool_run(exsa_threadpool *p, exsa_task_fn fn, void *ctx, int n_tasks);
 void exsa_threadpool_run_each(exsa_threadpool *p, exsa_task_fn fn, void *ctx);
+/* How many threads a run started now would use: the pool's size, or 1
+ * while the caller runs alone (a solo period, see threadpool.c). A hint
+ * for sizing work (one span instead of n_threads); a run may still use
+ * more or fewer threads. */
+int exsa_threadpool_active(const exsa_threadpool *p);
 
 #endif
