@@ -346,14 +346,14 @@ static void span_task(void *vctx, int task, int thread)
         j->finish(j->ctx, pu, pn, thread);
 }
 
-/* fn over units [0, units) in n_threads spans, span t offered to thread t
- * first (run_each: the task of a thread the kernel keeps off the CPU is
- * taken by another, which then claims that span as its owner would);
+/* fn over units [0, units) in one span per thread taking part (the pool's
+ * size, or one while it runs alone), span t offered to thread t first
+ * (run_each: the task of a thread the kernel keeps off the CPU is taken by
+ * another, which then claims that span as its owner would);
  * units <= INT32_MAX. */
 static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, cpu_prologue_fn prologue,
                       cpu_unit_fn finish, const void *ctx)
 {
-    /* one span per thread taking part (one while the pool runs alone) */
     const int T = exsa_threadpool_active(c->pool);
     for (int t = 0; t < T; t++) {
         const uint64_t f = (uint64_t)(units * t / T);
