@@ -695,7 +695,8 @@ static int64_t attn_grid(const cpu_backend *c, const exsa_attn_args *a, int *hp,
 /* Whether a's tasks are one per part (one tile of rows), every task the
  * same work: then thread t runs tasks [t * n / T, (t + 1) * n / T) and
  * reads the same heads' slices each step, which a q, k, v run can fetch
- * for it ahead (cpu_attn_thread_bytes). */
+ * for it ahead (cpu_attn_thread_bytes); a share whose thread is late is
+ * taken by another (run_each). */
 static int attn_static(const cpu_backend *c, const exsa_attn_args *a, int64_t tasks, int n_parts)
 {
     return c->n_threads > 1 && tasks == n_parts && (a->n_rows == 1 || a->kv->type == EXSA_TYPE_F16);

@@ -98,11 +98,12 @@ void cpu_parallel_for(cpu_backend *c, int64_t n, int64_t grain, cpu_range_fn fn,
     if (grain < 1)
         grain = 1;
     /* A few tasks per thread so uneven progress balances out. */
-    int64_t max_tasks = (int64_t)c->n_threads * 4;
+    const int T = exsa_threadpool_active(c->pool);
+    int64_t max_tasks = (int64_t)T * 4;
     int64_t n_tasks = (n + grain - 1) / grain;
     if (n_tasks > max_tasks)
         n_tasks = max_tasks;
-    if (n_tasks <= 1 || c->n_threads == 1) {
+    if (n_tasks <= 1 || T == 1) {
         fn(ctx, 0, n, 0);
         return;
     }
@@ -345,17 +346,21 @@ static void span_task(void *vctx, int task, int thread)
         j->finish(j->ctx, pu, pn, thread);
 }
 
-/* fn over units [0, units) in n_threads spans, span t on thread t;
+/* fn over units [0, units) in one span per thread taking part (the pool's
+ * size, or one while it runs alone), span t offered to thread t first
+ * (run_each: the task of a thread the kernel keeps off the CPU is taken by
+ * another, which then claims that span as its owner would);
  * units <= INT32_MAX. */
 static void run_spans(cpu_backend *c, int64_t units, cpu_unit_fn fn, cpu_prologue_fn prologue,
                       cpu_unit_fn finish, const void *ctx)
 {
-    for (int t = 0; t < c->n_threads; t++) {
-        const uint64_t f = (uint64_t)(units * t / c->n_threads);
-        const uint64_t b = (uint64_t)(units * (t + 1) / c->n_threads);
+    const int T = exsa_threadpool_active(c->pool);
+    for (int t = 0; t < T; t++) {
+        const uint64_t f = (uint64_t)(units * t / T);
+        const uint64_t b = (uint64_t)(units * (t + 1) / T);
         atomic_store_explicit(&c->spans[t].fb, b << 32 | f, memory_order_relaxed);
     }
-    span_job j = {c->spans, c->n_threads, fn, prologue, finish, ctx};
+    span_job j = {c->spans, T, fn, prologue, finish, ctx};
     exsa_threadpool_run_each(c->pool, span_task, &j);
 }
 
