@@ -815,49 +815,33 @@ static void test_softmax(void **state)
     }
 }
 
-/* geglu against double-precision tanh GELU times up. */
-static void test_geglu(void **state)
+typedef void (*gated_op)(exsa_backend *b, const float *gate, const float *up, float *out,
+                         int64_t n);
+
+/* act(gate) * up in double precision. */
+static double silu_ref(double x)
 {
-    (void)state;
-    static const int64_t sizes[] = {1, 1001, 70001};
-    for (size_t k = 0; k < 3; k++) {
-        int64_t n = sizes[k];
-        float *g = xmalloc((size_t)n * sizeof *g), *u = xmalloc((size_t)n * sizeof *u);
-        float *out = xmalloc((size_t)n * sizeof *out);
-        double *ref = xmalloc((size_t)n * sizeof *ref);
-        fill_uniform(g, (size_t)n, -8.0f, 8.0f);
-        fill_normal(u, (size_t)n, 1.0f);
-        if (n > 3) {
-            g[0] = -100.0f;
-            g[1] = 100.0f;
-            g[2] = 0.0f;
-        }
-        for (int64_t i = 0; i < n; i++) {
-            const double x = g[i];
-            /* 0.5 x (1 + tanh(z)) = x / (1 + exp(-2z)), without cancellation */
-            ref[i] = x / (1.0 + exp(-2.0 * sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x))) * u[i];
-        }
-        B->ops->geglu(B, g, u, out, n);
-        check_close("geglu", out, ref, (size_t)n, 1e-5, 1e-30);
-        B->ops->geglu(B, g, u, g, n); /* out aliases gate */
-        check_close("geglu in place", g, ref, (size_t)n, 1e-5, 1e-30);
-        free(ref);
-        free(out);
-        free(u);
-        free(g);
-    }
+    return x / (1.0 + exp(-x));
 }
 
-static void test_swiglu(void **state)
+static double gelu_tanh_ref(double x)
 {
-    (void)state;
+    /* 0.5 x (1 + tanh(z)) = x / (1 + exp(-2z)), without cancellation */
+    return x / (1.0 + exp(-2.0 * sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+/* A gated activation op against act(gate) * up in double, gates drawn from
+ * [-range, range] plus -100, 100 and 0, also with out aliasing gate. */
+static void check_gated(const char *name, gated_op op, double (*act)(double), float range)
+{
     static const int64_t sizes[] = {1, 1001, 70001};
+    char label[64];
     for (size_t k = 0; k < 3; k++) {
         int64_t n = sizes[k];
         float *g = xmalloc((size_t)n * sizeof *g), *u = xmalloc((size_t)n * sizeof *u);
         float *out = xmalloc((size_t)n * sizeof *out);
         double *ref = xmalloc((size_t)n * sizeof *ref);
-        fill_uniform(g, (size_t)n, -30.0f, 30.0f);
+        fill_uniform(g, (size_t)n, -range, range);
         fill_normal(u, (size_t)n, 1.0f);
         if (n > 3) {
             g[0] = -100.0f;
@@ -865,16 +849,30 @@ static void test_swiglu(void **state)
             g[2] = 0.0f;
         }
         for (int64_t i = 0; i < n; i++)
-            ref[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
-        B->ops->swiglu(B, g, u, out, n);
-        check_close("swiglu", out, ref, (size_t)n, 1e-5, 1e-30);
-        B->ops->swiglu(B, g, u, g, n); /* out aliases gate */
-        check_close("swiglu in place", g, ref, (size_t)n, 1e-5, 1e-30);
+            ref[i] = act(g[i]) * u[i];
+        op(B, g, u, out, n);
+        check_close(name, out, ref, (size_t)n, 1e-5, 1e-30);
+        op(B, g, u, g, n); /* out aliases gate */
+        snprintf(label, sizeof label, "%s in place", name);
+        check_close(label, g, ref, (size_t)n, 1e-5, 1e-30);
         free(ref);
         free(out);
         free(u);
         free(g);
     }
+}
+
+/* geglu against double-precision tanh GELU times up. */
+static void test_geglu(void **state)
+{
+    (void)state;
+    check_gated("geglu", B->ops->geglu, gelu_tanh_ref, 8.0f);
+}
+
+static void test_swiglu(void **state)
+{
+    (void)state;
+    check_gated("swiglu", B->ops->swiglu, silu_ref, 30.0f);
 }
 
 static void test_add_bias_scale(void **state)

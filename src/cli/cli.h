@@ -30,6 +30,8 @@ int exsa_cli_int(const char *cmd, const char *flag, const char *s, int64_t lo, i
                  int64_t *out);
 int exsa_cli_float(const char *cmd, const char *flag, const char *s, double lo, double hi,
                    double *out);
+/* --kv-type's value: f16, f32 or q8_0 into *out (an EXSA_TYPE_*). */
+int exsa_cli_kv_type(const char *cmd, const char *s, int *out);
 /* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */
 const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i);
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "quant/quant.h"
 
 int exsa_cli_fail(const char *cmd, const char *fmt, ...)
 {
@@ -16,6 +17,15 @@ int exsa_cli_fail(const char *cmd, const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     return 1;
+}
+
+int exsa_cli_kv_type(const char *cmd, const char *s, int *out)
+{
+    int t = exsa_type_from_name(s);
+    if (t != EXSA_TYPE_F16 && t != EXSA_TYPE_F32 && t != EXSA_TYPE_Q8_0)
+        return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", s);
+    *out = t;
+    return 0;
 }
 
 int exsa_cli_int(const char *cmd, const char *flag, const char *s, int64_t lo, int64_t hi,

@@ -105,11 +105,9 @@ int exsa_cmd_bench(int argc, char **argv)
             if (!(levels = exsa_cli_value(cmd, argc, argv, &i)))
                 return 1;
         } else if (!strcmp(a, "--kv-type")) {
-            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
+                exsa_cli_kv_type(cmd, v, &kv_type))
                 return 1;
-            kv_type = exsa_type_from_name(v);
-            if (kv_type != EXSA_TYPE_F16 && kv_type != EXSA_TYPE_F32 && kv_type != EXSA_TYPE_Q8_0)
-                return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", v);
         } else {
             return exsa_cli_fail(cmd, "unknown option '%s' (see --help)", a);
         }

@@ -315,11 +315,9 @@ int exsa_cmd_chat(int argc, char **argv)
                 exsa_cli_int(cmd, a, v, 16, 1 << 24, &ctx))
                 return 1;
         } else if (!strcmp(a, "--kv-type")) {
-            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
+                exsa_cli_kv_type(cmd, v, &kv_type))
                 return 1;
-            kv_type = exsa_type_from_name(v);
-            if (kv_type != EXSA_TYPE_F16 && kv_type != EXSA_TYPE_F32 && kv_type != EXSA_TYPE_Q8_0)
-                return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", v);
         } else {
             free(ch.system);
             return exsa_cli_fail(cmd, "unknown option '%s' (see --help)", a);

@@ -80,12 +80,9 @@ static int parse(int argc, char **argv, ppl_opts *o)
         } else if (!strcmp(a, "--json")) {
             o->json = 1;
         } else if (!strcmp(a, "--kv-type")) {
-            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)) ||
+                exsa_cli_kv_type(cmd, v, &o->kv_type))
                 return 1;
-            int t = exsa_type_from_name(v);
-            if (t != EXSA_TYPE_F16 && t != EXSA_TYPE_F32 && t != EXSA_TYPE_Q8_0)
-                return exsa_cli_fail(cmd, "--kv-type must be f16, f32 or q8_0, got '%s'", v);
-            o->kv_type = t;
         } else {
             return exsa_cli_fail(cmd, "unknown option '%s' (see --help)", a);
         }

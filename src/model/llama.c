@@ -27,17 +27,6 @@ typedef struct llama_weights {
     layer_weights *layers;
 } llama_weights;
 
-/* Activations for max_batch rows, allocated once per context. */
-typedef struct llama_scratch {
-    float *x;      /* [B][embd] residual stream */
-    float *xb;     /* [B][embd] normed input / projections back */
-    float *q;      /* [B][n_head*head_dim] */
-    float *k, *v;  /* [B][n_head_kv*head_dim] */
-    float *att;    /* [B][n_head*head_dim] */
-    float *ff1, *ff2; /* [B][n_ff] */
-    int32_t *out_ids;
-} llama_scratch;
-
 static int load_hparams(exsa_model *m, exsa_err *err)
 {
     exsa_hparams *hp = &m->hp;
@@ -64,17 +53,10 @@ static int load(exsa_model *m, exsa_err *err)
     if (!w->layers)
         return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim,
-                  KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff, V = hp->n_vocab;
+                  KV = (int64_t)hp->n_head_kv * hp->head_dim, F = hp->n_ff;
 
-    if ((rc = exsa_model_bind_matrix(m, &w->tok_embd, "token_embd.weight", E, V, 1, err)))
+    if ((rc = exsa_model_bind_head(m, &w->tok_embd, &w->output, &w->output_norm, err)))
         return rc;
-    if ((rc = exsa_model_bind_matrix(m, &w->output, "output.weight", E, V, 0, err)))
-        return rc;
-    hp->tied_output = w->output.data == NULL;
-    if (hp->tied_output)
-        w->output = w->tok_embd;
-    if (!(w->output_norm = exsa_model_bind_vector(m, "output_norm.weight", E, 1, err)))
-        return err->code;
     err->code = 0;
     w->rope_freqs = exsa_model_bind_vector(m, "rope_freqs.weight", hp->n_rot / 2, 0, err);
     if (err->code)
@@ -115,55 +97,15 @@ static void unload(exsa_model *m)
     m->weights = NULL;
 }
 
-static int ctx_init(exsa_model_ctx *c, exsa_err *err)
-{
-    const exsa_hparams *hp = &c->m->hp;
-    exsa_backend *be = c->be;
-    size_t B = (size_t)c->p.max_batch;
-    size_t Q = (size_t)hp->n_head * hp->head_dim, KV = (size_t)hp->n_head_kv * hp->head_dim;
-    llama_scratch *s = calloc(1, sizeof *s);
-    if (!s)
-        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-    c->scratch = s;
-    s->x = be->ops->alloc(be, B * hp->n_embd * sizeof(float));
-    size_t E = (size_t)hp->n_embd;
-    s->xb = be->ops->alloc(be, B * (Q > E ? Q : E) * sizeof(float));
-    s->q = be->ops->alloc(be, B * Q * sizeof(float));
-    s->k = be->ops->alloc(be, B * KV * sizeof(float));
-    s->v = be->ops->alloc(be, B * KV * sizeof(float));
-    s->att = be->ops->alloc(be, B * Q * sizeof(float));
-    s->ff1 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
-    s->ff2 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
-    s->out_ids = calloc(B, sizeof *s->out_ids);
-    if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->ff1 || !s->ff2 ||
-        !s->out_ids)
-        return exsa_err_set(err, EXSA_ENOMEM,
-                            "model: cannot allocate activations for a batch of %zu rows", B);
-    return 0;
-}
-
-static void ctx_free(exsa_model_ctx *c)
-{
-    llama_scratch *s = c->scratch;
-    exsa_backend *be = c->be;
-    float *bufs[] = {s->x, s->xb, s->q, s->k, s->v, s->att, s->ff1, s->ff2};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i])
-            be->ops->free(be, bufs[i]);
-    free(s->out_ids);
-    free(s);
-    c->scratch = NULL;
-}
-
 static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_out,
                     float *hidden_out)
 {
     const exsa_hparams *hp = &c->m->hp;
     const llama_weights *w = c->m->weights;
-    llama_scratch *s = c->scratch;
+    exsa_model_acts *s = c->scratch;
     exsa_backend *be = c->be;
     const exsa_backend_ops *op = be->ops;
-    const int n = batch->n, E = hp->n_embd, hd = hp->head_dim;
+    const int n = batch->n, hd = hp->head_dim;
     const int Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
     exsa_rope_args rq = {
         .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
@@ -233,24 +175,14 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
 
     if (c->n_out == 0)
         return;
-    /* Only rows that want logits go through the output head: gather them
-     * with get_rows over the residual stream viewed as an f32 matrix. */
-    exsa_tensor xs = {.name = "x", .type = EXSA_TYPE_F32, .n_in = E, .n_out = n,
-                      .row_bytes = (size_t)E * sizeof(float), .data = s->x};
-    op->get_rows(be, &xs, c->out_rows, c->n_out, s->xb);
-    if (hidden_out) { /* embeddings: stop before the output head */
-        op->rms_norm(be, s->xb, w->output_norm, hidden_out, c->n_out, E, hp->norm_eps);
-        return;
-    }
-    const exsa_tensor *out = &w->output;
-    exsa_matmul_fuse f = {.norm = w->output_norm, .eps = hp->norm_eps, .scratch = s->xb};
-    op->matmul_fused(be, &out, 1, s->xb, &logits_out, c->n_out, &f);
+    exsa_model_output_head(c, s, &w->output, w->output_norm, logits_out, hidden_out);
 }
 
 #define LLAMA_FAMILY(ident, str, id)                                                 \
     const exsa_arch_ops ident = {                                                    \
         .name = str, .arch = id, .load = load, .unload = unload,                     \
-        .ctx_init = ctx_init, .ctx_free = ctx_free, .forward = forward,              \
+        .ctx_init = exsa_model_acts_alloc, .ctx_free = exsa_model_acts_free,         \
+        .forward = forward,                                                          \
     }
 LLAMA_FAMILY(exsa_arch_llama, "llama", EXSA_ARCH_LLAMA);
 LLAMA_FAMILY(exsa_arch_qwen2, "qwen2", EXSA_ARCH_QWEN2);

@@ -203,6 +203,79 @@ int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int6
     return repack(m, t, err);
 }
 
+int exsa_model_bind_head(exsa_model *m, exsa_tensor *tok_embd, exsa_tensor *output,
+                         const float **output_norm, exsa_err *err)
+{
+    const int64_t E = m->hp.n_embd, V = m->hp.n_vocab;
+    int rc;
+    if ((rc = exsa_model_bind_matrix(m, tok_embd, "token_embd.weight", E, V, 1, err)))
+        return rc;
+    if ((rc = exsa_model_bind_matrix(m, output, "output.weight", E, V, 0, err)))
+        return rc;
+    m->hp.tied_output = output->data == NULL;
+    if (m->hp.tied_output)
+        *output = *tok_embd;
+    if (!(*output_norm = exsa_model_bind_vector(m, "output_norm.weight", E, 1, err)))
+        return err->code;
+    return 0;
+}
+
+int exsa_model_acts_alloc(exsa_model_ctx *c, exsa_err *err)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    exsa_backend *be = c->be;
+    const size_t B = (size_t)c->p.max_batch, E = (size_t)hp->n_embd;
+    const size_t Q = (size_t)hp->n_head * hp->head_dim, KV = (size_t)hp->n_head_kv * hp->head_dim;
+    exsa_model_acts *a = calloc(1, sizeof *a);
+    if (!a)
+        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
+    c->scratch = a;
+    a->x = be->ops->alloc(be, B * E * sizeof(float));
+    a->xb = be->ops->alloc(be, B * (Q > E ? Q : E) * sizeof(float));
+    a->q = be->ops->alloc(be, B * Q * sizeof(float));
+    a->k = be->ops->alloc(be, B * KV * sizeof(float));
+    a->v = be->ops->alloc(be, B * KV * sizeof(float));
+    a->att = be->ops->alloc(be, B * Q * sizeof(float));
+    a->ff1 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
+    a->ff2 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
+    if (!a->x || !a->xb || !a->q || !a->k || !a->v || !a->att || !a->ff1 || !a->ff2)
+        return exsa_err_set(err, EXSA_ENOMEM,
+                            "model: cannot allocate activations for a batch of %zu rows", B);
+    return 0;
+}
+
+void exsa_model_acts_free(exsa_model_ctx *c)
+{
+    exsa_model_acts *a = c->scratch;
+    exsa_backend *be = c->be;
+    float *bufs[] = {a->x, a->xb, a->q, a->k, a->v, a->att, a->ff1, a->ff2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            be->ops->free(be, bufs[i]);
+    free(a);
+    c->scratch = NULL;
+}
+
+void exsa_model_output_head(exsa_model_ctx *c, const exsa_model_acts *a,
+                            const exsa_tensor *output, const float *output_norm,
+                            float *logits_out, float *hidden_out)
+{
+    const exsa_hparams *hp = &c->m->hp;
+    exsa_backend *be = c->be;
+    const int E = hp->n_embd;
+    /* Only rows that want logits go through the output head: gather them
+     * with get_rows over the residual stream viewed as an f32 matrix. */
+    exsa_tensor xs = {.name = "x", .type = EXSA_TYPE_F32, .n_in = E, .n_out = c->p.max_batch,
+                      .row_bytes = (size_t)E * sizeof(float), .data = a->x};
+    be->ops->get_rows(be, &xs, c->out_rows, c->n_out, a->xb);
+    if (hidden_out) { /* embeddings: stop before the output head */
+        be->ops->rms_norm(be, a->xb, output_norm, hidden_out, c->n_out, E, hp->norm_eps);
+        return;
+    }
+    exsa_matmul_fuse f = {.norm = output_norm, .eps = hp->norm_eps, .scratch = a->xb};
+    be->ops->matmul_fused(be, &output, 1, a->xb, &logits_out, c->n_out, &f);
+}
+
 int exsa_model_bind_layers(exsa_model *m, void *layers, size_t layer_size,
                            const exsa_layer_tensor_spec *spec, size_t n_spec, exsa_err *err)
 {

@@ -100,6 +100,35 @@ typedef struct exsa_layer_tensor_spec {
 int exsa_model_bind_layers(exsa_model *m, void *layers, size_t layer_size,
                            const exsa_layer_tensor_spec *spec, size_t n_spec, exsa_err *err);
 
+/* The tensors every family has around its layers: token_embd, output
+ * (absent: tied to token_embd, hp.tied_output set) and output_norm. */
+int exsa_model_bind_head(exsa_model *m, exsa_tensor *tok_embd, exsa_tensor *output,
+                         const float **output_norm, exsa_err *err);
+
+/* The activations of a decoder-only forward pass for max_batch rows, in
+ * backend memory, allocated once per context (c->scratch of the families
+ * that use it). */
+typedef struct exsa_model_acts {
+    float *x;         /* [B][embd] residual stream */
+    float *xb;        /* [B][max(embd, n_head*head_dim)] normed input / branch output */
+    float *q;         /* [B][n_head*head_dim] */
+    float *k, *v;     /* [B][n_head_kv*head_dim] */
+    float *att;       /* [B][n_head*head_dim] */
+    float *ff1, *ff2; /* [B][n_ff] */
+} exsa_model_acts;
+
+/* c->scratch = a new exsa_model_acts sized from c's hparams and max_batch.
+ * On failure what was allocated stays in c->scratch for acts_free. */
+int exsa_model_acts_alloc(exsa_model_ctx *c, exsa_err *err);
+void exsa_model_acts_free(exsa_model_ctx *c);
+
+/* After the last layer: the rows in c->out_rows of the residual stream
+ * a->x go through output_norm and, unless hidden_out is given (then they
+ * land there, normed), the output matrix into logits_out. */
+void exsa_model_output_head(exsa_model_ctx *c, const exsa_model_acts *a,
+                            const exsa_tensor *output, const float *output_norm,
+                            float *logits_out, float *hidden_out);
+
 /* A 1-D tensor of n elements as float32 (converted into model-owned memory
  * when stored in another type); NULL + error when absent and required. */
 const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,

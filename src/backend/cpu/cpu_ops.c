@@ -100,42 +100,33 @@ void cpu_scale(exsa_backend *b, float *x, float s, int64_t n)
     cpu_parallel_for(cpu_of(b), n, CPU_PAR_MIN_ELEMS, scale_range, &j);
 }
 
-/* ---- swiglu --------------------------------------------------------------- */
+/* ---- swiglu, geglu: out = act(gate) * up ------------------------------------ */
 
 typedef struct {
-    const exsa_cpu_kernels *k;
+    void (*kernel)(const float *g, const float *u, float *out, int64_t n);
     const float *gate, *up;
     float *out;
-} swiglu_job;
+} gated_job;
 
-static void swiglu_range(void *vctx, int64_t begin, int64_t end, int thread)
+static void gated_range(void *vctx, int64_t begin, int64_t end, int thread)
 {
     (void)thread;
-    swiglu_job *j = vctx;
-    j->k->swiglu(j->gate + begin, j->up + begin, j->out + begin, end - begin);
+    gated_job *j = vctx;
+    j->kernel(j->gate + begin, j->up + begin, j->out + begin, end - begin);
 }
 
 void cpu_swiglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n)
 {
     cpu_backend *c = cpu_of(b);
-    swiglu_job j = {c->k, gate, up, out};
-    cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, swiglu_range, &j);
-}
-
-/* ---- geglu ---------------------------------------------------------------- */
-
-static void geglu_range(void *vctx, int64_t begin, int64_t end, int thread)
-{
-    (void)thread;
-    swiglu_job *j = vctx;
-    j->k->geglu(j->gate + begin, j->up + begin, j->out + begin, end - begin);
+    gated_job j = {c->k->swiglu, gate, up, out};
+    cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, gated_range, &j);
 }
 
 void cpu_geglu(exsa_backend *b, const float *gate, const float *up, float *out, int64_t n)
 {
     cpu_backend *c = cpu_of(b);
-    swiglu_job j = {c->k, gate, up, out};
-    cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, geglu_range, &j);
+    gated_job j = {c->k->geglu, gate, up, out};
+    cpu_parallel_for(c, n, CPU_PAR_MIN_ELEMS / 4, gated_range, &j);
 }
 
 /* ---- softmax ---------------------------------------------------------------- */
