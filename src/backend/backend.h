@@ -52,22 +52,37 @@ typedef struct exsa_kv_layer {
 } exsa_kv_layer;
 
 /* Paged causal attention for n_rows query rows. Row r attends to the first
- * n_ctx[r] tokens of its sequence, whose blocks are block_table[r][0..];
- * with a sliding window (window > 0) only to its last `window` of them,
- * positions [n_ctx[r] - window, n_ctx[r]): a query at position p sees keys
- * at k with p - k < window (llama.cpp's standard SWA). A windowed row
- * never reads a position before its window (their blocks may be gone). */
+ * n_ctx[r] tokens of its sequence, whose blocks are the row_tab[r]-th
+ * table of block_table ([n_tables][bt_stride] block ids, one table per
+ * sequence of the batch, exsa_attn_row_table); with a sliding window
+ * (window > 0) only to its last `window` of them, positions
+ * [n_ctx[r] - window, n_ctx[r]): a query at position p sees keys at k with
+ * p - k < window (llama.cpp's standard SWA). A windowed row never reads a
+ * position before its window (their blocks may be gone).
+ *
+ * Every pointer is in the backend's memory (batch metadata the model
+ * uploaded for this step). max_ctx bounds every n_ctx[r] and cap_ctx every
+ * max_ctx of the context (n_ctx of a sequence): a device backend may size
+ * its grid from cap_ctx, which stays the same from step to step, so that a
+ * recorded step (graph) replays with new metadata. */
 typedef struct exsa_attn_args {
     int n_rows;
     int n_head;                 /* query heads; n_head % kv->n_kv_head == 0 */
     const float *q;             /* [n_rows][n_head * head_dim] */
     float *out;                 /* [n_rows][n_head * head_dim] */
     const int32_t *n_ctx;       /* [n_rows] */
-    const int32_t *const *block_table; /* [n_rows] -> block ids */
+    const int32_t *row_tab;     /* [n_rows] -> table index */
+    const int32_t *block_table; /* [n_tables][bt_stride] */
+    int bt_stride;
+    int max_ctx, cap_ctx;       /* host-side bounds (see above) */
     const exsa_kv_layer *kv;
     float scale;                /* usually 1/sqrt(head_dim) */
     int window;                 /* 0: none (full causal) */
 } exsa_attn_args;
+
+/* Row r's block table (host backends, or device code with device a). */
+#define exsa_attn_row_table(a, r) \
+    ((a)->block_table + (size_t)(a)->row_tab[(r)] * (size_t)(a)->bt_stride)
 
 enum exsa_rope_mode {
     EXSA_ROPE_NORMAL = 0, /* rotate pairs (x[2i], x[2i+1]) : llama */
