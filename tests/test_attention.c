@@ -185,7 +185,7 @@ static void reference_tiled(const exsa_attn_args *a, dot_fn dot, int r, int h, f
                 sc[j] = -INFINITY;
                 continue;
             }
-            int32_t blk = a->block_table[r][t / kv->block_size];
+            int32_t blk = exsa_attn_row_table(a, r)[t / kv->block_size];
             size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
             const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
             const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + slot * kv->token_bytes) + e0;
@@ -224,7 +224,7 @@ static void reference(const exsa_attn_args *a, dot_fn dot, float *out)
             }
             float m = -INFINITY, l = 0.0f;
             for (int t = first_pos(a, r); t < a->n_ctx[r]; t++) {
-                int32_t blk = a->block_table[r][t / kv->block_size];
+                int32_t blk = exsa_attn_row_table(a, r)[t / kv->block_size];
                 size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
                 const exsa_fp16 *kp = (const exsa_fp16 *)((const char *)kv->k + slot * kv->token_bytes) + e0;
                 const exsa_fp16 *vp = (const exsa_fp16 *)((const char *)kv->v + slot * kv->token_bytes) + e0;
@@ -279,7 +279,7 @@ static void reference_f32(const exsa_attn_args *a, const exsa_cpu_kernels *kt, f
                 float cmax = -INFINITY;
                 for (int i = 0; i < n; i++) {
                     int t = t0 + i;
-                    int32_t blk = a->block_table[r][t / kv->block_size];
+                    int32_t blk = exsa_attn_row_table(a, r)[t / kv->block_size];
                     size_t slot = (size_t)blk * (size_t)kv->block_size + (size_t)(t % kv->block_size);
                     for (int d = 0; d < hd; d++) {
                         kx[(size_t)i * (size_t)hd + (size_t)d] =
@@ -416,7 +416,7 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
     if (c->fill == FILL_OVERFLOW) /* equal scores: every token adds fully */
         memset(q, 0, sizeof(float) * nout);
     int32_t n_ctx[MAX_ROWS];
-    const int32_t *bt[MAX_ROWS];
+    int32_t row_tab[MAX_ROWS]; /* offsets into tabs (bt_stride 1) */
     /* Per sequence, its table; with a window, the blocks wholly before
      * every row's window point at a NaN block (as if returned). */
     int32_t *tabs = xmalloc(sizeof(int32_t) * (size_t)n_blocks);
@@ -433,12 +433,13 @@ static void run_case(exsa_backend *B, int type, const attn_case *c, int threads)
     }
     for (int r = 0; r < c->n_rows; r++) {
         n_ctx[r] = c->n_ctx[r];
-        bt[r] = tabs + first[c->seq[r]];
+        row_tab[r] = first[c->seq[r]];
     }
     for (size_t i = 0; i < nout; i++)
         memcpy(out + i, &(uint32_t){0x7fc00123u}, sizeof(float)); /* all must be written */
     exsa_attn_args a = {.n_rows = c->n_rows, .n_head = c->n_head, .q = q, .out = out,
-                        .n_ctx = n_ctx, .block_table = bt, .kv = &kv,
+                        .n_ctx = n_ctx, .row_tab = row_tab, .block_table = tabs,
+                        .bt_stride = 1, .kv = &kv,
                         .scale = 1.0f / sqrtf((float)hd), .window = c->window};
     B->ops->attention(B, &a);
     if (type == EXSA_TYPE_F16)

@@ -1010,15 +1010,16 @@ static void check_attention(int kv_type, int n_head, int n_kv, int hd, double to
     float *q = xmalloc(sizeof(float) * qrow * NR), *out = xmalloc(sizeof(float) * qrow * NR);
     fill_normal(q, (size_t)qrow * NR, 1.0f);
     int32_t n_ctx[NR];
-    const int32_t *bt[NR];
+    int32_t row_tab[NR]; /* offsets into perm (bt_stride 1) */
     for (int r = 0; r < NR; r++) {
         n_ctx[r] = rows_ctx[r];
-        bt[r] = table[rows_seq[r]];
+        row_tab[r] = (int32_t)(table[rows_seq[r]] - perm);
         assert_true(rows_ctx[r] <= len[rows_seq[r]]);
     }
     float scale = 1.0f / sqrtf((float)hd);
     exsa_attn_args a = {.n_rows = NR, .n_head = n_head, .q = q, .out = out, .n_ctx = n_ctx,
-                        .block_table = bt, .kv = &kv, .scale = scale};
+                        .row_tab = row_tab, .block_table = perm, .bt_stride = 1, .kv = &kv,
+                        .scale = scale};
     B->ops->attention(B, &a);
 
     /* Two references: on the decoded cache (tight: the same numbers) and on

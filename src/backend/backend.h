@@ -3,11 +3,14 @@
  * Models call these in order to build their forward pass; a backend knows
  * nothing of models. Buffers come from ops->alloc (host memory for the CPU
  * backend, device memory for CUDA); activations are float32 rows, weights
- * stay in their GGUF format (exsa_tensor points into the mapped file).
+ * stay in their GGUF format (prepare_weight places them: kept in the mapped
+ * file, repacked for the CPU, or uploaded).
  *
- * Every op works on n_rows rows at once (the batch); ops are synchronous from
- * the caller's view. Sizes are trusted here: the model layer validated them
- * at load.
+ * Every op works on n_rows rows at once (the batch). Every pointer an op
+ * takes is backend memory (alloc, prepare_weight, or a struct's fields),
+ * except the structs passed by pointer themselves, which live on the host.
+ * Ops are ordered: a device backend queues them, and get/sync wait. Sizes
+ * are trusted here: the model layer validated them at load.
  */
 #ifndef EXSA_BACKEND_H
 #define EXSA_BACKEND_H
@@ -128,9 +131,40 @@ typedef struct exsa_backend_ops {
     const char *name;
     void (*destroy)(exsa_backend *b);          /* frees b itself */
     const char *(*describe)(const exsa_backend *b);
-    /* 64-byte aligned, zeroed; NULL on failure. */
+    /* 1: the backend's buffers are host memory the caller may read and
+     * write directly (the CPU); 0: only through set and get (a device). */
+    int host_memory;
+    /* Backend memory, 64-byte aligned, zeroed; NULL on failure. */
     void *(*alloc)(exsa_backend *b, size_t bytes);
     void (*free)(exsa_backend *b, void *p);
+    /* Makes weight w usable by this backend's ops. On entry w->data holds
+     * the GGUF rows in host memory; the backend may rearrange them (the
+     * CPU's interleaved layouts) or upload them (a device), changing
+     * w->data and w->layout. *owned receives what release() frees once no
+     * context uses the weight (NULL: nothing, w->data is still the host's).
+     * Returns 0 or an error code with err set. */
+    int (*prepare_weight)(exsa_backend *b, exsa_tensor *w, void **owned, exsa_err *err);
+    void (*release)(exsa_backend *b, void *owned);
+    /* Copies between host and backend memory, ordered with the ops: set
+     * reads src before it returns (src may be reused at once); get returns
+     * when the bytes are on the host. */
+    void (*set)(exsa_backend *b, void *dst, const void *src_host, size_t bytes);
+    void (*get)(exsa_backend *b, void *dst_host, const void *src, size_t bytes);
+    /* Returns when every op issued so far has finished; 0, or an error code
+     * with err set when one of them failed (a device fault). */
+    int (*sync)(exsa_backend *b, exsa_err *err);
+    /* Optional (NULL: ops run as called). The ops issued between
+     * step_begin(key) and step_end may be recorded once and replayed for
+     * later steps with the same key (a CUDA graph): the caller promises
+     * that the same key means the same ops on the same buffers, with only
+     * the buffers' contents different. step_begin returns 1 when it
+     * replayed a recording: the caller skips the ops and calls step_end. */
+    int (*step_begin)(exsa_backend *b, uint64_t key);
+    void (*step_end)(exsa_backend *b, uint64_t key);
+    /* Drops every recording whose key >> 8 is owner (its buffers are going). */
+    void (*step_forget)(exsa_backend *b, uint64_t owner);
+    /* Optional: device memory free and total bytes; 0 or -1. */
+    int (*mem_info)(exsa_backend *b, size_t *free_bytes, size_t *total_bytes);
 
     /* out[i] = row ids[i] of emb as float32 (any weight type). */
     void (*get_rows)(exsa_backend *b, const exsa_tensor *emb, const int32_t *ids, int n,
@@ -185,6 +219,22 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err);
 
 /* CPU backend with n_threads workers (<= 0: physical cores). */
 exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err);
+
+/* Where a model runs (exsa_backend_create). */
+enum exsa_device {
+    EXSA_DEVICE_AUTO = 0, /* a CUDA GPU when one is usable, else the CPU */
+    EXSA_DEVICE_CPU = 1,
+    EXSA_DEVICE_CUDA = 2,
+};
+/* "auto", "cpu", "cuda" -> exsa_device; -1 for anything else. */
+int exsa_device_from_name(const char *name);
+const char *exsa_device_name(int device);
+/* 1 when this binary has the CUDA backend and a GPU it can use (driver and
+ * device present); *why (may be NULL) gets the reason when not. */
+int exsa_cuda_usable(const char **why);
+/* The CUDA backend on GPU `ordinal`, or NULL with err set (no GPU, no
+ * driver, or built without CUDA). */
+exsa_backend *exsa_backend_cuda_create(int ordinal, exsa_err *err);
 void exsa_backend_free(exsa_backend *b);
 /* Threads and ISA in use, e.g. "cpu avx2 x2". */
 const char *exsa_backend_describe(const exsa_backend *b);

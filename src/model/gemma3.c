@@ -157,74 +157,66 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
 {
     const exsa_hparams *hp = &c->m->hp;
     const gemma3_weights *w = c->m->weights;
-    exsa_model_acts *s = c->scratch;
-    exsa_backend *be = c->be;
-    const exsa_backend_ops *op = be->ops;
     const int n = batch->n, E = hp->n_embd, hd = hp->head_dim;
     const int Q = hp->n_head * hd;
     const float eps = hp->norm_eps;
 
-    op->get_rows(be, &w->tok_embd, batch->token, n, s->x);
-    op->scale(be, s->x, hp->embd_scale, (int64_t)n * E);
+    if (!exsa_model_step_begin(c, n)) {
+        exsa_model_stage s = exsa_model_stage_at(c, -1);
+        s.op->get_rows(s.be, &w->tok_embd, s.meta->token, n, s.a->x);
+        s.op->scale(s.be, s.a->x, hp->embd_scale, (int64_t)n * E);
+        for (int l = 0; l < hp->n_layer; l++) {
+            exsa_model_cross(c, l, n);
+            s = exsa_model_stage_at(c, l);
+            exsa_backend *be = s.be;
+            const exsa_backend_ops *op = s.op;
+            exsa_model_acts *a = s.a;
+            const layer_weights *L = &w->layers[l];
+            const exsa_layer_hparams *lh = &hp->layer[l];
+            const exsa_layer_kv lk = exsa_model_layer_kv(c, l);
+            exsa_rope_args rq = {
+                .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
+                .mode = hp->rope_mode, .freq_base = lh->rope_freq_base,
+                .freq_scale = lh->rope_freq_scale,
+            };
+            exsa_rope_args rk = rq;
+            rk.n_heads = hp->n_head_kv;
 
-    for (int l = 0; l < hp->n_layer; l++) {
-        const layer_weights *L = &w->layers[l];
-        const exsa_layer_hparams *lh = &hp->layer[l];
-        const exsa_layer_kv lk = exsa_model_layer_kv(c, l);
-        exsa_rope_args rq = {
-            .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
-            .mode = hp->rope_mode, .freq_base = lh->rope_freq_base,
-            .freq_scale = lh->rope_freq_scale,
-        };
-        exsa_rope_args rk = rq;
-        rk.n_heads = hp->n_head_kv;
+            /* attention: q, k, v of attn_norm(x); per-head norms; rope; q
+             * scaled; K and V to the cache; attention through the window */
+            {
+                const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
+                float *out[3] = {a->q, a->k, a->v};
+                exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = eps, .scratch = a->xb};
+                op->matmul_fused(be, qkv, 3, a->x, out, n, &f);
+            }
+            op->rms_norm(be, a->q, L->q_norm, a->q, n * hp->n_head, hd, eps);
+            op->rms_norm(be, a->k, L->k_norm, a->k, n * hp->n_head_kv, hd, eps);
+            op->rope(be, a->q, s.meta->pos, &rq);
+            op->rope(be, a->k, s.meta->pos, &rk);
+            op->scale(be, a->q, hp->attn_scale, (int64_t)n * Q);
+            op->kv_store(be, lk.kv, a->k, a->v, lk.slots, n);
+            exsa_attn_args aa = exsa_model_attn_args(c, l, n, &s, 1.0f);
+            op->attention(be, &aa);
+            op->matmul(be, &L->wo, a->att, a->xb, n);
+            op->rms_norm(be, a->xb, L->post_attn_norm, a->xb, n, E, eps);
+            op->add(be, a->x, a->xb, (int64_t)n * E);
 
-        /* attention: q, k, v of attn_norm(x); per-head norms; rope; q
-         * scaled; K and V to the cache; attention through the window */
-        {
-            const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
-            float *out[3] = {s->q, s->k, s->v};
-            exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = eps, .scratch = s->xb};
-            op->matmul_fused(be, qkv, 3, s->x, out, n, &f);
+            /* feed-forward: GeGLU of ffn_norm(x), post-normed */
+            {
+                const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
+                float *out[2] = {a->ff1, a->ff2};
+                exsa_matmul_fuse f = {.norm = L->ffn_norm, .eps = eps, .scratch = a->xb};
+                op->matmul_fused(be, gu, 2, a->x, out, n, &f);
+            }
+            op->geglu(be, a->ff1, a->ff2, a->ff1, (int64_t)n * hp->n_ff);
+            op->matmul(be, &L->w_down, a->ff1, a->xb, n);
+            op->rms_norm(be, a->xb, L->post_ffw_norm, a->xb, n, E, eps);
+            op->add(be, a->x, a->xb, (int64_t)n * E);
         }
-        op->rms_norm(be, s->q, L->q_norm, s->q, n * hp->n_head, hd, eps);
-        op->rms_norm(be, s->k, L->k_norm, s->k, n * hp->n_head_kv, hd, eps);
-        op->rope(be, s->q, batch->pos, &rq);
-        op->rope(be, s->k, batch->pos, &rk);
-        op->scale(be, s->q, hp->attn_scale, (int64_t)n * Q);
-        op->kv_store(be, lk.kv, s->k, s->v, lk.slots, n);
-        exsa_attn_args aa = {
-            .n_rows = n, .n_head = hp->n_head, .q = s->q, .out = s->att, .n_ctx = c->n_ctx,
-            .block_table = lk.btab, .kv = lk.kv, .scale = 1.0f, .window = lk.window,
-        };
-        op->attention(be, &aa);
-        op->matmul(be, &L->wo, s->att, s->xb, n);
-        op->rms_norm(be, s->xb, L->post_attn_norm, s->xb, n, E, eps);
-        op->add(be, s->x, s->xb, (int64_t)n * E);
-
-        /* feed-forward: GeGLU of ffn_norm(x), post-normed */
-        {
-            const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
-            float *out[2] = {s->ff1, s->ff2};
-            exsa_matmul_fuse f = {.norm = L->ffn_norm, .eps = eps, .scratch = s->xb};
-            op->matmul_fused(be, gu, 2, s->x, out, n, &f);
-        }
-        op->geglu(be, s->ff1, s->ff2, s->ff1, (int64_t)n * hp->n_ff);
-        op->matmul(be, &L->w_down, s->ff1, s->xb, n);
-        op->rms_norm(be, s->xb, L->post_ffw_norm, s->xb, n, E, eps);
-        op->add(be, s->x, s->xb, (int64_t)n * E);
     }
-
-    if (c->n_out == 0)
-        return;
-    exsa_model_output_head(c, s, &w->output, w->output_norm, logits_out, hidden_out);
-    if (!hidden_out && hp->logit_softcap > 0) {
-        /* logits_out is the caller's host memory */
-        const float cap = hp->logit_softcap;
-        const size_t nl = (size_t)c->n_out * (size_t)hp->n_vocab;
-        for (size_t i = 0; i < nl; i++)
-            logits_out[i] = tanhf(logits_out[i] * (1.0f / cap)) * cap;
-    }
+    exsa_model_step_end(c, n);
+    exsa_model_output_head(c, n, &w->output, w->output_norm, logits_out, hidden_out);
 }
 
 const exsa_arch_ops exsa_arch_gemma3 = {

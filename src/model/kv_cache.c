@@ -8,6 +8,7 @@
 
 struct exsa_kv_cache {
     exsa_backend *be;
+    exsa_backend **layer_be; /* [n_layer]: whose memory each layer's K/V is */
     exsa_kv_params p;
     exsa_kv_layer *layers;  /* [n_layer] */
     void **storage;         /* [2*n_layer] backend buffers */
@@ -120,7 +121,9 @@ exsa_kv_cache *exsa_kv_cache_create(exsa_backend *b, const exsa_kv_params *p, ex
     kv->free_stack = calloc((size_t)p->n_blocks, sizeof *kv->free_stack);
     kv->tables = calloc((size_t)p->n_seq * (size_t)kv->max_blocks_per_seq, sizeof *kv->tables);
     kv->seq_len = calloc((size_t)p->n_seq, sizeof *kv->seq_len);
-    if (!kv->layers || !kv->storage || !kv->refcount || !kv->free_stack || !kv->tables ||
+    kv->layer_be = calloc((size_t)p->n_layer, sizeof *kv->layer_be);
+    kv->p.layer_be = NULL;
+    if (!kv->layer_be || !kv->layers || !kv->storage || !kv->refcount || !kv->free_stack || !kv->tables ||
         !kv->seq_len)
         goto oom;
     kv->p.swa_layer = NULL;
@@ -152,9 +155,11 @@ exsa_kv_cache *exsa_kv_cache_create(exsa_backend *b, const exsa_kv_params *p, ex
     }
     for (int l = 0; l < p->n_layer; l++) {
         const size_t bytes = kv->layer_swa && kv->layer_swa[l] ? swa_bytes : layer_bytes;
-        void *k = b->ops->alloc(b, bytes);
+        exsa_backend *lb = p->layer_be && p->layer_be[l] ? p->layer_be[l] : b;
+        kv->layer_be[l] = lb;
+        void *k = lb->ops->alloc(lb, bytes);
         kv->storage[2 * l] = k;
-        void *v = k ? b->ops->alloc(b, bytes) : NULL;
+        void *v = k ? lb->ops->alloc(lb, bytes) : NULL;
         kv->storage[2 * l + 1] = v;
         if (!k || !v)
             goto oom;
@@ -181,9 +186,12 @@ void exsa_kv_cache_free(exsa_kv_cache *kv)
         return;
     if (kv->storage)
         for (int i = 0; i < kv->p.n_layer * 2; i++)
-            if (kv->storage[i])
-                kv->be->ops->free(kv->be, kv->storage[i]);
+            if (kv->storage[i]) {
+                exsa_backend *lb = kv->layer_be[i / 2];
+                lb->ops->free(lb, kv->storage[i]);
+            }
     free(kv->storage);
+    free(kv->layer_be);
     free(kv->layers);
     free(kv->refcount);
     free(kv->free_stack);

@@ -47,6 +47,9 @@ typedef struct exsa_kv_params {
     const uint8_t *swa_layer;
     int swa_window, swa_keep;
     int swa_n_blocks;  /* that group's pool */
+    /* Where each layer's K/V lives: layer_be[l] allocates it ([n_layer],
+     * copied at create; NULL: every layer on create's backend). */
+    exsa_backend *const *layer_be;
 } exsa_kv_params;
 
 exsa_kv_cache *exsa_kv_cache_create(exsa_backend *b, const exsa_kv_params *p, exsa_err *err);

@@ -23,7 +23,8 @@ typedef struct layer_weights {
 typedef struct llama_weights {
     exsa_tensor tok_embd, output;
     const float *output_norm;
-    const float *rope_freqs;           /* optional (llama 3.1 long context) */
+    /* optional (llama 3.1 long context), per place: every layer uses it */
+    const float *rope_freqs[EXSA_N_PLACES];
     layer_weights *layers;
 } llama_weights;
 
@@ -58,9 +59,13 @@ static int load(exsa_model *m, exsa_err *err)
     if ((rc = exsa_model_bind_head(m, &w->tok_embd, &w->output, &w->output_norm, err)))
         return rc;
     err->code = 0;
-    w->rope_freqs = exsa_model_bind_vector(m, "rope_freqs.weight", hp->n_rot / 2, 0, err);
+    w->rope_freqs[0] = exsa_model_bind_vector(m, "rope_freqs.weight", hp->n_rot / 2, 0, err);
     if (err->code)
         return err->code;
+    for (int p = 1; p < EXSA_N_PLACES && w->rope_freqs[0]; p++)
+        if (m->be[p] && !(w->rope_freqs[p] = exsa_model_place_vector(m, w->rope_freqs[0],
+                                                                     hp->n_rot / 2, p, err)))
+            return err->code;
     hp->weight_type = w->tok_embd.type;
 
     /* Per-layer tensors: name suffix, where it goes, shape, required. */
@@ -102,80 +107,82 @@ static void forward(exsa_model_ctx *c, const exsa_batch *batch, float *logits_ou
 {
     const exsa_hparams *hp = &c->m->hp;
     const llama_weights *w = c->m->weights;
-    exsa_model_acts *s = c->scratch;
-    exsa_backend *be = c->be;
-    const exsa_backend_ops *op = be->ops;
     const int n = batch->n, hd = hp->head_dim;
     const int Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
-    exsa_rope_args rq = {
-        .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
-        .mode = hp->rope_mode, .freq_base = hp->rope_freq_base,
-        .freq_scale = hp->rope_freq_scale, .freq_factors = w->rope_freqs,
-    };
-    exsa_rope_args rk = rq;
-    rk.n_heads = hp->n_head_kv;
-
-    op->get_rows(be, &w->tok_embd, batch->token, n, s->x);
     /* Without ops between the q, k, v matmuls and the cache, rope and the
      * KV store ride on the matmul call (backend.h: exsa_matmul_fuse). */
     const int qkv_fused = !hp->has_qkv_bias && !hp->has_qk_norm;
 
-    for (int l = 0; l < hp->n_layer; l++) {
-        const layer_weights *L = &w->layers[l];
-        const exsa_kv_layer *kvl = exsa_kv_layer_at(c->kv, l);
+    if (!exsa_model_step_begin(c, n)) {
+        exsa_model_stage s = exsa_model_stage_at(c, -1);
+        s.op->get_rows(s.be, &w->tok_embd, s.meta->token, n, s.a->x);
+        for (int l = 0; l < hp->n_layer; l++) {
+            exsa_model_cross(c, l, n);
+            s = exsa_model_stage_at(c, l);
+            exsa_backend *be = s.be;
+            const exsa_backend_ops *op = s.op;
+            exsa_model_acts *a = s.a;
+            const layer_weights *L = &w->layers[l];
+            const exsa_layer_kv lk = exsa_model_layer_kv(c, l);
+            exsa_rope_args rq = {
+                .n_rows = n, .n_heads = hp->n_head, .head_dim = hd, .n_rot = hp->n_rot,
+                .mode = hp->rope_mode, .freq_base = hp->rope_freq_base,
+                .freq_scale = hp->rope_freq_scale,
+                .freq_factors = w->rope_freqs[exsa_model_place_of(c->m, l)],
+            };
+            exsa_rope_args rk = rq;
+            rk.n_heads = hp->n_head_kv;
 
-        /* attention */
-        exsa_attn_args aa = {
-            .n_rows = n, .n_head = hp->n_head, .q = s->q, .out = s->att, .n_ctx = c->n_ctx,
-            .block_table = c->btab, .kv = kvl, .scale = 1.0f / sqrtf((float)hd),
-        };
-        {
-            const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
-            float *out[3] = {s->q, s->k, s->v};
-            exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = hp->norm_eps, .scratch = s->xb};
-            if (qkv_fused) {
-                f.rope_q = &rq;
-                f.rope_k = &rk;
-                f.pos = batch->pos;
-                f.kv = kvl;
-                f.slots = c->slots;
+            /* attention */
+            exsa_attn_args aa = exsa_model_attn_args(c, l, n, &s, 1.0f / sqrtf((float)hd));
+            {
+                const exsa_tensor *qkv[3] = {&L->wq, &L->wk, &L->wv};
+                float *out[3] = {a->q, a->k, a->v};
+                exsa_matmul_fuse f = {.norm = L->attn_norm, .eps = hp->norm_eps,
+                                      .scratch = a->xb};
+                if (qkv_fused) {
+                    f.rope_q = &rq;
+                    f.rope_k = &rk;
+                    f.pos = s.meta->pos;
+                    f.kv = lk.kv;
+                    f.slots = lk.slots;
+                }
+                f.next_attn = &aa;
+                op->matmul_fused(be, qkv, 3, a->x, out, n, &f);
             }
-            f.next_attn = &aa;
-            op->matmul_fused(be, qkv, 3, s->x, out, n, &f);
-        }
-        if (hp->has_qkv_bias) {
-            op->add_bias(be, s->q, L->bq, n, Q);
-            op->add_bias(be, s->k, L->bk, n, KV);
-            op->add_bias(be, s->v, L->bv, n, KV);
-        }
-        if (hp->has_qk_norm) {
-            op->rms_norm(be, s->q, L->q_norm, s->q, n * hp->n_head, hd, hp->norm_eps);
-            op->rms_norm(be, s->k, L->k_norm, s->k, n * hp->n_head_kv, hd, hp->norm_eps);
-        }
-        if (!qkv_fused) {
-            op->rope(be, s->q, batch->pos, &rq);
-            op->rope(be, s->k, batch->pos, &rk);
-            op->kv_store(be, kvl, s->k, s->v, c->slots, n);
-        }
-        op->attention(be, &aa);
-        const exsa_tensor *wo = &L->wo, *down = &L->w_down;
-        exsa_matmul_fuse res = {.residual = s->x};
-        op->matmul_fused(be, &wo, 1, s->att, &s->xb, n, &res);
+            if (hp->has_qkv_bias) {
+                op->add_bias(be, a->q, L->bq, n, Q);
+                op->add_bias(be, a->k, L->bk, n, KV);
+                op->add_bias(be, a->v, L->bv, n, KV);
+            }
+            if (hp->has_qk_norm) {
+                op->rms_norm(be, a->q, L->q_norm, a->q, n * hp->n_head, hd, hp->norm_eps);
+                op->rms_norm(be, a->k, L->k_norm, a->k, n * hp->n_head_kv, hd, hp->norm_eps);
+            }
+            if (!qkv_fused) {
+                op->rope(be, a->q, s.meta->pos, &rq);
+                op->rope(be, a->k, s.meta->pos, &rk);
+                op->kv_store(be, lk.kv, a->k, a->v, lk.slots, n);
+            }
+            op->attention(be, &aa);
+            const exsa_tensor *wo = &L->wo, *down = &L->w_down;
+            exsa_matmul_fuse res = {.residual = a->x};
+            op->matmul_fused(be, &wo, 1, a->att, &a->xb, n, &res);
 
-        /* feed-forward (SwiGLU) */
-        {
-            const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
-            float *out[2] = {s->ff1, s->ff2};
-            exsa_matmul_fuse f = {.norm = L->ffn_norm, .eps = hp->norm_eps, .scratch = s->xb};
-            op->matmul_fused(be, gu, 2, s->x, out, n, &f);
+            /* feed-forward (SwiGLU) */
+            {
+                const exsa_tensor *gu[2] = {&L->w_gate, &L->w_up};
+                float *out[2] = {a->ff1, a->ff2};
+                exsa_matmul_fuse f = {.norm = L->ffn_norm, .eps = hp->norm_eps,
+                                      .scratch = a->xb};
+                op->matmul_fused(be, gu, 2, a->x, out, n, &f);
+            }
+            exsa_matmul_fuse act = {.up = a->ff2, .scratch = a->ff1, .residual = a->x};
+            op->matmul_fused(be, &down, 1, a->ff1, &a->xb, n, &act);
         }
-        exsa_matmul_fuse act = {.up = s->ff2, .scratch = s->ff1, .residual = s->x};
-        op->matmul_fused(be, &down, 1, s->ff1, &s->xb, n, &act);
     }
-
-    if (c->n_out == 0)
-        return;
-    exsa_model_output_head(c, s, &w->output, w->output_norm, logits_out, hidden_out);
+    exsa_model_step_end(c, n);
+    exsa_model_output_head(c, n, &w->output, w->output_norm, logits_out, hidden_out);
 }
 
 #define LLAMA_FAMILY(ident, str, id)                                                 \

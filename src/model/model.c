@@ -143,39 +143,8 @@ int exsa_model_alloc_layers(exsa_model *m, exsa_err *err)
     return 0;
 }
 
-/* Rearranges a matrix for the CPU kernels when they have a faster layout
- * for it, keeps the copy, and drops the mapped pages it came from (they are
- * clean file pages: re-read on demand if ever touched again), so resident
- * memory does not double. */
-static int repack(exsa_model *m, exsa_tensor *t, exsa_err *err)
-{
-    if (m->n_repacked == m->repacked_cap) {
-        int cap = m->repacked_cap ? 2 * m->repacked_cap : 64;
-        void **p = realloc(m->repacked, (size_t)cap * sizeof *p);
-        if (!p)
-            return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-        m->repacked = p;
-        m->repacked_cap = cap;
-    }
-    const void *src = t->data;
-    void *buf;
-    int rc = exsa_cpu_repack(t, &buf, err);
-    if (rc || !buf)
-        return rc;
-    m->repacked[m->n_repacked++] = buf;
-    long page = sysconf(_SC_PAGESIZE);
-    if (page > 0) {
-        uintptr_t a = ((uintptr_t)src + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
-        uintptr_t e = ((uintptr_t)src + (uintptr_t)(t->row_bytes * (size_t)t->n_out)) &
-                      ~((uintptr_t)page - 1);
-        if (e > a)
-            madvise((void *)a, e - a, MADV_DONTNEED);
-    }
-    return 0;
-}
-
-int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
-                           int64_t n_out, int required, exsa_err *err)
+static int bind_matrix_at(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
+                          int64_t n_out, int required, int place, exsa_err *err)
 {
     memset(t, 0, sizeof *t);
     const exsa_gguf_tensor *gt = exsa_gguf_find_tensor(m->gguf, name);
@@ -200,7 +169,19 @@ int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int6
     t->n_out = n_out;
     t->row_bytes = exsa_type_row_size(gt->type, n_in);
     t->data = gt->data;
-    return repack(m, t, err);
+    return exsa_model_prepare(m, t, place, err);
+}
+
+int exsa_model_bind_matrix(exsa_model *m, exsa_tensor *t, const char *name, int64_t n_in,
+                           int64_t n_out, int required, exsa_err *err)
+{
+    if (!m->layer_place) {
+        int rc = exsa_model_place_init(m, err);
+        if (rc)
+            return rc;
+    }
+    return bind_matrix_at(m, t, name, n_in, n_out, required, exsa_model_place_of_name(m, name),
+                          err);
 }
 
 int exsa_model_bind_head(exsa_model *m, exsa_tensor *tok_embd, exsa_tensor *output,
@@ -213,67 +194,17 @@ int exsa_model_bind_head(exsa_model *m, exsa_tensor *tok_embd, exsa_tensor *outp
     if ((rc = exsa_model_bind_matrix(m, output, "output.weight", E, V, 0, err)))
         return rc;
     m->hp.tied_output = output->data == NULL;
-    if (m->hp.tied_output)
+    /* Tied: the head uses the embeddings' matrix, a copy of its own when
+     * the head runs on the other backend. */
+    const int hp_ = exsa_model_place_of(m, m->hp.n_layer);
+    if (m->hp.tied_output && hp_ == exsa_model_place_of(m, -1))
         *output = *tok_embd;
+    else if (m->hp.tied_output &&
+             (rc = bind_matrix_at(m, output, "token_embd.weight", E, V, 1, hp_, err)))
+        return rc;
     if (!(*output_norm = exsa_model_bind_vector(m, "output_norm.weight", E, 1, err)))
         return err->code;
     return 0;
-}
-
-int exsa_model_acts_alloc(exsa_model_ctx *c, exsa_err *err)
-{
-    const exsa_hparams *hp = &c->m->hp;
-    exsa_backend *be = c->be;
-    const size_t B = (size_t)c->p.max_batch, E = (size_t)hp->n_embd;
-    const size_t Q = (size_t)hp->n_head * hp->head_dim, KV = (size_t)hp->n_head_kv * hp->head_dim;
-    exsa_model_acts *a = calloc(1, sizeof *a);
-    if (!a)
-        return exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-    c->scratch = a;
-    a->x = be->ops->alloc(be, B * E * sizeof(float));
-    a->xb = be->ops->alloc(be, B * (Q > E ? Q : E) * sizeof(float));
-    a->q = be->ops->alloc(be, B * Q * sizeof(float));
-    a->k = be->ops->alloc(be, B * KV * sizeof(float));
-    a->v = be->ops->alloc(be, B * KV * sizeof(float));
-    a->att = be->ops->alloc(be, B * Q * sizeof(float));
-    a->ff1 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
-    a->ff2 = be->ops->alloc(be, B * hp->n_ff * sizeof(float));
-    if (!a->x || !a->xb || !a->q || !a->k || !a->v || !a->att || !a->ff1 || !a->ff2)
-        return exsa_err_set(err, EXSA_ENOMEM,
-                            "model: cannot allocate activations for a batch of %zu rows", B);
-    return 0;
-}
-
-void exsa_model_acts_free(exsa_model_ctx *c)
-{
-    exsa_model_acts *a = c->scratch;
-    exsa_backend *be = c->be;
-    float *bufs[] = {a->x, a->xb, a->q, a->k, a->v, a->att, a->ff1, a->ff2};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        if (bufs[i])
-            be->ops->free(be, bufs[i]);
-    free(a);
-    c->scratch = NULL;
-}
-
-void exsa_model_output_head(exsa_model_ctx *c, const exsa_model_acts *a,
-                            const exsa_tensor *output, const float *output_norm,
-                            float *logits_out, float *hidden_out)
-{
-    const exsa_hparams *hp = &c->m->hp;
-    exsa_backend *be = c->be;
-    const int E = hp->n_embd;
-    /* Only rows that want logits go through the output head: gather them
-     * with get_rows over the residual stream viewed as an f32 matrix. */
-    exsa_tensor xs = {.name = "x", .type = EXSA_TYPE_F32, .n_in = E, .n_out = c->p.max_batch,
-                      .row_bytes = (size_t)E * sizeof(float), .data = a->x};
-    be->ops->get_rows(be, &xs, c->out_rows, c->n_out, a->xb);
-    if (hidden_out) { /* embeddings: stop before the output head */
-        be->ops->rms_norm(be, a->xb, output_norm, hidden_out, c->n_out, E, hp->norm_eps);
-        return;
-    }
-    exsa_matmul_fuse f = {.norm = output_norm, .eps = hp->norm_eps, .scratch = a->xb};
-    be->ops->matmul_fused(be, &output, 1, a->xb, &logits_out, c->n_out, &f);
 }
 
 int exsa_model_bind_layers(exsa_model *m, void *layers, size_t layer_size,
@@ -301,8 +232,8 @@ int exsa_model_bind_layers(exsa_model *m, void *layers, size_t layer_size,
     return 0;
 }
 
-const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
-                                    exsa_err *err)
+static const float *host_vector(exsa_model *m, const char *name, int64_t n, int required,
+                                exsa_err *err)
 {
     const exsa_gguf_tensor *gt = exsa_gguf_find_tensor(m->gguf, name);
     if (!gt) {
@@ -335,7 +266,23 @@ const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, 
     return dst;
 }
 
+const float *exsa_model_bind_vector(exsa_model *m, const char *name, int64_t n, int required,
+                                    exsa_err *err)
+{
+    if (!m->layer_place && exsa_model_place_init(m, err) != 0)
+        return NULL;
+    const float *h = host_vector(m, name, n, required, err);
+    return h ? exsa_model_place_vector(m, h, n, exsa_model_place_of_name(m, name), err) : NULL;
+}
+
 exsa_model *exsa_model_load(const char *path, exsa_err *err)
+{
+    exsa_model_params p;
+    exsa_model_params_default(&p);
+    return exsa_model_load_ex(path, &p, err);
+}
+
+exsa_model *exsa_model_load_ex(const char *path, const exsa_model_params *mp, exsa_err *err)
 {
     exsa_err local;
     if (!err)
@@ -350,6 +297,7 @@ exsa_model *exsa_model_load(const char *path, exsa_err *err)
         return NULL;
     }
     m->gguf = g;
+    m->mp = *mp;
     const char *arch;
     size_t alen;
     if (exsa_gguf_get_str(g, "general.architecture", &arch, &alen, err) != 0)
@@ -435,11 +383,9 @@ void exsa_model_free(exsa_model *m)
         return;
     if (m->ops && m->weights)
         m->ops->unload(m);
+    exsa_model_place_free(m);
     free(m->owned);
     free(m->hp.layer);
-    for (int i = 0; i < m->n_repacked; i++)
-        free(m->repacked[i]);
-    free(m->repacked);
     exsa_gguf_close(m->gguf);
     free(m);
 }
@@ -461,213 +407,3 @@ uint64_t exsa_model_kv_bytes(const exsa_model *m, int n_ctx, int kv_type)
     return (uint64_t)row * tokens * 2;
 }
 
-void exsa_model_ctx_params_default(exsa_model_ctx_params *p)
-{
-    *p = (exsa_model_ctx_params){
-        .n_threads = 0, .n_ctx = 0, .n_seq = 1, .max_batch = 512,
-        .kv_type = EXSA_TYPE_F16, .kv_blocks = 0,
-    };
-}
-
-exsa_model_ctx *exsa_model_ctx_create(const exsa_model *m, const exsa_model_ctx_params *p,
-                                      exsa_err *err)
-{
-    const exsa_hparams *hp = &m->hp;
-    exsa_model_ctx_params cp = *p;
-    if (cp.n_ctx <= 0)
-        cp.n_ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
-    if (cp.n_seq <= 0 || cp.n_seq > 4096) {
-        exsa_err_set(err, EXSA_EINVAL, "n_seq must be in [1, 4096], got %d", cp.n_seq);
-        return NULL;
-    }
-    if (cp.max_batch <= 0 || cp.max_batch > 65536) {
-        exsa_err_set(err, EXSA_EINVAL, "batch size must be in [1, 65536], got %d", cp.max_batch);
-        return NULL;
-    }
-    if (cp.n_ctx > (1 << 24)) {
-        exsa_err_set(err, EXSA_EINVAL, "context size %d is too large", cp.n_ctx);
-        return NULL;
-    }
-    if (cp.kv_type != EXSA_TYPE_F16 && cp.kv_type != EXSA_TYPE_F32 &&
-        cp.kv_type != EXSA_TYPE_Q8_0) {
-        exsa_err_set(err, EXSA_EINVAL, "kv type must be f16, f32 or q8_0");
-        return NULL;
-    }
-    int per_seq = (cp.n_ctx + EXSA_KV_BLOCK_SIZE - 1) / EXSA_KV_BLOCK_SIZE;
-    if (cp.kv_blocks <= 0) {
-        int64_t nb = (int64_t)per_seq * cp.n_seq;
-        if (nb > (1 << 26)) {
-            exsa_err_set(err, EXSA_EINVAL, "kv cache of %lld blocks is too large", (long long)nb);
-            return NULL;
-        }
-        cp.kv_blocks = (int)nb;
-    }
-
-    exsa_model_ctx *c = calloc(1, sizeof *c);
-    if (!c) {
-        exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-        return NULL;
-    }
-    c->m = m;
-    c->p = cp;
-    c->be = exsa_backend_cpu_create(cp.n_threads, err);
-    if (!c->be)
-        goto fail;
-    exsa_kv_params kp = {
-        .n_layer = hp->n_layer, .n_kv_head = hp->n_head_kv, .head_dim = hp->head_dim,
-        .type = cp.kv_type, .block_size = EXSA_KV_BLOCK_SIZE, .n_blocks = cp.kv_blocks,
-        .n_seq = cp.n_seq, .max_seq_len = cp.n_ctx,
-    };
-    /* Sliding-window layers whose window is shorter than the context get
-     * a group of their own that keeps only the window (and a batch). */
-    uint8_t *swa = NULL;
-    if (hp->n_swa > 0 && hp->n_swa < cp.n_ctx && !cp.swa_full) {
-        swa = calloc((size_t)hp->n_layer, 1);
-        if (!swa) {
-            exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-            goto fail;
-        }
-        for (int l = 0; l < hp->n_layer; l++)
-            swa[l] = hp->layer[l].kind == EXSA_LAYER_ATTN_SWA;
-        kp.swa_layer = swa;
-        kp.swa_window = hp->n_swa;
-        kp.swa_keep = cp.max_batch;
-        kp.swa_n_blocks = exsa_kv_swa_blocks_needed(&kp);
-    }
-    c->kv = exsa_kv_cache_create(c->be, &kp, err);
-    free(swa);
-    if (!c->kv)
-        goto fail;
-    size_t B = (size_t)cp.max_batch;
-    c->slots = calloc(B, sizeof *c->slots);
-    c->n_ctx = calloc(B, sizeof *c->n_ctx);
-    c->btab = calloc(B, sizeof *c->btab);
-    c->out_rows = calloc(B, sizeof *c->out_rows);
-    c->seq_need = calloc((size_t)cp.n_seq, sizeof *c->seq_need);
-    if (!c->seq_need || !c->slots || !c->n_ctx || !c->btab || !c->out_rows) {
-        exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-        goto fail;
-    }
-    if (exsa_kv_has_swa(c->kv)) {
-        c->swa_slots = calloc(B, sizeof *c->swa_slots);
-        c->swa_btab = calloc(B, sizeof *c->swa_btab);
-        if (!c->swa_slots || !c->swa_btab) {
-            exsa_err_set(err, EXSA_ENOMEM, "model: out of memory");
-            goto fail;
-        }
-    }
-    if (m->ops->ctx_init(c, err) != 0)
-        goto fail;
-    return c;
-fail:
-    exsa_model_ctx_free(c);
-    return NULL;
-}
-
-void exsa_model_ctx_free(exsa_model_ctx *c)
-{
-    if (!c)
-        return;
-    if (c->scratch)
-        c->m->ops->ctx_free(c);
-    exsa_kv_cache_free(c->kv);
-    if (c->be)
-        exsa_backend_free(c->be);
-    free(c->slots);
-    free(c->n_ctx);
-    free(c->btab);
-    free(c->out_rows);
-    free(c->seq_need);
-    free(c->swa_slots);
-    free(c->swa_btab);
-    free(c);
-}
-
-exsa_kv_cache *exsa_model_ctx_kv(exsa_model_ctx *c) { return c->kv; }
-const exsa_model_ctx_params *exsa_model_ctx_params_get(const exsa_model_ctx *c) { return &c->p; }
-const char *exsa_model_ctx_describe(const exsa_model_ctx *c) { return exsa_backend_describe(c->be); }
-
-/* forward and forward_hidden: one validation and KV path; exactly one of
- * logits_out / hidden_out is the output. */
-static int run_batch(exsa_model_ctx *c, const exsa_batch *b, float *logits_out,
-                     float *hidden_out, exsa_err *err)
-{
-    const exsa_hparams *hp = &c->m->hp;
-    if (!b || b->n <= 0 || b->n > c->p.max_batch)
-        return exsa_err_set(err, EXSA_EINVAL, "forward: batch of %d rows (max %d)",
-                            b ? b->n : 0, c->p.max_batch);
-    if (!b->token || !b->pos || !b->seq || !b->logits)
-        return exsa_err_set(err, EXSA_EINVAL, "forward: batch arrays must all be set");
-    c->n_out = 0;
-    for (int i = 0; i < b->n; i++) {
-        if (b->token[i] < 0 || b->token[i] >= hp->n_vocab)
-            return exsa_err_set(err, EXSA_EINVAL, "forward: row %d: token %d out of range [0, %d)",
-                                i, b->token[i], hp->n_vocab);
-        if (b->seq[i] < 0 || b->seq[i] >= c->p.n_seq)
-            return exsa_err_set(err, EXSA_EINVAL,
-                                "forward: row %d: sequence %d out of range [0, %d)", i,
-                                b->seq[i], c->p.n_seq);
-        if (b->pos[i] < 0 || b->pos[i] >= c->p.n_ctx)
-            return exsa_err_set(err, EXSA_EINVAL,
-                                "forward: row %d: position %d beyond the context (%d)", i,
-                                b->pos[i], c->p.n_ctx);
-        if (b->logits[i])
-            c->out_rows[c->n_out++] = i;
-    }
-    if (c->n_out > 0 && !logits_out && !hidden_out)
-        return exsa_err_set(err, EXSA_EINVAL, "forward: output requested but no output buffer");
-    /* Check the pool covers every sequence's growth before reserving any,
-     * so a pool that runs short fails with nothing changed. */
-    int64_t blocks_needed = 0;
-    const int bs = exsa_kv_cache_params(c->kv)->block_size;
-    for (int i = 0; i < b->n; i++)
-        if (b->pos[i] + 1 > c->seq_need[b->seq[i]])
-            c->seq_need[b->seq[i]] = b->pos[i] + 1;
-    for (int i = 0; i < b->n; i++) {
-        int s = b->seq[i], have = exsa_kv_seq_len(c->kv, s);
-        if (c->seq_need[s] > have)
-            blocks_needed += (c->seq_need[s] + bs - 1) / bs - (have + bs - 1) / bs;
-        c->seq_need[s] = 0; /* count each sequence once */
-    }
-    if (blocks_needed > exsa_kv_n_free_blocks(c->kv))
-        return exsa_err_set(err, EXSA_EFULL, "forward: batch needs %lld kv blocks, %d free",
-                            (long long)blocks_needed, exsa_kv_n_free_blocks(c->kv));
-    int rc = exsa_kv_swa_check(c->kv, b->seq, b->pos, b->n, err);
-    if (rc != 0)
-        return rc;
-    for (int i = 0; i < b->n; i++) {
-        int s = b->seq[i];
-        if (exsa_kv_seq_len(c->kv, s) < b->pos[i] + 1) {
-            rc = exsa_kv_seq_reserve(c->kv, s, b->pos[i] + 1, err);
-            if (rc != 0)
-                return rc;
-        }
-    }
-    for (int i = 0; i < b->n; i++) {
-        c->slots[i] = exsa_kv_slot(c->kv, b->seq[i], b->pos[i]);
-        c->n_ctx[i] = b->pos[i] + 1;
-        c->btab[i] = exsa_kv_block_table(c->kv, b->seq[i]);
-    }
-    if (c->swa_slots) {
-        exsa_kv_swa_prepare(c->kv, b->seq, b->pos, b->n);
-        for (int i = 0; i < b->n; i++) {
-            c->swa_slots[i] = exsa_kv_swa_slot(c->kv, b->seq[i], b->pos[i]);
-            c->swa_btab[i] = exsa_kv_swa_block_table(c->kv, b->seq[i]);
-        }
-    }
-    c->m->ops->forward(c, b, hidden_out ? NULL : logits_out, hidden_out);
-    return 0;
-}
-
-int exsa_model_forward(exsa_model_ctx *c, const exsa_batch *b, float *logits_out, exsa_err *err)
-{
-    return run_batch(c, b, logits_out, NULL, err);
-}
-
-int exsa_model_forward_hidden(exsa_model_ctx *c, const exsa_batch *b, float *hidden_out,
-                              exsa_err *err)
-{
-    if (!hidden_out)
-        return exsa_err_set(err, EXSA_EINVAL, "forward_hidden: hidden_out is NULL");
-    return run_batch(c, b, NULL, hidden_out, err);
-}

@@ -60,9 +60,35 @@ typedef struct exsa_hparams {
 
 typedef struct exsa_model exsa_model;
 
+/* Where a model's layers run. */
+typedef struct exsa_model_params {
+    int device;       /* exsa_device; AUTO: a usable CUDA GPU, else the CPU */
+    /* Layers on the GPU, counted from the last (llama.cpp's -ngl): more
+     * than n_layer also puts the output head there; < 0: everything. */
+    int n_gpu_layers;
+    int gpu;          /* CUDA device ordinal */
+} exsa_model_params;
+/* AUTO, every layer, GPU 0; EXSA_DEVICE (auto|cpu|cuda) in the environment
+ * overrides the device (what tests and scripts use to pin one). */
+void exsa_model_params_default(exsa_model_params *p);
+
 /* Opens and validates a GGUF model: architecture, every hyperparameter, every
  * required tensor's type and shape. Weights stay in the mapping. */
 exsa_model *exsa_model_load(const char *path, exsa_err *err);
+/* The same with a placement: weights of GPU layers are uploaded at load
+ * (their mapped pages dropped), and a model that does not fit the GPU's
+ * free memory fails naming the sizes and the -ngl that would fit. With
+ * device AUTO and no usable GPU it loads on the CPU and logs one line. */
+exsa_model *exsa_model_load_ex(const char *path, const exsa_model_params *p, exsa_err *err);
+/* Where it runs, e.g. "cuda:0 NVIDIA H100 80GB HBM3, 30/30 layers + head"
+ * or "cpu". */
+const char *exsa_model_placement(const exsa_model *m);
+/* EXSA_DEVICE_CUDA when any layer runs on the GPU, else EXSA_DEVICE_CPU. */
+int exsa_model_device(const exsa_model *m);
+/* The GPU's free and total memory now and the bytes of weights the model
+ * put there; -1 when the model has no GPU part. */
+int exsa_model_device_memory(const exsa_model *m, size_t *free_bytes, size_t *total_bytes,
+                             size_t *weight_bytes);
 void exsa_model_free(exsa_model *m);
 /* The quick check before a slow load: path is a readable, well-formed GGUF
  * file (header, metadata, tensor table inside the file) whose architecture

@@ -323,7 +323,7 @@ static void attn_f16_run(const attn_job *j, int thread, int r0, int nr, int h0, 
     const int nh = h1 - h0;
     const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
     const size_t hdp = j->hd_pad;
-    const int32_t *bt = a->block_table[r0];
+    const int32_t *bt = exsa_attn_row_table(a, r0);
 
     /* scratch (f16_scratch for nr * nh heads): q16 [nr * nh][hd], acc
      * [nr * nh][hdp], m, l [nr * nh], sc [nr * nh][F16_CHUNK], then
@@ -445,7 +445,7 @@ static void attn_tiled_run(const attn_job *j, int thread, int r0, int nr, int h0
     const int nh = h1 - h0, nq = nr * nh;
     const int kv0 = h0 / group, kv1 = (h1 - 1) / group + 1;
     const size_t hdp = j->hd_pad, stn = hdp + EXSA_ATTN_ST_EXTRA;
-    const int32_t *bt = a->block_table[r0];
+    const int32_t *bt = exsa_attn_row_table(a, r0);
 
     /* q16 by kv head, then row, then that kv head's heads (scores_f16
      * takes one kv head's query rows contiguous); states and scores by
@@ -545,7 +545,7 @@ static void attn_f16_task(void *vctx, int task, int thread)
     for (int rs = r0; rs < r1;) {
         const int tiled = row_tiled(a, rs);
         int re = rs + 1;
-        while (re < r1 && a->block_table[re] == a->block_table[rs] && row_tiled(a, re) == tiled)
+        while (re < r1 && a->row_tab[re] == a->row_tab[rs] && row_tiled(a, re) == tiled)
             re++;
         if (tiled)
             attn_tiled_run(j, thread, rs, re - rs, h0, h1);
@@ -600,7 +600,7 @@ static void attn_task(void *vctx, int task, int thread)
     const size_t hdp = j->hd_pad;
     const size_t off = ((size_t)r * (size_t)a->n_head + (size_t)h0) * (size_t)hd;
     const int nc = a->n_ctx[r];
-    const int32_t *bt = a->block_table[r];
+    const int32_t *bt = exsa_attn_row_table(a, r);
 
     /* scratch (f32_scratch): acc [nh][hdp], m [nh], l [nh],
      * s [nh][ATTN_CHUNK], then the dequantized span */

@@ -190,6 +190,35 @@ static void cpu_free(exsa_backend *b, void *p)
         free(base);
 }
 
+/* Weights stay host memory: only the kernels' faster layouts change them
+ * (exsa_cpu_repack); the repacked copy is the owned part. */
+static int cpu_prepare_weight(exsa_backend *b, exsa_tensor *w, void **owned, exsa_err *err)
+{
+    (void)b;
+    *owned = NULL;
+    return exsa_cpu_repack(w, owned, err);
+}
+
+static void cpu_release(exsa_backend *b, void *owned)
+{
+    (void)b;
+    free(owned);
+}
+
+static void cpu_set(exsa_backend *b, void *dst, const void *src, size_t bytes)
+{
+    (void)b;
+    if (bytes && dst != src)
+        memcpy(dst, src, bytes);
+}
+
+static int cpu_sync(exsa_backend *b, exsa_err *err)
+{
+    (void)b;
+    (void)err;
+    return 0; /* every op has finished when it returns */
+}
+
 /* ---- get_rows ------------------------------------------------------------ */
 
 typedef struct {
@@ -650,7 +679,7 @@ static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t uni
             for (int r = 0; r < a->n_rows && hi > lo && all < PF_ALL_BYTES / 2; r++) {
                 int seen = 0;
                 for (int q = 0; q < r && !seen; q++)
-                    seen = a->block_table[q] == a->block_table[r];
+                    seen = a->row_tab[q] == a->row_tab[r];
                 if (seen)
                     continue;
                 int64_t left = a->n_ctx[r] > 0 ? a->n_ctx[r] : 0;
@@ -667,7 +696,7 @@ static int kv_prefetch_plan(cpu_backend *c, const exsa_attn_args *a, int64_t uni
                     if (!split && b % T != t)
                         continue;
                     if (pass) {
-                        const size_t off = (size_t)a->block_table[r][b] * (size_t)kv->block_size *
+                        const size_t off = (size_t)exsa_attn_row_table(a, r)[b] * (size_t)kv->block_size *
                                            kv->token_bytes + lo;
                         c->pf_spans[n] = (cpu_pf_span){(const char *)kv->k + off, hi - lo, rows};
                         c->pf_spans[n + 1] = (cpu_pf_span){(const char *)kv->v + off, hi - lo, rows};
@@ -1189,8 +1218,14 @@ static const exsa_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
     .describe = cpu_describe,
+    .host_memory = 1,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .prepare_weight = cpu_prepare_weight,
+    .release = cpu_release,
+    .set = cpu_set,
+    .get = cpu_set,
+    .sync = cpu_sync,
     .get_rows = cpu_get_rows,
     .rms_norm = cpu_rms_norm,
     .matmul = cpu_matmul,
