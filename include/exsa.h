@@ -124,6 +124,12 @@ typedef struct exsa_engine_params {
     /* Name the engine answers to (registry, OpenAI "model"); NULL: general.name
      * of the file, else its file name without ".gguf". Copied. */
     const char *name;
+    /* Placement: device (0 auto, 1 cpu, 2 cuda: backend.h's exsa_device),
+     * layers on the GPU counted from the last (-1: all and the output
+     * head; llama.cpp's -ngl), CUDA device ordinal. */
+    int device;
+    int n_gpu_layers;
+    int gpu;
 } exsa_engine_params;
 
 void exsa_engine_params_default(exsa_engine_params *p);
@@ -283,6 +289,10 @@ typedef struct exsa_model_info {
     uint64_t n_params, weight_bytes;
     int64_t created;       /* unix time the engine was created */
     char backend[128];     /* what runs it: backend, ISA, threads ("cpu avx2 x8") */
+    char device[8];        /* "cpu" or "cuda" (any layer on the GPU) */
+    /* GPU memory (device "cuda"; else 0): free and total now, and what the
+     * weights take there. */
+    uint64_t gpu_free_bytes, gpu_total_bytes, gpu_weight_bytes;
 } exsa_model_info;
 
 void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out);

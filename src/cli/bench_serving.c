@@ -103,12 +103,15 @@ static double pct(double *v, int n, double p)
     return v[k < 0 ? 0 : k >= n ? n - 1 : k];
 }
 
-int exsa_bench_serving(const char *path, const char *levels, int n_prompt, int n_gen,
-                       int n_shared, int n_req, int threads, int n_ctx, int json)
+int exsa_bench_serving(const char *path, const exsa_model_params *mp, const char *levels,
+                       int n_prompt, int n_gen, int n_shared, int n_req, int threads, int n_ctx,
+                       int json)
 {
-    /* The vocabulary bounds the random prompt ids. */
+    /* The vocabulary bounds the random prompt ids (a CPU load reads it). */
     exsa_err merr = {0};
-    exsa_model *m = exsa_model_load(path, &merr);
+    exsa_model_params cpu = *mp;
+    cpu.device = EXSA_DEVICE_CPU;
+    exsa_model *m = exsa_model_load_ex(path, &cpu, &merr);
     if (!m)
         return exsa_cli_fail("bench", "%s", merr.msg);
     const int n_vocab = exsa_model_hparams(m)->n_vocab;
@@ -139,6 +142,9 @@ int exsa_bench_serving(const char *path, const char *levels, int n_prompt, int n
         exsa_engine_params_default(&ep);
         ep.model_path = path;
         ep.n_threads = threads;
+        ep.device = mp->device;
+        ep.n_gpu_layers = mp->n_gpu_layers;
+        ep.gpu = mp->gpu;
         ep.n_ctx = n_ctx > 0 ? n_ctx : n_prompt + n_gen;
         ep.max_batch_size = C;
         ep.queue_size = C * n_req + 16;

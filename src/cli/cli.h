@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "engine/sampling.h"
+#include "model/model.h"
 
 /* Commands: argv[0] is the command name; return the process exit status. */
 int exsa_cmd_info(int argc, char **argv);
@@ -32,6 +33,13 @@ int exsa_cli_float(const char *cmd, const char *flag, const char *s, double lo, 
                    double *out);
 /* --kv-type's value: f16, f32 or q8_0 into *out (an EXSA_TYPE_*). */
 int exsa_cli_kv_type(const char *cmd, const char *s, int *out);
+/* --device, -ngl/--n-gpu-layers, -mg/--main-gpu at argv[*i] into mp:
+ * 1 when it was one (value taken), 0 when not, -1 after printing an error. */
+int exsa_cli_placement(const char *cmd, int argc, char **argv, int *i, exsa_model_params *mp);
+#define EXSA_CLI_PLACEMENT_HELP                                                           \
+    "  --device NAME        auto (a CUDA GPU when usable, else the CPU), cpu or cuda\n"     \
+    "  -ngl N               layers on the GPU, from the last (-1: all + output head)\n"    \
+    "  -mg N                CUDA device (0)\n"
 /* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */
 const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i);
 

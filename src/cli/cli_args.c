@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -102,4 +103,33 @@ void exsa_cli_json_string(FILE *f, const char *s, size_t n)
             fputc(c, f);
     }
     fputc('"', f);
+}
+
+int exsa_cli_placement(const char *cmd, int argc, char **argv, int *i, exsa_model_params *mp)
+{
+    const char *a = argv[*i], *v;
+    int64_t n;
+    if (!strcmp(a, "--device")) {
+        if (!(v = exsa_cli_value(cmd, argc, argv, i)))
+            return -1;
+        if ((mp->device = exsa_device_from_name(v)) < 0) {
+            exsa_cli_fail(cmd, "--device must be auto, cpu or cuda, got '%s'", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "-ngl") || !strcmp(a, "--n-gpu-layers") || !strcmp(a, "--gpu-layers")) {
+        if (!(v = exsa_cli_value(cmd, argc, argv, i)) ||
+            exsa_cli_int(cmd, a, v, -1, 1 << 20, &n))
+            return -1;
+        mp->n_gpu_layers = (int)n;
+        return 1;
+    }
+    if (!strcmp(a, "-mg") || !strcmp(a, "--main-gpu")) {
+        if (!(v = exsa_cli_value(cmd, argc, argv, i)) || exsa_cli_int(cmd, a, v, 0, 1024, &n))
+            return -1;
+        mp->gpu = (int)n;
+        return 1;
+    }
+    return 0;
 }

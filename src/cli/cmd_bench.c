@@ -15,7 +15,7 @@
 
 static const char *usage =
     "usage: exsa bench -m MODEL [-p 512] [-n 128] [-t THREADS] [-r 3] [-b 512]\n"
-    "                  [--kv-type f16|f32|q8_0] [--json]\n"
+    "                  [--kv-type f16|f32|q8_0] [--device auto|cpu|cuda] [-ngl N] [--json]\n"
     "       exsa bench -m MODEL --concurrency 1,4,8,16 [--prompt 256] [--gen 128]\n"
     "                  [--requests 4] [--shared-prefix N] [-t THREADS] [--json]\n"
     "pp<P>: the P-token prompt as batches of -b rows; tg<N>: N single-token steps.\n"
@@ -24,8 +24,9 @@ static const char *usage =
     "requests in turn; aggregate generated t/s, time to first token and\n"
     "inter-token latency p50/p99, peak KV blocks.\n";
 
-int exsa_bench_serving(const char *path, const char *levels, int n_prompt, int n_gen,
-                       int n_shared, int n_req, int threads, int n_ctx, int json);
+int exsa_bench_serving(const char *path, const exsa_model_params *mp, const char *levels,
+                       int n_prompt, int n_gen, int n_shared, int n_req, int threads, int n_ctx,
+                       int json);
 
 typedef struct bench_ctx {
     exsa_model_ctx *c;
@@ -75,8 +76,15 @@ int exsa_cmd_bench(int argc, char **argv)
     int64_t s_prompt = 256, s_gen = 128, s_req = 4, s_shared = 0;
     int json = 0, kv_type = EXSA_TYPE_F16;
     const char *levels = NULL;
+    exsa_model_params mp;
+    exsa_model_params_default(&mp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        const int pl = exsa_cli_placement(cmd, argc, argv, &i, &mp);
+        if (pl < 0)
+            return 1;
+        if (pl > 0)
+            continue;
         struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
             {"-p", &n_p, 0, 1 << 20}, {"-n", &n_g, 0, 1 << 20}, {"-t", &threads, 1, 1024},
             {"-r", &reps, 1, 1000},   {"-b", &batch, 1, 65536},
@@ -115,7 +123,7 @@ int exsa_cmd_bench(int argc, char **argv)
     if (!path)
         return exsa_cli_fail(cmd, "missing -m MODEL (see --help)");
     if (levels)
-        return exsa_bench_serving(path, levels, (int)s_prompt, (int)s_gen, (int)s_shared,
+        return exsa_bench_serving(path, &mp, levels, (int)s_prompt, (int)s_gen, (int)s_shared,
                                   (int)s_req, (int)threads, 0, json) ? 1 : 0;
     if (n_p == 0 && n_g == 0)
         return exsa_cli_fail(cmd, "nothing to do: -p and -n are both 0");
@@ -123,7 +131,7 @@ int exsa_cmd_bench(int argc, char **argv)
     int rc = 1;
     exsa_err err = {0};
     bench_ctx b = {0};
-    exsa_model *m = exsa_model_load(path, &err);
+    exsa_model *m = exsa_model_load_ex(path, &mp, &err);
     if (!m)
         return exsa_cli_fail(cmd, "%s", err.msg);
     const exsa_hparams *hp = exsa_model_hparams(m);

@@ -24,6 +24,7 @@
 static const char *usage =
     "usage: exsa chat -m MODEL [--template FILE|NAME] [--system TEXT] [-n N] [-c CTX]\n"
     "                 [-t THREADS] [--kv-type f16|f32|q8_0] [sampling flags]\n"
+    EXSA_CLI_PLACEMENT_HELP
     "  -n N   tokens per answer at most (default -1: until the model stops or the\n"
     "         context is full)\n"
     "In the chat, /help lists the commands. Ctrl-C stops the current answer (at the\n"
@@ -279,8 +280,15 @@ int exsa_cmd_chat(int argc, char **argv)
     ch.n_predict = -1;
     int64_t threads = 0, ctx = 0;
     int kv_type = EXSA_TYPE_F16;
+    exsa_model_params mp;
+    exsa_model_params_default(&mp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        const int pl = exsa_cli_placement(cmd, argc, argv, &i, &mp);
+        if (pl < 0)
+            return 1;
+        if (pl > 0)
+            continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             fputs(exsa_cli_sampling_help(), stdout);
@@ -333,6 +341,9 @@ int exsa_cmd_chat(int argc, char **argv)
     exsa_engine_params_default(&ep);
     ep.model_path = path;
     ep.n_threads = (int)threads;
+    ep.device = mp.device;
+    ep.n_gpu_layers = mp.n_gpu_layers;
+    ep.gpu = mp.gpu;
     ep.n_ctx = (int)ctx;
     ep.kv_type = kv_type;
     ep.max_batch_size = 1;

@@ -37,6 +37,7 @@ static const char *usage =
     "                a multiple of -c runs b/c chunks per pass\n"
     "  --chunks N    evaluate at most N chunks (default: all)\n"
     "  -t N          threads (default: physical cores)\n"
+    EXSA_CLI_PLACEMENT_HELP
     "  --kv-type T   f16 (default), f32 or q8_0\n"
     "  --json        print one JSON object at the end instead of the text report\n"
     "Method and figures as llama-perplexity's. MODEL defaults to $MODEL_PATH.\n";
@@ -45,13 +46,20 @@ typedef struct ppl_opts {
     const char *model, *file;
     int64_t ctx, batch, chunks, threads;
     int kv_type, json;
+    exsa_model_params mp;
 } ppl_opts;
 
 static int parse(int argc, char **argv, ppl_opts *o)
 {
     const char *cmd = "perplexity";
+    exsa_model_params_default(&o->mp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        const int pl = exsa_cli_placement(cmd, argc, argv, &i, &o->mp);
+        if (pl < 0)
+            return 1;
+        if (pl > 0)
+            continue;
         struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
             {"-c", &o->ctx, 4, 1 << 20},         {"--ctx-size", &o->ctx, 4, 1 << 20},
             {"-b", &o->batch, 1, 1 << 16},       {"--batch-size", &o->batch, 1, 1 << 16},
@@ -170,7 +178,7 @@ int exsa_cmd_perplexity(int argc, char **argv)
 
     if (!(text = read_text(o.file, &text_len)))
         goto done;
-    if (!(m = exsa_model_load(o.model, &err)) ||
+    if (!(m = exsa_model_load_ex(o.model, &o.mp, &err)) ||
         !(voc = exsa_vocab_load(exsa_model_gguf(m), &err)) ||
         !(tok = exsa_tokenizer_create(voc, &err))) {
         exsa_cli_fail(cmd, "%s", err.msg);

@@ -18,6 +18,7 @@ static const char *usage =
     "usage: exsa run -m MODEL (-p TEXT | --prompt-ids 1,2,3) [options]\n"
     "  -n N                 tokens to generate (default 64; 0 = only the prompt)\n"
     "  -t N                 threads (default: physical cores)\n"
+    EXSA_CLI_PLACEMENT_HELP
     "  -c N                 context size (default: model's, capped at 4096)\n"
     "  -b N                 prompt rows per forward pass (default 512)\n"
     "  --kv-type T          f16 (default), f32 or q8_0\n"
@@ -66,13 +67,20 @@ typedef struct run_opts {
     const char *stop[16];
     int n_stop;
     exsa_cli_sampling smp;
+    exsa_model_params mp;
 } run_opts;
 
 static int parse(int argc, char **argv, run_opts *o)
 {
     const char *cmd = "run";
+    exsa_model_params_default(&o->mp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        const int pl = exsa_cli_placement(cmd, argc, argv, &i, &o->mp);
+        if (pl < 0)
+            return 1;
+        if (pl > 0)
+            continue;
         struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
             {"-n", &o->n_gen, 0, 1 << 24}, {"-t", &o->threads, 1, 1024},
             {"-c", &o->ctx, 1, 1 << 24}, {"-b", &o->batch, 1, 65536},
@@ -166,7 +174,7 @@ static int prompt_pass(const run_opts *o, const int32_t *given, int n_given)
     int32_t *pos = NULL, *seq = NULL;
     uint8_t *want = NULL;
 
-    if (!(m = exsa_model_load(o->model, &err))) {
+    if (!(m = exsa_model_load_ex(o->model, &o->mp, &err))) {
         exsa_cli_fail(cmd, "%s", err.msg);
         goto done;
     }
@@ -298,6 +306,9 @@ static int generate(const run_opts *o, const int32_t *given, int n_given)
     exsa_engine_params_default(&ep);
     ep.model_path = o->model;
     ep.n_threads = (int)o->threads;
+    ep.device = o->mp.device;
+    ep.n_gpu_layers = o->mp.n_gpu_layers;
+    ep.gpu = o->mp.gpu;
     ep.n_ctx = (int)o->ctx;
     ep.max_batch_tokens = (int)o->batch;
     ep.max_batch_size = 1;

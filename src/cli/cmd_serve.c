@@ -26,6 +26,12 @@ static const exsa_config_opt opts[] = {
     {"--batch-size", "-b", "BATCH_SIZE", "512", "N",
      "tokens per forward pass (prompt chunks + one row per running sequence)"},
     {"--threads", "-t", "CPU_THREADS", "0", "N", "CPU threads (0: physical cores)"},
+    {"--device", NULL, "EXSA_DEVICE", "auto", "NAME",
+     "where the model runs: auto (a CUDA GPU when one is usable, else the CPU), cpu or cuda"},
+    {"--n-gpu-layers", "-ngl", "GPU_LAYERS", "-1", "N",
+     "layers on the GPU, counted from the last; above the layer count the output head too "
+     "(-1: everything; 0: CPU only)"},
+    {"--main-gpu", "-mg", NULL, "0", "N", "CUDA device to use"},
     {"--kv-pool-tokens", NULL, "KV_CACHE_POOL_SIZE", "0", "N",
      "KV cache pool size in tokens, shared by all sequences (0: parallel x ctx-size, at most "
      "max(ctx-size, 8192); the prefix cache and preemption make the most of it)"},
@@ -207,6 +213,8 @@ static int read_config(const exsa_config *c, exsa_server_config *cfg, exsa_err *
         get_int(c, "--parallel", 1, 4096, &e->max_batch_size, err) ||
         get_int(c, "--batch-size", 1, 1 << 20, &e->max_batch_tokens, err) ||
         get_int(c, "--threads", 0, 4096, &e->n_threads, err) ||
+        get_int(c, "--n-gpu-layers", -1, 1 << 20, &e->n_gpu_layers, err) ||
+        get_int(c, "--main-gpu", 0, 1024, &e->gpu, err) ||
         get_int(c, "--kv-pool-tokens", 0, 1 << 30, &e->kv_tokens, err) ||
         exsa_config_get_int(c, "--kv-pool-mb", 0, 1 << 24, &mb, err) ||
         get_int(c, "--queue-size", 1, 1 << 20, &e->queue_size, err) ||
@@ -215,7 +223,11 @@ static int read_config(const exsa_config *c, exsa_server_config *cfg, exsa_err *
     e->kv_bytes = (int64_t)mb << 20;
     exsa_server_default_kv_pool(e);
     e->prefix_cache = b;
-    const char *s = exsa_config_get(c, "--cache-type-k");
+    const char *s = exsa_config_get(c, "--device");
+    if ((e->device = exsa_device_from_name(s)) < 0)
+        return exsa_err_set(err, EXSA_EINVAL, "--device (%s): '%s' is not auto, cpu or cuda",
+                            exsa_config_source(c, "--device"), s ? s : "");
+    s = exsa_config_get(c, "--cache-type-k");
     if ((e->kv_type = exsa_server_kv_type(s)) < 0)
         return exsa_err_set(err, EXSA_EINVAL, "--cache-type-k (%s): '%s' is not f16, q8_0 or f32",
                             exsa_config_source(c, "--cache-type-k"), s ? s : "");

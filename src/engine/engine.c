@@ -242,6 +242,11 @@ void exsa_engine_params_default(exsa_engine_params *p)
         .strategy = EXSA_SCHED_FIFO, .prefix_cache = 1, .priority_aging_ms = 1000,
         .dynamic_threshold = 8, .chat_template = NULL, .name = NULL,
     };
+    exsa_model_params mp;
+    exsa_model_params_default(&mp); /* EXSA_DEVICE may pin the device */
+    p->device = mp.device;
+    p->n_gpu_layers = mp.n_gpu_layers;
+    p->gpu = mp.gpu;
 }
 
 void exsa_request_params_default(exsa_request_params *p)
@@ -1174,7 +1179,12 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     }
     e->p.model_path = e->model_path;
     e->p.chat_template = e->tpl_override;
-    if (!(e->m = exsa_model_load(p->model_path, err)))
+    exsa_model_params mp;
+    exsa_model_params_default(&mp);
+    mp.device = p->device;
+    mp.n_gpu_layers = p->n_gpu_layers;
+    mp.gpu = p->gpu;
+    if (!(e->m = exsa_model_load_ex(p->model_path, &mp, err)))
         goto fail;
     if (set_name(e, p->name, err) != 0)
         goto fail;
@@ -1492,6 +1502,13 @@ void exsa_engine_model_info(exsa_engine *e, exsa_model_info *out)
     out->weight_bytes = exsa_model_weight_bytes(e->m);
     out->created = e->created;
     snprintf(out->backend, sizeof out->backend, "%s", exsa_model_ctx_describe(e->ctx));
+    snprintf(out->device, sizeof out->device, "%s", exsa_device_name(exsa_model_device(e->m)));
+    size_t fb, tb, wb;
+    if (exsa_model_device_memory(e->m, &fb, &tb, &wb) == 0) {
+        out->gpu_free_bytes = fb;
+        out->gpu_total_bytes = tb;
+        out->gpu_weight_bytes = wb;
+    }
 }
 
 /* Appends k bytes of piece to out (at most cap - 1 kept) and counts them. */

@@ -117,6 +117,17 @@ void exsa_api_status(exsa_http_req *rq, void *app)
             exsa_registry_release(a->reg, e);
             double t = exsa_app_tokens_per_s(a, ent[i].name);
             json_object_set_new(m, "n_ctx", json_integer(info.n_ctx));
+            json_object_set_new(m, "backend", exsa_json_str(info.backend));
+            json_object_set_new(m, "device", exsa_json_str(info.device));
+            if (info.gpu_total_bytes) {
+                json_object_set_new(m, "gpu_memory_total",
+                                    json_integer((json_int_t)info.gpu_total_bytes));
+                json_object_set_new(m, "gpu_memory_used",
+                                    json_integer((json_int_t)(info.gpu_total_bytes -
+                                                              info.gpu_free_bytes)));
+                json_object_set_new(m, "gpu_weight_bytes",
+                                    json_integer((json_int_t)info.gpu_weight_bytes));
+            }
             json_object_set_new(m, "queue", json_integer(st.queue_len));
             json_object_set_new(m, "running", json_integer(st.running));
             json_object_set_new(m, "kv_block_size", json_integer(st.block_size));
@@ -181,8 +192,14 @@ void exsa_api_metrics(exsa_http_req *rq, void *app)
         exsa_engine *e = m->ready ? exsa_registry_acquire(a->reg, ent[i].name, NULL) : NULL;
         if (e) {
             exsa_engine_stats st;
+            exsa_model_info info;
             exsa_engine_stats_get(e, &st);
+            exsa_engine_model_info(e, &info);
             exsa_registry_release(a->reg, e);
+            m->gpu = info.gpu_total_bytes > 0;
+            m->gpu_used_bytes = (int64_t)(info.gpu_total_bytes - info.gpu_free_bytes);
+            m->gpu_total_bytes = (int64_t)info.gpu_total_bytes;
+            m->gpu_weight_bytes = (int64_t)info.gpu_weight_bytes;
             m->queue_len = st.queue_len;
             m->running = st.running;
             m->kv_blocks_total = st.kv_blocks_total;

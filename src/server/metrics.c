@@ -265,6 +265,19 @@ int exsa_metrics_render(exsa_metrics *m, const exsa_metrics_engine *eng, int n_e
     header(o, "exsa_kv_blocks_free", "gauge", "KV cache blocks free.");
     for (int i = 0; i < n_eng; i++)
         gauge_line(o, "exsa_kv_blocks_free", eng[i].model, eng[i].kv_blocks_free);
+    header(o, "exsa_gpu_memory_used_bytes", "gauge",
+           "GPU memory in use on the model's device (all processes).");
+    for (int i = 0; i < n_eng; i++)
+        if (eng[i].gpu)
+            gauge_line(o, "exsa_gpu_memory_used_bytes", eng[i].model, eng[i].gpu_used_bytes);
+    header(o, "exsa_gpu_memory_total_bytes", "gauge", "GPU memory of the model's device.");
+    for (int i = 0; i < n_eng; i++)
+        if (eng[i].gpu)
+            gauge_line(o, "exsa_gpu_memory_total_bytes", eng[i].model, eng[i].gpu_total_bytes);
+    header(o, "exsa_gpu_weight_bytes", "gauge", "Bytes of the model's weights on the GPU.");
+    for (int i = 0; i < n_eng; i++)
+        if (eng[i].gpu)
+            gauge_line(o, "exsa_gpu_weight_bytes", eng[i].model, eng[i].gpu_weight_bytes);
     header(o, "exsa_kv_blocks_cached", "gauge",
            "KV cache blocks held by the prefix cache (reusable, evictable).");
     for (int i = 0; i < n_eng; i++)

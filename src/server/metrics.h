@@ -42,6 +42,8 @@ typedef struct exsa_metrics_engine {
     int queue_len, running;
     int kv_blocks_total, kv_blocks_free, kv_blocks_cached;
     int64_t prefix_hit_tokens, preemptions;
+    int gpu;               /* runs (partly) on a GPU: the gpu_* below are set */
+    int64_t gpu_used_bytes, gpu_total_bytes, gpu_weight_bytes;
 } exsa_metrics_engine;
 
 /* Appends the whole exposition to out (0, or EXSA_ENOMEM). */
