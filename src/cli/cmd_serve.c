@@ -75,8 +75,6 @@ static const exsa_config_opt opts[] = {
     {"--env-file", NULL, NULL, NULL, "PATH",
      "settings file of KEY=VALUE lines (default: ./.env when it exists)"},
     /* The seed's settings that do not apply (yet): accepted, warned about. */
-    {"--n-gpu-layers", "-ngl", "GPU_LAYERS", "0", "N",
-     "layers on the GPU (not supported yet: CPU only; a warning when set)"},
     {"--speculative", NULL, "ENABLE_SPECULATIVE", "0", NULL,
      "speculative decoding (not supported yet; a warning when on)"},
     {"--model-draft", "-md", "DRAFT_MODEL_PATH", NULL, "PATH",
@@ -168,10 +166,12 @@ static void warn_unsupported(const exsa_config *c)
 {
     long long v;
     int b;
-    if (!exsa_config_get_int(c, "--n-gpu-layers", -1, 100000, &v, NULL) && v != 0)
-        exsa_log(EXSA_LOG_WARN, NULL,
-                 "--n-gpu-layers %lld (%s) ignored: this build runs on the CPU", v,
-                 exsa_config_source(c, "--n-gpu-layers"));
+    /* A GPU asked for where none is usable runs on the CPU: say so. */
+    const char *why = NULL;
+    if (!exsa_config_get_int(c, "--n-gpu-layers", -1, 100000, &v, NULL) && v > 0 &&
+        !exsa_cuda_usable(&why))
+        exsa_log(EXSA_LOG_WARN, NULL, "--n-gpu-layers %lld (%s) ignored: %s", v,
+                 exsa_config_source(c, "--n-gpu-layers"), why);
     if (!exsa_config_get_bool(c, "--speculative", &b, NULL) && b)
         exsa_log(EXSA_LOG_WARN, NULL,
                  "--speculative (%s) ignored: speculative decoding is not "
