@@ -220,11 +220,18 @@ int exsa_cpu_repack(exsa_tensor *w, void **buf, exsa_err *err);
 /* CPU backend with n_threads workers (<= 0: physical cores). */
 exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err);
 
-/* Where a model runs (exsa_backend_create). */
+/* The CPU backend under a device's memory contract (host_memory 0: weights
+ * copied at prepare, activations only through set/get): what tests of
+ * placement, partial offload and the copies between backends run on where
+ * there is no GPU. Results equal the CPU backend's. */
+exsa_backend *exsa_backend_cpu_create_as_device(int n_threads, exsa_err *err);
+
+/* Where a model runs. */
 enum exsa_device {
     EXSA_DEVICE_AUTO = 0, /* a CUDA GPU when one is usable, else the CPU */
     EXSA_DEVICE_CPU = 1,
     EXSA_DEVICE_CUDA = 2,
+    EXSA_DEVICE_CPU_AS_GPU = 3, /* tests: the "GPU" is exsa_backend_cpu_create_as_device */
 };
 /* "auto", "cpu", "cuda" -> exsa_device; -1 for anything else. */
 int exsa_device_from_name(const char *name);

@@ -103,17 +103,19 @@ int exsa_model_place_init(exsa_model *m, exsa_err *err)
     if (m->mp.device == EXSA_DEVICE_CPU || ngl == 0)
         return 0;
     const char *why = NULL;
-    if (!exsa_cuda_usable(&why)) {
+    if (m->mp.device == EXSA_DEVICE_CPU_AS_GPU) {
+        if (!(m->be[EXSA_ON_DEV] = exsa_backend_cpu_create_as_device(1, err)))
+            return err->code;
+    } else if (!exsa_cuda_usable(&why)) {
         if (m->mp.device == EXSA_DEVICE_CUDA)
             return exsa_err_set(err, EXSA_EUNSUPPORTED, "model: --device cuda: %s", why);
         if (strcmp(why, "this build has no CUDA backend") != 0)
             exsa_log(EXSA_LOG_INFO, NULL, "cuda: %s; running on the CPU", why);
         return 0;
-    }
-    exsa_backend *dev = exsa_backend_cuda_create(m->mp.gpu, err);
-    if (!dev)
+    } else if (!(m->be[EXSA_ON_DEV] = exsa_backend_cuda_create(m->mp.gpu, err))) {
         return err->code;
-    m->be[EXSA_ON_DEV] = dev;
+    }
+    exsa_backend *dev = m->be[EXSA_ON_DEV];
     /* The weights must fit with room for a context; else say which -ngl does. */
     size_t free_b = 0, total_b = 0;
     if (dev->ops->mem_info && dev->ops->mem_info(dev, &free_b, &total_b) == 0) {

@@ -205,6 +205,32 @@ static void cpu_release(exsa_backend *b, void *owned)
     free(owned);
 }
 
+/* The CPU posing as a device (exsa_backend_cpu_create_as_device): weights
+ * are copied out of the mapping, as an upload would, then repacked. */
+static int cpu_dev_prepare_weight(exsa_backend *b, exsa_tensor *w, void **owned, exsa_err *err)
+{
+    (void)b;
+    *owned = NULL;
+    const size_t bytes = w->row_bytes * (size_t)w->n_out;
+    void *copy = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!copy)
+        return exsa_err_set(err, EXSA_ENOMEM, "cpu device: out of memory");
+    memcpy(copy, w->data, bytes);
+    w->data = copy;
+    void *re = NULL;
+    int rc = exsa_cpu_repack(w, &re, err);
+    if (rc) {
+        free(copy);
+        return rc;
+    }
+    if (re) {
+        free(copy);
+        copy = re;
+    }
+    *owned = copy;
+    return 0;
+}
+
 static void cpu_set(exsa_backend *b, void *dst, const void *src, size_t bytes)
 {
     (void)b;
@@ -1214,33 +1240,37 @@ static void cpu_matmul_fused(exsa_backend *b, const exsa_tensor *const *w, int n
     qkv_plain_epilogue(b, y, n_rows, f);
 }
 
+/* Every op and buffer function but the memory contract, shared by the
+ * CPU backend and the CPU posing as a device. */
+#define CPU_OPS_COMMON                                                                        \
+    .destroy = cpu_destroy, .describe = cpu_describe, .alloc = cpu_alloc, .free = cpu_free,    \
+    .release = cpu_release, .set = cpu_set, .get = cpu_set, .sync = cpu_sync,                 \
+    .get_rows = cpu_get_rows, .rms_norm = cpu_rms_norm, .matmul = cpu_matmul,                 \
+    .matmul_multi = cpu_matmul_multi, .matmul_fused = cpu_matmul_fused,                       \
+    .add_bias = cpu_add_bias, .add = cpu_add, .scale = cpu_scale, .rope = cpu_rope,           \
+    .softmax = cpu_softmax, .swiglu = cpu_swiglu, .geglu = cpu_geglu,                         \
+    .kv_store = cpu_kv_store, .attention = cpu_attention
+
 static const exsa_backend_ops cpu_ops = {
-    .name = "cpu",
-    .destroy = cpu_destroy,
-    .describe = cpu_describe,
-    .host_memory = 1,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .prepare_weight = cpu_prepare_weight,
-    .release = cpu_release,
-    .set = cpu_set,
-    .get = cpu_set,
-    .sync = cpu_sync,
-    .get_rows = cpu_get_rows,
-    .rms_norm = cpu_rms_norm,
-    .matmul = cpu_matmul,
-    .matmul_multi = cpu_matmul_multi,
-    .matmul_fused = cpu_matmul_fused,
-    .add_bias = cpu_add_bias,
-    .add = cpu_add,
-    .scale = cpu_scale,
-    .rope = cpu_rope,
-    .softmax = cpu_softmax,
-    .swiglu = cpu_swiglu,
-    .geglu = cpu_geglu,
-    .kv_store = cpu_kv_store,
-    .attention = cpu_attention,
+    .name = "cpu", .host_memory = 1, .prepare_weight = cpu_prepare_weight, CPU_OPS_COMMON,
 };
+
+static const exsa_backend_ops cpu_dev_ops = {
+    .name = "cpu-device", .host_memory = 0, .prepare_weight = cpu_dev_prepare_weight,
+    CPU_OPS_COMMON,
+};
+
+exsa_backend *exsa_backend_cpu_create_as_device(int n_threads, exsa_err *err)
+{
+    exsa_backend *b = exsa_backend_cpu_create(n_threads, err);
+    if (!b)
+        return NULL;
+    /* Same kernels; only the memory contract differs (set/get required). */
+    snprintf(cpu_of(b)->desc, sizeof cpu_of(b)->desc, "cpu-device %s x%d", cpu_of(b)->k->isa,
+             cpu_of(b)->n_threads);
+    b->ops = &cpu_dev_ops;
+    return b;
+}
 
 exsa_backend *exsa_backend_cpu_create(int n_threads, exsa_err *err)
 {
