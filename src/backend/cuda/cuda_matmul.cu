@@ -116,7 +116,8 @@ static bool float_rows_x8(const void *w, int64_t n_in, size_t row_bytes)
 }
 
 /* Sizes and pointers the kernels rely on: a whole number of blocks per row,
- * rows at least that long, quantized rows at even strides (2-byte loads). */
+ * rows at least that long, rows at strides that keep the element loads
+ * aligned (4 bytes for F32, 2 for the rest, whose fields are 16-bit). */
 static bool args_ok(const void *w, int type, int64_t n_in, size_t row_bytes)
 {
     const int64_t be = block_elems(type);
@@ -125,7 +126,7 @@ static bool args_ok(const void *w, int type, int64_t n_in, size_t row_bytes)
     const size_t min_bytes = exsa_type_row_size(type, n_in);
     if (n_in > 0 && (min_bytes == 0 || row_bytes < min_bytes))
         return false;
-    return row_bytes % 2 == 0 || type == EXSA_TYPE_F32;
+    return row_bytes % (type == EXSA_TYPE_F32 ? 4 : 2) == 0;
 }
 
 /* --------------------------------------------------------------- decode */
