@@ -40,7 +40,7 @@ static bool aligned16(const void *p)
 
 /* Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread
  * gets the result. red holds 32 floats; callers sync before reusing it. */
-__device__ float block_sum(float v, float *red)
+static __device__ float block_sum(float v, float *red)
 {
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -54,7 +54,7 @@ __device__ float block_sum(float v, float *red)
     return v;
 }
 
-__device__ float block_max(float v, float *red)
+static __device__ float block_max(float v, float *red)
 {
     for (int o = 16; o > 0; o >>= 1)
         v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -73,7 +73,7 @@ __device__ float block_max(float v, float *red)
 /* One block per row. Each thread reads and writes only its own elements,
  * and all reads of the row end before the reduction's barrier, so y may
  * be x. */
-__global__ void rms_norm_kernel(const float *x, const float *w, float *y, int dim, float eps)
+static __global__ void rms_norm_kernel(const float *x, const float *w, float *y, int dim, float eps)
 {
     __shared__ float red[32];
     const size_t row = (size_t)blockIdx.x * (size_t)dim;
@@ -100,7 +100,7 @@ extern "C" int exsa_cuda_rms_norm(const float *x, const float *w, float *y, int 
 
 /* ---- add_bias, add, scale ---------------------------------------------- */
 
-__global__ void add_bias_kernel(float *y, const float *bias, int64_t n, int dim)
+static __global__ void add_bias_kernel(float *y, const float *bias, int64_t n, int dim)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
@@ -118,7 +118,7 @@ extern "C" int exsa_cuda_add_bias(float *y, const float *bias, int n_rows, int d
 }
 
 /* y += x on n4 float4s then the scalar tail from 4 * n4 to n. */
-__global__ void add_kernel(float *y, const float *x, int64_t n, int64_t n4)
+static __global__ void add_kernel(float *y, const float *x, int64_t n, int64_t n4)
 {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -144,7 +144,7 @@ extern "C" int exsa_cuda_add(float *y, const float *x, int64_t n, cudaStream_t s
     return launch_status();
 }
 
-__global__ void scale_kernel(float *x, float sc, int64_t n, int64_t n4)
+static __global__ void scale_kernel(float *x, float sc, int64_t n, int64_t n4)
 {
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -177,7 +177,7 @@ struct rope_freqs {
 
 /* One thread per rotated pair (row, head, i < n_rot/2); dims past n_rot
  * are not touched. */
-__global__ void rope_kernel(float *x, const int32_t *pos, int64_t n_pairs, int n_heads,
+static __global__ void rope_kernel(float *x, const int32_t *pos, int64_t n_pairs, int n_heads,
                             int head_dim, int half, int neox, const float *factors,
                             const rope_freqs fr)
 {
@@ -223,7 +223,7 @@ extern "C" int exsa_cuda_rope(float *x, const int32_t *pos, const exsa_rope_args
 
 /* One block per row: max, exp and sum, scale. A row of -inf only gives
  * zeros (as the CPU), not NaN. */
-__global__ void softmax_kernel(float *x, int n)
+static __global__ void softmax_kernel(float *x, int n)
 {
     __shared__ float red[32];
     float *xr = x + (size_t)blockIdx.x * (size_t)n;
@@ -263,7 +263,7 @@ extern "C" int exsa_cuda_softmax(float *x, int n_rows, int n, cudaStream_t s)
 /* exsa_exp_neg (backend/cpu/kernels.h) to the bit: the _rn intrinsics keep
  * nvcc from contracting a multiply and an add into an fma the CPU does not
  * do. */
-__device__ float exp_neg(float x)
+static __device__ float exp_neg(float x)
 {
     x = x > -88.0f ? x : -88.0f;
     x = x < 0.0f ? x : 0.0f;
@@ -284,13 +284,13 @@ __device__ float exp_neg(float x)
 }
 
 /* sigmoid(y) as the CPU kernels compute it: t = e^-|y|, (y >= 0 ? 1 : t) / (1 + t). */
-__device__ float sigmoid_cpu(float y)
+static __device__ float sigmoid_cpu(float y)
 {
     const float t = exp_neg(-fabsf(y));
     return __fdiv_rn(y >= 0.0f ? 1.0f : t, __fadd_rn(1.0f, t));
 }
 
-__global__ void swiglu_kernel(const float *gate, const float *up, float *out, int64_t n)
+static __global__ void swiglu_kernel(const float *gate, const float *up, float *out, int64_t n)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
@@ -300,7 +300,7 @@ __global__ void swiglu_kernel(const float *gate, const float *up, float *out, in
 }
 
 /* GELU's tanh form as x * sigmoid(2c (x + a x^3)), written as the CPU does. */
-__global__ void geglu_kernel(const float *gate, const float *up, float *out, int64_t n)
+static __global__ void geglu_kernel(const float *gate, const float *up, float *out, int64_t n)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
