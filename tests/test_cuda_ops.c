@@ -632,7 +632,8 @@ static void run_attn_case(const attn_case *c, uint64_t *rng)
     int max_ctx = 0;
     for (int r = 0; r < n_rows; r++)
         max_ctx = n_ctx[r] > max_ctx ? n_ctx[r] : max_ctx;
-    const int cap_ctx = max_ctx + rand_int(rng, 1, 1200);
+    /* short cases keep cap_ctx <= 256 tokens: one split, no scratch */
+    const int cap_ctx = max_ctx + rand_int(rng, 1, c->max_len < 256 && max_ctx < 256 ? 256 - max_ctx : 1200);
 
     /* each table's readable span [lo, hi) over its rows */
     int *t_lo = xmalloc((size_t)n_tables * sizeof(int)), *t_hi = xmalloc((size_t)n_tables * sizeof(int));
