@@ -37,7 +37,7 @@
 
 #define ATTN_THREADS 128
 #define ATTN_GMAX 8          /* query heads per block */
-#define ATTN_MIN_CHUNK 256   /* tokens per split, at least */
+#define ATTN_MIN_CHUNK 64    /* tokens per split, at least */
 #define ATTN_ROW_SPLITS 256  /* n_rows * n_split, at most (when n_rows < it) */
 #define ATTN_MAX_D 256
 
