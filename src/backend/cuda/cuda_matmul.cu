@@ -168,15 +168,30 @@ __global__ void __launch_bounds__(DECODE_WARPS * 32)
     for (int r = 0; r < NR; r++)
         acc[r] = 0.0f;
 
+    /* Batch invariance: a row must get the same products whether it comes
+     * alone (here) or in a batch (the tensor cores, which take W and x as
+     * f16), so outside F32 weights both are rounded to f16 here too; the
+     * f16 x f16 products are exact in f32 and only the order of the sums
+     * differs between the paths. */
+    constexpr bool as_f16 =
+        !std::is_same<F, fmt_f32x8>::value && !std::is_same<F, fmt_f32x1>::value;
 #pragma unroll 2
     for (int64_t c = lane; c < n_chunks; c += 32) {
         float wv[F::CHUNK];
         F::load(row, c, wv);
+        if (as_f16)
+#pragma unroll
+            for (int k = 0; k < F::CHUNK; k++)
+                wv[k] = __half2float(__float2half_rn(wv[k]));
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             if (r < nr) {
                 float xv[F::CHUNK];
                 load_x<F::CHUNK>(x + r * n_in + c * F::CHUNK, x_vec != 0, xv);
+                if (as_f16)
+#pragma unroll
+                    for (int k = 0; k < F::CHUNK; k++)
+                        xv[k] = __half2float(__float2half_rn(xv[k]));
 #pragma unroll
                 for (int k = 0; k < F::CHUNK; k++)
                     acc[r] = fmaf(wv[k], xv[k], acc[r]);
