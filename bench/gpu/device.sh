@@ -35,7 +35,7 @@ run() { # name, command...: runs, logs, prints the verdict
     local name=$1
     shift
     local t0=$SECONDS
-    "$@" >"$OUT/$name.log" 2>&1
+    timeout "${STEP_TIMEOUT:-150}" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     echo "[$name] rc=$rc $((SECONDS - t0))s"
     return $rc
