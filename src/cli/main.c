@@ -1,8 +1,10 @@
 /* exsa: one binary for every command. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "util/log.h"
 
 static const struct {
     const char *name;
@@ -42,6 +44,14 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
         printf("exsa %s\n", EXSA_VERSION); /* from CMakeLists.txt's project VERSION */
         return 0;
+    }
+    /* The one-shot commands print their own results on stdout and errors
+     * as one line; the engine's informational log (the CPU fallback of a
+     * CUDA build, ...) would only clutter that. EXSA_LOG_LEVEL brings it
+     * back; serve configures its own (--log-level). */
+    if (strcmp(argv[1], "serve") != 0) {
+        const char *lv = getenv("EXSA_LOG_LEVEL");
+        exsa_log_configure(lv && *lv ? lv : "warn", "text", NULL);
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name))
