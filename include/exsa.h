@@ -320,6 +320,9 @@ int64_t exsa_engine_token_bytes(exsa_engine *e, int32_t id, int special, char *o
  * bad message list, naming the index and field). */
 char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const char *tools_json,
                               int add_generation_prompt, exsa_err *err);
+/* The Jinja text of the engine's chat template (what its tool-call format is
+ * read from), or NULL when it has none. Valid while the engine lives. */
+const char *exsa_engine_chat_template_source(exsa_engine *e);
 
 /* Embedding of a token sequence: the final hidden state (after the output
  * norm) of every token, mean pooled over the tokens, L2-normalized. Runs on

@@ -1635,6 +1635,11 @@ static int check_content(json_t *msg, size_t i, const char *role, json_t **conte
     return 0;
 }
 
+const char *exsa_engine_chat_template_source(exsa_engine *e)
+{
+    return e && e->tpl ? exsa_chat_template_source(e->tpl) : NULL;
+}
+
 char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const char *tools_json,
                               int add_generation_prompt, exsa_err *err)
 {
