@@ -399,6 +399,7 @@ struct exsa_tool_parser {
     int started;       /* LLAMA3 / GENERIC: the first non-space byte seen */
     char uesc[8];      /* GENERIC response: a \uXXXX escape in progress */
     int n_uesc, resp_esc;
+    int resp_done;     /* GENERIC: the response string was streamed and closed */
     exsa_tool_call *calls;
     int n_calls, cap_calls;
     int oom;
@@ -584,7 +585,7 @@ static void response_byte(exsa_tool_parser *p, char c, exsa_strbuf *out)
     if (c == '\\')
         p->resp_esc = 1;
     else if (c == '"')
-        p->mode = P_REST;
+        p->mode = P_REST, p->resp_done = 1;
     else
         exsa_strbuf_append(out, &c, 1);
 }
@@ -689,14 +690,15 @@ int exsa_tool_parser_finish(exsa_tool_parser *p, exsa_strbuf *out)
         break;
     case P_JSON_HEAD:
     case P_REST:
-        if (p->hold.len && !add_calls_json(p, p->hold.p, p->hold.len)) {
+        /* after a streamed response only its closing brace is left */
+        if (!p->resp_done && p->hold.len && !add_calls_json(p, p->hold.p, p->hold.len)) {
             /* {"response": ...} cut short, or text the grammar did not
              * shape: the text as it is, unless it is the response object */
             json_t *j = json_loadb(p->hold.p, p->hold.len, 0, NULL);
             const char *r = json_string_value(json_object_get(j, "response"));
             if (r)
                 exsa_strbuf_puts(out, r);
-            else if (p->mode == P_JSON_HEAD || !p->started)
+            else
                 exsa_strbuf_append(out, p->hold.p, p->hold.len);
             json_decref(j);
         }
