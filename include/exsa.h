@@ -162,6 +162,15 @@ typedef struct exsa_request_params {
      * temperature), as OpenAI reports them. */
     int logprobs;
     int top_logprobs;
+    /* Constrained output: a grammar in llama.cpp's GBNF (copied; NULL:
+     * none), compiled at submit (a bad one is EXSA_EINVAL naming line and
+     * column). Only tokens the grammar allows are sampled, and an
+     * end-of-generation token only where it is complete. With
+     * grammar_trigger (copied) the grammar is lazy: off until that text
+     * appears in the output, then applied from the trigger's first byte
+     * (tool calls in free text). Prompt tokens never advance it. */
+    const char *grammar;
+    const char *grammar_trigger;
 } exsa_request_params;
 
 #define EXSA_MAX_TOP_LOGPROBS 20

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/grammar.h"
 #include "engine/prefix_cache.h"
 #include "engine/sampling.h"
 #include "exsa.h"
@@ -118,6 +119,14 @@ struct exsa_request {
     int finish;
     exsa_sampler *smp;
     exsa_detok *detok;
+    /* Constrained output (exsa_request_params.grammar). */
+    exsa_grammar *gram;
+    exsa_grammar_matcher *gm;
+    uint32_t *gmask;     /* [ceil(n_vocab / 32)] */
+    char *trigger;       /* lazy: NULL once active (or for none) */
+    int gram_on;         /* masks apply */
+    char *lazy;          /* lazy: output tail that may hold the trigger */
+    size_t lazy_len, lazy_cap;
     char *hold; /* generated text not yet sent (a possible stop-string prefix) */
     size_t hold_len, hold_cap;
     int64_t t_admit, t_first, t_last;
@@ -133,6 +142,10 @@ struct exsa_engine {
     exsa_kv_cache *kv;
     exsa_prefix_cache *pc;
     exsa_vocab *voc;
+    /* The vocabulary's byte view for grammars: built by the first request
+     * that has one (on its submitting thread), under gvoc_mu. */
+    exsa_grammar_vocab *gvoc;
+    pthread_mutex_t gvoc_mu;
     exsa_tokenizer *tok;
     int n_vocab, n_ctx, bs, n_blocks;
     char *name;
@@ -277,6 +290,11 @@ static void request_destroy(exsa_request *r)
     free(r->hold);
     exsa_sampler_free(r->smp);
     exsa_detok_free(r->detok);
+    exsa_grammar_matcher_free(r->gm);
+    exsa_grammar_free(r->gram);
+    free(r->gmask);
+    free(r->trigger);
+    free(r->lazy);
     free(r);
 }
 
@@ -721,6 +739,98 @@ static void logprobs_of(const float *x, int n, int32_t t, int k, lp_info *out)
     out->n_top = m;
 }
 
+/* ---- constrained output ---- */
+
+/* Compiles the request's grammar and its matcher on the submitting thread
+ * (the engine thread only masks and advances). */
+static int grammar_setup(exsa_engine *e, exsa_request *r, const exsa_request_params *p,
+                         exsa_err *err)
+{
+    if (!e->voc)
+        return exsa_err_set(err, EXSA_EUNSUPPORTED, "grammar: the model has no vocabulary");
+    pthread_mutex_lock(&e->gvoc_mu);
+    if (!e->gvoc)
+        e->gvoc = exsa_grammar_vocab_create(e->voc, err);
+    exsa_grammar_vocab *gv = e->gvoc;
+    pthread_mutex_unlock(&e->gvoc_mu);
+    if (!gv)
+        return err->code ? err->code : EXSA_ENOMEM;
+    if (!(r->gram = exsa_grammar_parse(p->grammar, strlen(p->grammar), NULL, err)) ||
+        !(r->gm = exsa_grammar_matcher_create(r->gram, gv, err)))
+        return err->code;
+    r->gmask = malloc(((size_t)e->n_vocab + 31) / 32 * sizeof *r->gmask);
+    if (!r->gmask)
+        return exsa_err_set(err, EXSA_ENOMEM, "grammar: out of memory");
+    if (p->grammar_trigger && *p->grammar_trigger) {
+        if (!(r->trigger = strdup(p->grammar_trigger)))
+            return exsa_err_set(err, EXSA_ENOMEM, "grammar: out of memory");
+    } else {
+        r->gram_on = 1;
+    }
+    return 0;
+}
+
+/* Before sampling: the grammar's disallowed tokens get -inf. 0, or a
+ * finish reason when the grammar cannot go on. */
+static int grammar_mask(exsa_engine *e, exsa_request *r, float *row)
+{
+    if (!r->gram_on)
+        return EXSA_FINISH_NONE;
+    int n = exsa_grammar_matcher_mask(r->gm, r->gmask);
+    if (n < 0) {
+        snprintf(r->errmsg, sizeof r->errmsg,
+                 "grammar: too ambiguous to follow (more states than the matcher keeps)");
+        return EXSA_FINISH_ERROR;
+    }
+    if (n == 0)
+        return EXSA_FINISH_STOP; /* complete: nothing may follow */
+    for (int32_t t = 0; t < e->n_vocab; t++)
+        if (!(r->gmask[t >> 5] >> (t & 31) & 1u))
+            row[t] = -INFINITY;
+    return EXSA_FINISH_NONE;
+}
+
+/* After sampling t: advance an active grammar, or look for a lazy one's
+ * trigger in the output and start it there. */
+static void grammar_advance(exsa_engine *e, exsa_request *r, int32_t t)
+{
+    if (!r->gm)
+        return;
+    if (r->gram_on) {
+        if (exsa_grammar_matcher_accept(r->gm, t) != 0)
+            r->gram_on = 0; /* cannot happen after a mask; never loop on it */
+        return;
+    }
+    if (!r->trigger)
+        return;
+    char piece[256];
+    int k = exsa_vocab_token_to_piece(e->voc, t, piece, sizeof piece, 1);
+    if (k <= 0)
+        return;
+    if (k > (int)sizeof piece)
+        k = (int)sizeof piece;
+    if (grow((void **)&r->lazy, &r->lazy_cap, r->lazy_len + (size_t)k + 1, 1))
+        return;
+    memcpy(r->lazy + r->lazy_len, piece, (size_t)k);
+    r->lazy_len += (size_t)k;
+    r->lazy[r->lazy_len] = '\0';
+    const size_t tl = strlen(r->trigger);
+    const char *at = memmem(r->lazy, r->lazy_len, r->trigger, tl);
+    if (!at) {
+        /* keep only what may still start the trigger */
+        if (r->lazy_len >= tl) {
+            memmove(r->lazy, r->lazy + r->lazy_len - (tl - 1), tl - 1);
+            r->lazy_len = tl - 1;
+        }
+        return;
+    }
+    exsa_grammar_matcher_reset(r->gm);
+    if (exsa_grammar_matcher_accept_bytes(r->gm, at, r->lazy_len - (size_t)(at - r->lazy)) == 0)
+        r->gram_on = 1;
+    free(r->trigger);
+    r->trigger = NULL;
+}
+
 static void hold_append(exsa_request *r, const char *s, size_t n)
 {
     if (n == 0 || grow((void **)&r->hold, &r->hold_cap, r->hold_len + n, 1))
@@ -862,8 +972,16 @@ static void step(exsa_engine *e)
             }
             for (int j = 0; j < n_out; j++) {
                 exsa_request *r = e->out_req[j];
-                const float *row = e->logits + (size_t)j * e->n_vocab;
+                float *row = e->logits + (size_t)j * e->n_vocab;
+                if (r->gm) {
+                    int gfin = grammar_mask(e, r, row);
+                    if (gfin != EXSA_FINISH_NONE) {
+                        retire(e, r, gfin);
+                        continue;
+                    }
+                }
                 int32_t t = exsa_sampler_sample(r->smp, row);
+                grammar_advance(e, r, t);
                 lp_info lp;
                 if (r->logprobs)
                     logprobs_of(row, e->n_vocab, t, r->top_logprobs, &lp);
@@ -1022,12 +1140,14 @@ void exsa_engine_free(exsa_engine *e)
     exsa_detok_free(e->dt[0]);
     exsa_detok_free(e->dt[1]);
     exsa_tokenizer_free(e->tok);
+    exsa_grammar_vocab_free(e->gvoc);
     exsa_vocab_free(e->voc);
     exsa_model_free(e->m); /* last: the vocab points into its mapping */
     exsa_chat_template_destroy(e->tpl);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     pthread_mutex_destroy(&e->detok_mu);
+    pthread_mutex_destroy(&e->gvoc_mu);
     free(e->model_path);
     free(e->name);
     free(e->tpl_override);
@@ -1172,6 +1292,7 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     pthread_mutex_init(&e->detok_mu, NULL);
+    pthread_mutex_init(&e->gvoc_mu, NULL);
     if (!(e->model_path = strdup(p->model_path)) ||
         (p->chat_template && !(e->tpl_override = strdup(p->chat_template)))) {
         exsa_err_set(err, EXSA_ENOMEM, "engine: out of memory");
@@ -1440,6 +1561,8 @@ exsa_request *exsa_engine_submit(exsa_engine *e, const exsa_request_params *p, e
         !(r->smp = exsa_sampler_create(&p->sampling, e->n_vocab, err)))
         goto fail;
     if (e->tok && !(r->detok = exsa_detok_create(e->tok, 0, err)))
+        goto fail;
+    if (p->grammar && grammar_setup(e, r, p, err))
         goto fail;
     for (int i = 0; i < r->n_prompt; i++)
         exsa_sampler_accept(r->smp, r->tokens[i]);

@@ -9,6 +9,7 @@
 #include "server/gen_job.h"
 #include "server/json_text.h"
 #include "server/request_params.h"
+#include "server/tool_calls.h"
 #include "util/err.h"
 
 #define KEEPALIVE_MS 10000
@@ -29,6 +30,11 @@ typedef struct oai {
     exsa_strbuf *text; /* per choice (not streamed) */
     json_t **lp;       /* per choice logprobs (not streamed) */
     int ended;
+    /* Tools (chat): the request's, and per choice the output parser and
+     * how many of its calls were streamed. */
+    exsa_tool_spec tools;
+    exsa_tool_parser **tp;
+    int *calls_sent;
 } oai;
 
 static void oai_free(void *ctx)
@@ -51,7 +57,64 @@ static void oai_free(void *ctx)
             json_decref(o->lp[i]);
     free(o->lp);
     free(o->text_len);
+    if (o->tp)
+        for (int i = 0; i < n; i++)
+            exsa_tool_parser_free(o->tp[i]);
+    free(o->tp);
+    free(o->calls_sent);
+    exsa_tool_spec_free(&o->tools);
     free(o);
+}
+
+/* Whether choices' text goes through tool-call parsers. */
+static int has_tools(const oai *o)
+{
+    return o->chat && o->tools.tools && o->tools.choice != EXSA_TOOL_CHOICE_NONE;
+}
+
+static json_t *tool_call_json(const exsa_tool_call *tc, int index, int with_index)
+{
+    json_t *fn = json_pack("{s:s, s:s}", "name", tc->name, "arguments", tc->arguments);
+    json_t *c = json_pack("{s:s, s:s, s:o}", "id", tc->id, "type", "function", "function", fn);
+    if (c && with_index)
+        json_object_set_new(c, "index", json_integer(index));
+    return c;
+}
+
+/* The finish reason of a choice: "tool_calls" when it ended with calls. */
+static const char *finish_of(const oai *o, int idx, int finish)
+{
+    if (has_tools(o) && o->tp[idx] && exsa_tool_parser_n_calls(o->tp[idx]) > 0 &&
+        finish == EXSA_FINISH_STOP)
+        return "tool_calls";
+    return exsa_gen_finish_name(finish);
+}
+
+/* Stream: a chunk for new content and one for each call completed since. */
+static void stream_tool_text(oai *o, int idx, int index, const char *text, size_t len,
+                             int finish, exsa_strbuf *out)
+{
+    exsa_strbuf content;
+    exsa_strbuf_init(&content);
+    exsa_tool_parser *tp = o->tp[idx];
+    if (len)
+        exsa_tool_parser_feed(tp, text, len, &content);
+    if (finish)
+        exsa_tool_parser_finish(tp, &content);
+    if (content.len) {
+        json_t *d = json_object();
+        json_object_set_new(d, "content", exsa_json_text(content.p, content.len));
+        sse(out, chunk(o, index, d, NULL, NULL));
+    }
+    exsa_strbuf_free(&content);
+    for (; o->calls_sent[idx] < exsa_tool_parser_n_calls(tp); o->calls_sent[idx]++) {
+        const int k = o->calls_sent[idx];
+        json_t *d = json_object();
+        json_t *arr = json_array();
+        json_array_append_new(arr, tool_call_json(exsa_tool_parser_call(tp, k), k, 1));
+        json_object_set_new(d, "tool_calls", arr);
+        sse(out, chunk(o, index, d, NULL, NULL));
+    }
 }
 
 static json_t *bytes_json(const char *s, size_t n)
@@ -274,6 +337,13 @@ static int oai_pull(void *ctx, exsa_strbuf *out)
                 }
             }
             o->text_len[idx] += ev.text_len;
+            if (has_tools(o)) {
+                stream_tool_text(o, idx, c->index, ev.text, ev.text_len, 0, out);
+                json_decref(lp);
+                if (exsa_strbuf_pending(out))
+                    return 0;
+                continue;
+            }
             json_t *content = exsa_json_text(ev.text, ev.text_len);
             if (o->chat) {
                 json_t *d = json_object();
@@ -299,8 +369,10 @@ static int oai_pull(void *ctx, exsa_strbuf *out)
             o->ended = 1;
             return 1;
         }
+        if (has_tools(o))
+            stream_tool_text(o, idx, c->index, NULL, 0, 1, out);
         json_t *last = o->chat ? json_object() : json_string("");
-        sse(out, chunk(o, c->index, last, NULL, exsa_gen_finish_name(c->finish)));
+        sse(out, chunk(o, c->index, last, NULL, finish_of(o, idx, c->finish)));
         return 0;
     }
 }
@@ -380,14 +452,34 @@ static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
             continue;
         json_object_set_new(c, "index", json_integer(j->ch[i].index));
         json_t *content = exsa_json_text(o->text[i].p, o->text[i].len);
+        json_t *calls = NULL;
+        if (has_tools(o)) {
+            exsa_strbuf txt;
+            exsa_strbuf_init(&txt);
+            exsa_tool_parser_feed(o->tp[i], o->text[i].p, o->text[i].len, &txt);
+            exsa_tool_parser_finish(o->tp[i], &txt);
+            json_decref(content);
+            const int nc = exsa_tool_parser_n_calls(o->tp[i]);
+            content = txt.len || nc == 0 ? exsa_json_text(txt.p, txt.len) : json_null();
+            exsa_strbuf_free(&txt);
+            if (nc) {
+                calls = json_array();
+                for (int k = 0; k < nc; k++)
+                    json_array_append_new(calls,
+                                          tool_call_json(exsa_tool_parser_call(o->tp[i], k), k, 0));
+            }
+        }
         if (o->chat) {
             json_t *m = json_object();
             if (m) {
                 json_object_set_new(m, "role", json_string("assistant"));
                 json_object_set_new(m, "content", content);
+                if (calls)
+                    json_object_set_new(m, "tool_calls", calls);
                 json_object_set_new(m, "refusal", json_null());
             } else {
                 json_decref(content);
+                json_decref(calls);
             }
             json_object_set_new(c, "message", m);
         } else {
@@ -406,7 +498,7 @@ static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
             lp = w;
         }
         json_object_set_new(c, "logprobs", lp ? lp : json_null());
-        const char *fin = exsa_gen_finish_name(j->ch[i].finish);
+        const char *fin = finish_of(o, i, j->ch[i].finish);
         json_object_set_new(c, "finish_reason", fin ? json_string(fin) : json_null());
         json_array_append_new(choices, c);
     }
@@ -445,6 +537,21 @@ static void oai_run(oai *o, exsa_http_req *rq, const char *prompt_field)
         return;
     }
     o->text_len = calloc((size_t)o->job->n_ch, sizeof *o->text_len);
+    if (has_tools(o)) {
+        o->tp = calloc((size_t)o->job->n_ch, sizeof *o->tp);
+        o->calls_sent = calloc((size_t)o->job->n_ch, sizeof *o->calls_sent);
+        for (int i = 0; o->tp && i < o->job->n_ch; i++) {
+            char pre[24];
+            snprintf(pre, sizeof pre, "%.12s_%d_", exsa_http_req_id(rq), i);
+            if (!(o->tp[i] = exsa_tool_parser_create(o->tools.format, pre, NULL)))
+                break;
+        }
+        if (!o->tp || !o->calls_sent || !o->tp[o->job->n_ch - 1]) {
+            exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+            oai_free(o);
+            return;
+        }
+    }
     if (!o->text_len) {
         exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
         oai_free(o);
@@ -487,10 +594,43 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
         exsa_app_reply_param(rq, &pe);
         goto done;
     }
-    char *mj = exsa_json_dump(msgs);
     exsa_err err = {0};
-    char *prompt = mj ? exsa_engine_chat_render(o->job->eng, mj, NULL, 1, &err) : NULL;
+    const int format = exsa_tool_format_detect(exsa_engine_chat_template_source(o->job->eng));
+    if (exsa_tool_spec_parse(body, format, &o->tools, &err)) {
+        exsa_param_fail(&pe, "tools", "invalid_value", "%s", err.msg);
+        exsa_app_reply_param(rq, &pe);
+        goto done;
+    }
+    json_t *rendered_msgs = NULL;
+    char *tools_json = NULL;
+    if (has_tools(o)) {
+        if (o->g.grammar) {
+            exsa_param_fail(&pe, "tools", "invalid_value",
+                            "'tools' cannot be combined with response_format, grammar or "
+                            "json_schema");
+            exsa_app_reply_param(rq, &pe);
+            goto done;
+        }
+        const char *trigger = NULL;
+        o->g.grammar = exsa_tool_grammar(&o->tools, &trigger, &err);
+        if (!o->g.grammar && err.code) {
+            exsa_param_fail(&pe, "tools", "invalid_value", "%s", err.msg);
+            exsa_app_reply_param(rq, &pe);
+            goto done;
+        }
+        o->g.grammar_trigger = trigger ? strdup(trigger) : NULL;
+        o->g.rp.grammar = o->g.grammar;
+        o->g.rp.grammar_trigger = o->g.grammar_trigger;
+        if (format == EXSA_TOOLS_GENERIC)
+            rendered_msgs = exsa_tool_rewrite_messages(msgs, &o->tools, &err);
+        else
+            tools_json = exsa_json_dump(o->tools.tools);
+    }
+    char *mj = exsa_json_dump(rendered_msgs ? rendered_msgs : msgs);
+    json_decref(rendered_msgs);
+    char *prompt = mj ? exsa_engine_chat_render(o->job->eng, mj, tools_json, 1, &err) : NULL;
     free(mj);
+    free(tools_json);
     if (!prompt) {
         if (!err.code)
             err.code = EXSA_ENOMEM, snprintf(err.msg, sizeof err.msg, "out of memory");

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "engine/json_schema.h"
 #include "util/err.h"
 #include "util/log.h"
 #include "util/timer.h"
@@ -415,7 +416,6 @@ static const struct {
     {"store", IGNORE, 'b', NULL, NULL},
     {"metadata", IGNORE, 'o', NULL, NULL},
     {"service_tier", IGNORE, 's', NULL, NULL},
-    {"parallel_tool_calls", IGNORE, 'b', NULL, NULL},
     {"prediction", IGNORE, 'o', NULL, NULL},
     {"reasoning_effort", IGNORE, 's', NULL, NULL},
     {"n_keep", IGNORE, 'i', NULL, NULL},
@@ -429,18 +429,11 @@ static const struct {
     {"min_keep", IGNORE, 'i', NULL, NULL},
     {"samplers", IGNORE, 0, NULL, NULL},
     {"dynatemp_exponent", IGNORE, 0, NULL, NULL},
-    {"response_format", NEUTRAL_ONLY, 0, "text",
-     "structured output (json_object / json_schema) is not supported yet; only {\"type\": "
-     "\"text\"}"},
-    {"tools", NEUTRAL_ONLY, 0, NULL, "tool calling is not supported yet"},
-    {"tool_choice", NEUTRAL_ONLY, 0, "none", "tool calling is not supported yet"},
     {"functions", NEUTRAL_ONLY, 0, NULL, "function calling is not supported"},
     {"function_call", NEUTRAL_ONLY, 0, "none", "function calling is not supported"},
     {"audio", NEUTRAL_ONLY, 0, NULL, "audio output is not supported"},
     {"modalities", NEUTRAL_ONLY, 0, "text", "only text output is supported"},
     {"web_search_options", NEUTRAL_ONLY, 0, NULL, "web search is not supported"},
-    {"grammar", NEUTRAL_ONLY, 0, NULL, "grammar-constrained sampling is not supported yet"},
-    {"json_schema", NEUTRAL_ONLY, 0, NULL, "JSON-schema constrained sampling is not supported yet"},
     {"n_probs", NEUTRAL_ONLY, 0, NULL, "n_probs is not supported; use logprobs / top_logprobs"},
     {"dry_multiplier", NEUTRAL_ONLY, 0, NULL, "DRY sampling is not supported"},
     {"xtc_probability", NEUTRAL_ONLY, 0, NULL, "XTC sampling is not supported"},
@@ -510,6 +503,12 @@ static const char *const handled_fields[] = {
     "tokens",
     "add_special",
     "parse_special",
+    "response_format",
+    "grammar",
+    "json_schema",
+    "tools", /* chat: the endpoint reads them (tool_calls.h) */
+    "tool_choice",
+    "parallel_tool_calls",
 };
 
 static int neutral(const json_t *v, const char *ok)
@@ -583,6 +582,68 @@ static uint64_t random_seed(void)
     if (getrandom(&s, sizeof s, GRND_NONBLOCK) != (ssize_t)sizeof s)
         s = (uint64_t)exsa_time_ns() * 0x9E3779B97F4A7C15ull;
     return s == EXSA_SEED_RANDOM ? 0 : s;
+}
+
+/* Structured output: OpenAI's response_format, llama-server's grammar and
+ * json_schema; at most one of them. Tools (chat) are the endpoint's. */
+static int parse_constraint(const json_t *body, int kind, exsa_gen_params *g, exsa_param_err *pe)
+{
+    const json_t *rf = field(body, "response_format"), *gr = field(body, "grammar"),
+                 *js = field(body, "json_schema");
+    const char *which = NULL;
+    exsa_err err = {0};
+    if (rf && !json_is_null(rf)) {
+        const char *type = json_string_value(json_object_get(rf, "type"));
+        if (!json_is_object(rf) || !type)
+            return exsa_param_fail(pe, "response_format", "invalid_type",
+                                   "'response_format' must be {\"type\": \"text\" | "
+                                   "\"json_object\" | \"json_schema\", ...}");
+        if (!strcmp(type, "json_object")) {
+            /* llama-server also takes {"type": "json_object", "schema": ...} */
+            const json_t *sc = json_object_get(rf, "schema");
+            g->grammar = sc ? exsa_json_schema_to_gbnf(sc, &err) : exsa_json_object_gbnf();
+            which = "response_format";
+        } else if (!strcmp(type, "json_schema")) {
+            const json_t *w = json_object_get(rf, "json_schema");
+            const json_t *sc = json_object_get(w, "schema");
+            if (!json_is_object(w) || !(json_is_object(sc) || json_is_boolean(sc)))
+                return exsa_param_fail(pe, "response_format.json_schema", "invalid_value",
+                                       "'response_format.json_schema' must be {\"name\": ..., "
+                                       "\"schema\": {...}}");
+            g->grammar = exsa_json_schema_to_gbnf(sc, &err);
+            which = "response_format.json_schema.schema";
+        } else if (strcmp(type, "text") != 0) {
+            return exsa_param_fail(pe, "response_format.type", "invalid_value",
+                                   "'response_format.type' must be text, json_object or "
+                                   "json_schema, got '%s'", type);
+        }
+    }
+    if (gr && !json_is_null(gr) && !(json_is_string(gr) && json_string_length(gr) == 0)) {
+        if (which)
+            return exsa_param_fail(pe, "grammar", "invalid_value",
+                                   "'grammar' and '%s' cannot both be given", which);
+        if (!json_is_string(gr))
+            return exsa_param_fail(pe, "grammar", "invalid_type",
+                                   "'grammar' must be a string (GBNF)");
+        g->grammar = strdup(json_string_value(gr));
+        which = "grammar";
+    }
+    if (js && !json_is_null(js)) {
+        if (which)
+            return exsa_param_fail(pe, "json_schema", "invalid_value",
+                                   "'json_schema' and '%s' cannot both be given", which);
+        if (!json_is_object(js) && !json_is_boolean(js))
+            return exsa_param_fail(pe, "json_schema", "invalid_type",
+                                   "'json_schema' must be a JSON Schema object");
+        g->grammar = exsa_json_schema_to_gbnf(js, &err);
+        which = "json_schema";
+    }
+    (void)kind;
+    if (which && !g->grammar)
+        return exsa_param_fail(pe, which, "invalid_value", "'%s': %s", which,
+                               err.code ? err.msg : "out of memory");
+    g->rp.grammar = g->grammar;
+    return 0;
 }
 
 int exsa_reqparams_parse(const json_t *body, int kind, int n_vocab, exsa_gen_params *g,
@@ -723,7 +784,7 @@ int exsa_reqparams_parse(const json_t *body, int kind, int n_vocab, exsa_gen_par
     }
     g->rp.logprobs = g->logprobs;
     g->rp.top_logprobs = g->top_logprobs;
-    return 0;
+    return parse_constraint(body, kind, g, pe);
 }
 
 void exsa_reqparams_free(exsa_gen_params *g)
@@ -735,8 +796,11 @@ void exsa_reqparams_free(exsa_gen_params *g)
             free(g->stop[i]);
     free(g->stop);
     free(g->bias);
+    free(g->grammar);
+    free(g->grammar_trigger);
     g->stop = NULL;
     g->bias = NULL;
+    g->grammar = g->grammar_trigger = NULL;
 }
 
 int exsa_reqparams_budget(const exsa_gen_params *p, int n_prompt, int n_ctx, int max_cap,

@@ -75,6 +75,11 @@ typedef struct exsa_gen_params {
     int top_logprobs;
     int seed_given;
     uint64_t seed;
+    /* Structured output (response_format, grammar, json_schema, or the
+     * chat endpoint's tools): GBNF, owned; rp.grammar / rp.grammar_trigger
+     * point here. */
+    char *grammar;
+    char *grammar_trigger;
 } exsa_gen_params;
 
 /* Reads every generation field of body for this kind of endpoint. n_vocab
