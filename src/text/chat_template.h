@@ -50,6 +50,9 @@ const char *const *exsa_chat_template_builtin_names(void);
 
 void exsa_chat_template_destroy(exsa_chat_template *t);
 
+/* The Jinja text the template was made from (NUL-terminated, owned by t). */
+const char *exsa_chat_template_source(const exsa_chat_template *t);
+
 /* The template a model should use: override (a built-in name, else a path
  * to a Jinja file) when given, else the GGUF's tokenizer.chat_template, else
  * the built-in "gemma" for a gemma* architecture, else chatml.
