@@ -329,8 +329,13 @@ int64_t exsa_engine_token_bytes(exsa_engine *e, int32_t id, int special, char *o
  * bad message list, naming the index and field). */
 char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const char *tools_json,
                               int add_generation_prompt, exsa_err *err);
-/* The Jinja text of the engine's chat template (what its tool-call format is
- * read from), or NULL when it has none. Valid while the engine lives. */
+/* The same with extra template variables: kwargs_json is a JSON object
+ * (HF's chat_template_kwargs, e.g. {"enable_thinking": false}) or NULL. */
+char *exsa_engine_chat_render_kw(exsa_engine *e, const char *messages_json, const char *tools_json,
+                                 const char *kwargs_json, int add_generation_prompt,
+                                 exsa_err *err);
+/* The engine's chat template as Jinja text (valid while the engine lives),
+ * or NULL when it has none. */
 const char *exsa_engine_chat_template_source(exsa_engine *e);
 
 /* Embedding of a token sequence: the final hidden state (after the output

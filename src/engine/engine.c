@@ -1760,11 +1760,19 @@ static int check_content(json_t *msg, size_t i, const char *role, json_t **conte
 
 const char *exsa_engine_chat_template_source(exsa_engine *e)
 {
-    return e && e->tpl ? exsa_chat_template_source(e->tpl) : NULL;
+    return e ? exsa_chat_template_source(e->tpl) : NULL;
 }
 
 char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const char *tools_json,
                               int add_generation_prompt, exsa_err *err)
+{
+    return exsa_engine_chat_render_kw(e, messages_json, tools_json, NULL, add_generation_prompt,
+                                      err);
+}
+
+char *exsa_engine_chat_render_kw(exsa_engine *e, const char *messages_json, const char *tools_json,
+                                 const char *kwargs_json, int add_generation_prompt,
+                                 exsa_err *err)
 {
     if (!e || !messages_json) {
         exsa_err_set(err, EXSA_EINVAL, "chat: engine and messages are required");
@@ -1776,7 +1784,7 @@ char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const c
     }
     json_error_t je;
     json_t *msgs = json_loads(messages_json, 0, &je);
-    json_t *tools = NULL;
+    json_t *tools = NULL, *kwargs = NULL;
     char *out = NULL;
     if (!msgs) {
         exsa_err_set(err, EXSA_EINVAL, "messages: invalid JSON at line %d column %d: %s",
@@ -1819,10 +1827,24 @@ char *exsa_engine_chat_render(exsa_engine *e, const char *messages_json, const c
             goto done;
         }
     }
+    if (kwargs_json) {
+        if (!(kwargs = json_loads(kwargs_json, 0, &je))) {
+            exsa_err_set(err, EXSA_EINVAL,
+                         "chat_template_kwargs: invalid JSON at line %d column %d: %s", je.line,
+                         je.column, je.text);
+            goto done;
+        }
+        if (!json_is_object(kwargs)) {
+            exsa_err_set(err, EXSA_EINVAL, "chat_template_kwargs: must be an object");
+            goto done;
+        }
+    }
     exsa_chat_opts o = {.add_generation_prompt = add_generation_prompt != 0,
-                        .bos_token = e->bos_text, .eos_token = e->eos_text, .tools = tools};
+                        .bos_token = e->bos_text, .eos_token = e->eos_text, .tools = tools,
+                        .extra = kwargs};
     out = exsa_chat_template_render(e->tpl, msgs, &o, err);
 done:
+    json_decref(kwargs);
     json_decref(msgs);
     json_decref(tools);
     return out;

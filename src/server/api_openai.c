@@ -8,6 +8,7 @@
 #include "server/app.h"
 #include "server/gen_job.h"
 #include "server/json_text.h"
+#include "server/reasoning.h"
 #include "server/request_params.h"
 #include "server/tool_calls.h"
 #include "util/err.h"
@@ -35,6 +36,10 @@ typedef struct oai {
     exsa_tool_spec tools;
     exsa_tool_parser **tp;
     int *calls_sent;
+    int think;           /* chat: <think> goes to reasoning_content (reasoning_format) */
+    int opened;          /* the prompt opened <think> */
+    exsa_reasoning *rsn; /* per choice (stream) */
+    exsa_strbuf rpiece, cpiece; /* one piece's reasoning / content (stream) */
 } oai;
 
 static void oai_free(void *ctx)
@@ -63,6 +68,9 @@ static void oai_free(void *ctx)
     free(o->tp);
     free(o->calls_sent);
     exsa_tool_spec_free(&o->tools);
+    free(o->rsn);
+    exsa_strbuf_free(&o->rpiece);
+    exsa_strbuf_free(&o->cpiece);
     free(o);
 }
 
@@ -267,6 +275,34 @@ static void stream_error(exsa_strbuf *out, const char *type, const char *code, c
     exsa_strbuf_puts(out, "data: [DONE]\n\n");
 }
 
+/* A chat delta for a piece of text, split into reasoning_content and
+ * content when the request asks for it; NULL when there is nothing to say
+ * (the piece went into a held marker prefix). final: the choice ended. */
+static json_t *chat_delta(oai *o, int idx, const char *t, size_t n, int final)
+{
+    json_t *d = json_object();
+    if (!d)
+        return NULL;
+    if (!o->think) {
+        json_object_set_new(d, "content", exsa_json_text(t, n));
+        return d;
+    }
+    exsa_strbuf_reset(&o->rpiece);
+    exsa_strbuf_reset(&o->cpiece);
+    exsa_reasoning_feed(&o->rsn[idx], t, n, &o->rpiece, &o->cpiece);
+    if (final)
+        exsa_reasoning_finish(&o->rsn[idx], &o->rpiece, &o->cpiece);
+    if (o->rpiece.len)
+        json_object_set_new(d, "reasoning_content", exsa_json_text(o->rpiece.p, o->rpiece.len));
+    if (o->cpiece.len)
+        json_object_set_new(d, "content", exsa_json_text(o->cpiece.p, o->cpiece.len));
+    if (json_object_size(d) == 0) {
+        json_decref(d);
+        return NULL;
+    }
+    return d;
+}
+
 static int oai_pull(void *ctx, exsa_strbuf *out)
 {
     oai *o = ctx;
@@ -344,14 +380,18 @@ static int oai_pull(void *ctx, exsa_strbuf *out)
                     return 0;
                 continue;
             }
-            json_t *content = exsa_json_text(ev.text, ev.text_len);
+            json_t *content;
             if (o->chat) {
-                json_t *d = json_object();
-                if (d)
-                    json_object_set_new(d, "content", content);
-                else
-                    json_decref(content);
-                content = d;
+                content = chat_delta(o, idx, ev.text, ev.text_len, 0);
+                if (!content && !lp) {
+                    if (exsa_strbuf_pending(out))
+                        return 0;
+                    continue;
+                }
+                if (!content)
+                    content = json_object();
+            } else {
+                content = exsa_json_text(ev.text, ev.text_len);
             }
             sse(out, chunk(o, c->index, content, lp, NULL));
             return 0;
@@ -371,6 +411,12 @@ static int oai_pull(void *ctx, exsa_strbuf *out)
         }
         if (has_tools(o))
             stream_tool_text(o, idx, c->index, NULL, 0, 1, out);
+        else if (o->chat && o->think) {
+            /* Bytes held as a possible marker are text after all. */
+            json_t *rest = chat_delta(o, idx, "", 0, 1);
+            if (rest)
+                sse(out, chunk(o, c->index, rest, NULL, NULL));
+        }
         json_t *last = o->chat ? json_object() : json_string("");
         sse(out, chunk(o, c->index, last, NULL, finish_of(o, idx, c->finish)));
         return 0;
@@ -451,14 +497,12 @@ static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
         if (!c)
             continue;
         json_object_set_new(c, "index", json_integer(j->ch[i].index));
-        json_t *content = exsa_json_text(o->text[i].p, o->text[i].len);
-        json_t *calls = NULL;
+        json_t *content = NULL, *reasoning = NULL, *calls = NULL;
         if (has_tools(o)) {
             exsa_strbuf txt;
             exsa_strbuf_init(&txt);
             exsa_tool_parser_feed(o->tp[i], o->text[i].p, o->text[i].len, &txt);
             exsa_tool_parser_finish(o->tp[i], &txt);
-            json_decref(content);
             const int nc = exsa_tool_parser_n_calls(o->tp[i]);
             content = txt.len || nc == 0 ? exsa_json_text(txt.p, txt.len) : json_null();
             exsa_strbuf_free(&txt);
@@ -468,6 +512,21 @@ static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
                     json_array_append_new(calls,
                                           tool_call_json(exsa_tool_parser_call(o->tp[i], k), k, 0));
             }
+        } else if (o->chat && o->think) {
+            exsa_reasoning r;
+            exsa_strbuf rs, cs;
+            exsa_strbuf_init(&rs);
+            exsa_strbuf_init(&cs);
+            exsa_reasoning_init(&r, o->opened);
+            exsa_reasoning_feed(&r, o->text[i].p, o->text[i].len, &rs, &cs);
+            exsa_reasoning_finish(&r, &rs, &cs);
+            content = exsa_json_text(cs.p, cs.len);
+            if (rs.len)
+                reasoning = exsa_json_text(rs.p, rs.len);
+            exsa_strbuf_free(&rs);
+            exsa_strbuf_free(&cs);
+        } else {
+            content = exsa_json_text(o->text[i].p, o->text[i].len);
         }
         if (o->chat) {
             json_t *m = json_object();
@@ -476,10 +535,13 @@ static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
                 json_object_set_new(m, "content", content);
                 if (calls)
                     json_object_set_new(m, "tool_calls", calls);
+                if (reasoning)
+                    json_object_set_new(m, "reasoning_content", reasoning);
                 json_object_set_new(m, "refusal", json_null());
             } else {
                 json_decref(content);
                 json_decref(calls);
+                json_decref(reasoning);
             }
             json_object_set_new(c, "message", m);
         } else {
@@ -520,6 +582,8 @@ static oai *oai_begin(exsa_http_req *rq, exsa_app *a, int kind, json_t **body)
     }
     o->chat = kind == EXSA_API_CHAT;
     o->role_for = -1;
+    exsa_strbuf_init(&o->rpiece);
+    exsa_strbuf_init(&o->cpiece);
     o->created = (long long)time(NULL);
     snprintf(o->id, sizeof o->id, "%s-%s", o->chat ? "chatcmpl" : "cmpl", exsa_http_req_id(rq));
     o->job = exsa_gen_job_begin(a, rq, kind, body, &o->g);
@@ -552,7 +616,10 @@ static void oai_run(oai *o, exsa_http_req *rq, const char *prompt_field)
             return;
         }
     }
-    if (!o->text_len) {
+    o->rsn = o->think ? calloc((size_t)o->job->n_ch, sizeof *o->rsn) : NULL;
+    for (int i = 0; o->rsn && i < o->job->n_ch; i++)
+        exsa_reasoning_init(&o->rsn[i], o->opened);
+    if (!o->text_len || (o->think && !o->rsn)) {
         exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
         oai_free(o);
         return;
@@ -575,6 +642,40 @@ static int add_prompt(oai *o, const exsa_gen_prompt *p)
     return 0;
 }
 
+int exsa_chat_reasoning_fields(const json_t *body, const json_t **kwargs, int *format,
+                               exsa_param_err *pe)
+{
+    const char *f = NULL;
+    *kwargs = NULL;
+    *format = EXSA_REASONING_AUTO;
+    if (exsa_reqparams_str(body, "reasoning_format", &f, NULL, pe))
+        return EXSA_EINVAL;
+    if (f && !strcmp(f, "none"))
+        *format = EXSA_REASONING_NONE;
+    else if (f && !strcmp(f, "deepseek"))
+        *format = EXSA_REASONING_DEEPSEEK;
+    else if (f && strcmp(f, "auto"))
+        return exsa_param_fail(pe, "reasoning_format", "invalid_value",
+                               "'reasoning_format' must be \"none\", \"auto\" or \"deepseek\", "
+                               "got \"%.40s\"",
+                               f);
+    const json_t *k = json_object_get(body, "chat_template_kwargs");
+    if (k && !json_is_null(k)) {
+        if (!json_is_object(k))
+            return exsa_param_fail(pe, "chat_template_kwargs", "invalid_type",
+                                   "'chat_template_kwargs' must be an object");
+        *kwargs = k;
+    }
+    return 0;
+}
+
+int exsa_chat_thinks(exsa_engine *e, int format)
+{
+    if (format == EXSA_REASONING_AUTO)
+        return exsa_reasoning_template_thinks(exsa_engine_chat_template_source(e));
+    return format == EXSA_REASONING_DEEPSEEK;
+}
+
 void exsa_api_openai_chat(exsa_http_req *rq, void *app)
 {
     exsa_app *a = app;
@@ -590,6 +691,10 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
         exsa_param_fail(&pe, "messages", "invalid_value",
                         "'messages' must be a non-empty array of messages");
     }
+    const json_t *kwargs = NULL;
+    int rf = 0;
+    if (!pe.status)
+        exsa_chat_reasoning_fields(body, &kwargs, &rf, &pe);
     if (pe.status) {
         exsa_app_reply_param(rq, &pe);
         goto done;
@@ -602,7 +707,7 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
         goto done;
     }
     json_t *rendered_msgs = NULL;
-    char *tools_json = NULL;
+    const json_t *tools_arg = NULL;
     if (has_tools(o)) {
         if (o->g.grammar) {
             exsa_param_fail(&pe, "tools", "invalid_value",
@@ -621,35 +726,22 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
         o->g.grammar_trigger = trigger ? strdup(trigger) : NULL;
         o->g.rp.grammar = o->g.grammar;
         o->g.rp.grammar_trigger = o->g.grammar_trigger;
+        /* the generic format writes the tools into the turns themselves */
         if (format == EXSA_TOOLS_GENERIC)
             rendered_msgs = exsa_tool_rewrite_messages(msgs, &o->tools, &err);
         else
-            tools_json = exsa_json_dump(o->tools.tools);
-    }
-    char *mj = exsa_json_dump(rendered_msgs ? rendered_msgs : msgs);
-    json_decref(rendered_msgs);
-    char *prompt = mj ? exsa_engine_chat_render(o->job->eng, mj, tools_json, 1, &err) : NULL;
-    free(mj);
-    free(tools_json);
-    if (!prompt) {
-        if (!err.code)
-            err.code = EXSA_ENOMEM, snprintf(err.msg, sizeof err.msg, "out of memory");
-        exsa_app_reply_engine(rq, &err, "messages");
-        goto done;
-    }
-    /* BOS unless the template wrote it already (as exsa chat does). */
-    int add_bos = 1;
-    if (o->job->info.bos >= 0) {
-        char bos[128];
-        size_t bl = exsa_gen_job_token_text(o->job, o->job->info.bos, bos, sizeof bos);
-        if (bl > 0 && !strncmp(prompt, bos, bl))
-            add_bos = 0;
+            tools_arg = o->tools.tools;
     }
     exsa_gen_prompt p;
-    int rc = exsa_gen_job_tokenize(o->job, prompt, strlen(prompt), add_bos, 1, "messages", &p);
-    free(prompt);
-    if (rc)
+    char *prompt = NULL;
+    int prc = exsa_gen_job_chat_prompt(o->job, rendered_msgs ? rendered_msgs : msgs, tools_arg,
+                                       kwargs, NULL, &p, &prompt);
+    json_decref(rendered_msgs);
+    if (prc)
         goto done;
+    o->think = exsa_chat_thinks(o->job->eng, rf);
+    o->opened = o->think && exsa_reasoning_prompt_opened(prompt, strlen(prompt));
+    free(prompt);
     if (add_prompt(o, &p)) {
         free(p.ids);
         exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");

@@ -26,6 +26,7 @@ const char *const exsa_app_endpoint_names[EXSA_EP_COUNT] = {
     [EXSA_EP_TOKENIZE] = "/v1/tokenize",
     [EXSA_EP_DETOKENIZE] = "/v1/detokenize",
     [EXSA_EP_METRICS] = "/metrics",
+    [EXSA_EP_MESSAGES] = "/v1/messages",
 };
 
 #define LIST_MAX 64

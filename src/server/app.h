@@ -37,6 +37,7 @@ enum exsa_endpoint {
     EXSA_EP_TOKENIZE,
     EXSA_EP_DETOKENIZE,
     EXSA_EP_METRICS,
+    EXSA_EP_MESSAGES,
     EXSA_EP_COUNT
 };
 extern const char *const exsa_app_endpoint_names[EXSA_EP_COUNT];

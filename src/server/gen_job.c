@@ -114,6 +114,57 @@ int exsa_gen_job_tokenize(exsa_gen_job *j, const char *text, size_t len, int add
     return 0;
 }
 
+int exsa_gen_job_chat_prompt(exsa_gen_job *j, const json_t *messages, const json_t *tools,
+                             const json_t *kwargs, const char *prefill, exsa_gen_prompt *out,
+                             char **text)
+{
+    exsa_err err = {0};
+    char *mj = exsa_json_dump(messages);
+    char *tj = tools ? exsa_json_dump(tools) : NULL;
+    char *kj = kwargs ? exsa_json_dump(kwargs) : NULL;
+    char *prompt = NULL;
+    out->ids = NULL;
+    out->n = 0;
+    if (text)
+        *text = NULL;
+    if (mj && (tj || !tools) && (kj || !kwargs))
+        prompt = exsa_engine_chat_render_kw(j->eng, mj, tj, kj, 1, &err);
+    free(mj);
+    free(tj);
+    free(kj);
+    if (prompt && prefill && *prefill) {
+        size_t a = strlen(prompt), b = strlen(prefill);
+        char *p = realloc(prompt, a + b + 1);
+        if (!p) {
+            free(prompt);
+            prompt = NULL;
+        } else {
+            memcpy(p + a, prefill, b + 1);
+            prompt = p;
+        }
+    }
+    if (!prompt) {
+        if (!err.code)
+            err.code = EXSA_ENOMEM, snprintf(err.msg, sizeof err.msg, "out of memory");
+        exsa_app_reply_engine(j->rq, &err, "messages");
+        return err.code;
+    }
+    /* BOS unless the template wrote it already (as exsa chat does). */
+    int add_bos = 1;
+    if (j->info.bos >= 0) {
+        char bos[128];
+        size_t bl = exsa_gen_job_token_text(j, j->info.bos, bos, sizeof bos);
+        if (bl > 0 && !strncmp(prompt, bos, bl))
+            add_bos = 0;
+    }
+    int rc = exsa_gen_job_tokenize(j, prompt, strlen(prompt), add_bos, 1, "messages", out);
+    if (rc == 0 && text)
+        *text = prompt;
+    else
+        free(prompt);
+    return rc;
+}
+
 void exsa_gen_job_cancel(exsa_gen_job *j)
 {
     atomic_store(&j->cancelled, 1);

@@ -81,6 +81,16 @@ exsa_gen_job *exsa_gen_job_begin(exsa_app *app, exsa_http_req *rq, int kind, jso
 int exsa_gen_job_tokenize(exsa_gen_job *j, const char *text, size_t len, int add_special,
                           int parse_special, const char *field, exsa_gen_prompt *out);
 
+/* A chat prompt: renders messages (a JSON array of OpenAI-shaped messages)
+ * with the engine's chat template, tools and kwargs (extra template
+ * variables; both JSON or NULL), appends prefill (text the answer starts
+ * with; NULL: none) and tokenizes the result with BOS unless the template
+ * wrote it. *text (may be NULL) gets the malloc'd prompt text. On failure it
+ * has replied (400 naming "messages" / 500). */
+int exsa_gen_job_chat_prompt(exsa_gen_job *j, const json_t *messages, const json_t *tools,
+                             const json_t *kwargs, const char *prefill, exsa_gen_prompt *out,
+                             char **text);
+
 /* Takes ownership of the acquired engine (released by exsa_gen_job_free,
  * also on failure here). NULL when out of memory (then it has replied). */
 exsa_gen_job *exsa_gen_job_create(exsa_app *app, exsa_http_req *rq, exsa_engine *eng);

@@ -266,7 +266,10 @@ void exsa_http_reply_error(exsa_http_req *rq, int status, const char *type, cons
         exsa_log(EXSA_LOG_ERROR, rq->id, "%s %s: %d %s", rq->method, rq->path, status, msg);
     else
         exsa_log(EXSA_LOG_DEBUG, rq->id, "%s %s: %d %s", rq->method, rq->path, status, msg);
-    exsa_http_reply_json(rq, status, exsa_http_error_json(type, param, code, msg));
+    json_t *j = rq->route && rq->h->c.hooks.error_body
+                    ? rq->h->c.hooks.error_body(rq, status, msg, rq->h->c.app)
+                    : NULL;
+    exsa_http_reply_json(rq, status, j ? j : exsa_http_error_json(type, param, code, msg));
 }
 
 /* ---- streams ---- */

@@ -54,6 +54,9 @@ typedef struct exsa_http_hooks {
     /* Runs once per request when it is over (reply sent, or the connection
      * went away); the access log line is written just before. */
     void (*finished)(exsa_http_req *rq, void *app);
+    /* Optional: the JSON body of an error reply for this request (a route
+     * whose clients expect another shape); NULL keeps OpenAI's shape. */
+    json_t *(*error_body)(exsa_http_req *rq, int status, const char *message, void *app);
 } exsa_http_hooks;
 
 typedef struct exsa_http_config {

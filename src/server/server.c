@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "quant/quant.h"
+#include "server/api_anthropic.h"
 #include "server/api_native.h"
 #include "server/api_openai.h"
 #include "server/app.h"
@@ -72,6 +73,7 @@ static const exsa_http_route routes[] = {
     {"/v1/detokenize", 0, EXSA_HTTP_POST, exsa_api_detokenize, EXSA_EP_DETOKENIZE, 0},
     {"/detokenize", 0, EXSA_HTTP_POST, exsa_api_detokenize, EXSA_EP_DETOKENIZE, 0},
     {"/metrics", 0, EXSA_HTTP_GET, exsa_api_metrics, EXSA_EP_METRICS, 0},
+    {"/v1/messages", 0, EXSA_HTTP_POST, exsa_api_anthropic_messages, EXSA_EP_MESSAGES, 0},
 };
 
 void exsa_server_config_default(exsa_server_config *c)
@@ -153,6 +155,17 @@ static int admit(exsa_http_req *rq, void *app)
         return 1;
     }
     return 0;
+}
+
+/* Anthropic's route answers errors in Anthropic's shape, its clients'
+ * SDKs read no other; everything else keeps OpenAI's. */
+static json_t *error_body(exsa_http_req *rq, int status, const char *message, void *app)
+{
+    (void)app;
+    const exsa_http_route *rt = exsa_http_req_route(rq);
+    if (rt && rt->endpoint == EXSA_EP_MESSAGES)
+        return exsa_api_anthropic_error_json(status, message);
+    return NULL;
 }
 
 static void finished(exsa_http_req *rq, void *app)
@@ -241,7 +254,7 @@ exsa_server *exsa_server_create(const exsa_server_config *c, exsa_err *err)
         .routes = routes,
         .n_routes = (int)(sizeof routes / sizeof routes[0]),
         .cors_origins = s->cfg.cors_origins,
-        .hooks = {.admit = admit, .finished = finished},
+        .hooks = {.admit = admit, .finished = finished, .error_body = error_body},
         .app = a,
     };
     if (!(s->http = exsa_http_start(&hc, err)))

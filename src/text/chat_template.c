@@ -13,7 +13,7 @@
 
 struct exsa_chat_template {
     exsa_jinja *tpl;
-    char *source; /* the Jinja text (what tool-call formats are read from) */
+    char *src; /* the Jinja text, for callers that look at it (thinking markers) */
 };
 
 /* DeepSeek's special-token characters: U+FF5C and U+2581 */
@@ -195,18 +195,13 @@ exsa_chat_template *exsa_chat_template_create(const char *source, size_t len, ex
         exsa_err_prefix(err, "chat template");
         return NULL;
     }
-    if (!(t->source = malloc(len + 1))) {
+    if (!(t->src = malloc(len + 1))) {
         exsa_chat_template_destroy(t);
         return exsa_err_set(err, EXSA_ENOMEM, "chat template: out of memory"), NULL;
     }
-    memcpy(t->source, source, len);
-    t->source[len] = '\0';
+    memcpy(t->src, source, len);
+    t->src[len] = '\0';
     return t;
-}
-
-const char *exsa_chat_template_source(const exsa_chat_template *t)
-{
-    return t ? t->source : NULL;
 }
 
 exsa_chat_template *exsa_chat_template_builtin(const char *name, exsa_err *err)
@@ -231,9 +226,11 @@ void exsa_chat_template_destroy(exsa_chat_template *t)
     if (!t)
         return;
     exsa_jinja_destroy(t->tpl);
-    free(t->source);
+    free(t->src);
     free(t);
 }
+
+const char *exsa_chat_template_source(const exsa_chat_template *t) { return t ? t->src : NULL; }
 
 char *exsa_chat_template_render(const exsa_chat_template *t, const json_t *messages,
                                 const exsa_chat_opts *opts, exsa_err *err)

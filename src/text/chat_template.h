@@ -49,7 +49,8 @@ const char *exsa_chat_template_builtin_source(const char *name);
 const char *const *exsa_chat_template_builtin_names(void);
 
 void exsa_chat_template_destroy(exsa_chat_template *t);
-/* The template's Jinja text (NUL-terminated). */
+
+/* The Jinja text the template was made from (NUL-terminated, owned by t). */
 const char *exsa_chat_template_source(const exsa_chat_template *t);
 
 /* The template a model should use: override (a built-in name, else a path

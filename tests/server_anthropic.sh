@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# `exsa serve` through curl on /v1/messages (Anthropic's Messages API) and
+# the reasoning split: the message object, streamed events in Anthropic's
+# order and shape, stop_sequences (the matched one named), max_tokens,
+# system / block content / prefill, errors in Anthropic's shape (missing
+# max_tokens, bad role, bad JSON, image block, tools, unknown model, API
+# key via x-api-key), then a template that opens <think>: thinking blocks,
+# OpenAI reasoning_content (reasoning_format, chat_template_kwargs).
+# Usage: bash tests/server_anthropic.sh EXSA_BIN FIXTURES BUILD_DIR
+source "$(dirname "$0")/server/common.sh"
+command -v node >/dev/null 2>&1 || skip "node is not installed (JSON checks use it)"
+command -v curl >/dev/null 2>&1 || skip "curl is not installed"
+
+make_model tiny
+
+# expect_anthropic_error STATUS TYPE WORD WHAT: status, Anthropic's error
+# shape, its type, and a message that contains WORD.
+expect_anthropic_error() {
+    expect_code "$1" "$4" || return 1
+    expect_js "j.type === 'error' && typeof j.error === 'object' && j.error.type === '$2' && typeof j.error.message === 'string' && Object.keys(j).length === 2" \
+        "$4 (Anthropic error shape, type $2)" || return 1
+    expect_js "j.error.message.includes($(printf '%s' "$3" | node -e 'process.stdout.write(JSON.stringify(require("fs").readFileSync(0, "utf8")))'))" \
+        "$4 (message names '$3')"
+}
+
+# ltrim TEXT: TEXT without leading whitespace (the splitter drops it).
+ltrim() { printf '%s' "$1" | node -e 'process.stdout.write(require("fs").readFileSync(0, "utf8").replace(/^\s+/, ""))'; }
+
+# SSE event names of the last body, one line.
+events() { grep '^event:' "$WORK/body" | cut -d' ' -f2 | tr '\n' ' ' | sed 's/ $//'; }
+
+echo "== /v1/messages (at ${SECONDS}s)"
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 1024 -np 2 -t 1
+
+Q='"messages":[{"role":"user","content":"hello"}]'
+http POST /v1/messages "{\"model\":\"tiny\",\"max_tokens\":12,\"temperature\":0,$Q}"
+expect_code 200 "messages" &&
+    expect_js 'j.id.startsWith("msg_") && j.type === "message" && j.role === "assistant" && j.model === "tiny"' "message object fields" &&
+    expect_js 'Array.isArray(j.content) && j.content.length === 1 && j.content[0].type === "text" && typeof j.content[0].text === "string" && j.content[0].text.length > 0' "content is one text block" &&
+    expect_js 'j.stop_reason === "max_tokens" && j.stop_sequence === null' "12 tokens of a random model: stop_reason max_tokens" &&
+    expect_js 'j.usage.output_tokens === 12 && j.usage.input_tokens > 0' "usage input/output tokens"
+FULL=$(jv 'j.content[0].text')
+IN_TOKENS=$(jv 'j.usage.input_tokens')
+
+# The same conversation through OpenAI's chat endpoint: the same prompt
+# and, greedy, the same text.
+http POST /v1/chat/completions "{\"max_tokens\":12,\"temperature\":0,$Q}"
+expect_code 200 "chat for comparison" &&
+    expect_eq "$(jv 'j.choices[0].message.content')" "$FULL" "messages text = chat completions text (greedy)" &&
+    expect_eq "$(jv 'j.usage.prompt_tokens')" "$IN_TOKENS" "input_tokens = chat prompt_tokens"
+
+# ---- streaming ----
+http POST /v1/messages "{\"max_tokens\":12,\"temperature\":0,\"stream\":true,$Q}"
+expect_code 200 "stream" && expect_eq "$(header Content-Type)" "text/event-stream" "stream content type"
+ev=$(events)
+want="message_start content_block_start ping$(printf ' content_block_delta%.0s' $(seq 1 "$(grep -c '^event: content_block_delta' "$WORK/body")")) content_block_stop message_delta message_stop"
+expect_eq "$ev" "$want" "event order"
+[ "$(grep -c '^event: content_block_delta' "$WORK/body")" -ge 1 ] || fail "stream: no content_block_delta"
+# Every data line's type is its event's name.
+paste -d' ' <(grep '^event:' "$WORK/body" | cut -d' ' -f2) <(grep '^data:' "$WORK/body" | cut -c7- | node -e '
+  const ls = require("fs").readFileSync(0, "utf8").trim().split("\n");
+  for (const l of ls) console.log(JSON.parse(l).type);') | while read -r a b; do
+    [ "$a" = "$b" ] || echo "event $a has data of type $b"
+done >"$WORK/mismatch"
+[ -s "$WORK/mismatch" ] && fail "stream: $(head -3 "$WORK/mismatch")"
+JV_SSE=1 expect_js 'j[0].message.id.startsWith("msg_") && Array.isArray(j[0].message.content) && j[0].message.content.length === 0 && j[0].message.stop_reason === null && j[0].message.usage.input_tokens > 0' "message_start carries the empty message and usage"
+JV_SSE=1 expect_js 'j[1].index === 0 && j[1].content_block.type === "text" && j[1].content_block.text === ""' "content_block_start: index 0, empty text block"
+JV_SSE=1 expect_js 'j.filter(e => e.type === "content_block_delta").every(e => e.index === 0 && e.delta.type === "text_delta" && typeof e.delta.text === "string")' "deltas are text_delta of block 0"
+JV_SSE=1 expect_eq "$(JV_SSE=1 jv 'j.filter(e => e.type === "content_block_delta").map(e => e.delta.text).join("")')" "$FULL" "streamed text = the reply's text"
+JV_SSE=1 expect_js 'j.at(-2).delta.stop_reason === "max_tokens" && j.at(-2).delta.stop_sequence === null && j.at(-2).usage.output_tokens === 12' "message_delta: stop_reason, stop_sequence, usage"
+
+# ---- stop_sequences: a piece of the greedy text stops it there ----
+STOP=$(printf '%s' "$FULL" | node -e '
+  const t = require("fs").readFileSync(0, "utf8");
+  // two ASCII letters past the start, so that some text comes before
+  const m = /[a-z]{2}/.exec(t.slice(3));
+  process.stdout.write(m ? m[0] : "");')
+if [ -n "$STOP" ]; then
+    BEFORE=$(printf '%s' "$FULL" | STOP="$STOP" node -e '
+      const t = require("fs").readFileSync(0, "utf8"); process.stdout.write(t.slice(0, t.indexOf(process.env.STOP)));')
+    http POST /v1/messages "{\"max_tokens\":12,\"temperature\":0,\"stop_sequences\":[\"zzzz-never\",\"$STOP\"],$Q}"
+    expect_code 200 "stop_sequences" &&
+        expect_js "j.stop_reason === 'stop_sequence' && j.stop_sequence === '$STOP'" "stop_reason stop_sequence names '$STOP'" &&
+        expect_eq "$(jv 'j.content[0].text')" "$BEFORE" "text ends before the stop sequence"
+    http POST /v1/messages "{\"max_tokens\":12,\"temperature\":0,\"stream\":true,\"stop_sequences\":[\"$STOP\"],$Q}"
+    JV_SSE=1 expect_js "j.at(-2).type === 'message_delta' && j.at(-2).delta.stop_reason === 'stop_sequence' && j.at(-2).delta.stop_sequence === '$STOP'" "stream: message_delta names the stop sequence"
+else
+    fail "no two ASCII letters in the greedy text '$FULL' to stop on"
+fi
+
+# ---- request forms: system as blocks = as a string; prefill ----
+http POST /v1/messages "{\"max_tokens\":6,\"temperature\":0,\"system\":\"be short\",$Q}"
+A=$(jv 'j.content[0].text'); AU=$(jv 'j.usage.input_tokens')
+http POST /v1/messages "{\"max_tokens\":6,\"temperature\":0,\"system\":[{\"type\":\"text\",\"text\":\"be \"},{\"type\":\"text\",\"text\":\"short\"}],\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hello\"}]}],\"metadata\":{\"user_id\":\"u1\"}}"
+expect_code 200 "system and content as blocks" &&
+    expect_eq "$(jv 'j.content[0].text')" "$A" "blocks give the same text as strings" &&
+    expect_eq "$(jv 'j.usage.input_tokens')" "$AU" "blocks give the same prompt as strings"
+[ "$AU" -gt "$IN_TOKENS" ] || fail "a system prompt adds tokens ($AU vs $IN_TOKENS)"
+http POST /v1/messages "{\"max_tokens\":4,\"temperature\":0,\"messages\":[{\"role\":\"user\",\"content\":\"hello\"},{\"role\":\"assistant\",\"content\":\"Sure thing\"}]}"
+expect_code 200 "prefill" && expect_js "j.usage.input_tokens > $IN_TOKENS" "the prefill is in the prompt"
+
+# ---- errors in Anthropic's shape ----
+http POST /v1/messages "{$Q}"
+expect_anthropic_error 400 invalid_request_error max_tokens "missing max_tokens"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"system","content":"x"}]}'
+expect_anthropic_error 400 invalid_request_error "messages.0.role" "bad role"
+http POST /v1/messages '{"max_tokens":4,"messages":['
+expect_anthropic_error 400 invalid_request_error "JSON" "bad JSON"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"text","text":"see"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA=="}}]}]}'
+expect_anthropic_error 400 invalid_request_error "not supported" "image block"
+http POST /v1/messages "{\"max_tokens\":4,\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}}],$Q}"
+expect_anthropic_error 400 invalid_request_error "tools are not supported yet" "tools"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"4"}]}]}'
+expect_anthropic_error 400 invalid_request_error "tools are not supported yet" "tool_result block"
+http POST /v1/messages "{\"max_tokens\":4,\"stop_sequences\":\"x\",$Q}"
+expect_anthropic_error 400 invalid_request_error stop_sequences "stop_sequences not a list"
+http POST /v1/messages "{\"max_tokens\":4,\"temperature\":1.5,$Q}"
+expect_anthropic_error 400 invalid_request_error temperature "temperature above 1"
+http POST /v1/messages '{"max_tokens":4,"messages":[]}'
+expect_anthropic_error 400 invalid_request_error messages "empty messages"
+http POST /v1/messages "{\"model\":\"nope\",\"max_tokens\":4,$Q}"
+expect_anthropic_error 404 not_found_error nope "unknown model"
+http POST /v1/messages "{\"max_tokens\":100000,$Q}"
+expect_anthropic_error 400 invalid_request_error max_tokens "max_tokens beyond the context"
+http GET /v1/messages
+expect_anthropic_error 405 invalid_request_error "" "GET /v1/messages"
+# The OpenAI endpoints keep OpenAI's shape.
+http POST /v1/chat/completions '{"messages":['
+expect_openai_error 400 "" "chat bad JSON stays OpenAI-shaped"
+server_alive || fail "server died during the /v1/messages tests"
+stop_server
+
+echo "== API keys: x-api-key and Bearer (at ${SECONDS}s)"
+KEY="sk-ant-test-$RANDOM$RANDOM"
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 512 -np 1 -t 1 --api-key "$KEY"
+http POST /v1/messages "{\"max_tokens\":2,$Q}"
+expect_anthropic_error 401 authentication_error "API key" "no key"
+http POST /v1/messages "{\"max_tokens\":2,$Q}" -H "x-api-key: wrong-$KEY"
+expect_anthropic_error 401 authentication_error "invalid" "wrong x-api-key"
+http POST /v1/messages "{\"max_tokens\":2,$Q}" -H "x-api-key: $KEY" -H 'anthropic-version: 2023-06-01'
+expect_code 200 "x-api-key accepted"
+http POST /v1/messages "{\"max_tokens\":2,$Q}" -H "Authorization: Bearer $KEY"
+expect_code 200 "Authorization: Bearer accepted"
+stop_server
+
+echo "== a template that opens <think> (at ${SECONDS}s)"
+cat >"$WORK/think.jinja" <<'TPL'
+{%- for message in messages -%}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- if enable_thinking is defined and not enable_thinking -%}{{- '<think>\n\n</think>\n\n' -}}{%- else -%}{{- '<think>\n' -}}{%- endif -%}{%- endif -%}
+TPL
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 1024 -np 2 -t 1 --chat-template "$WORK/think.jinja"
+# The random model never writes </think>: all of its text is thinking.
+http POST /v1/chat/completions "{\"max_tokens\":10,\"temperature\":0,\"reasoning_format\":\"none\",$Q}"
+expect_code 200 "chat reasoning_format none"
+RAW=$(jv 'j.choices[0].message.content')
+expect_js '!("reasoning_content" in j.choices[0].message)' "reasoning_format none: no reasoning_content"
+http POST /v1/chat/completions "{\"max_tokens\":10,\"temperature\":0,$Q}"
+expect_code 200 "chat, default reasoning_format" &&
+    expect_eq "$(jv 'j.choices[0].message.reasoning_content')" "$(ltrim "$RAW")" "default (thinking template): the text is reasoning_content" &&
+    expect_js 'j.choices[0].message.content === ""' "default: content is empty while thinking never ends"
+http POST /v1/chat/completions "{\"max_tokens\":10,\"temperature\":0,\"stream\":true,$Q}"
+JV_SSE=1 expect_js 'j.filter(e => e.choices && e.choices[0] && e.choices[0].delta.reasoning_content).length >= 1 && j.every(e => !e.choices || !e.choices[0] || !e.choices[0].delta.content)' "stream: delta.reasoning_content, no content"
+expect_eq "$(JV_SSE=1 jv 'j.filter(e => e.choices && e.choices[0]).map(e => e.choices[0].delta.reasoning_content || "").join("")')" "$(ltrim "$RAW")" "streamed reasoning = the reply's reasoning"
+http POST /v1/chat/completions "{\"max_tokens\":10,\"temperature\":0,\"chat_template_kwargs\":{\"enable_thinking\":false},$Q}"
+expect_code 200 "chat_template_kwargs" &&
+    expect_js '!("reasoning_content" in j.choices[0].message) && j.choices[0].message.content.length > 0' "enable_thinking false: the template closes <think>, all content"
+NOTHINK_PT=$(jv 'j.usage.prompt_tokens')
+http POST /v1/chat/completions "{\"max_tokens\":2,\"chat_template_kwargs\":[1],$Q}"
+expect_openai_error 400 chat_template_kwargs "chat_template_kwargs not an object"
+http POST /v1/chat/completions "{\"max_tokens\":2,\"reasoning_format\":\"weird\",$Q}"
+expect_openai_error 400 reasoning_format "unknown reasoning_format"
+http POST /v1/messages "{\"max_tokens\":10,\"temperature\":0,$Q}"
+expect_code 200 "messages with a thinking template" &&
+    expect_js 'j.content.length === 2 && j.content[0].type === "thinking" && typeof j.content[0].thinking === "string" && j.content[0].thinking.length > 0 && j.content[1].type === "text"' "thinking block before the text block"
+http POST /v1/messages "{\"max_tokens\":10,\"temperature\":0,\"thinking\":{\"type\":\"disabled\"},$Q}"
+expect_code 200 "thinking disabled" &&
+    expect_js 'j.content.length === 1 && j.content[0].type === "text" && j.content[0].text.length > 0' "thinking disabled: only text" &&
+    expect_eq "$(jv 'j.usage.input_tokens')" "$NOTHINK_PT" "thinking disabled = chat_template_kwargs enable_thinking false"
+http POST /v1/messages "{\"max_tokens\":6,\"temperature\":0,\"stream\":true,$Q}"
+expect_eq "$(events | sed 's/\(content_block_delta \)*content_block_delta/DELTAS/g')" "message_start ping content_block_start DELTAS content_block_stop content_block_start content_block_stop message_delta message_stop" "thinking stream: event order (thinking block 0, text block 1)"
+JV_SSE=1 expect_js 'j[2].content_block.type === "thinking" && j[2].index === 0 && j.filter(e => e.type === "content_block_delta").every(e => e.delta.type === "thinking_delta" && e.index === 0) && j.at(-4).content_block.type === "text" && j.at(-4).index === 1' "thinking stream: block types and indexes"
+server_alive || fail "server died during the thinking tests"
+finish
