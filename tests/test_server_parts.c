@@ -319,12 +319,19 @@ static void test_params_errors(void **state)
     expect_bad("{\"top_logprobs\":3}", EXSA_API_CHAT, "top_logprobs"); /* without logprobs */
     expect_bad("{\"logprobs\":true,\"top_logprobs\":21}", EXSA_API_CHAT, "top_logprobs");
     expect_bad("{\"logprobs\":true}", EXSA_API_COMPLETION, "logprobs");
-    expect_bad("{\"response_format\":{\"type\":\"json_object\"}}", EXSA_API_CHAT,
-               "response_format");
     expect_bad("{\"response_format\":{}}", EXSA_API_CHAT, "response_format");
-    expect_bad("{\"tools\":[{\"type\":\"function\"}]}", EXSA_API_CHAT, "tools");
-    expect_bad("{\"tool_choice\":\"required\"}", EXSA_API_CHAT, "tool_choice");
-    expect_bad("{\"grammar\":\"root ::= x\"}", EXSA_API_NATIVE, "grammar");
+    expect_bad("{\"response_format\":{\"type\":\"xml\"}}", EXSA_API_CHAT,
+               "response_format.type");
+    expect_bad("{\"response_format\":{\"type\":\"json_schema\"}}", EXSA_API_CHAT,
+               "response_format.json_schema");
+    expect_bad("{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\","
+               "\"schema\":{\"type\":\"object\",\"not\":{}}}}}",
+               EXSA_API_CHAT, "response_format.json_schema.schema");
+    expect_bad("{\"grammar\":5}", EXSA_API_NATIVE, "grammar");
+    expect_bad("{\"grammar\":\"root ::= \\\"a\\\"\",\"json_schema\":{}}", EXSA_API_NATIVE,
+               "json_schema");
+    expect_bad("{\"json_schema\":{\"type\":\"object\",\"if\":{}}}", EXSA_API_NATIVE,
+               "json_schema");
     expect_bad("{\"echo\":true}", EXSA_API_COMPLETION, "echo");
     expect_bad("{\"best_of\":3}", EXSA_API_COMPLETION, "best_of");
     expect_bad("{\"cache_prompt\":\"x\"}", EXSA_API_NATIVE, "cache_prompt");

@@ -74,56 +74,6 @@ static void oai_free(void *ctx)
     free(o);
 }
 
-/* Whether choices' text goes through tool-call parsers. */
-static int has_tools(const oai *o)
-{
-    return o->chat && o->tools.tools && o->tools.choice != EXSA_TOOL_CHOICE_NONE;
-}
-
-static json_t *tool_call_json(const exsa_tool_call *tc, int index, int with_index)
-{
-    json_t *fn = json_pack("{s:s, s:s}", "name", tc->name, "arguments", tc->arguments);
-    json_t *c = json_pack("{s:s, s:s, s:o}", "id", tc->id, "type", "function", "function", fn);
-    if (c && with_index)
-        json_object_set_new(c, "index", json_integer(index));
-    return c;
-}
-
-/* The finish reason of a choice: "tool_calls" when it ended with calls. */
-static const char *finish_of(const oai *o, int idx, int finish)
-{
-    if (has_tools(o) && o->tp[idx] && exsa_tool_parser_n_calls(o->tp[idx]) > 0 &&
-        finish == EXSA_FINISH_STOP)
-        return "tool_calls";
-    return exsa_gen_finish_name(finish);
-}
-
-/* Stream: a chunk for new content and one for each call completed since. */
-static void stream_tool_text(oai *o, int idx, int index, const char *text, size_t len,
-                             int finish, exsa_strbuf *out)
-{
-    exsa_strbuf content;
-    exsa_strbuf_init(&content);
-    exsa_tool_parser *tp = o->tp[idx];
-    if (len)
-        exsa_tool_parser_feed(tp, text, len, &content);
-    if (finish)
-        exsa_tool_parser_finish(tp, &content);
-    if (content.len) {
-        json_t *d = json_object();
-        json_object_set_new(d, "content", exsa_json_text(content.p, content.len));
-        sse(out, chunk(o, index, d, NULL, NULL));
-    }
-    exsa_strbuf_free(&content);
-    for (; o->calls_sent[idx] < exsa_tool_parser_n_calls(tp); o->calls_sent[idx]++) {
-        const int k = o->calls_sent[idx];
-        json_t *d = json_object();
-        json_t *arr = json_array();
-        json_array_append_new(arr, tool_call_json(exsa_tool_parser_call(tp, k), k, 1));
-        json_object_set_new(d, "tool_calls", arr);
-        sse(out, chunk(o, index, d, NULL, NULL));
-    }
-}
 
 static json_t *bytes_json(const char *s, size_t n)
 {
@@ -267,6 +217,57 @@ static json_t *chunk(const oai *o, int index, json_t *delta_or_text, json_t *log
     json_array_append_new(choices, c);
     json_object_set_new(j, "choices", choices);
     return j;
+}
+
+/* Whether choices' text goes through tool-call parsers. */
+static int has_tools(const oai *o)
+{
+    return o->chat && o->tools.tools && o->tools.choice != EXSA_TOOL_CHOICE_NONE;
+}
+
+static json_t *tool_call_json(const exsa_tool_call *tc, int index, int with_index)
+{
+    json_t *fn = json_pack("{s:s, s:s}", "name", tc->name, "arguments", tc->arguments);
+    json_t *c = json_pack("{s:s, s:s, s:o}", "id", tc->id, "type", "function", "function", fn);
+    if (c && with_index)
+        json_object_set_new(c, "index", json_integer(index));
+    return c;
+}
+
+/* The finish reason of a choice: "tool_calls" when it ended with calls. */
+static const char *finish_of(const oai *o, int idx, int finish)
+{
+    if (has_tools(o) && o->tp[idx] && exsa_tool_parser_n_calls(o->tp[idx]) > 0 &&
+        finish == EXSA_FINISH_STOP)
+        return "tool_calls";
+    return exsa_gen_finish_name(finish);
+}
+
+/* Stream: a chunk for new content and one for each call completed since. */
+static void stream_tool_text(oai *o, int idx, int index, const char *text, size_t len,
+                             int finish, exsa_strbuf *out)
+{
+    exsa_strbuf content;
+    exsa_strbuf_init(&content);
+    exsa_tool_parser *tp = o->tp[idx];
+    if (len)
+        exsa_tool_parser_feed(tp, text, len, &content);
+    if (finish)
+        exsa_tool_parser_finish(tp, &content);
+    if (content.len) {
+        json_t *d = json_object();
+        json_object_set_new(d, "content", exsa_json_text(content.p, content.len));
+        sse(out, chunk(o, index, d, NULL, NULL));
+    }
+    exsa_strbuf_free(&content);
+    for (; o->calls_sent[idx] < exsa_tool_parser_n_calls(tp); o->calls_sent[idx]++) {
+        const int k = o->calls_sent[idx];
+        json_t *d = json_object();
+        json_t *arr = json_array();
+        json_array_append_new(arr, tool_call_json(exsa_tool_parser_call(tp, k), k, 1));
+        json_object_set_new(d, "tool_calls", arr);
+        sse(out, chunk(o, index, d, NULL, NULL));
+    }
 }
 
 static void stream_error(exsa_strbuf *out, const char *type, const char *code, const char *msg)
@@ -605,8 +606,8 @@ static void oai_run(oai *o, exsa_http_req *rq, const char *prompt_field)
         o->tp = calloc((size_t)o->job->n_ch, sizeof *o->tp);
         o->calls_sent = calloc((size_t)o->job->n_ch, sizeof *o->calls_sent);
         for (int i = 0; o->tp && i < o->job->n_ch; i++) {
-            char pre[24];
-            snprintf(pre, sizeof pre, "%.12s_%d_", exsa_http_req_id(rq), i);
+            char pre[32];
+            snprintf(pre, sizeof pre, "%.12s_%d_", exsa_http_req_id(rq), i % 1000);
             if (!(o->tp[i] = exsa_tool_parser_create(o->tools.format, pre, NULL)))
                 break;
         }

@@ -393,7 +393,7 @@ enum { P_TEXT, P_CALL, P_JSON_HEAD, P_RESPONSE, P_REST };
 
 struct exsa_tool_parser {
     int format, mode;
-    char prefix[24];
+    char prefix[32];
     exsa_strbuf hold;  /* TEXT: a possible marker prefix; CALL: the call's text */
     int depth, in_str, esc; /* JSON scan (MISTRAL, LLAMA3) */
     int started;       /* LLAMA3 / GENERIC: the first non-space byte seen */
