@@ -1360,7 +1360,7 @@ static int32_t gv_find_text(const exsa_grammar_vocab *gv, const char *s, size_t 
 #define SOFT_NODES (1u << 19)      /* past these, caches are dropped between calls */
 #define SOFT_STATES 4096u
 #define SOFT_SETMEM (1u << 21)
-#define MAX_MASKS 64               /* cached masks */
+#define MASK_BUDGET (4u << 20)     /* bytes of cached masks per matcher */
 #define DEAD (-1)
 #define FAIL (-2)
 #define UNKNOWN (-3)
@@ -1410,7 +1410,7 @@ struct exsa_grammar_matcher {
     int32_t *T; /* T[state * 256 + byte]: successor, UNKNOWN until computed */
     uint32_t cap_T; /* states with room in T */
     htab sth;
-    uint32_t n_masks;
+    uint32_t n_masks, max_masks;
     /* closure scratch */
     uint64_t *work;
     uint32_t n_work, cap_work;
@@ -1750,10 +1750,57 @@ static int32_t initial_state(exsa_grammar_matcher *m)
 static const uint32_t utf8_min[5] = {0, 0, 0x80, 0x800, 0x10000};
 
 /* The state after byte b: an id, DEAD or FAIL. */
+/* A partial code point whose every completion is matched by the same
+ * stacks needs no bits: such states keep only those stacks (as their set)
+ * and this flag in pval, so that the many UTF-8 prefixes of a vocabulary
+ * (CJK, emoji) fall into a few states instead of one state each. */
+#define PV_CANON 0x80000000u
+
+static int cs_contains(const exsa_grammar *g, const gcset *c, uint32_t lo, uint32_t hi)
+{
+    const uint32_t *r = g->rng + c->off;
+    uint32_t a = 0, z = c->n;
+    while (a < z) {
+        uint32_t mid = (a + z) / 2;
+        if (r[2 * mid + 1] < lo)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    return a < c->n && r[2 * a] <= lo && hi <= r[2 * a + 1];
+}
+
+/* Advances the stacks whose top matched a code point: closure, new state. */
+static int32_t advance_out(exsa_grammar_matcher *m)
+{
+    if (closure_run(m))
+        return FAIL;
+    int32_t s = closure_set(m);
+    if (s < 0)
+        return s;
+    return state_intern(m, s, 0, 0, 0);
+}
+
+/* The state after byte b: an id, DEAD or FAIL. */
 static int32_t step(exsa_grammar_matcher *m, int32_t st, uint8_t b)
 {
     const exsa_grammar *g = m->g;
     gstate S = m->states[st];
+    const int32_t *set = m->setmem + m->sets[S.set].off;
+    uint32_t n = m->sets[S.set].n;
+    if (S.pval & PV_CANON) {
+        if ((b & 0xC0) != 0x80)
+            return DEAD;
+        if (S.prem > 1)
+            return state_intern(m, S.set, S.pval, (uint8_t)(S.prem - 1), S.plen);
+        closure_begin(m);
+        for (uint32_t i = 0; i < n; i++) {
+            gnode nd = m->nodes[set[i]];
+            if (work_push(m, nd.pos + 1, nd.parent))
+                return FAIL;
+        }
+        return advance_out(m);
+    }
     uint32_t val = 0, cp = 0;
     int rem = 0, len = S.plen, complete = 0;
     if (S.prem == 0) {
@@ -1780,24 +1827,45 @@ static int32_t step(exsa_grammar_matcher *m, int32_t st, uint8_t b)
             complete = 1;
         }
     }
-    const int32_t *set = m->setmem + m->sets[S.set].off;
-    uint32_t n = m->sets[S.set].n;
     if (!complete) {
         uint32_t lo = val << (6 * rem), hi = lo | ((1u << (6 * rem)) - 1);
+        /* Exact bounds (no overlong or out-of-range completion) allow the
+         * canonical form. */
+        int exact = lo >= utf8_min[len] && hi <= MAX_CP;
         if (lo < utf8_min[len])
             lo = utf8_min[len];
         if (hi > MAX_CP)
             hi = MAX_CP;
         if (lo > hi)
             return DEAD;
+        int any = 0, split = 0;
         for (uint32_t i = 0; i < n; i++) {
             if (set[i] == 0)
                 continue;
             const gelem *e = &g->el[m->nodes[set[i]].pos];
-            if (e->type == E_CHARS && cs_overlaps(g, &g->cs[e->a], lo, hi))
-                return state_intern(m, S.set, val, (uint8_t)rem, (uint8_t)len);
+            if (e->type != E_CHARS || !cs_overlaps(g, &g->cs[e->a], lo, hi))
+                continue;
+            any = 1;
+            if (!cs_contains(g, &g->cs[e->a], lo, hi))
+                split = 1;
         }
-        return DEAD;
+        if (!any)
+            return DEAD;
+        if (!exact || split)
+            return state_intern(m, S.set, val, (uint8_t)rem, (uint8_t)len);
+        m->n_out = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (set[i] == 0)
+                continue;
+            const gelem *e = &g->el[m->nodes[set[i]].pos];
+            if (e->type == E_CHARS && cs_overlaps(g, &g->cs[e->a], lo, hi) &&
+                out_push(m, set[i]))
+                return FAIL;
+        }
+        int32_t cs = closure_set(m);
+        if (cs < 0)
+            return cs;
+        return state_intern(m, cs, PV_CANON, (uint8_t)rem, (uint8_t)len);
     }
     if (cp < utf8_min[len] || cp > MAX_CP)
         return DEAD;
@@ -1811,12 +1879,7 @@ static int32_t step(exsa_grammar_matcher *m, int32_t st, uint8_t b)
             work_push(m, nd.pos + 1, nd.parent))
             return FAIL;
     }
-    if (closure_run(m))
-        return FAIL;
-    int32_t s = closure_set(m);
-    if (s < 0)
-        return s;
-    return state_intern(m, s, 0, 0, 0);
+    return advance_out(m);
 }
 
 /* Memoized step: one load from the dense table in the common case. */
@@ -1941,6 +2004,9 @@ exsa_grammar_matcher *exsa_grammar_matcher_create(const exsa_grammar *g,
     m->g = g;
     m->gv = gv;
     m->n_words = ((uint32_t)gv->n + 31) / 32;
+    m->max_masks = MASK_BUDGET / (m->n_words * 4);
+    if (m->max_masks < 16)
+        m->max_masks = 16;
     m->tok_res = malloc((g->n_tok_text + 1) * sizeof(int32_t));
     m->walk = malloc(((size_t)gv->max_depth + 1) * sizeof(int32_t));
     if (!m->tok_res || !m->walk || ht_init(&m->nh, 1024) || ht_init(&m->sh, 256) ||
@@ -2104,7 +2170,7 @@ int exsa_grammar_matcher_mask(exsa_grammar_matcher *m, uint32_t *allowed)
     int count = compute_mask(m, st, allowed);
     if (count < 0)
         return count;
-    if (m->n_masks >= MAX_MASKS) {
+    if (m->n_masks >= m->max_masks) {
         for (uint32_t i = 0; i < m->n_states; i++) {
             free(m->states[i].mask);
             m->states[i].mask = NULL;
