@@ -831,6 +831,39 @@ static void test_deep_input(void **state)
     exsa_grammar_free(g);
 }
 
+/* A grammar whose stacks double with every byte must fail with an error,
+ * not hang or eat memory: 2^k distinct stacks after k 'a's. */
+static void test_explosion_bounded(void **state)
+{
+    (void)state;
+    const char *src = "root ::= \"a\" root \"b\" | \"a\" root \"c\" | \"\"";
+    exsa_err err = {0};
+    exsa_grammar *g = exsa_grammar_parse(src, strlen(src), NULL, &err);
+    assert_non_null(g);
+    const char *toks[] = {"a", "b", "c"};
+    size_t lens[] = {1, 1, 1};
+    exsa_grammar_vocab *gv = exsa_grammar_vocab_from_strings(toks, lens, 3, NULL, 0, &err);
+    assert_non_null(gv);
+    exsa_grammar_matcher *m = exsa_grammar_matcher_create(g, gv, &err);
+    assert_non_null(m);
+    int rc = 0, k = 0;
+    for (; k < 40 && rc == 0; k++)
+        rc = exsa_grammar_matcher_accept_bytes(m, "a", 1);
+    assert_int_equal(rc, EXSA_EFULL);
+    assert_true(k >= 10 && k <= 16);
+    assert_non_null(strstr(exsa_grammar_matcher_error(m), "ambiguous"));
+    /* The state before the failing byte is kept and still usable. */
+    uint32_t mask[1];
+    assert_true(exsa_grammar_matcher_mask(m, mask) < 0 || mask[0] != 0);
+    exsa_grammar_matcher_reset(m);
+    assert_int_equal(exsa_grammar_matcher_accept_bytes(m, "aab", 3), 0);
+    assert_int_equal(exsa_grammar_matcher_accept_bytes(m, "c", 1), 0);
+    assert_true(exsa_grammar_matcher_done(m));
+    exsa_grammar_matcher_free(m);
+    exsa_grammar_vocab_free(gv);
+    exsa_grammar_free(g);
+}
+
 /* Random and mutated grammars must parse or fail cleanly; when they parse,
  * a random walk of allowed tokens must be accepted. */
 static void test_fuzz(void **state)
@@ -921,6 +954,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_syntax_variants),
         cmocka_unit_test(test_deep_input),
+        cmocka_unit_test(test_explosion_bounded),
         cmocka_unit_test(test_fuzz),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

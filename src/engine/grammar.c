@@ -1048,6 +1048,13 @@ struct exsa_grammar_vocab {
     uint32_t *ntok;
     int32_t *tok;
     int max_depth;
+    /* The same nodes packed for the mask walk: one 8-byte load per node. */
+    struct tnode {
+        uint8_t b;
+        uint8_t multi; /* more than one token ends here: see ntok */
+        uint16_t dep;
+        int32_t tok;   /* the token ending here, or -1 */
+    } *node;
 };
 
 void exsa_grammar_vocab_free(exsa_grammar_vocab *gv)
@@ -1066,6 +1073,7 @@ void exsa_grammar_vocab_free(exsa_grammar_vocab *gv)
     free(gv->ndep);
     free(gv->ntok);
     free(gv->tok);
+    free(gv->node);
     free(gv);
 }
 
@@ -1166,6 +1174,18 @@ static int gv_index(exsa_grammar_vocab *gv, exsa_err *err)
     for (uint32_t i = 0; i < nn; i++)
         gv->ntok[i + 1] += gv->ntok[i];
     free(tnode);
+    gv->node = malloc((size_t)(nn ? nn : 1) * sizeof(struct tnode));
+    if (!gv->node) {
+        free(k);
+        return exsa_err_set(err, EXSA_ENOMEM, "grammar vocab: out of memory");
+    }
+    for (uint32_t i = 0; i < nn; i++) {
+        uint32_t c = gv->ntok[i + 1] - gv->ntok[i];
+        gv->node[i].b = gv->nb[i];
+        gv->node[i].dep = gv->ndep[i];
+        gv->node[i].multi = c > 1;
+        gv->node[i].tok = c ? gv->tok[gv->ntok[i]] : -1;
+    }
     free(k);
     return 0;
 nomem:
@@ -1336,11 +1356,11 @@ static int32_t gv_find_text(const exsa_grammar_vocab *gv, const char *s, size_t 
 
 #define MAX_STACKS 16384           /* stacks in one state */
 #define HARD_NODES (1u << 22)      /* stack nodes in one matcher */
-#define HARD_STATES (1u << 16)
+#define HARD_STATES (1u << 15)  /* 32 MiB of transitions at most */
 #define SOFT_NODES (1u << 19)      /* past these, caches are dropped between calls */
 #define SOFT_STATES 4096u
 #define SOFT_SETMEM (1u << 21)
-#define MAX_MASKS 64               /* cached masks */
+#define MASK_BUDGET (4u << 20)     /* bytes of cached masks per matcher */
 #define DEAD (-1)
 #define FAIL (-2)
 #define UNKNOWN (-3)
@@ -1363,7 +1383,6 @@ typedef struct {
     uint32_t pval;    /* bits of a partial UTF-8 code point */
     uint8_t prem;     /* continuation bytes still to come (0: none) */
     uint8_t plen;     /* length of that sequence */
-    int32_t *trans;   /* 256 successors, UNKNOWN until computed */
     uint32_t *mask;   /* cached mask or NULL */
     int32_t mask_count;
 } gstate;
@@ -1388,8 +1407,10 @@ struct exsa_grammar_matcher {
     htab sh;
     gstate *states;
     uint32_t n_states, cap_states;
+    int32_t *T; /* T[state * 256 + byte]: successor, UNKNOWN until computed */
+    uint32_t cap_T; /* states with room in T */
     htab sth;
-    uint32_t n_masks;
+    uint32_t n_masks, max_masks;
     /* closure scratch */
     uint64_t *work;
     uint32_t n_work, cap_work;
@@ -1525,8 +1546,11 @@ static int32_t state_intern(exsa_grammar_matcher *m, int32_t set, uint32_t pval,
     }
     if (m->n_states >= HARD_STATES)
         return mfail(m, FAIL, "too many matcher states (grammar too large for one mask)");
-    if (grow((void **)&m->states, &m->cap_states, m->n_states + 1, sizeof(gstate)))
+    if (grow((void **)&m->states, &m->cap_states, m->n_states + 1, sizeof(gstate)) ||
+        grow((void **)&m->T, &m->cap_T, m->n_states + 1, 256 * sizeof(int32_t)))
         return mfail(m, FAIL, "out of memory");
+    for (int b = 0; b < 256; b++)
+        m->T[(size_t)m->n_states * 256 + (size_t)b] = UNKNOWN;
     int32_t id = (int32_t)m->n_states++;
     gstate *s = &m->states[id];
     memset(s, 0, sizeof *s);
@@ -1726,10 +1750,57 @@ static int32_t initial_state(exsa_grammar_matcher *m)
 static const uint32_t utf8_min[5] = {0, 0, 0x80, 0x800, 0x10000};
 
 /* The state after byte b: an id, DEAD or FAIL. */
+/* A partial code point whose every completion is matched by the same
+ * stacks needs no bits: such states keep only those stacks (as their set)
+ * and this flag in pval, so that the many UTF-8 prefixes of a vocabulary
+ * (CJK, emoji) fall into a few states instead of one state each. */
+#define PV_CANON 0x80000000u
+
+static int cs_contains(const exsa_grammar *g, const gcset *c, uint32_t lo, uint32_t hi)
+{
+    const uint32_t *r = g->rng + c->off;
+    uint32_t a = 0, z = c->n;
+    while (a < z) {
+        uint32_t mid = (a + z) / 2;
+        if (r[2 * mid + 1] < lo)
+            a = mid + 1;
+        else
+            z = mid;
+    }
+    return a < c->n && r[2 * a] <= lo && hi <= r[2 * a + 1];
+}
+
+/* Advances the stacks whose top matched a code point: closure, new state. */
+static int32_t advance_out(exsa_grammar_matcher *m)
+{
+    if (closure_run(m))
+        return FAIL;
+    int32_t s = closure_set(m);
+    if (s < 0)
+        return s;
+    return state_intern(m, s, 0, 0, 0);
+}
+
+/* The state after byte b: an id, DEAD or FAIL. */
 static int32_t step(exsa_grammar_matcher *m, int32_t st, uint8_t b)
 {
     const exsa_grammar *g = m->g;
     gstate S = m->states[st];
+    const int32_t *set = m->setmem + m->sets[S.set].off;
+    uint32_t n = m->sets[S.set].n;
+    if (S.pval & PV_CANON) {
+        if ((b & 0xC0) != 0x80)
+            return DEAD;
+        if (S.prem > 1)
+            return state_intern(m, S.set, S.pval, (uint8_t)(S.prem - 1), S.plen);
+        closure_begin(m);
+        for (uint32_t i = 0; i < n; i++) {
+            gnode nd = m->nodes[set[i]];
+            if (work_push(m, nd.pos + 1, nd.parent))
+                return FAIL;
+        }
+        return advance_out(m);
+    }
     uint32_t val = 0, cp = 0;
     int rem = 0, len = S.plen, complete = 0;
     if (S.prem == 0) {
@@ -1756,24 +1827,45 @@ static int32_t step(exsa_grammar_matcher *m, int32_t st, uint8_t b)
             complete = 1;
         }
     }
-    const int32_t *set = m->setmem + m->sets[S.set].off;
-    uint32_t n = m->sets[S.set].n;
     if (!complete) {
         uint32_t lo = val << (6 * rem), hi = lo | ((1u << (6 * rem)) - 1);
+        /* Exact bounds (no overlong or out-of-range completion) allow the
+         * canonical form. */
+        int exact = lo >= utf8_min[len] && hi <= MAX_CP;
         if (lo < utf8_min[len])
             lo = utf8_min[len];
         if (hi > MAX_CP)
             hi = MAX_CP;
         if (lo > hi)
             return DEAD;
+        int any = 0, split = 0;
         for (uint32_t i = 0; i < n; i++) {
             if (set[i] == 0)
                 continue;
             const gelem *e = &g->el[m->nodes[set[i]].pos];
-            if (e->type == E_CHARS && cs_overlaps(g, &g->cs[e->a], lo, hi))
-                return state_intern(m, S.set, val, (uint8_t)rem, (uint8_t)len);
+            if (e->type != E_CHARS || !cs_overlaps(g, &g->cs[e->a], lo, hi))
+                continue;
+            any = 1;
+            if (!cs_contains(g, &g->cs[e->a], lo, hi))
+                split = 1;
         }
-        return DEAD;
+        if (!any)
+            return DEAD;
+        if (!exact || split)
+            return state_intern(m, S.set, val, (uint8_t)rem, (uint8_t)len);
+        m->n_out = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (set[i] == 0)
+                continue;
+            const gelem *e = &g->el[m->nodes[set[i]].pos];
+            if (e->type == E_CHARS && cs_overlaps(g, &g->cs[e->a], lo, hi) &&
+                out_push(m, set[i]))
+                return FAIL;
+        }
+        int32_t cs = closure_set(m);
+        if (cs < 0)
+            return cs;
+        return state_intern(m, cs, PV_CANON, (uint8_t)rem, (uint8_t)len);
     }
     if (cp < utf8_min[len] || cp > MAX_CP)
         return DEAD;
@@ -1787,39 +1879,25 @@ static int32_t step(exsa_grammar_matcher *m, int32_t st, uint8_t b)
             work_push(m, nd.pos + 1, nd.parent))
             return FAIL;
     }
-    if (closure_run(m))
-        return FAIL;
-    int32_t s = closure_set(m);
-    if (s < 0)
-        return s;
-    return state_intern(m, s, 0, 0, 0);
+    return advance_out(m);
 }
 
-/* Memoized step. */
+/* Memoized step: one load from the dense table in the common case. */
 static inline int32_t trans(exsa_grammar_matcher *m, int32_t st, uint8_t b)
 {
-    int32_t *row = m->states[st].trans;
-    if (row && row[b] != UNKNOWN)
-        return row[b];
-    if (!row) {
-        row = malloc(256 * sizeof(int32_t));
-        if (!row)
-            return mfail(m, FAIL, "out of memory");
-        for (int i = 0; i < 256; i++)
-            row[i] = UNKNOWN;
-        m->states[st].trans = row;
-    }
-    int32_t ns = step(m, st, b);
+    int32_t ns = m->T[(size_t)st * 256 + b];
+    if (ns != UNKNOWN)
+        return ns;
+    ns = step(m, st, b);
     if (ns == FAIL)
         return FAIL;
-    m->states[st].trans[b] = ns; /* states may have moved */
+    m->T[(size_t)st * 256 + b] = ns; /* T may have moved */
     return ns;
 }
 
 static void drop_tables(exsa_grammar_matcher *m)
 {
     for (uint32_t i = 0; i < m->n_states; i++) {
-        free(m->states[i].trans);
         free(m->states[i].mask);
     }
     m->n_states = 0;
@@ -1894,10 +1972,10 @@ void exsa_grammar_matcher_free(exsa_grammar_matcher *m)
     if (!m)
         return;
     for (uint32_t i = 0; i < m->n_states; i++) {
-        free(m->states[i].trans);
         free(m->states[i].mask);
     }
     free(m->states);
+    free(m->T);
     free(m->tok_res);
     free(m->nodes);
     free(m->nh.slot);
@@ -1926,6 +2004,9 @@ exsa_grammar_matcher *exsa_grammar_matcher_create(const exsa_grammar *g,
     m->g = g;
     m->gv = gv;
     m->n_words = ((uint32_t)gv->n + 31) / 32;
+    m->max_masks = MASK_BUDGET / (m->n_words * 4);
+    if (m->max_masks < 16)
+        m->max_masks = 16;
     m->tok_res = malloc((g->n_tok_text + 1) * sizeof(int32_t));
     m->walk = malloc(((size_t)gv->max_depth + 1) * sizeof(int32_t));
     if (!m->tok_res || !m->walk || ht_init(&m->nh, 1024) || ht_init(&m->sh, 256) ||
@@ -2012,22 +2093,24 @@ static int compute_mask(exsa_grammar_matcher *m, int32_t st, uint32_t *out)
     int32_t *walk = m->walk;
     walk[0] = st;
     uint32_t i = 0, nn = gv->n_nodes;
+    const struct tnode *node = gv->node;
     while (i < nn) {
-        int32_t ps = walk[gv->ndep[i] - 1];
-        const int32_t *row = m->states[ps].trans;
-        int32_t ns = row ? row[gv->nb[i]] : UNKNOWN;
+        const struct tnode nd = node[i];
+        int32_t ps = walk[nd.dep - 1];
+        int32_t ns = m->T[(size_t)ps * 256 + nd.b];
         if (ns == UNKNOWN)
-            ns = trans(m, ps, gv->nb[i]);
+            ns = trans(m, ps, nd.b);
         if (ns < 0) {
             if (ns == FAIL)
                 return EXSA_EFULL;
             i = gv->nend[i];
             continue;
         }
-        walk[gv->ndep[i]] = ns;
-        for (uint32_t t = gv->ntok[i]; t < gv->ntok[i + 1]; t++) {
-            int32_t id = gv->tok[t];
-            out[id >> 5] |= 1u << (id & 31);
+        walk[nd.dep] = ns;
+        if (nd.tok >= 0) {
+            out[nd.tok >> 5] |= 1u << (nd.tok & 31);
+            for (uint32_t t = gv->ntok[i] + 1; nd.multi && t < gv->ntok[i + 1]; t++)
+                out[gv->tok[t] >> 5] |= 1u << (gv->tok[t] & 31);
         }
         i++;
     }
@@ -2087,7 +2170,7 @@ int exsa_grammar_matcher_mask(exsa_grammar_matcher *m, uint32_t *allowed)
     int count = compute_mask(m, st, allowed);
     if (count < 0)
         return count;
-    if (m->n_masks >= MAX_MASKS) {
+    if (m->n_masks >= m->max_masks) {
         for (uint32_t i = 0; i < m->n_states; i++) {
             free(m->states[i].mask);
             m->states[i].mask = NULL;
