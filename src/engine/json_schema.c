@@ -161,6 +161,9 @@ static void put_lit(sb *b, const char *s, size_t n)
         if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
             char ch = (char)c;
             sb_putn(b, &ch, 1);
+        } else if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            sb_putn(b, esc, 2);
         } else {
             put_cp(b, c);
         }
@@ -207,7 +210,7 @@ static const struct {
     [P_WS] = {"ws", "( \" \" | \"\\n\" [ \\t]{0,20} )?", 0},
     [P_CHAR] = {"char", "[^\\x22\\x5C\\x00-\\x1F] | \"\\\\\" ( [\\x22\\x5C/bfnrt] | \"u\" [0-9a-fA-F]{4} )", 0},
     [P_STRING] = {"string", "\"\\\"\" char* \"\\\"\"", 1u << P_CHAR},
-    [P_INTEGER] = {"integer", "\"-\"? ( \"0\" | [1-9] [0-9]{0,15} )", 0},
+    [P_INTEGER] = {"integer", "\"0\" | \"-\"? [1-9] [0-9]{0,18}", 0},
     [P_NUMBER] = {"number",
                   "\"-\"? ( \"0\" | [1-9] [0-9]{0,15} ) ( \".\" [0-9]{1,16} )? "
                   "( [eE] ( \"+\" | \"-\" )? [0-9]{1,3} )?",
@@ -1268,26 +1271,64 @@ static void uint_range(sb *b, long long a, long long hi)
         }
         if (nalt++)
             sb_puts(b, " | ");
+        /* a run of whole lengths (10..99, 100..999, ...): one alternative */
+        int full = lo_s[0] == '1';
+        for (int k = 1; k < len; k++)
+            full &= lo_s[k] == '0';
+        for (int k = 0; k < len; k++)
+            full &= hi_s[k] == '9';
+        if (full) {
+            int last = len, top_full = hi >= 0;
+            for (int k = 0; hi >= 0 && k < lb; k++)
+                top_full &= bs[k] == '9';
+            while (hi >= 0 && (last + 1 < lb || (last + 1 == lb && top_full)))
+                last++;
+            if (last == len)
+                sb_printf(b, "[1-9] [0-9]{%d}", len - 1);
+            else
+                sb_printf(b, "[1-9] [0-9]{%d,%d}", len - 1, last - 1);
+            len = last;
+            continue;
+        }
         digits_range(b, lo_s, hi_s, (size_t)len);
     }
     sb_puts(b, " )");
 }
 
-static int bound_of(ctx *c, const json_t *s, const char *kw, double *v)
+/* A bound as the least (up = 1) or greatest (up = 0) integer on its side:
+ * integers exactly (doubles lose digits past 2^53), reals rounded. Sets
+ * *exact when the bound itself is an integer. Returns 1, 0 when absent, -1
+ * on error. */
+static int bound_of(ctx *c, const json_t *s, const char *kw, int up, long long *out, int *exact)
 {
     json_t *x = json_object_get(s, kw);
     if (!x)
         return 0;
-    if (!json_is_number(x)) {
-        size_t o = path_push(c, kw);
-        fail(c, EXSA_EINVAL, "'%s' must be a number", kw);
-        path_pop(c, o);
-        return -1;
+    const char *why = NULL;
+    int code = EXSA_EINVAL;
+    if (json_is_integer(x)) {
+        long long v = json_integer_value(x);
+        if (v > MAX_BOUND || v < -MAX_BOUND)
+            why = "beyond +-10^18 is not supported";
+        *out = v;
+        *exact = 1;
+    } else if (json_is_real(x)) {
+        double v = json_real_value(x);
+        if (!(fabs(v) <= (double)MAX_BOUND))
+            why = "beyond +-10^18 is not supported";
+        else {
+            double r = up ? ceil(v) : floor(v);
+            *out = (long long)r;
+            *exact = r == v;
+        }
+    } else {
+        why = "must be a number";
     }
-    *v = json_number_value(x);
-    if (!(fabs(*v) <= (double)MAX_BOUND)) {
+    if (why) {
+        if (strstr(why, "10^18"))
+            code = EXSA_EUNSUPPORTED;
         size_t o = path_push(c, kw);
-        fail(c, EXSA_EUNSUPPORTED, "'%s' beyond +-10^18 is not supported", kw);
+        fail(c, code, "'%s' %s", kw, why);
         path_pop(c, o);
         return -1;
     }
@@ -1296,47 +1337,36 @@ static int bound_of(ctx *c, const json_t *s, const char *kw, double *v)
 
 static char *gen_integer(ctx *c, const json_t *s)
 {
-    int has_lo = 0, has_hi = 0;
-    long long lo = 0, hi = 0;
-    double v;
+    int has_lo = 0, has_hi = 0, exact, r;
+    long long lo = 0, hi = 0, v;
     int ex_min_bool = json_is_true(json_object_get(s, "exclusiveMinimum"));
     int ex_max_bool = json_is_true(json_object_get(s, "exclusiveMaximum"));
-    int r;
-    if ((r = bound_of(c, s, "minimum", &v)) < 0)
+    if ((r = bound_of(c, s, "minimum", 1, &v, &exact)) < 0)
         return NULL;
     if (r) {
         has_lo = 1;
-        lo = (long long)ceil(v);
-        if (ex_min_bool && (double)lo == v)
-            lo++;
+        lo = v + (ex_min_bool && exact);
     }
     if (!json_is_boolean(json_object_get(s, "exclusiveMinimum"))) {
-        if ((r = bound_of(c, s, "exclusiveMinimum", &v)) < 0)
+        /* the least integer above x: floor(x) + 1 */
+        if ((r = bound_of(c, s, "exclusiveMinimum", 0, &v, &exact)) < 0)
             return NULL;
-        if (r) {
-            long long l2 = (long long)floor(v) + 1;
-            if (!has_lo || l2 > lo)
-                lo = l2;
-            has_lo = 1;
-        }
+        if (r && (!has_lo || v + 1 > lo))
+            lo = v + 1;
+        has_lo |= r;
     }
-    if ((r = bound_of(c, s, "maximum", &v)) < 0)
+    if ((r = bound_of(c, s, "maximum", 0, &v, &exact)) < 0)
         return NULL;
     if (r) {
         has_hi = 1;
-        hi = (long long)floor(v);
-        if (ex_max_bool && (double)hi == v)
-            hi--;
+        hi = v - (ex_max_bool && exact);
     }
     if (!json_is_boolean(json_object_get(s, "exclusiveMaximum"))) {
-        if ((r = bound_of(c, s, "exclusiveMaximum", &v)) < 0)
+        if ((r = bound_of(c, s, "exclusiveMaximum", 1, &v, &exact)) < 0)
             return NULL;
-        if (r) {
-            long long h2 = (long long)ceil(v) - 1;
-            if (!has_hi || h2 < hi)
-                hi = h2;
-            has_hi = 1;
-        }
+        if (r && (!has_hi || v - 1 < hi))
+            hi = v - 1;
+        has_hi |= r;
     }
     if (!has_lo && !has_hi)
         return dupname(c, prim(c, P_INTEGER));
@@ -2416,10 +2446,10 @@ static char *gen(ctx *c, const json_t *s, const char *hint)
                     path_pop(c, o);
                     break;
                 }
+                int dup = 0;
                 for (size_t j = 0; j < nt; j++)
-                    if (!strcmp(types[j], tn))
-                        nt = 99;
-                if (nt == 99) {
+                    dup |= !strcmp(types[j], tn);
+                if (dup) {
                     size_t o = path_push_idx(c, "type", i);
                     fail(c, EXSA_EINVAL, "'type' entries must be distinct JSON type names");
                     path_pop(c, o);
