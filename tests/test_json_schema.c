@@ -669,6 +669,33 @@ static const schema_case cases[] = {
      "\"required\":[\"v\"]}",
      {"{\"v\":1}", "{\"v\":1,\"next\":{\"v\":2,\"next\":{\"v\":3}}}"},
      {"{\"v\":1,\"next\":{}}", "{\"v\":1,\"next\":null}"}},
+    {"allOf with $ref",
+     "{\"$defs\":{\"base\":{\"type\":\"object\",\"properties\":{\"id\":{\"type\":\"integer\","
+     "\"minimum\":1}},\"required\":[\"id\"]},\"color\":{\"enum\":[\"red\",\"green\"]}},"
+     "\"allOf\":[{\"$ref\":\"#/$defs/base\"},{\"properties\":{\"c\":{\"allOf\":[{\"$ref\":"
+     "\"#/$defs/color\"}],\"description\":\"pydantic v1 style\"}},\"required\":[\"c\"]}]}",
+     {"{\"id\":1,\"c\":\"red\"}", "{\"id\":99,\"c\":\"green\"}"},
+     {"{\"id\":0,\"c\":\"red\"}", "{\"id\":1,\"c\":\"blue\"}", "{\"c\":\"red\"}"}},
+    {"strict nullable (OpenAI style)",
+     "{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"string\"},\"limit\":{\"anyOf\":"
+     "[{\"type\":\"integer\",\"minimum\":1,\"maximum\":50},{\"type\":\"null\"}]},\"items\":{"
+     "\"type\":\"array\",\"items\":{\"type\":\"object\",\"properties\":{\"k\":{\"type\":"
+     "\"string\"}},\"required\":[\"k\"],\"additionalProperties\":false}}},\"required\":[\"q\","
+     "\"limit\",\"items\"],\"additionalProperties\":false}",
+     {"{\"q\":\"x\",\"limit\":null,\"items\":[]}",
+      "{\"q\":\"x\",\"limit\":50,\"items\":[{\"k\":\"a\"},{\"k\":\"b\"}]}"},
+     {"{\"q\":\"x\",\"limit\":51,\"items\":[]}", "{\"q\":\"x\",\"items\":[]}",
+      "{\"q\":\"x\",\"limit\":1,\"items\":[{\"k\":\"a\",\"z\":1}]}"}},
+    {"odd keys, extras allowed",
+     "{\"type\":\"object\",\"properties\":{\"a b\":{\"type\":\"integer\"},\"q\\\"t\":{"
+     "\"type\":\"boolean\"},\"\u00e9t\u00e9\":{\"type\":\"null\"}},\"required\":[\"a b\"],"
+     "\"additionalProperties\":true}",
+     {"{\"a b\":1}", "{\"a b\":1,\"q\\\"t\":true}", "{\"a b\":1,\"\u00e9t\u00e9\":null}",
+      "{\"a b\":1,\"x\":[1,2]}"},
+     {"{\"a b\":\"1\"}", "{\"a b\":1,\"q\\\"t\":5}", "{\"ab\":1}",
+      /* escaped spellings of listed keys, and escapes in extra keys at all */
+      "{\"a b\":1,\"\\u0061 b\":2}", "{\"a b\":1,\"\u00e9t\\u00e9\":1}",
+      "{\"a b\":1,\"x\\ny\":1}"}},
 };
 
 /* ---- tests ---- */

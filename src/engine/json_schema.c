@@ -1680,6 +1680,10 @@ static void trie_free(tnode *t)
     }
 }
 
+/* Raw string characters: extra keys are written without escapes, so that
+ * no escaped spelling of a listed key ("\u0061" for "a") can slip through. */
+#define RAW_CHAR "[^\\x22\\x5C\\x00-\\x1F]"
+
 /* Expression for the rest of a key after the prefix this node stands for,
  * closing quote included. */
 static void trie_expr(ctx *c, sb *b, const tnode *t)
@@ -1702,22 +1706,16 @@ static void trie_expr(ctx *c, sb *b, const tnode *t)
             return;
         }
     set_invert(&other);
-    if (other.n) {
-        char *oe = set_expr(c, &other);
-        if (oe) {
-            if (nalt++)
-                sb_puts(b, " | ");
-            sb_puts(b, oe);
-            sb_printf(b, " %s* \"\\\"\"", prim(c, P_CHAR));
-            free(oe);
-        }
+    char *oe = set_expr(c, &other); /* a plain class: the specials are excluded */
+    if (oe) {
+        if (nalt++)
+            sb_puts(b, " | ");
+        sb_printf(b, "%s " RAW_CHAR "* \"\\\"\"", oe);
+        free(oe);
     }
-    if (nalt++)
-        sb_puts(b, " | ");
-    sb_puts(b, "\"\\\\\" ( [\\x22\\x5C/bfnrt] | \"u\" [0-9a-fA-F]{4} ) ");
-    sb_printf(b, "%s* \"\\\"\"", prim(c, P_CHAR));
     for (const tnode *k = t->kid; k; k = k->next) {
-        sb_puts(b, " | ");
+        if (nalt++)
+            sb_puts(b, " | ");
         sb_putn(b, "\"", 1);
         put_cp(b, k->cp);
         sb_putn(b, "\" ", 2);
@@ -1726,28 +1724,31 @@ static void trie_expr(ctx *c, sb *b, const tnode *t)
     sb_puts(b, " )");
 }
 
-/* A JSON string other than the given keys. Keys with characters that need
- * escapes, or very long ones, make the exclusion inexact: then any string. */
+/* A JSON string, written without escapes, that is none of the given keys.
+ * Keys that need escapes cannot be spelt so and need no exclusion. */
 static char *key_excluding(ctx *c, const char *const *keys, size_t nkeys, const char *hint)
 {
-    if (!nkeys)
-        return dupname(c, prim(c, P_STRING));
     tnode root = {0};
-    int ok = 1;
-    for (size_t i = 0; i < nkeys && ok; i++) {
+    for (size_t i = 0; i < nkeys; i++) {
         const char *k = keys[i];
         size_t n = strlen(k), pos = 0;
-        if (n > 128) {
-            ok = 0;
-            break;
-        }
         tnode *cur = &root;
+        int skip = 0;
+        for (const char *q = k; *q; q++)
+            skip |= (unsigned char)*q < 0x20 || *q == '"' || *q == '\\';
+        if (skip)
+            continue;
+        if (n > 128) {
+            trie_free(root.kid);
+            return fail(c, EXSA_EUNSUPPORTED, "property name longer than 128 bytes beside "
+                        "additionalProperties");
+        }
         while (pos < n) {
             uint32_t cp;
             int l = utf8_dec(k + pos, n - pos, &cp);
-            if (!l || cp < 0x20 || cp == '"' || cp == '\\') {
-                ok = 0;
-                break;
+            if (!l) {
+                trie_free(root.kid);
+                return fail(c, EXSA_EINVAL, "property name is not valid UTF-8");
             }
             pos += (size_t)l;
             tnode *kid = cur->kid;
@@ -1765,12 +1766,7 @@ static char *key_excluding(ctx *c, const char *const *keys, size_t nkeys, const 
             }
             cur = kid;
         }
-        if (ok)
-            cur->terminal = 1;
-    }
-    if (!ok) {
-        trie_free(root.kid);
-        return dupname(c, prim(c, P_STRING));
+        cur->terminal = 1;
     }
     sb b = {0};
     sb_puts(&b, "\"\\\"\" ");
@@ -1783,7 +1779,7 @@ static char *key_excluding(ctx *c, const char *const *keys, size_t nkeys, const 
     char *e = sb_take(&b);
     if (!e)
         return oom(c);
-    char *h = join_hint(hint, "other-key");
+    char *h = join_hint(hint, "key");
     if (!h) {
         free(e);
         return oom(c);
@@ -2429,8 +2425,16 @@ static char *gen(ctx *c, const json_t *s, const char *hint)
         res = gen_anyof(c, s, "anyOf", hint);
     } else if (json_object_get(s, "oneOf")) {
         res = gen_anyof(c, s, "oneOf", hint);
-    } else if (json_object_get(s, "allOf")) {
-        res = gen_allof(c, s, hint);
+    } else if ((v = json_object_get(s, "allOf"))) {
+        /* one member and nothing beside it: just that schema (pydantic v1
+         * wraps every described $ref so) */
+        if (json_is_array(v) && json_array_size(v) == 1 && !other_constraint(s, "allOf")) {
+            size_t o = path_push(c, "allOf");
+            res = gen_sub(c, json_array_get(v, 0), "0", NULL, hint);
+            path_pop(c, o);
+        } else {
+            res = gen_allof(c, s, hint);
+        }
     } else {
         json_t *t = json_object_get(s, "type");
         const char *types[8];

@@ -26,8 +26,11 @@
  *    additional properties. additionalProperties absent on an object with
  *    properties or required means NO extra keys (the grammar is stricter
  *    than the schema, as llama.cpp's converter is); true or a schema allows
- *    extra keys whose names differ from the listed ones. An object schema
- *    with neither properties nor required accepts any object.
+ *    extra keys whose names differ from the listed ones. Extra keys are
+ *    written without escape sequences, so that no escaped spelling of a
+ *    listed name ("\u0061" for "a") can repeat it. An object schema with
+ *    neither properties, required nor additionalProperties accepts any
+ *    object.
  *  - items, prefixItems (draft-4 array form of items too), minItems,
  *    maxItems. All prefixItems are emitted; further items follow only when
  *    items is a schema (absent or false: none).
