@@ -24,6 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
 #include "engine/json_schema.h"
 #include "test_util.h"
 
@@ -1133,13 +1136,151 @@ static void test_fuzz(void **state)
     assert_true(refused > 100);
 }
 
+/* ---- patterns against PCRE2 ----
+ * Random patterns in the supported subset are converted, and random strings
+ * are judged both by the grammar (on their JSON encoding) and by PCRE2 (an
+ * independent regex engine; search semantics, '$' only at the very end, as
+ * in ECMA-262). The alphabet keeps to characters on which PCRE and ECMA
+ * agree ('.' never meets \r or U+2028). */
+
+static const char alpha[] = {'a', 'b', '1', '-', '"', '\\', '\n', ' '};
+
+static void rand_atom(uint64_t *rs, char *o, size_t *n, int depth)
+{
+    switch (exsa_test_rand_u64(rs) % (depth > 2 ? 6 : 7)) {
+    case 0: case 1: { /* literal, escaped when special */
+        char ch = alpha[exsa_test_rand_u64(rs) % sizeof alpha];
+        if (ch == '\\') {
+            o[(*n)++] = '\\';
+            o[(*n)++] = '\\';
+        } else if (ch == '\n') {
+            o[(*n)++] = '\\';
+            o[(*n)++] = 'n';
+        } else if (ch == '-' && exsa_test_rand_u64(rs) % 2) {
+            o[(*n)++] = '\\';
+            o[(*n)++] = '-';
+        } else {
+            o[(*n)++] = ch;
+        }
+        break;
+    }
+    case 2: {
+        static const char *const cls[] = {"[ab]", "[^a]", "[a-b1]", "[^\\\\\"]", "[\\d-]",
+                                          "[^\\s]", "[\\n\"]"};
+        const char *c = cls[exsa_test_rand_u64(rs) % (sizeof cls / sizeof *cls)];
+        memcpy(o + *n, c, strlen(c));
+        *n += strlen(c);
+        break;
+    }
+    case 3: {
+        static const char *const esc[] = {"\\d", "\\D", "\\w", "\\W", "\\s", "\\S", "\\x61",
+                                          "\\u0022", "\\."};
+        const char *c = esc[exsa_test_rand_u64(rs) % (sizeof esc / sizeof *esc)];
+        memcpy(o + *n, c, strlen(c));
+        *n += strlen(c);
+        break;
+    }
+    case 4: o[(*n)++] = '.'; break;
+    case 5: o[(*n)++] = 'a'; break;
+    default: { /* group with alternation */
+        o[(*n)++] = '(';
+        if (exsa_test_rand_u64(rs) % 2) {
+            o[(*n)++] = '?';
+            o[(*n)++] = ':';
+        }
+        int alts = 1 + (int)(exsa_test_rand_u64(rs) % 3);
+        for (int a = 0; a < alts; a++) {
+            if (a)
+                o[(*n)++] = '|';
+            int len = (int)(exsa_test_rand_u64(rs) % 3);
+            for (int i = 0; i < len; i++)
+                rand_atom(rs, o, n, depth + 1);
+        }
+        o[(*n)++] = ')';
+        break;
+    }
+    }
+    switch (exsa_test_rand_u64(rs) % 8) {
+    case 0: o[(*n)++] = '*'; break;
+    case 1: o[(*n)++] = '+'; break;
+    case 2: o[(*n)++] = '?'; break;
+    case 3: {
+        int m = (int)(exsa_test_rand_u64(rs) % 3), x = m + (int)(exsa_test_rand_u64(rs) % 3);
+        *n += (size_t)(exsa_test_rand_u64(rs) % 2 ? sprintf(o + *n, "{%d,%d}", m, x)
+                                                  : sprintf(o + *n, "{%d}", m));
+        break;
+    }
+    default: break;
+    }
+}
+
+static void test_patterns_vs_pcre(void **state)
+{
+    (void)state;
+    uint64_t rs = 777;
+    int compared = 0, matched = 0;
+    for (int it = 0; it < 400; it++) {
+        char pat[512];
+        size_t n = 0;
+        if (exsa_test_rand_u64(&rs) % 2)
+            pat[n++] = '^';
+        int atoms = 1 + (int)(exsa_test_rand_u64(&rs) % 4);
+        for (int a = 0; a < atoms; a++)
+            rand_atom(&rs, pat, &n, 0);
+        if (exsa_test_rand_u64(&rs) % 2)
+            pat[n++] = '$';
+        pat[n] = '\0';
+        json_t *schema = json_pack("{s:s, s:s}", "type", "string", "pattern", pat);
+        assert_non_null(schema);
+        exsa_err err = {0};
+        char *text = exsa_json_schema_to_gbnf(schema, &err);
+        json_decref(schema);
+        if (!text)
+            fail_msg("pattern /%s/ refused: %s", pat, err.msg);
+        gram g;
+        load_grammar(&g, text);
+        int ec;
+        PCRE2_SIZE eo;
+        pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, n, PCRE2_UTF | PCRE2_DOLLAR_ENDONLY | PCRE2_ALT_BSUX, &ec,
+                                       &eo, NULL);
+        if (!re)
+            fail_msg("PCRE2 rejects /%s/", pat);
+        pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+        for (int k = 0; k < 60; k++) {
+            char str[16];
+            int len = (int)(exsa_test_rand_u64(&rs) % 7);
+            for (int i = 0; i < len; i++)
+                str[i] = alpha[exsa_test_rand_u64(&rs) % sizeof alpha];
+            str[len] = '\0';
+            int want = pcre2_match(re, (PCRE2_SPTR)str, (size_t)len, 0, 0, md, NULL) >= 0;
+            json_t *js = json_stringn(str, (size_t)len);
+            char *doc = json_dumps(js, JSON_ENCODE_ANY);
+            json_decref(js);
+            int got = gram_match(&g, doc);
+            if (got != want)
+                fail_msg("/%s/ on %s: grammar %d, PCRE2 %d\n%s", pat, doc, got, want, text);
+            free(doc);
+            compared++;
+            matched += want;
+        }
+        pcre2_match_data_free(md);
+        pcre2_code_free(re);
+        gram_free(&g);
+        free(text);
+    }
+    /* both outcomes must be common for the comparison to mean anything */
+    assert_true(matched > compared / 10);
+    assert_true(matched < compared * 9 / 10);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_real_world_schemas), cmocka_unit_test(test_json_object),
         cmocka_unit_test(test_whitespace_bound),   cmocka_unit_test(test_integer_ranges),
         cmocka_unit_test(test_refused_keywords),   cmocka_unit_test(test_malformed_schemas),
-        cmocka_unit_test(test_annotations_ignored), cmocka_unit_test(test_fuzz),
+        cmocka_unit_test(test_annotations_ignored), cmocka_unit_test(test_patterns_vs_pcre),
+        cmocka_unit_test(test_fuzz),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
