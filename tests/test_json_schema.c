@@ -699,6 +699,11 @@ static const schema_case cases[] = {
       /* escaped spellings of listed keys, and escapes in extra keys at all */
       "{\"a b\":1,\"\\u0061 b\":2}", "{\"a b\":1,\"\u00e9t\\u00e9\":1}",
       "{\"a b\":1,\"x\\ny\":1}"}},
+    {"exactly one item", "{\"type\":\"array\",\"items\":{\"type\":\"boolean\"},\"minItems\":1,"
+     "\"maxItems\":1}", {"[true]", "[ false ]"}, {"[]", "[true,false]", "[1]"}},
+    {"exactly three items", "{\"type\":\"array\",\"minItems\":3,\"maxItems\":3}",
+     {"[1,\"a\",null]", "[[],{},0]"}, {"[1,2]", "[1,2,3,4]"}},
+    {"empty string only", "{\"type\":\"string\",\"maxLength\":0}", {"\"\""}, {"\"a\"", "\" \""}},
 };
 
 /* ---- tests ---- */

@@ -1483,6 +1483,8 @@ static char *gen_string(ctx *c, const json_t *s)
     }
     if (!hmn && !hmx)
         return dupname(c, prim(c, P_STRING));
+    if (hmx && mx == 0)
+        return dupname(c, "\"\\\"\\\"\""); /* "" */
     char rep[48];
     rep_suffix(rep, sizeof rep, mn, hmx ? mx : -1);
     sb b = {0};
@@ -1976,7 +1978,9 @@ static char *gen_object(ctx *c, const json_t *props, const json_t *required, con
             char *body = sb_take(&t);
             char *trimmed = body ? strdup(body + 1) : NULL; /* drop the lead space */
             free(body);
-            char *h = join_hint(hint, "tail");
+            char tn[32];
+            snprintf(tn, sizeof tn, "tail-%zu", i); /* unique at first try: no O(n^2) probing */
+            char *h = join_hint(hint, tn);
             long idx = (trimmed && h) ? rule_reserve(c, h) : -1;
             free(h);
             if (idx < 0) {
@@ -2092,15 +2096,14 @@ static char *gen_array(ctx *c, const json_t *s, const char *hint)
         path_pop(c, o);
         goto out;
     }
-    int more = json_is_object(items) || json_is_true(items);
+    /* plain {"type":"array"}: any values */
+    int more = json_is_object(items) || json_is_true(items) || (!prefix && !items);
     if (!more && lo > 0) {
         size_t o = path_push(c, "minItems");
         fail(c, EXSA_EUNSUPPORTED, "minItems %ld needs more items than prefixItems allow", mn);
         path_pop(c, o);
         goto out;
     }
-    if (!prefix && !items)
-        more = 1; /* plain {"type":"array"}: any values */
     if (more && hi != 0) {
         char *ie;
         if (items && json_is_object(items)) {
@@ -2116,6 +2119,8 @@ static char *gen_array(ctx *c, const json_t *s, const char *hint)
         if (np > 0) { /* every further item follows a comma */
             rep_suffix(rep, sizeof rep, lo, hi);
             sb_printf(&b, " ( \",\" %s %s %s )%s", prim(c, P_WS), ie, prim(c, P_WS), rep);
+        } else if (lo > 0 && hi == 1) { /* exactly one: no empty {0} group */
+            sb_printf(&b, " %s %s", ie, prim(c, P_WS));
         } else if (lo > 0) {
             rep_suffix(rep, sizeof rep, lo - 1, hi < 0 ? -1 : hi - 1);
             sb_printf(&b, " %s %s ( \",\" %s %s %s )%s", ie, prim(c, P_WS), prim(c, P_WS), ie,
