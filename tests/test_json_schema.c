@@ -1090,13 +1090,17 @@ static void check_outcome(const json_t *s, const schema_case *tc)
     free(text);
 }
 
+#ifndef FUZZ_ITERS /* -DFUZZ_ITERS=... for a longer run */
+#define FUZZ_ITERS 10000
+#endif
+
 static void test_fuzz(void **state)
 {
     (void)state;
     uint64_t rs = 12345;
     size_t ncases = sizeof cases / sizeof cases[0];
     int produced = 0, refused = 0;
-    for (int it = 0; it < 10000; it++) {
+    for (int it = 0; it < FUZZ_ITERS; it++) {
         const schema_case *tc = &cases[exsa_test_rand_u64(&rs) % ncases];
         if (it & 1) { /* text mutations: truncations, byte flips, inserted bytes */
             size_t len = strlen(tc->schema);

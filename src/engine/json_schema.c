@@ -1837,8 +1837,7 @@ static char *gen_object(ctx *c, const json_t *props, const json_t *required, con
     }
     const char *k;
     json_t *v;
-    if (props)
-        json_object_foreach((json_t *)props, k, v)
+    json_object_foreach((json_t *)props, k, v) /* props may be NULL: no iterations */
     {
         int req = 0;
         for (size_t i = 0; i < nr; i++)
