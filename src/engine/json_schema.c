@@ -161,6 +161,9 @@ static void put_lit(sb *b, const char *s, size_t n)
         if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
             char ch = (char)c;
             sb_putn(b, &ch, 1);
+        } else if (c == '"' || c == '\\') {
+            char esc[2] = {'\\', (char)c};
+            sb_putn(b, esc, 2);
         } else {
             put_cp(b, c);
         }
@@ -207,7 +210,7 @@ static const struct {
     [P_WS] = {"ws", "( \" \" | \"\\n\" [ \\t]{0,20} )?", 0},
     [P_CHAR] = {"char", "[^\\x22\\x5C\\x00-\\x1F] | \"\\\\\" ( [\\x22\\x5C/bfnrt] | \"u\" [0-9a-fA-F]{4} )", 0},
     [P_STRING] = {"string", "\"\\\"\" char* \"\\\"\"", 1u << P_CHAR},
-    [P_INTEGER] = {"integer", "\"-\"? ( \"0\" | [1-9] [0-9]{0,15} )", 0},
+    [P_INTEGER] = {"integer", "\"0\" | \"-\"? [1-9] [0-9]{0,18}", 0},
     [P_NUMBER] = {"number",
                   "\"-\"? ( \"0\" | [1-9] [0-9]{0,15} ) ( \".\" [0-9]{1,16} )? "
                   "( [eE] ( \"+\" | \"-\" )? [0-9]{1,3} )?",
@@ -1268,26 +1271,64 @@ static void uint_range(sb *b, long long a, long long hi)
         }
         if (nalt++)
             sb_puts(b, " | ");
+        /* a run of whole lengths (10..99, 100..999, ...): one alternative */
+        int full = lo_s[0] == '1';
+        for (int k = 1; k < len; k++)
+            full &= lo_s[k] == '0';
+        for (int k = 0; k < len; k++)
+            full &= hi_s[k] == '9';
+        if (full) {
+            int last = len, top_full = hi >= 0;
+            for (int k = 0; hi >= 0 && k < lb; k++)
+                top_full &= bs[k] == '9';
+            while (hi >= 0 && (last + 1 < lb || (last + 1 == lb && top_full)))
+                last++;
+            if (last == len)
+                sb_printf(b, "[1-9] [0-9]{%d}", len - 1);
+            else
+                sb_printf(b, "[1-9] [0-9]{%d,%d}", len - 1, last - 1);
+            len = last;
+            continue;
+        }
         digits_range(b, lo_s, hi_s, (size_t)len);
     }
     sb_puts(b, " )");
 }
 
-static int bound_of(ctx *c, const json_t *s, const char *kw, double *v)
+/* A bound as the least (up = 1) or greatest (up = 0) integer on its side:
+ * integers exactly (doubles lose digits past 2^53), reals rounded. Sets
+ * *exact when the bound itself is an integer. Returns 1, 0 when absent, -1
+ * on error. */
+static int bound_of(ctx *c, const json_t *s, const char *kw, int up, long long *out, int *exact)
 {
     json_t *x = json_object_get(s, kw);
     if (!x)
         return 0;
-    if (!json_is_number(x)) {
-        size_t o = path_push(c, kw);
-        fail(c, EXSA_EINVAL, "'%s' must be a number", kw);
-        path_pop(c, o);
-        return -1;
+    const char *why = NULL;
+    int code = EXSA_EINVAL;
+    if (json_is_integer(x)) {
+        long long v = json_integer_value(x);
+        if (v > MAX_BOUND || v < -MAX_BOUND)
+            why = "beyond +-10^18 is not supported";
+        *out = v;
+        *exact = 1;
+    } else if (json_is_real(x)) {
+        double v = json_real_value(x);
+        if (!(fabs(v) <= (double)MAX_BOUND))
+            why = "beyond +-10^18 is not supported";
+        else {
+            double r = up ? ceil(v) : floor(v);
+            *out = (long long)r;
+            *exact = r == v;
+        }
+    } else {
+        why = "must be a number";
     }
-    *v = json_number_value(x);
-    if (!(fabs(*v) <= (double)MAX_BOUND)) {
+    if (why) {
+        if (strstr(why, "10^18"))
+            code = EXSA_EUNSUPPORTED;
         size_t o = path_push(c, kw);
-        fail(c, EXSA_EUNSUPPORTED, "'%s' beyond +-10^18 is not supported", kw);
+        fail(c, code, "'%s' %s", kw, why);
         path_pop(c, o);
         return -1;
     }
@@ -1296,47 +1337,36 @@ static int bound_of(ctx *c, const json_t *s, const char *kw, double *v)
 
 static char *gen_integer(ctx *c, const json_t *s)
 {
-    int has_lo = 0, has_hi = 0;
-    long long lo = 0, hi = 0;
-    double v;
+    int has_lo = 0, has_hi = 0, exact, r;
+    long long lo = 0, hi = 0, v;
     int ex_min_bool = json_is_true(json_object_get(s, "exclusiveMinimum"));
     int ex_max_bool = json_is_true(json_object_get(s, "exclusiveMaximum"));
-    int r;
-    if ((r = bound_of(c, s, "minimum", &v)) < 0)
+    if ((r = bound_of(c, s, "minimum", 1, &v, &exact)) < 0)
         return NULL;
     if (r) {
         has_lo = 1;
-        lo = (long long)ceil(v);
-        if (ex_min_bool && (double)lo == v)
-            lo++;
+        lo = v + (ex_min_bool && exact);
     }
     if (!json_is_boolean(json_object_get(s, "exclusiveMinimum"))) {
-        if ((r = bound_of(c, s, "exclusiveMinimum", &v)) < 0)
+        /* the least integer above x: floor(x) + 1 */
+        if ((r = bound_of(c, s, "exclusiveMinimum", 0, &v, &exact)) < 0)
             return NULL;
-        if (r) {
-            long long l2 = (long long)floor(v) + 1;
-            if (!has_lo || l2 > lo)
-                lo = l2;
-            has_lo = 1;
-        }
+        if (r && (!has_lo || v + 1 > lo))
+            lo = v + 1;
+        has_lo |= r;
     }
-    if ((r = bound_of(c, s, "maximum", &v)) < 0)
+    if ((r = bound_of(c, s, "maximum", 0, &v, &exact)) < 0)
         return NULL;
     if (r) {
         has_hi = 1;
-        hi = (long long)floor(v);
-        if (ex_max_bool && (double)hi == v)
-            hi--;
+        hi = v - (ex_max_bool && exact);
     }
     if (!json_is_boolean(json_object_get(s, "exclusiveMaximum"))) {
-        if ((r = bound_of(c, s, "exclusiveMaximum", &v)) < 0)
+        if ((r = bound_of(c, s, "exclusiveMaximum", 1, &v, &exact)) < 0)
             return NULL;
-        if (r) {
-            long long h2 = (long long)ceil(v) - 1;
-            if (!has_hi || h2 < hi)
-                hi = h2;
-            has_hi = 1;
-        }
+        if (r && (!has_hi || v - 1 < hi))
+            hi = v - 1;
+        has_hi |= r;
     }
     if (!has_lo && !has_hi)
         return dupname(c, prim(c, P_INTEGER));
@@ -1453,6 +1483,8 @@ static char *gen_string(ctx *c, const json_t *s)
     }
     if (!hmn && !hmx)
         return dupname(c, prim(c, P_STRING));
+    if (hmx && mx == 0)
+        return dupname(c, "\"\\\"\\\"\""); /* "" */
     char rep[48];
     rep_suffix(rep, sizeof rep, mn, hmx ? mx : -1);
     sb b = {0};
@@ -1650,6 +1682,10 @@ static void trie_free(tnode *t)
     }
 }
 
+/* Raw string characters: extra keys are written without escapes, so that
+ * no escaped spelling of a listed key ("\u0061" for "a") can slip through. */
+#define RAW_CHAR "[^\\x22\\x5C\\x00-\\x1F]"
+
 /* Expression for the rest of a key after the prefix this node stands for,
  * closing quote included. */
 static void trie_expr(ctx *c, sb *b, const tnode *t)
@@ -1672,22 +1708,16 @@ static void trie_expr(ctx *c, sb *b, const tnode *t)
             return;
         }
     set_invert(&other);
-    if (other.n) {
-        char *oe = set_expr(c, &other);
-        if (oe) {
-            if (nalt++)
-                sb_puts(b, " | ");
-            sb_puts(b, oe);
-            sb_printf(b, " %s* \"\\\"\"", prim(c, P_CHAR));
-            free(oe);
-        }
+    char *oe = set_expr(c, &other); /* a plain class: the specials are excluded */
+    if (oe) {
+        if (nalt++)
+            sb_puts(b, " | ");
+        sb_printf(b, "%s " RAW_CHAR "* \"\\\"\"", oe);
+        free(oe);
     }
-    if (nalt++)
-        sb_puts(b, " | ");
-    sb_puts(b, "\"\\\\\" ( [\\x22\\x5C/bfnrt] | \"u\" [0-9a-fA-F]{4} ) ");
-    sb_printf(b, "%s* \"\\\"\"", prim(c, P_CHAR));
     for (const tnode *k = t->kid; k; k = k->next) {
-        sb_puts(b, " | ");
+        if (nalt++)
+            sb_puts(b, " | ");
         sb_putn(b, "\"", 1);
         put_cp(b, k->cp);
         sb_putn(b, "\" ", 2);
@@ -1696,28 +1726,31 @@ static void trie_expr(ctx *c, sb *b, const tnode *t)
     sb_puts(b, " )");
 }
 
-/* A JSON string other than the given keys. Keys with characters that need
- * escapes, or very long ones, make the exclusion inexact: then any string. */
+/* A JSON string, written without escapes, that is none of the given keys.
+ * Keys that need escapes cannot be spelt so and need no exclusion. */
 static char *key_excluding(ctx *c, const char *const *keys, size_t nkeys, const char *hint)
 {
-    if (!nkeys)
-        return dupname(c, prim(c, P_STRING));
     tnode root = {0};
-    int ok = 1;
-    for (size_t i = 0; i < nkeys && ok; i++) {
+    for (size_t i = 0; i < nkeys; i++) {
         const char *k = keys[i];
         size_t n = strlen(k), pos = 0;
-        if (n > 128) {
-            ok = 0;
-            break;
-        }
         tnode *cur = &root;
+        int skip = 0;
+        for (const char *q = k; *q; q++)
+            skip |= (unsigned char)*q < 0x20 || *q == '"' || *q == '\\';
+        if (skip)
+            continue;
+        if (n > 128) {
+            trie_free(root.kid);
+            return fail(c, EXSA_EUNSUPPORTED, "property name longer than 128 bytes beside "
+                        "additionalProperties");
+        }
         while (pos < n) {
             uint32_t cp;
             int l = utf8_dec(k + pos, n - pos, &cp);
-            if (!l || cp < 0x20 || cp == '"' || cp == '\\') {
-                ok = 0;
-                break;
+            if (!l) {
+                trie_free(root.kid);
+                return fail(c, EXSA_EINVAL, "property name is not valid UTF-8");
             }
             pos += (size_t)l;
             tnode *kid = cur->kid;
@@ -1735,12 +1768,7 @@ static char *key_excluding(ctx *c, const char *const *keys, size_t nkeys, const 
             }
             cur = kid;
         }
-        if (ok)
-            cur->terminal = 1;
-    }
-    if (!ok) {
-        trie_free(root.kid);
-        return dupname(c, prim(c, P_STRING));
+        cur->terminal = 1;
     }
     sb b = {0};
     sb_puts(&b, "\"\\\"\" ");
@@ -1753,7 +1781,7 @@ static char *key_excluding(ctx *c, const char *const *keys, size_t nkeys, const 
     char *e = sb_take(&b);
     if (!e)
         return oom(c);
-    char *h = join_hint(hint, "other-key");
+    char *h = join_hint(hint, "key");
     if (!h) {
         free(e);
         return oom(c);
@@ -1809,8 +1837,7 @@ static char *gen_object(ctx *c, const json_t *props, const json_t *required, con
     }
     const char *k;
     json_t *v;
-    if (props)
-        json_object_foreach((json_t *)props, k, v)
+    json_object_foreach((json_t *)props, k, v) /* props may be NULL: no iterations */
     {
         int req = 0;
         for (size_t i = 0; i < nr; i++)
@@ -1950,7 +1977,9 @@ static char *gen_object(ctx *c, const json_t *props, const json_t *required, con
             char *body = sb_take(&t);
             char *trimmed = body ? strdup(body + 1) : NULL; /* drop the lead space */
             free(body);
-            char *h = join_hint(hint, "tail");
+            char tn[32];
+            snprintf(tn, sizeof tn, "tail-%zu", i); /* unique at first try: no O(n^2) probing */
+            char *h = join_hint(hint, tn);
             long idx = (trimmed && h) ? rule_reserve(c, h) : -1;
             free(h);
             if (idx < 0) {
@@ -2066,15 +2095,14 @@ static char *gen_array(ctx *c, const json_t *s, const char *hint)
         path_pop(c, o);
         goto out;
     }
-    int more = json_is_object(items) || json_is_true(items);
+    /* plain {"type":"array"}: any values */
+    int more = json_is_object(items) || json_is_true(items) || (!prefix && !items);
     if (!more && lo > 0) {
         size_t o = path_push(c, "minItems");
         fail(c, EXSA_EUNSUPPORTED, "minItems %ld needs more items than prefixItems allow", mn);
         path_pop(c, o);
         goto out;
     }
-    if (!prefix && !items)
-        more = 1; /* plain {"type":"array"}: any values */
     if (more && hi != 0) {
         char *ie;
         if (items && json_is_object(items)) {
@@ -2090,6 +2118,8 @@ static char *gen_array(ctx *c, const json_t *s, const char *hint)
         if (np > 0) { /* every further item follows a comma */
             rep_suffix(rep, sizeof rep, lo, hi);
             sb_printf(&b, " ( \",\" %s %s %s )%s", prim(c, P_WS), ie, prim(c, P_WS), rep);
+        } else if (lo > 0 && hi == 1) { /* exactly one: no empty {0} group */
+            sb_printf(&b, " %s %s", ie, prim(c, P_WS));
         } else if (lo > 0) {
             rep_suffix(rep, sizeof rep, lo - 1, hi < 0 ? -1 : hi - 1);
             sb_printf(&b, " %s %s ( \",\" %s %s %s )%s", ie, prim(c, P_WS), prim(c, P_WS), ie,
@@ -2399,8 +2429,16 @@ static char *gen(ctx *c, const json_t *s, const char *hint)
         res = gen_anyof(c, s, "anyOf", hint);
     } else if (json_object_get(s, "oneOf")) {
         res = gen_anyof(c, s, "oneOf", hint);
-    } else if (json_object_get(s, "allOf")) {
-        res = gen_allof(c, s, hint);
+    } else if ((v = json_object_get(s, "allOf"))) {
+        /* one member and nothing beside it: just that schema (pydantic v1
+         * wraps every described $ref so) */
+        if (json_is_array(v) && json_array_size(v) == 1 && !other_constraint(s, "allOf")) {
+            size_t o = path_push(c, "allOf");
+            res = gen_sub(c, json_array_get(v, 0), "0", NULL, hint);
+            path_pop(c, o);
+        } else {
+            res = gen_allof(c, s, hint);
+        }
     } else {
         json_t *t = json_object_get(s, "type");
         const char *types[8];
@@ -2416,10 +2454,10 @@ static char *gen(ctx *c, const json_t *s, const char *hint)
                     path_pop(c, o);
                     break;
                 }
+                int dup = 0;
                 for (size_t j = 0; j < nt; j++)
-                    if (!strcmp(types[j], tn))
-                        nt = 99;
-                if (nt == 99) {
+                    dup |= !strcmp(types[j], tn);
+                if (dup) {
                     size_t o = path_push_idx(c, "type", i);
                     fail(c, EXSA_EINVAL, "'type' entries must be distinct JSON type names");
                     path_pop(c, o);

@@ -12,9 +12,12 @@
  *    around values) the grammar allows at most ONE chunk: a single space, or
  *    a newline followed by up to 20 spaces/tabs. Unbounded whitespace would
  *    let a model emit blanks forever.
- *  - Strings use canonical escapes (\" \\ \n ...; \uXXXX for other control
- *    characters). Numbers: at most 16 integer digits, 16 fraction digits and
- *    3 exponent digits; integers canonical (no leading zeros, no "-0").
+ *  - Plain strings accept any JSON escape; where a schema fixes characters
+ *    (pattern, enum, const, property names) the grammar takes their
+ *    canonical spelling: \" \\ \b \f \n \r \t, \u00XX for other control
+ *    characters, everything else raw. Numbers: at most 16 integer digits,
+ *    16 fraction digits and 3 exponent digits; integers (type integer) up to
+ *    19 digits, canonical (no leading zeros, no "-0").
  *
  * Keywords:
  *  - type (string, number, integer, boolean, null, object, array, or a
@@ -26,8 +29,11 @@
  *    additional properties. additionalProperties absent on an object with
  *    properties or required means NO extra keys (the grammar is stricter
  *    than the schema, as llama.cpp's converter is); true or a schema allows
- *    extra keys whose names differ from the listed ones. An object schema
- *    with neither properties nor required accepts any object.
+ *    extra keys whose names differ from the listed ones. Extra keys are
+ *    written without escape sequences, so that no escaped spelling of a
+ *    listed name ("\u0061" for "a") can repeat it. An object schema with
+ *    neither properties, required nor additionalProperties accepts any
+ *    object.
  *  - items, prefixItems (draft-4 array form of items too), minItems,
  *    maxItems. All prefixItems are emitted; further items follow only when
  *    items is a schema (absent or false: none).
@@ -47,7 +53,8 @@
  *    '$' only at the ends of a top-level alternative; an unanchored end
  *    matches any text there, as JSON Schema's search semantics say).
  *    Anything else (look-around, backreferences, \b, possessive '+',
- *    Unicode property escapes) is refused. \s is the ASCII white space set.
+ *    Unicode property escapes, \u escapes of surrogates) is refused. \s is
+ *    the ASCII white space set; '.' excludes \n \r U+2028 U+2029 (ECMA).
  *    pattern together with minLength/maxLength/format is refused.
  *  - format: date, time, date-time, uuid (RFC 3339 / RFC 4122 shapes).
  *  - minimum, maximum, exclusiveMinimum, exclusiveMaximum (number or
