@@ -87,6 +87,10 @@ void exsa_cli_progress(void *ud, int64_t done, int64_t total);
 /* Writes s[0..n) as a JSON string literal (quotes, escapes) to f. */
 void exsa_cli_json_string(FILE *f, const char *s, size_t n);
 
+/* The whole file, NUL-terminated (*len its bytes); NULL after printing a
+ * line naming cmd and the file. */
+char *exsa_cli_read_file(const char *cmd, const char *path, size_t *len);
+
 /* Model path default from the environment (MODEL_PATH / EXSA_MODEL_PATH). */
 const char *exsa_cli_env_model(void);
 

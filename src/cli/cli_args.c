@@ -133,3 +133,39 @@ int exsa_cli_placement(const char *cmd, int argc, char **argv, int *i, exsa_mode
     }
     return 0;
 }
+
+/* The whole file, NUL-terminated; NULL with a message on failure. */
+char *exsa_cli_read_file(const char *cmd, const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        exsa_cli_fail(cmd, "cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *s = malloc(cap);
+    for (;;) {
+        if (!s) {
+            fclose(f);
+            exsa_cli_fail(cmd, "out of memory reading '%s'", path);
+            return NULL;
+        }
+        n += fread(s + n, 1, cap - n - 1, f);
+        if (n < cap - 1)
+            break;
+        char *t = cap <= SIZE_MAX / 2 ? realloc(s, cap *= 2) : NULL;
+        if (!t)
+            free(s);
+        s = t;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(s);
+        exsa_cli_fail(cmd, "cannot read '%s'", path);
+        return NULL;
+    }
+    s[n] = 0;
+    *len = n;
+    return s;
+}

@@ -98,41 +98,6 @@ static int parse(int argc, char **argv, ppl_opts *o)
     return 0;
 }
 
-/* The whole file, NUL-terminated; NULL with a message on failure. */
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        exsa_cli_fail("perplexity", "cannot open '%s': %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *s = malloc(cap);
-    for (;;) {
-        if (!s) {
-            fclose(f);
-            exsa_cli_fail("perplexity", "out of memory reading '%s'", path);
-            return NULL;
-        }
-        n += fread(s + n, 1, cap - n - 1, f);
-        if (n < cap - 1)
-            break;
-        char *t = cap <= SIZE_MAX / 2 ? realloc(s, cap *= 2) : NULL;
-        if (!t)
-            free(s);
-        s = t;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) {
-        free(s);
-        exsa_cli_fail("perplexity", "cannot read '%s'", path);
-        return NULL;
-    }
-    s[n] = 0;
-    *len = n;
-    return s;
-}
 
 /* -log softmax(x)[tok]: float exps of max-subtracted logits summed in
  * double, as llama-perplexity computes it. */
@@ -176,7 +141,7 @@ int exsa_cmd_perplexity(int argc, char **argv)
     exsa_vocab *voc = NULL;
     exsa_tokenizer *tok = NULL;
 
-    if (!(text = read_text(o.file, &text_len)))
+    if (!(text = exsa_cli_read_file("perplexity", o.file, &text_len)))
         goto done;
     if (!(m = exsa_model_load_ex(o.model, &o.mp, &err)) ||
         !(voc = exsa_vocab_load(exsa_model_gguf(m), &err)) ||

@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "cli/cli.h"
+#include "engine/json_schema.h"
 #include "engine/sampling.h"
 #include "model/model.h"
 #include "quant/quant.h"
@@ -27,6 +30,8 @@ static const char *usage =
     "                       little-endian [n_prompt][n_vocab]\n"
     "  --ignore-eos         keep generating past end-of-generation tokens\n"
     "  --stop TEXT          stop before this text (repeatable, at most 16)\n"
+    "  --grammar-file F     constrain the output to a GBNF grammar (llama.cpp's syntax)\n"
+    "  --json-schema-file F constrain the output to JSON valid under a JSON Schema\n"
     "MODEL defaults to $MODEL_PATH.\n";
 
 static int parse_ids(const char *s, int32_t **out, int *n)
@@ -66,6 +71,7 @@ typedef struct run_opts {
     int kv_type, json, ignore_eos;
     const char *stop[16];
     int n_stop;
+    char *grammar; /* --grammar-file / --json-schema-file, as GBNF (owned) */
     exsa_cli_sampling smp;
     exsa_model_params mp;
 } run_opts;
@@ -119,6 +125,29 @@ static int parse(int argc, char **argv, run_opts *o)
                 return 1;
         } else if (!strcmp(a, "--json")) {
             o->json = 1;
+        } else if (!strcmp(a, "--grammar-file") || !strcmp(a, "--json-schema-file")) {
+            if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
+            if (o->grammar)
+                return exsa_cli_fail(cmd, "give one --grammar-file or --json-schema-file");
+            size_t n = 0;
+            char *text = exsa_cli_read_file(cmd, v, &n);
+            if (!text)
+                return 1;
+            if (!strcmp(a, "--grammar-file")) {
+                o->grammar = text;
+            } else {
+                json_error_t je;
+                json_t *sc = json_loadb(text, n, 0, &je);
+                free(text);
+                exsa_err err = {0};
+                if (!sc)
+                    return exsa_cli_fail(cmd, "%s: line %d: %s", v, je.line, je.text);
+                o->grammar = exsa_json_schema_to_gbnf(sc, &err);
+                json_decref(sc);
+                if (!o->grammar)
+                    return exsa_cli_fail(cmd, "%s: %s", v, err.msg);
+            }
         } else if (!strcmp(a, "--stop")) {
             if (!(v = exsa_cli_value(cmd, argc, argv, &i)))
                 return 1;
@@ -357,6 +386,7 @@ static int generate(const run_opts *o, const int32_t *given, int n_given)
     rp.ignore_eos = o->ignore_eos;
     rp.stop = o->stop;
     rp.n_stop = o->n_stop;
+    rp.grammar = o->grammar;
     if (exsa_cli_generate(e, &rp, o->json || !has_text ? NULL : stdout, NULL, &g, &err)) {
         exsa_cli_fail(cmd, "%s", err.msg);
         goto done;
@@ -402,26 +432,29 @@ int exsa_cmd_run(int argc, char **argv)
     o.batch = 512;
     o.kv_type = EXSA_TYPE_F16;
     int prc = parse(argc, argv, &o);
-    if (prc)
-        return prc == 2 ? 0 : 1;
-    if (!o.model)
-        return exsa_cli_fail(cmd, "missing -m MODEL (or MODEL_PATH); see --help");
-    if (!o.prompt && !o.prompt_ids)
-        return exsa_cli_fail(cmd, "give a prompt with -p TEXT or --prompt-ids 1,2,3");
-    if (o.prompt && o.prompt_ids)
-        return exsa_cli_fail(cmd, "-p and --prompt-ids are exclusive");
     int32_t *ids = NULL;
-    int n = 0;
-    if (o.prompt_ids && (parse_ids(o.prompt_ids, &ids, &n) || n == 0)) {
+    int n = 0, rc = 0;
+    if (prc)
+        rc = prc == 2 ? 0 : 1;
+    else if (!o.model)
+        rc = exsa_cli_fail(cmd, "missing -m MODEL (or MODEL_PATH); see --help");
+    else if (!o.prompt && !o.prompt_ids)
+        rc = exsa_cli_fail(cmd, "give a prompt with -p TEXT or --prompt-ids 1,2,3");
+    else if (o.prompt && o.prompt_ids)
+        rc = exsa_cli_fail(cmd, "-p and --prompt-ids are exclusive");
+    else if (o.prompt_ids && (parse_ids(o.prompt_ids, &ids, &n) || n == 0))
+        rc = exsa_cli_fail(cmd, "--prompt-ids expects comma-separated token ids, got '%s'",
+                           o.prompt_ids);
+    if (prc || rc) {
         free(ids);
-        return exsa_cli_fail(cmd, "--prompt-ids expects comma-separated token ids, got '%s'",
-                             o.prompt_ids);
+        free(o.grammar);
+        return rc;
     }
-    int rc = 0;
     if (o.dump || o.n_gen == 0)
         rc = prompt_pass(&o, ids, n);
     if (rc == 0 && o.n_gen > 0)
         rc = generate(&o, ids, n);
     free(ids);
+    free(o.grammar);
     return rc;
 }
