@@ -91,6 +91,20 @@ if [ "$(jv 'j.choices[0].finish_reason')" = stop ]; then
         "json_schema array of integers validates"
 fi
 
+# lazy: free text until the trigger, then the grammar from the trigger on
+# (logit_bias makes this random model write the trigger first)
+http POST /tokenize '{"content": "<"}'
+LT=$(jv 'j.tokens[0]')
+for seed in 1 2 3; do
+    http POST /completion "{\"prompt\": \"x\", \"n_predict\": 16, \"temperature\": 1.0, \"seed\": $seed,
+ \"logit_bias\": [[$LT, 100]], \"grammar\": \"root ::= \\\"<\\\" [a-c]{3} \\\">\\\"\",
+ \"grammar_lazy\": true, \"grammar_triggers\": [{\"type\": \"word\", \"value\": \"<\"}]}"
+    expect_code 200 "lazy grammar seed $seed"
+    expect_js '/^<[a-c]{3}>$/.test(j.content)' "lazy grammar seed $seed: '<abc>'-like from the trigger on"
+done
+http POST /completion '{"prompt": "x", "n_predict": 4, "grammar_lazy": true}'
+expect_code 400 "grammar_lazy without a grammar"
+
 echo "== tools (at ${SECONDS}s)"
 TOOLS='[{"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
  "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
@@ -146,6 +160,31 @@ http POST /v1/chat/completions "{\"model\": \"tiny\", \"max_tokens\": 40, \"tool
   \"function\": {\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Oslo\\\", \\\"unit\\\": \\\"c\\\"}\"}}]},
  {\"role\": \"tool\", \"tool_call_id\": \"call_1\", \"content\": \"-3 C, snow\"}]}"
 expect_code 200 "tool round trip"
+
+echo "== a template with <tool_call> (Hermes / Qwen format) (at ${SECONDS}s)"
+cat >"$WORK/hermes.jinja" <<'TPL'
+{%- if tools %}<|im_start|>system
+You may call tools: {{ tools | tojson }}. Write each call as <tool_call>{"name": ..., "arguments": ...}</tool_call>.<|im_end|>
+{% endif %}{%- for m in messages %}<|im_start|>{{ m.role }}
+{%- if m.tool_calls %}{% for tc in m.tool_calls %}
+<tool_call>{{ tc.function | tojson }}</tool_call>{% endfor %}{% else %}
+{{ m.content or '' }}{% endif %}<|im_end|>
+{% endfor %}<|im_start|>assistant
+TPL
+stop_server
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 2048 -np 2 -t 1 --chat-template "$WORK/hermes.jinja"
+for seed in 1 2 3; do
+    chat $seed ", \"tools\": $TOOLS, \"tool_choice\": \"required\""
+    expect_code 200 "hermes required seed $seed" || continue
+    [ "$(jv 'j.choices[0].finish_reason')" = length ] && continue
+    expect_eq "$(jv 'j.choices[0].finish_reason')" tool_calls "hermes required seed $seed: finish_reason"
+    expect_js "j.choices[0].message.tool_calls.length >= 1 && $CALLS_OK(j.choices[0].message.tool_calls)" \
+        "hermes required seed $seed: the calls validate"
+done
+chat 4 ", \"tools\": $TOOLS, \"tool_choice\": \"required\"" true
+expect_code 200 "hermes streamed"
+JV_SSE=1 expect_js '!j.some(c => c.choices && c.choices[0] && /tool_call/.test(c.choices[0].delta.content || ""))' \
+    "hermes streamed: no marker leaks into the content"
 
 echo "== errors (at ${SECONDS}s)"
 http POST /completion '{"prompt": "x", "n_predict": 4, "grammar": "root ::= \"a\" | ( \"b\""}'

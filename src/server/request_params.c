@@ -506,6 +506,8 @@ static const char *const handled_fields[] = {
     "response_format",
     "grammar",
     "json_schema",
+    "grammar_lazy",
+    "grammar_triggers",
     "tools", /* chat: the endpoint reads them (tool_calls.h) */
     "tool_choice",
     "parallel_tool_calls",
@@ -639,6 +641,29 @@ static int parse_constraint(const json_t *body, int kind, exsa_gen_params *g, ex
         which = "json_schema";
     }
     (void)kind;
+    /* llama-server's lazy grammars: off until a trigger word appears */
+    int lazy = 0;
+    if (exsa_reqparams_bool(body, "grammar_lazy", &lazy, NULL, pe))
+        return EXSA_EINVAL;
+    const json_t *tr = field(body, "grammar_triggers");
+    if (lazy || (tr && !json_is_null(tr))) {
+        const json_t *t0 = json_is_array(tr) && json_array_size(tr) == 1 ? json_array_get(tr, 0)
+                                                                         : NULL;
+        const char *word = json_is_string(t0) ? json_string_value(t0)
+                                              : json_string_value(json_object_get(t0, "value"));
+        const char *type = json_string_value(json_object_get(t0, "type"));
+        if (!lazy || !which)
+            return exsa_param_fail(pe, "grammar_lazy", "invalid_value",
+                                   "'grammar_lazy' and 'grammar_triggers' go together, with a "
+                                   "grammar");
+        if (!word || !*word || (type && strcmp(type, "word") != 0))
+            return exsa_param_fail(pe, "grammar_triggers", "invalid_value",
+                                   "'grammar_triggers' must hold one trigger word (a string or "
+                                   "{\"type\": \"word\", \"value\": ...})");
+        if (!(g->grammar_trigger = strdup(word)))
+            return exsa_param_fail(pe, "grammar_triggers", "internal_error", "out of memory");
+        g->rp.grammar_trigger = g->grammar_trigger;
+    }
     if (which && !g->grammar)
         return exsa_param_fail(pe, which, "invalid_value", "'%s': %s", which,
                                err.code ? err.msg : "out of memory");
