@@ -205,6 +205,58 @@ static void test_parsers(void **state)
     }
 }
 
+/* Malformed outputs made from the fixed ones: every truncation and single
+ * byte flips, in random pieces. The parser must not fail or crash, and what
+ * it calls a call must be a named call with a JSON object of arguments. */
+static void test_parsers_malformed(void **state)
+{
+    (void)state;
+    uint64_t rng = 7;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const size_t n = strlen(cases[i].output);
+        char *buf = malloc(n + 1);
+        assert_non_null(buf);
+        for (size_t variant = 0; variant < 2 * n + 2; variant++) {
+            size_t len = n;
+            memcpy(buf, cases[i].output, n);
+            if (variant <= n) {
+                len = variant; /* truncated */
+            } else {
+                size_t at = exsa_test_rand_u64(&rng) % n;
+                buf[at] = (char)(buf[at] ^ (1u << (exsa_test_rand_u64(&rng) % 8)));
+            }
+            exsa_err err = {0};
+            exsa_tool_parser *p = exsa_tool_parser_create(cases[i].format, "m", &err);
+            assert_non_null(p);
+            exsa_strbuf out;
+            exsa_strbuf_init(&out);
+            for (size_t k = 0; k < len;) {
+                size_t piece = 1 + exsa_test_rand_u64(&rng) % 5;
+                if (piece > len - k)
+                    piece = len - k;
+                assert_int_equal(exsa_tool_parser_feed(p, buf + k, piece, &out), 0);
+                k += piece;
+            }
+            assert_int_equal(exsa_tool_parser_finish(p, &out), 0);
+            assert_true(out.len <= len + 64);
+            for (int c = 0; c < exsa_tool_parser_n_calls(p); c++) {
+                const exsa_tool_call *tc = exsa_tool_parser_call(p, c);
+                assert_true(tc->name && tc->name[0]);
+                json_t *a = json_loads(tc->arguments, JSON_DECODE_ANY, NULL);
+                if (cases[i].format != EXSA_TOOLS_HERMES && cases[i].format != EXSA_TOOLS_MISTRAL &&
+                    cases[i].format != EXSA_TOOLS_LLAMA3 && cases[i].format != EXSA_TOOLS_GENERIC &&
+                    !json_is_object(a))
+                    fail_msg("%s: arguments '%s' not an object", exsa_tool_format_name(cases[i].format),
+                             tc->arguments);
+                json_decref(a);
+            }
+            exsa_strbuf_free(&out);
+            exsa_tool_parser_free(p);
+        }
+        free(buf);
+    }
+}
+
 static void test_detect(void **state)
 {
     (void)state;
@@ -690,6 +742,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parsers),
+        cmocka_unit_test(test_parsers_malformed),
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_detect_real_templates),
         cmocka_unit_test(test_hold_partial_markers),

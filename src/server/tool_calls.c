@@ -690,7 +690,8 @@ static int add_call(exsa_tool_parser *p, const json_t *o)
     if (!json_is_object(o) || !name)
         return 0;
     char *a = json_is_string(args) ? strdup(json_string_value(args))
-                                   : json_dumps(args ? args : json_object(), JSON_COMPACT);
+              : args              ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY)
+                                  : strdup("{}");
     char *n = strdup(name);
     if (p->n_calls == p->cap_calls) {
         int cap = p->cap_calls ? 2 * p->cap_calls : 4;
