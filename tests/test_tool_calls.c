@@ -738,6 +738,53 @@ static void test_generic_rewrite(void **state)
     exsa_tool_spec_free(&s);
 }
 
+/* DeepSeek's templates render no tools: the rewrite puts them and the call
+ * syntax of the format into the system turn and leaves the rest alone. */
+static void test_deepseek_rewrite(void **state)
+{
+    (void)state;
+    static const char *const convs[] = {
+        "[{\"role\": \"user\", \"content\": \"Weather in Paris?\"},"
+        " {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"c1\", \"type\": "
+        "\"function\", \"function\": {\"name\": \"get_weather\", \"arguments\": \"{}\"}}]},"
+        " {\"role\": \"tool\", \"tool_call_id\": \"c1\", \"content\": \"18 C\"}]",
+        "[{\"role\": \"system\", \"content\": \"Be brief.\"},"
+        " {\"role\": \"user\", \"content\": \"Weather in Paris?\"}]",
+    };
+    for (int f = 0; f < 2; f++) {
+        const int format = f ? EXSA_TOOLS_DEEPSEEK_V31 : EXSA_TOOLS_DEEPSEEK_R1;
+        exsa_tool_spec s;
+        exsa_err err = {0};
+        assert_int_equal(spec_fmt("{\"tools\": [" WEATHER "], \"tool_choice\": \"required\"}",
+                                  format, &s, &err),
+                         0);
+        for (int c = 0; c < 2; c++) {
+            json_t *msgs = json_loads(convs[c], 0, NULL);
+            assert_non_null(msgs);
+            json_t *out = exsa_tool_rewrite_messages(msgs, &s, &err);
+            assert_non_null(out);
+            const size_t n = json_array_size(msgs);
+            assert_int_equal(json_array_size(out), c ? n : n + 1);
+            const json_t *sys = json_array_get(out, 0);
+            assert_string_equal(json_string_value(json_object_get(sys, "role")), "system");
+            const char *txt = json_string_value(json_object_get(sys, "content"));
+            assert_non_null(strstr(txt, "get_weather"));
+            assert_non_null(strstr(txt, "\"city\""));
+            assert_non_null(strstr(txt, CB C1));
+            assert_non_null(strstr(txt, f ? "example_function_name" SEP "{" : "function" SEP));
+            assert_int_equal(strstr(txt, "```json") != NULL, !f);
+            if (c)
+                assert_non_null(strstr(txt, "Be brief."));
+            /* the other turns are untouched */
+            for (size_t k = c ? 1 : 0; k < n; k++)
+                assert_true(json_equal(json_array_get(msgs, k), json_array_get(out, k + (c ? 0 : 1))));
+            json_decref(out);
+            json_decref(msgs);
+        }
+        exsa_tool_spec_free(&s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -750,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_functionary_auto_grammar),
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_generic_rewrite),
+        cmocka_unit_test(test_deepseek_rewrite),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -504,9 +504,84 @@ char *exsa_tool_grammar(const exsa_tool_spec *spec, const char **lazy_trigger, e
 
 /* ---- the generic format's prompt ---- */
 
+/* DeepSeek's own templates (R1, its distills, V3.1) render no tools: the
+ * tools and the call syntax go into the system turn, and everything else
+ * stays for the template, which writes calls and results natively. */
+static json_t *deepseek_rewrite(const json_t *messages, const exsa_tool_spec *spec, exsa_err *err)
+{
+    json_t *desc = json_array(), *out = NULL;
+    char *tools_text = NULL, *sys = NULL;
+    size_t i;
+    const json_t *t;
+    if (!desc)
+        goto oom;
+    json_array_foreach(spec->tools, i, t) json_array_append(desc, (json_t *)fn_of(t));
+    tools_text = json_dumps(desc, JSON_INDENT(2) | JSON_ENSURE_ASCII);
+    if (!tools_text)
+        goto oom;
+    const int r1 = spec->format == EXSA_TOOLS_DEEPSEEK_R1;
+    char must[320] = "";
+    if (spec->choice == EXSA_TOOL_CHOICE_NAMED)
+        snprintf(must, sizeof must, "\nCall the function %s.", spec->named);
+    else if (spec->choice == EXSA_TOOL_CHOICE_REQUIRED)
+        snprintf(must, sizeof must, "\nCall at least one function.");
+    if (asprintf(&sys,
+                 "You can call any of the following function tools to satisfy the user's "
+                 "requests: %s\n\nExample function tool call syntax:\n\n%s%s",
+                 tools_text,
+                 r1 ? DS_CALLS_BEGIN DS_CALL_BEGIN "function" DS_SEP "example_function_name\n"
+                      "```json\n{\n  \"arg1\": \"some_value\"\n}\n```" DS_CALL_END DS_CALLS_END
+                    : DS_CALLS_BEGIN DS_CALL_BEGIN "example_function_name" DS_SEP
+                      "{\"arg1\": \"some_value\"}" DS_CALL_END DS_CALLS_END,
+                 must) < 0) {
+        sys = NULL;
+        goto oom;
+    }
+    out = json_array();
+    if (!out)
+        goto oom;
+    const json_t *m;
+    json_array_foreach(messages, i, m) {
+        json_t *c = json_deep_copy(m);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (c && i == 0 && role && !strcmp(role, "system")) {
+            const char *txt = json_string_value(json_object_get(m, "content"));
+            char *joined = NULL;
+            if (asprintf(&joined, "%s\n\n%s", sys, txt ? txt : "") < 0)
+                joined = NULL;
+            if (!joined || json_object_set_new(c, "content", json_string(joined))) {
+                free(joined);
+                json_decref(c);
+                goto oom;
+            }
+            free(joined);
+            free(sys);
+            sys = NULL; /* used */
+        }
+        if (!c || json_array_append_new(out, c))
+            goto oom;
+    }
+    if (sys && json_array_insert_new(out, 0, json_pack("{s:s, s:s}", "role", "system", "content",
+                                                       sys)))
+        goto oom;
+    free(sys);
+    free(tools_text);
+    json_decref(desc);
+    return out;
+oom:
+    free(sys);
+    free(tools_text);
+    json_decref(desc);
+    json_decref(out);
+    exsa_err_set(err, EXSA_ENOMEM, "tools: out of memory");
+    return NULL;
+}
+
 json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec *spec,
                                    exsa_err *err)
 {
+    if (spec->format == EXSA_TOOLS_DEEPSEEK_R1 || spec->format == EXSA_TOOLS_DEEPSEEK_V31)
+        return deepseek_rewrite(messages, spec, err);
     json_t *out = json_array();
     json_t *desc = json_array();
     if (!out || !desc)

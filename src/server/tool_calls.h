@@ -106,7 +106,12 @@ char *exsa_tool_grammar(const exsa_tool_spec *spec, const char **lazy_trigger, e
 
 /* For the GENERIC format: a copy of messages with the tool definitions and
  * the answer format in the system turn, assistant tool_calls as their JSON
- * and tool results as user turns. NULL + err. */
+ * and tool results as user turns. For DEEPSEEK_R1 / DEEPSEEK_V31: a copy
+ * with the tools and the call syntax in the system turn and every other
+ * message as it was; DeepSeek's own templates (R1, its distills, V3.1)
+ * never render `tools`, so the caller should use this when the template
+ * source does not mention "tools" (llama.cpp's fixed deepseek-r1 template
+ * does). NULL + err. */
 json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec *spec,
                                    exsa_err *err);
 
