@@ -20,6 +20,7 @@
 
 #include "engine/grammar.h"
 #include "server/tool_calls.h"
+#include "text/chat_template.h"
 #include "test_util.h"
 
 /* The markers as the real templates write them (UTF-8 in this source, so
@@ -426,7 +427,8 @@ static int spec_fmt(const char *body, int format, exsa_tool_spec *s, exsa_err *e
 }
 
 #define WEATHER                                                                                 \
-    "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"parameters\": "          \
+    "{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": "      \
+    "\"Weather of a city\", \"parameters\": "                                                     \
     "{\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}, \"unit\": "        \
     "{\"enum\": [\"c\", \"f\"]}}, \"required\": [\"city\"]}}}"
 #define NOARGS "{\"type\": \"function\", \"function\": {\"name\": \"get_time\"}}"
@@ -785,6 +787,96 @@ static void test_deepseek_rewrite(void **state)
     }
 }
 
+/* What a real template writes for an earlier assistant call is what the
+ * format's parser reads back as that call. */
+static void test_template_round_trip(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *file;
+        int format, args_as_text; /* the template adds arguments as text */
+        const char *from, *to;   /* the call's span in the rendered prompt */
+        size_t skip;              /* bytes of `from` before the output */
+    } rt[] = {
+        {"deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", EXSA_TOOLS_DEEPSEEK_R1, 0, CB, CE, 0},
+        /* (llama.cpp's own deepseek-r1 template pipes a map() into tojson,
+         * which Jinja2 refuses too) */
+        {"deepseek-ai-DeepSeek-V3.1.jinja", EXSA_TOOLS_DEEPSEEK_V31, 0, CB, CE, 0},
+        {"CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", EXSA_TOOLS_COMMAND_R7B, 0,
+         "<|CHATBOT_TOKEN|><|START_THINKING|>", "<|END_ACTION|>", 17},
+        {"meetkai-functionary-medium-v3.2.jinja", EXSA_TOOLS_FUNCTIONARY_V32, 1, ">>>get_weather\n",
+         "<|eot_id|>", 0},
+        {"meetkai-functionary-medium-v3.1.jinja", EXSA_TOOLS_FUNCTIONARY_V31, 0,
+         "<function=get_weather>", "<|eom_id|>", 0},
+    };
+    int missing = 0;
+    for (size_t i = 0; i < sizeof rt / sizeof rt[0]; i++) {
+        char *src = read_template(rt[i].file);
+        if (!src) {
+            missing++;
+            continue;
+        }
+        exsa_err err = {0};
+        exsa_chat_template *t = exsa_chat_template_create(src, strlen(src), &err);
+        free(src);
+        if (!t)
+            fail_msg("%s: %s", rt[i].file, err.msg);
+        char conv[1024];
+        snprintf(conv, sizeof conv,
+                 "[{\"role\": \"user\", \"content\": \"Weather in Paris and Oslo?\"},"
+                 " {\"role\": \"assistant\", \"content\": \"\", \"reasoning_content\": \"plan\","
+                 " \"tool_calls\": [{\"id\": \"c1\", \"type\": \"function\", \"function\": {\"name\":"
+                 " \"get_weather\", \"arguments\": %s}}, {\"id\": \"c2\", \"type\": \"function\","
+                 " \"function\": {\"name\": \"get_weather\", \"arguments\": %s}}]},"
+                 " {\"role\": \"tool\", \"tool_call_id\": \"c1\", \"content\": \"18 C\"},"
+                 " {\"role\": \"tool\", \"tool_call_id\": \"c2\", \"content\": \"9 C\"}]",
+                 rt[i].args_as_text ? "\"{\\\"city\\\": \\\"Paris\\\"}\"" : "{\"city\": \"Paris\"}",
+                 rt[i].args_as_text ? "\"{\\\"city\\\": \\\"Oslo\\\"}\"" : "{\"city\": \"Oslo\"}");
+        json_t *msgs = json_loads(conv, 0, NULL);
+        json_t *tools = json_loads("[" WEATHER "]", 0, NULL);
+        assert_non_null(msgs);
+        assert_non_null(tools);
+        exsa_chat_opts o = {.add_generation_prompt = 1, .tools = tools};
+        char *prompt = exsa_chat_template_render(t, msgs, &o, &err);
+        if (!prompt)
+            fail_msg("%s: %s", rt[i].file, err.msg);
+        const char *a = strstr(prompt, rt[i].from);
+        const char *b = a ? strstr(a, rt[i].to) : NULL;
+        if (!b)
+            fail_msg("%s: no call span in '%s'", rt[i].file, prompt);
+        if (rt[i].format != EXSA_TOOLS_FUNCTIONARY_V32 && rt[i].format != EXSA_TOOLS_FUNCTIONARY_V31)
+            b += strlen(rt[i].to); /* the end marker is part of the output */
+        a += rt[i].skip;
+        exsa_tool_parser *p = exsa_tool_parser_create(rt[i].format, "", &err);
+        assert_non_null(p);
+        exsa_strbuf out;
+        exsa_strbuf_init(&out);
+        for (const char *q = a; q < b; q++) /* a byte at a time */
+            assert_int_equal(exsa_tool_parser_feed(p, q, 1, &out), 0);
+        assert_int_equal(exsa_tool_parser_finish(p, &out), 0);
+        if (exsa_tool_parser_n_calls(p) != 2 || out.len)
+            fail_msg("%s: %d calls and content '%.*s' from '%.*s'", rt[i].file,
+                     exsa_tool_parser_n_calls(p), (int)out.len, out.p ? out.p : "", (int)(b - a), a);
+        for (int k = 0; k < 2; k++) {
+            const exsa_tool_call *tc = exsa_tool_parser_call(p, k);
+            assert_string_equal(tc->name, "get_weather");
+            assert_true(json_equal_text(tc->arguments, k ? "{\"city\": \"Oslo\"}"
+                                                         : "{\"city\": \"Paris\"}"));
+        }
+        exsa_strbuf_free(&out);
+        exsa_tool_parser_free(p);
+        free(prompt);
+        json_decref(msgs);
+        json_decref(tools);
+        exsa_chat_template_destroy(t);
+    }
+    if (missing) {
+        fprintf(stderr, "test_tool_calls: %d templates absent: round trip not fully checked\n",
+                missing);
+        skip();
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -798,6 +890,7 @@ int main(void)
         cmocka_unit_test(test_spec_errors),
         cmocka_unit_test(test_generic_rewrite),
         cmocka_unit_test(test_deepseek_rewrite),
+        cmocka_unit_test(test_template_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
