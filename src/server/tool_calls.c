@@ -378,7 +378,8 @@ static char *family_grammar(const exsa_tool_spec *spec, int forced, int many,
     case EXSA_TOOLS_DEEPSEEK_R1:
         exsa_strbuf_puts(&g, many ? "root ::= \"" DS_CALLS_BEGIN "\" x-call ( \"\\n\" x-call )* \""
                                     DS_CALLS_END "\"\n"
-                                  : "root ::= \"" DS_CALLS_BEGIN "\" x-call \"" DS_CALLS_END "\"\n");
+                                  : "root ::= \"" DS_CALLS_BEGIN "\" x-call \"" DS_CALLS_END
+                                    "\"\n");
         named_calls_rule(&g, spec, "\"" DS_CALL_BEGIN "function" DS_SEP "\"", "\\n```json\\n",
                          "\"\\n```" DS_CALL_END "\"");
         if (!forced)
@@ -386,7 +387,8 @@ static char *family_grammar(const exsa_tool_spec *spec, int forced, int many,
         break;
     case EXSA_TOOLS_DEEPSEEK_V31:
         exsa_strbuf_puts(&g, many ? "root ::= \"" DS_CALLS_BEGIN "\" x-call+ \"" DS_CALLS_END "\"\n"
-                                  : "root ::= \"" DS_CALLS_BEGIN "\" x-call \"" DS_CALLS_END "\"\n");
+                                  : "root ::= \"" DS_CALLS_BEGIN "\" x-call \"" DS_CALLS_END
+                                    "\"\n");
         named_calls_rule(&g, spec, "\"" DS_CALL_BEGIN "\"", DS_SEP, "\"" DS_CALL_END "\"");
         if (!forced)
             *lazy_trigger = DS_CALLS_BEGIN;
@@ -399,7 +401,8 @@ static char *family_grammar(const exsa_tool_spec *spec, int forced, int many,
         break;
     default: /* EXSA_TOOLS_FUNCTIONARY_V32: the prompt ends with ">>>" */
         if (forced)
-            exsa_strbuf_puts(&g, many ? "root ::= x-call ( \">>>\" x-call )*\n" : "root ::= x-call\n");
+            exsa_strbuf_puts(&g, many ? "root ::= x-call ( \">>>\" x-call )*\n"
+                                      : "root ::= x-call\n");
         else
             exsa_strbuf_puts(&g, many ? "root ::= x-seg ( \">>>\" x-seg )*\n"
                                         "x-seg ::= x-call | \"all\\n\" x-text\n" FV_TEXT_RULE
