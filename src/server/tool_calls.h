@@ -9,6 +9,29 @@
  *   MISTRAL  [TOOL_CALLS][{"name": N, "arguments": {...}}, ...]
  *   LLAMA3   {"name": N, "parameters": {...}} as the whole answer (Llama
  *            3.1-3.3's JSON tool calling)
+ *   DEEPSEEK_R1   <｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>N
+ *            ```json {...} ```<｜tool▁call▁end｜> ... <｜tool▁calls▁end｜>
+ *            (DeepSeek R1, its distills, V3 before 3.1: a newline after N and
+ *            around the fence, a newline between calls)
+ *   DEEPSEEK_V31  the same markers, <｜tool▁call▁begin｜>N<｜tool▁sep｜>{...}
+ *            <｜tool▁call▁end｜>: no type, no fence (V3.1). The parser reads
+ *            both shapes in either format. V3.2 / V4 (DSML) are not covered.
+ *   COMMAND_R7B   <|START_ACTION|>[{"tool_call_id": "0", "tool_name": N,
+ *            "parameters": {...}}, ...]<|END_ACTION|>; <|START_THINKING|>
+ *            ...<|END_THINKING|> (the tool plan) is dropped, not content;
+ *            <|START_RESPONSE|> / <|END_RESPONSE|> are removed around the
+ *            answer text (Command R7B, Command A's Cohere2 template)
+ *   FUNCTIONARY_V32  >>>N\n{...} segments; >>>all\n is text for the user.
+ *            The generation prompt ends with ">>>", so the output's first
+ *            segment has no ">>>" ("all\nHi" or "N\n{...}")
+ *   FUNCTIONARY_V31  <function=N>{...}</function> (Functionary 3.1 on
+ *            Llama 3.1; its <|python_tag|> code calls are not parsed)
+ *   GRANITE  <|tool_call|>[{"name": N, "arguments": {...}}, ...] (Granite
+ *            3.x; Granite 4 writes <tool_call> and is HERMES)
+ *   gpt-oss's harmony channels are not covered: its template renders calls
+ *            as "<|start|>assistant to=functions.N<|channel|>commentary
+ *            json<|message|>", not in the order the model writes them, so
+ *            the output bytes are not clear from it; it is GENERIC.
  *   GENERIC  for templates with no tool syntax (SmolLM2, ...): the tools and
  *            the answer format are written into the system turn, and the
  *            whole answer is JSON, {"tool_calls": [{"name": N,
@@ -16,8 +39,13 @@
  *            a grammar; earlier calls and tool results go back into the
  *            turns the template has (exsa_tool_rewrite_messages).
  * With tool_choice "auto" the native formats are constrained lazily, from
- * their opening marker on; "required" and a named function constrain the
- * whole answer; "none" renders no tools and constrains nothing.
+ * their opening marker on (FUNCTIONARY_V32 from the first token: its
+ * grammar lets "all\n" text or calls start the answer); "required" and a
+ * named function constrain the whole answer; "none" renders no tools and
+ * constrains nothing. Markers are string literals in the grammars: where a
+ * marker is a control token (empty bytes for the grammar engine) the model
+ * must spell it in ordinary tokens, except a lazy grammar's trigger, which
+ * is found in the rendered output text and may come as the token itself.
  */
 #ifndef EXSA_SERVER_TOOL_CALLS_H
 #define EXSA_SERVER_TOOL_CALLS_H
@@ -34,6 +62,12 @@ enum exsa_tool_format {
     EXSA_TOOLS_HERMES,
     EXSA_TOOLS_MISTRAL,
     EXSA_TOOLS_LLAMA3,
+    EXSA_TOOLS_DEEPSEEK_R1,
+    EXSA_TOOLS_DEEPSEEK_V31,
+    EXSA_TOOLS_COMMAND_R7B,
+    EXSA_TOOLS_FUNCTIONARY_V32,
+    EXSA_TOOLS_FUNCTIONARY_V31,
+    EXSA_TOOLS_GRANITE,
 };
 
 /* The format a chat template's text writes tool calls in. */
@@ -72,7 +106,12 @@ char *exsa_tool_grammar(const exsa_tool_spec *spec, const char **lazy_trigger, e
 
 /* For the GENERIC format: a copy of messages with the tool definitions and
  * the answer format in the system turn, assistant tool_calls as their JSON
- * and tool results as user turns. NULL + err. */
+ * and tool results as user turns. For DEEPSEEK_R1 / DEEPSEEK_V31: a copy
+ * with the tools and the call syntax in the system turn and every other
+ * message as it was; DeepSeek's own templates (R1, its distills, V3.1)
+ * never render `tools`, so the caller should use this when the template
+ * source does not mention "tools" (llama.cpp's fixed deepseek-r1 template
+ * does). NULL + err. */
 json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec *spec,
                                    exsa_err *err);
 
