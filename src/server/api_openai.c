@@ -727,8 +727,13 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
         o->g.grammar_trigger = trigger ? strdup(trigger) : NULL;
         o->g.rp.grammar = o->g.grammar;
         o->g.rp.grammar_trigger = o->g.grammar_trigger;
-        /* the generic format writes the tools into the turns themselves */
-        if (format == EXSA_TOOLS_GENERIC)
+        /* the generic format writes the tools into the turns themselves, and
+         * so do templates of a tool format that never render `tools`
+         * (DeepSeek's own) */
+        const char *src = exsa_engine_chat_template_source(o->job->eng);
+        if (format == EXSA_TOOLS_GENERIC ||
+            ((format == EXSA_TOOLS_DEEPSEEK_R1 || format == EXSA_TOOLS_DEEPSEEK_V31) && src &&
+             !strstr(src, "tools")))
             rendered_msgs = exsa_tool_rewrite_messages(msgs, &o->tools, &err);
         else
             tools_arg = o->tools.tools;
