@@ -703,7 +703,10 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
     exsa_err err = {0};
     const int format = exsa_tool_format_detect(exsa_engine_chat_template_source(o->job->eng));
     if (exsa_tool_spec_parse(body, format, &o->tools, &err)) {
-        exsa_param_fail(&pe, "tools", "invalid_value", "%s", err.msg);
+        const char *param = !strncmp(err.msg, "tool_choice", 11)           ? "tool_choice"
+                            : !strncmp(err.msg, "parallel_tool_calls", 19) ? "parallel_tool_calls"
+                                                                           : "tools";
+        exsa_param_fail(&pe, param, "invalid_value", "%s", err.msg);
         exsa_app_reply_param(rq, &pe);
         goto done;
     }

@@ -261,7 +261,15 @@ int exsa_gen_job_submit(exsa_gen_job *j, const exsa_gen_params *g, const exsa_ge
             if (!r) {
                 free(budget);
                 exsa_gen_job_cancel(j);
-                exsa_app_reply_engine(rq, &err, err.code == EXSA_EINVAL ? prompt_field : NULL);
+                /* a grammar's errors are the grammar field's (or the tools' or
+                 * response_format's that made it) */
+                const char *param = err.code != EXSA_EINVAL ? NULL
+                                    : !strncmp(err.msg, "grammar", 7)
+                                        ? (g->grammar_trigger && !strcmp(prompt_field, "messages")
+                                               ? "tools"
+                                               : "grammar")
+                                        : prompt_field;
+                exsa_app_reply_engine(rq, &err, param);
                 return err.code ? err.code : EXSA_EINVAL;
             }
             pthread_mutex_lock(&j->app->mu);

@@ -220,7 +220,10 @@ const wrong = {
     stream_options: ['5', '"x"', '{"include_usage":"yes"}', '[]'],
     logprobs: ['"x"', '{}', '[]'],
     top_logprobs: ['21', '-1', '"x"', '2.5'],
-    response_format: ['{"type":"json_object"}', '"json"', '{"type":"bogus"}', '{"type":"json_schema","json_schema":{"name":"x","schema":{}}}', '5', '{}'],
+    response_format: ['"json"', '{"type":"bogus"}', '{"type":"json_schema"}', '{"type":"json_schema","json_schema":{"name":"x","schema":{"not":{}}}}', '5', '{}'],
+    tools: ['5', '[5]', '[{"type":"code"}]', '[{"type":"function","function":{"name":"a b"}}]'],
+    tool_choice: ['"always"', '5', '{"type":"function","function":{"name":"nope"}}'],
+    grammar: ['5', '"root ::= (\\"a\\""', '"root ::= undefined-rule"'],
     ignore_eos: ['"x"', '{}'],
     priority: ['"x"', '1.5', '{}'],
 };
@@ -237,10 +240,12 @@ for (const [f, vals] of Object.entries(wrong)) {
 }
 // Features not implemented must be refused naming the field, never ignored;
 // their neutral values are fine.
-for (const [f, v] of [['tools', '[{"type":"function","function":{"name":"f","parameters":{}}}]'], ['tool_choice', '"auto"'], ['tool_choice', '"required"'],
-    ['functions', '[{"name":"f"}]'], ['function_call', '"auto"'], ['grammar', '"root ::= \\"a\\""'], ['n_probs', '3'], ['best_of', '2']])
+for (const [f, v] of [['tool_choice', '"required"'],
+    ['functions', '[{"name":"f"}]'], ['function_call', '"auto"'], ['n_probs', '3'], ['best_of', '2']])
     add(`chat unsupported ${f}=${v}`, request('POST', CHAT, chatWith(f, v)), 400, { param: f });
-for (const [f, v] of [['tools', '[]'], ['tool_choice', '"none"'], ['response_format', '{"type":"text"}'], ['best_of', '1'], ['user', '"u1"'], ['n_probs', '0']])
+for (const [f, v] of [['tools', '[]'], ['tool_choice', '"none"'], ['response_format', '{"type":"text"}'], ['best_of', '1'], ['user', '"u1"'], ['n_probs', '0'],
+    ['response_format', '{"type":"json_object"}'], ['tools', '[{"type":"function","function":{"name":"f","parameters":{}}}]'],
+    ['tool_choice', '"auto"'], ['grammar', '"root ::= \\"a\\""']])
     add(`chat neutral ${f}=${v}`, request('POST', CHAT, chatWith(f, v)), 200);
 add('chat model "nope"', request('POST', CHAT, chatWithout('model', '"nope"')), 404);
 add('chat without messages', request('POST', CHAT, `{"model":"${MODEL}","max_tokens":2}`), 400, { param: 'messages' });
