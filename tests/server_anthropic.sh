@@ -350,5 +350,12 @@ expect_code 200 "thinking disabled" &&
 http POST /v1/messages "{\"max_tokens\":6,\"temperature\":0,\"stream\":true,$Q}"
 expect_eq "$(events | sed 's/\(content_block_delta \)*content_block_delta/DELTAS/g')" "message_start ping content_block_start DELTAS content_block_stop content_block_start content_block_stop message_delta message_stop" "thinking stream: event order (thinking block 0, text block 1)"
 JV_SSE=1 expect_js 'j[2].content_block.type === "thinking" && j[2].index === 0 && j.filter(e => e.type === "content_block_delta").every(e => e.delta.type === "thinking_delta" && e.index === 0) && j.at(-4).content_block.type === "text" && j.at(-4).index === 1' "thinking stream: block types and indexes"
+# Tools on a thinking template: the generic format's grammar makes the
+# whole answer the calls, none of it thinking.
+http POST /v1/messages "{\"max_tokens\": 300, \"temperature\": 0, \"tools\": $TOOLS,
+ \"tool_choice\": {\"type\": \"tool\", \"name\": \"add\"}, $Q}"
+expect_code 200 "tools on a thinking template" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && j.content[0].name === 'add' && $USE_OK(j.content[0])" \
+        "tools on a thinking template: one valid call, no thinking block"
 server_alive || fail "server died during the thinking tests"
 finish

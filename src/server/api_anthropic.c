@@ -1064,7 +1064,10 @@ void exsa_api_anthropic_messages(exsa_http_req *rq, void *app)
     if (exsa_gen_job_chat_prompt(a->job, rendered ? rendered : msgs, tools_arg, kw, prefill,
                                  &a->prompt, &text))
         goto out;
-    a->think = exsa_chat_thinks(a->job->eng, rf);
+    /* The generic tool format's grammar makes the whole answer JSON: no
+     * thinking comes before it. */
+    a->think = exsa_chat_thinks(a->job->eng, rf) &&
+               !(a->tp && a->tools.format == EXSA_TOOLS_GENERIC);
     a->opened = a->think && exsa_reasoning_prompt_opened(text, strlen(text));
     exsa_reasoning_init(&a->rsn, a->opened);
     if (exsa_gen_job_submit(a->job, &a->g, &a->prompt, 1, "messages"))
