@@ -6,7 +6,8 @@
 # max_tokens, bad role, bad JSON, image block, unknown model, API key via
 # x-api-key), tool use (tool_choice any / tool / none / auto, plain and
 # streamed with input_json_delta pieces assembled, tool_use and tool_result
-# blocks in the history, the tool errors), then a template that opens
+# blocks in the history, the tool errors; the generic format and a
+# Hermes-style template with tool syntax), then a template that opens
 # <think>: thinking blocks, OpenAI reasoning_content (reasoning_format,
 # chat_template_kwargs).
 # Usage: bash tests/server_anthropic.sh EXSA_BIN FIXTURES BUILD_DIR
@@ -312,6 +313,39 @@ expect_anthropic_error 400 invalid_request_error "is_error" "is_error not a bool
 http POST /v1/messages "{\"max_tokens\": 4, \"tools\": $TOOLS, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"Sure\"}]}"
 expect_anthropic_error 400 invalid_request_error "prefill" "prefill with tools"
 server_alive || fail "server died during the tool tests"
+stop_server
+
+echo "== tool use on a template with tool syntax (at ${SECONDS}s)"
+# A Hermes-style template: the tools go to the template, calls come as
+# <tool_call> JSON </tool_call>, results as <tool_response>.
+cat >"$WORK/hermes.jinja" <<'TPL'
+{%- if tools -%}{{- '<|im_start|>system\nTools: ' + (tools | tojson) + '\nCall them as <tool_call>\n{"name": N, "arguments": A}\n</tool_call><|im_end|>\n' -}}{%- endif -%}
+{%- for message in messages -%}
+{%- if message.role == 'assistant' and message.tool_calls -%}{{- '<|im_start|>assistant\n' + message.content -}}{%- for tc in message.tool_calls -%}{{- '<tool_call>\n{"name": "' + tc.function.name + '", "arguments": ' + tc.function.arguments + '}\n</tool_call>' -}}{%- endfor -%}{{- '<|im_end|>\n' -}}
+{%- elif message.role == 'tool' -%}{{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' -}}
+{%- else -%}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+TPL
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 4096 -np 2 -t 1 --chat-template "$WORK/hermes.jinja"
+tool_req ', "tool_choice": {"type": "any", "disable_parallel_tool_use": true}'
+expect_code 200 "hermes: tool_choice any" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && $USE_OK(j.content[0])" "hermes: one valid call"
+tool_req ', "tool_choice": {"type": "tool", "name": "get_weather"}, "stream": true'
+expect_code 200 "hermes: stream named tool" &&
+    JV_SSE=1 expect_js "(m => m.bad === '' && m.stop_reason === 'tool_use' && m.blocks.length === 1 && m.blocks[0].name === 'get_weather' && $USE_OK(m.blocks[0]))($ASSEMBLE)" \
+        "hermes: stream named tool: one valid get_weather block"
+tool_req ', "tool_choice": {"type": "none"}' 4
+NONE_IN=$(jv 'j.usage.input_tokens')
+tool_req '' 4
+expect_js "j.usage.input_tokens > $NONE_IN + 50" "hermes: the tools go through the template (auto), not with none"
+tool_req '' 4 "[$RT_USER, $RT_CALL]"
+CALL_IN=$(jv 'j.usage.input_tokens')
+tool_req '' 4 "[$RT_USER, $RT_CALL, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\",
+ \"tool_use_id\": \"toolu_01\", \"content\": \"-3 C, snow\"}]}]"
+expect_code 200 "hermes: round trip" &&
+    expect_js "j.usage.input_tokens > $CALL_IN + 5" "hermes: the tool_result is in the prompt as a tool message"
+server_alive || fail "server died during the hermes tool tests"
 stop_server
 
 echo "== a template that opens <think> (at ${SECONDS}s)"
