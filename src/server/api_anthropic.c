@@ -864,8 +864,9 @@ static json_t *openai_tools(const json_t *body, exsa_param_err *pe)
         const json_t *t;
         json_array_foreach(tools, i, t) {
             const char *type = json_string_value(json_object_get(t, "type"));
-            const json_t *name = json_object_get(t, "name"), *desc = json_object_get(t, "description"),
-                         *schema = json_object_get(t, "input_schema");
+            const json_t *name = json_object_get(t, "name");
+            const json_t *desc = json_object_get(t, "description");
+            const json_t *schema = json_object_get(t, "input_schema");
             const char *st = json_string_value(json_object_get(schema, "type"));
             if (!json_is_object(t)) {
                 exsa_param_fail(pe, "tools", "invalid_type", "tools.%zu: must be an object", i);

@@ -185,7 +185,8 @@ def main_tests():
               r.stop_reason)
         check(r.content and all(b.type in ("text", "tool_use") for b in r.content),
               "tool result: text or tool_use blocks", r.content)
-        check(r.usage.input_tokens > m.usage.input_tokens, "tool result: the history is in the prompt",
+        check(r.usage.input_tokens > m.usage.input_tokens,
+              "tool result: the history is in the prompt",
               (r.usage.input_tokens, m.usage.input_tokens))
         state["answer"] = [(b.type, b.text if b.type == "text" else b.input) for b in r.content]
         state["answer_reason"] = r.stop_reason
@@ -193,7 +194,8 @@ def main_tests():
         r = c.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, messages=history,
                               tools=[WEATHER], tool_choice={"type": "none"})
         eq([b.type for b in r.content], ["text"], "tool result, tool_choice none: one text block")
-        check("18" in r.content[0].text, "tool result, tool_choice none: the answer uses the result",
+        check("18" in r.content[0].text,
+              "tool result, tool_choice none: the answer uses the result",
               r.content[0].text)
 
     @section
