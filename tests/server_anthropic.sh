@@ -3,9 +3,13 @@
 # the reasoning split: the message object, streamed events in Anthropic's
 # order and shape, stop_sequences (the matched one named), max_tokens,
 # system / block content / prefill, errors in Anthropic's shape (missing
-# max_tokens, bad role, bad JSON, image block, tools, unknown model, API
-# key via x-api-key), then a template that opens <think>: thinking blocks,
-# OpenAI reasoning_content (reasoning_format, chat_template_kwargs).
+# max_tokens, bad role, bad JSON, image block, unknown model, API key via
+# x-api-key), tool use (tool_choice any / tool / none / auto, plain and
+# streamed with input_json_delta pieces assembled, tool_use and tool_result
+# blocks in the history, the tool errors; the generic format and a
+# Hermes-style template with tool syntax), then a template that opens
+# <think>: thinking blocks, OpenAI reasoning_content (reasoning_format,
+# chat_template_kwargs).
 # Usage: bash tests/server_anthropic.sh EXSA_BIN FIXTURES BUILD_DIR
 source "$(dirname "$0")/server/common.sh"
 command -v node >/dev/null 2>&1 || skip "node is not installed (JSON checks use it)"
@@ -108,10 +112,6 @@ http POST /v1/messages '{"max_tokens":4,"messages":['
 expect_anthropic_error 400 invalid_request_error "JSON" "bad JSON"
 http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"text","text":"see"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA=="}}]}]}'
 expect_anthropic_error 400 invalid_request_error "not supported" "image block"
-http POST /v1/messages "{\"max_tokens\":4,\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":\"object\"}}],$Q}"
-expect_anthropic_error 400 invalid_request_error "tools are not supported yet" "tools"
-http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"4"}]}]}'
-expect_anthropic_error 400 invalid_request_error "tools are not supported yet" "tool_result block"
 http POST /v1/messages "{\"max_tokens\":4,\"stop_sequences\":\"x\",$Q}"
 expect_anthropic_error 400 invalid_request_error stop_sequences "stop_sequences not a list"
 http POST /v1/messages "{\"max_tokens\":4,\"temperature\":1.5,$Q}"
@@ -141,6 +141,211 @@ http POST /v1/messages "{\"max_tokens\":2,$Q}" -H "x-api-key: $KEY" -H 'anthropi
 expect_code 200 "x-api-key accepted"
 http POST /v1/messages "{\"max_tokens\":2,$Q}" -H "Authorization: Bearer $KEY"
 expect_code 200 "Authorization: Bearer accepted"
+stop_server
+
+echo "== tool use (at ${SECONDS}s)"
+# The tiny model's template has no tool syntax: the generic format, whose
+# grammar makes every call well formed whatever the random weights say.
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 4096 -np 2 -t 1
+TOOLS='[{"name": "get_weather", "description": "Weather of a city", "input_schema": {"type": "object",
+ "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["c", "f"]}},
+ "required": ["city", "unit"], "additionalProperties": false}},
+ {"name": "add", "input_schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0,
+ "maximum": 99}, "b": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["a", "b"],
+ "additionalProperties": false}}]'
+# JavaScript: a tool_use block whose name is a tool's and whose input
+# validates against that tool's input_schema.
+USE_OK='(b => b.type === "tool_use" && /^toolu_[A-Za-z0-9_-]+$/.test(b.id) &&
+ typeof b.input === "object" && b.input !== null && !Array.isArray(b.input) &&
+ ((b.name === "get_weather" && typeof b.input.city === "string" && [...b.input.city].length <= 10 &&
+   ["c", "f"].includes(b.input.unit) && Object.keys(b.input).length === 2) ||
+  (b.name === "add" && Number.isInteger(b.input.a) && b.input.a >= 0 && b.input.a <= 99 &&
+   Number.isInteger(b.input.b) && b.input.b >= 0 && b.input.b <= 99 && Object.keys(b.input).length === 2)))'
+# JavaScript over a streamed body (JV_SSE): the message its events build,
+# checked on the way (indexes in order, a block's deltas of its type).
+ASSEMBLE='(() => { const blocks = []; let open = -1, bad = "";
+  for (const e of j) {
+    if (e.type === "content_block_start") { if (e.index !== blocks.length || open !== -1) bad += "start " + e.index + ";";
+      blocks.push(Object.assign({}, e.content_block, {json: ""})); open = e.index; }
+    else if (e.type === "content_block_delta") { const b = blocks[e.index];
+      if (e.index !== open) bad += "delta of " + e.index + ";";
+      else if (b.type === "tool_use" && e.delta.type === "input_json_delta") b.json += e.delta.partial_json;
+      else if (b.type === "text" && e.delta.type === "text_delta") b.text += e.delta.text;
+      else bad += e.delta.type + " in " + b.type + ";"; }
+    else if (e.type === "content_block_stop") { if (e.index !== open) bad += "stop " + e.index + ";"; open = -1; } }
+  for (const b of blocks) if (b.type === "tool_use") { b.pieces = b.json; b.input = JSON.parse(b.json); delete b.json; } else delete b.json;
+  const md = j.find(e => e.type === "message_delta");
+  return {bad, blocks, stop_reason: md && md.delta.stop_reason}; })()'
+HI='[{"role": "user", "content": "hi"}]'
+tool_req() { # EXTRA_JSON [MAX_TOKENS [MESSAGES]]
+    http POST /v1/messages "{\"model\": \"tiny\", \"max_tokens\": ${2:-400}, \"temperature\": 0,
+ \"tools\": $TOOLS, \"messages\": ${3:-$HI} $1}"
+}
+
+tool_req ', "tool_choice": {"type": "any"}'
+expect_code 200 "tool_choice any" &&
+    expect_js 'j.stop_reason === "tool_use" && j.stop_sequence === null' "tool_choice any: stop_reason tool_use" &&
+    expect_js "j.content.length >= 1 && j.content.every(b => b.type === 'text' ? b === j.content[0] : $USE_OK(b)) && j.content.some(b => b.type === 'tool_use')" \
+        "tool_choice any: tool_use blocks (after any text) name tools and their input validates" &&
+    expect_js 'new Set(j.content.filter(b => b.type === "tool_use").map(b => b.id)).size === j.content.filter(b => b.type === "tool_use").length' \
+        "tool_choice any: tool_use ids are distinct"
+ANY_INPUTS=$(jv 'j.content.filter(b => b.type === "tool_use").map(b => [b.name, b.input])')
+
+tool_req ', "tool_choice": {"type": "tool", "name": "get_weather"}'
+expect_code 200 "tool_choice tool" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && j.content[0].name === 'get_weather' && $USE_OK(j.content[0])" \
+        "tool_choice tool get_weather: one call of it, input valid"
+tool_req ', "tool_choice": {"type": "tool", "name": "add"}'
+expect_code 200 "tool_choice tool add" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && j.content[0].name === 'add' && $USE_OK(j.content[0])" \
+        "tool_choice tool add: one call of it, input valid"
+tool_req ', "tool_choice": {"type": "any", "disable_parallel_tool_use": true}'
+expect_code 200 "disable_parallel_tool_use" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && $USE_OK(j.content[0])" \
+        "disable_parallel_tool_use: exactly one call"
+
+# none: the tools stay out of the prompt and the answer is text.
+http POST /v1/messages "{\"max_tokens\":8,\"temperature\":0,\"messages\":$HI}"
+PLAIN_IN=$(jv 'j.usage.input_tokens'); PLAIN_TEXT=$(jv 'j.content[0].text')
+tool_req ', "tool_choice": {"type": "none"}' 8
+expect_code 200 "tool_choice none" &&
+    expect_js 'j.content.length === 1 && j.content[0].type === "text" && j.stop_reason !== "tool_use"' "tool_choice none: one text block" &&
+    expect_eq "$(jv 'j.usage.input_tokens')" "$PLAIN_IN" "tool_choice none: the prompt is the one without tools" &&
+    expect_eq "$(jv 'j.content[0].text')" "$PLAIN_TEXT" "tool_choice none: the text of the request without tools (greedy)"
+# auto: the tools are in the prompt; the answer is calls or text.
+tool_req '' 300
+expect_code 200 "tool_choice auto (default)" &&
+    expect_js "j.usage.input_tokens > $PLAIN_IN + 50" "auto: the tools are in the prompt" &&
+    expect_js "j.stop_reason === 'tool_use' ? j.content.filter(b => b.type === 'tool_use').length >= 1 && j.content.every(b => b.type === 'text' || $USE_OK(b)) : j.content.length === 1 && j.content[0].type === 'text'" \
+        "auto: either valid tool_use blocks or one text block"
+
+# streamed: tool_use blocks whose input_json_delta pieces assemble into
+# the input the plain request gave (greedy).
+tool_req ', "tool_choice": {"type": "any"}, "stream": true'
+expect_code 200 "stream tool_choice any"
+ev=$(events | sed 's/\(content_block_delta \)*content_block_delta/DELTAS/g')
+expect_eq "$ev" "message_start ping$(printf ' content_block_start DELTAS content_block_stop%.0s' $(seq 1 "$(grep -c '^event: content_block_start' "$WORK/body")")) message_delta message_stop" \
+    "stream tools: event order (blocks start, deltas, stop; then message_delta)"
+JV_SSE=1 expect_js "(m => m.bad === '' && m.stop_reason === 'tool_use' && m.blocks.length >= 1 && m.blocks.every(b => $USE_OK(b)))($ASSEMBLE)" \
+    "stream tools: input_json_delta pieces assemble into valid inputs, stop_reason tool_use"
+JV_SSE=1 expect_js "j.filter(e => e.type === 'content_block_start').every(e => e.content_block.type === 'tool_use' && typeof e.content_block.name === 'string' && JSON.stringify(e.content_block.input) === '{}')" \
+    "stream tools: content_block_start carries the tool_use with input {}"
+JV_SSE=1 expect_eq "$(JV_SSE=1 jv "$ASSEMBLE.blocks.map(b => [b.name, b.input])")" "$ANY_INPUTS" "stream tools: the calls of the plain request (greedy)"
+tool_req ', "tool_choice": {"type": "tool", "name": "get_weather"}, "stream": true'
+JV_SSE=1 expect_js "(m => m.bad === '' && m.blocks.length === 1 && m.blocks[0].name === 'get_weather' && $USE_OK(m.blocks[0]))($ASSEMBLE)" \
+    "stream named tool: one valid get_weather block"
+JV_SSE=1 expect_js 'j.filter(e => e.type === "content_block_delta").length >= 2' "stream named tool: its input in several input_json_delta pieces"
+tool_req ', "tool_choice": {"type": "none"}, "stream": true' 8
+JV_SSE=1 expect_js "(m => m.bad === '' && m.blocks.length === 1 && m.blocks[0].type === 'text')($ASSEMBLE)" "stream tool_choice none: one text block" &&
+    expect_eq "$(JV_SSE=1 jv "$ASSEMBLE.blocks[0].text")" "$PLAIN_TEXT" "stream tool_choice none: the plain text (greedy)"
+# Sampled (temperature 1): whatever the calls, the stream stays coherent.
+for i in 1 2 3; do
+    http POST /v1/messages "{\"max_tokens\": 400, \"temperature\": 1, \"stream\": true, \"tools\": $TOOLS,
+ \"tool_choice\": {\"type\": \"any\"}, $Q}"
+    JV_SSE=1 expect_js "(m => m.bad === '' && (m.stop_reason === 'max_tokens' || (m.stop_reason === 'tool_use' && m.blocks.length >= 1 && m.blocks.every(b => $USE_OK(b)))))($ASSEMBLE)" \
+        "stream sampled $i: blocks in order, every call valid"
+done
+
+# A round trip: the call and its result go back through the template.
+RT_USER='{"role": "user", "content": "Weather in Oslo?"}'
+RT_CALL='{"role": "assistant", "content": [{"type": "text", "text": "Let me check."}, {"type": "tool_use",
+ "id": "toolu_01", "name": "get_weather", "input": {"city": "Oslo", "unit": "c"}}]}'
+rt() { # TOOL_RESULT_CONTENT_JSON [IS_ERROR]
+    tool_req '' 300 "[$RT_USER, $RT_CALL, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\",
+ \"tool_use_id\": \"toolu_01\", \"content\": $1${2:+, \"is_error\": $2}}]}]"
+}
+rt '"-3 C, snow"'
+expect_code 200 "round trip: tool_use and tool_result in the history" &&
+    expect_js "j.stop_reason === 'tool_use' ? j.content.every(b => b.type === 'text' || $USE_OK(b)) : j.content[0].type === 'text'" \
+        "round trip: a valid answer"
+RT_IN=$(jv 'j.usage.input_tokens')
+rt '[{"type": "text", "text": "-3 C, "}, {"type": "text", "text": "snow"}]'
+expect_code 200 "round trip, result as text blocks" &&
+    expect_eq "$(jv 'j.usage.input_tokens')" "$RT_IN" "round trip: text blocks = the string"
+rt '"-3 C, snow, wind from the north at 40 km/h"'
+expect_code 200 "round trip, a longer result" &&
+    expect_js "j.usage.input_tokens > $RT_IN" "round trip: the result's text is in the prompt"
+rt '"-3 C, snow"' true
+expect_code 200 "round trip, is_error" &&
+    expect_js "j.usage.input_tokens > $RT_IN" "round trip: is_error marks the result"
+tool_req '' 300 "[$RT_USER, $RT_CALL, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\",
+ \"tool_use_id\": \"toolu_01\", \"content\": \"-3 C, snow\"}, {\"type\": \"text\", \"text\": \"Thanks\"}]}]"
+expect_code 200 "round trip, result then text" &&
+    expect_js "j.usage.input_tokens > $RT_IN" "round trip: the user's text after the result is in the prompt"
+tool_req '' 300 "[$RT_USER, $RT_CALL, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\",
+ \"tool_use_id\": \"toolu_unknown\", \"content\": \"-3 C, snow\"}]}]"
+expect_code 200 "round trip, a tool_result for an unknown id is accepted"
+tool_req ', "stream": true' 300 "[$RT_USER, $RT_CALL, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\",
+ \"tool_use_id\": \"toolu_01\", \"content\": \"-3 C, snow\"}]}]"
+expect_code 200 "round trip streamed" &&
+    JV_SSE=1 expect_js "(m => m.bad === '' && m.blocks.length >= 1)($ASSEMBLE)" "round trip streamed: coherent blocks"
+
+# Errors, in Anthropic's shape.
+tools_err() { # TOOLS_JSON EXTRA STATUS WORD WHAT
+    http POST /v1/messages "{\"max_tokens\": 4, \"tools\": $1, $Q $2}"
+    expect_anthropic_error "$3" invalid_request_error "$4" "$5"
+}
+tools_err '[{"name": "f"}]' '' 400 "tools.0.input_schema" "tool without input_schema"
+tools_err '[{"name": "f", "input_schema": "object"}]' '' 400 "tools.0.input_schema" "input_schema not an object"
+tools_err '[{"name": "f", "input_schema": {"properties": {}}}]' '' 400 "input_schema" "input_schema without type object"
+tools_err '[{"input_schema": {"type": "object"}}]' '' 400 "tools.0.name" "tool without a name"
+tools_err '[{"name": "bad name", "input_schema": {"type": "object"}}]' '' 400 "name" "a tool name with a space"
+tools_err '[{"type": "web_search_20250305", "name": "web_search"}]' '' 400 "not supported" "a server tool"
+tools_err '{"name": "f"}' '' 400 "tools" "tools not a list"
+tools_err "$TOOLS" ', "tool_choice": {"type": "tool", "name": "nope"}' 400 "nope" "tool_choice naming an unknown tool"
+tools_err "$TOOLS" ', "tool_choice": {"type": "tool"}' 400 "tool_choice.name" "tool_choice tool without a name"
+tools_err "$TOOLS" ', "tool_choice": {"type": "sometimes"}' 400 "tool_choice" "unknown tool_choice type"
+tools_err "$TOOLS" ', "tool_choice": "any"' 400 "tool_choice" "tool_choice as a string"
+tools_err "$TOOLS" ', "tool_choice": {"type": "any", "disable_parallel_tool_use": 1}' 400 "disable_parallel_tool_use" "disable_parallel_tool_use not a boolean"
+tools_err '[]' ', "tool_choice": {"type": "any"}' 400 "needs tools" "tool_choice any without tools"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]}]}'
+expect_anthropic_error 400 invalid_request_error "belong in assistant" "tool_use block in a user message"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":"x"},{"role":"assistant","content":[{"type":"tool_result","tool_use_id":"t1","content":"4"}]},{"role":"user","content":"y"}]}'
+expect_anthropic_error 400 invalid_request_error "belong in user" "tool_result block in an assistant message"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":"x"},{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f"}]},{"role":"user","content":"y"}]}'
+expect_anthropic_error 400 invalid_request_error "messages.1.content.0.input" "tool_use without input"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"tool_result","content":"4"}]}]}'
+expect_anthropic_error 400 invalid_request_error "tool_use_id" "tool_result without tool_use_id"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":[{"type":"image","source":{}}]}]}]}'
+expect_anthropic_error 400 invalid_request_error "not supported" "an image in a tool_result"
+http POST /v1/messages '{"max_tokens":4,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","content":"4","is_error":"yes"}]}]}'
+expect_anthropic_error 400 invalid_request_error "is_error" "is_error not a boolean"
+http POST /v1/messages "{\"max_tokens\": 4, \"tools\": $TOOLS, \"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"Sure\"}]}"
+expect_anthropic_error 400 invalid_request_error "prefill" "prefill with tools"
+server_alive || fail "server died during the tool tests"
+stop_server
+
+echo "== tool use on a template with tool syntax (at ${SECONDS}s)"
+# A Hermes-style template: the tools go to the template, calls come as
+# <tool_call> JSON </tool_call>, results as <tool_response>.
+cat >"$WORK/hermes.jinja" <<'TPL'
+{%- if tools -%}{{- '<|im_start|>system\nTools: ' + (tools | tojson) + '\nCall them as <tool_call>\n{"name": N, "arguments": A}\n</tool_call><|im_end|>\n' -}}{%- endif -%}
+{%- for message in messages -%}
+{%- if message.role == 'assistant' and message.tool_calls -%}{{- '<|im_start|>assistant\n' + message.content -}}{%- for tc in message.tool_calls -%}{{- '<tool_call>\n{"name": "' + tc.function.name + '", "arguments": ' + tc.function.arguments + '}\n</tool_call>' -}}{%- endfor -%}{{- '<|im_end|>\n' -}}
+{%- elif message.role == 'tool' -%}{{- '<|im_start|>user\n<tool_response>\n' + message.content + '\n</tool_response><|im_end|>\n' -}}
+{%- else -%}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' -}}{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}
+TPL
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 4096 -np 2 -t 1 --chat-template "$WORK/hermes.jinja"
+tool_req ', "tool_choice": {"type": "any", "disable_parallel_tool_use": true}'
+expect_code 200 "hermes: tool_choice any" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && $USE_OK(j.content[0])" "hermes: one valid call"
+tool_req ', "tool_choice": {"type": "tool", "name": "get_weather"}, "stream": true'
+expect_code 200 "hermes: stream named tool" &&
+    JV_SSE=1 expect_js "(m => m.bad === '' && m.stop_reason === 'tool_use' && m.blocks.length === 1 && m.blocks[0].name === 'get_weather' && $USE_OK(m.blocks[0]))($ASSEMBLE)" \
+        "hermes: stream named tool: one valid get_weather block"
+tool_req ', "tool_choice": {"type": "none"}' 4
+NONE_IN=$(jv 'j.usage.input_tokens')
+tool_req '' 4
+expect_js "j.usage.input_tokens > $NONE_IN + 50" "hermes: the tools go through the template (auto), not with none"
+tool_req '' 4 "[$RT_USER, $RT_CALL]"
+CALL_IN=$(jv 'j.usage.input_tokens')
+tool_req '' 4 "[$RT_USER, $RT_CALL, {\"role\": \"user\", \"content\": [{\"type\": \"tool_result\",
+ \"tool_use_id\": \"toolu_01\", \"content\": \"-3 C, snow\"}]}]"
+expect_code 200 "hermes: round trip" &&
+    expect_js "j.usage.input_tokens > $CALL_IN + 5" "hermes: the tool_result is in the prompt as a tool message"
+server_alive || fail "server died during the hermes tool tests"
 stop_server
 
 echo "== a template that opens <think> (at ${SECONDS}s)"
@@ -179,5 +384,12 @@ expect_code 200 "thinking disabled" &&
 http POST /v1/messages "{\"max_tokens\":6,\"temperature\":0,\"stream\":true,$Q}"
 expect_eq "$(events | sed 's/\(content_block_delta \)*content_block_delta/DELTAS/g')" "message_start ping content_block_start DELTAS content_block_stop content_block_start content_block_stop message_delta message_stop" "thinking stream: event order (thinking block 0, text block 1)"
 JV_SSE=1 expect_js 'j[2].content_block.type === "thinking" && j[2].index === 0 && j.filter(e => e.type === "content_block_delta").every(e => e.delta.type === "thinking_delta" && e.index === 0) && j.at(-4).content_block.type === "text" && j.at(-4).index === 1' "thinking stream: block types and indexes"
+# Tools on a thinking template: the generic format's grammar makes the
+# whole answer the calls, none of it thinking.
+http POST /v1/messages "{\"max_tokens\": 300, \"temperature\": 0, \"tools\": $TOOLS,
+ \"tool_choice\": {\"type\": \"tool\", \"name\": \"add\"}, $Q}"
+expect_code 200 "tools on a thinking template" &&
+    expect_js "j.stop_reason === 'tool_use' && j.content.length === 1 && j.content[0].name === 'add' && $USE_OK(j.content[0])" \
+        "tools on a thinking template: one valid call, no thinking block"
 server_alive || fail "server died during the thinking tests"
 finish

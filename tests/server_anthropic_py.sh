@@ -2,7 +2,8 @@
 # `exsa serve` on a real model (SmolLM2-135M-Instruct) driven by the official
 # anthropic Python package (pinned with hashes in tests/requirements-server.txt,
 # installed into build/venv by scripts/setup-venv.sh): messages (plain,
-# streamed, system and blocks, stop_sequences, max_tokens), errors, then API
+# streamed, system and blocks, stop_sequences, max_tokens), a tool round
+# trip (plain and streamed), errors, then API
 # keys (the SDK sends x-api-key). Skipped without the model or when the
 # package index cannot be reached.
 # Usage: bash tests/server_anthropic_py.sh EXSA_BIN FIXTURES BUILD_DIR

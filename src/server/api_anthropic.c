@@ -1,5 +1,6 @@
 #include "server/api_anthropic.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,9 +11,13 @@
 #include "server/json_text.h"
 #include "server/reasoning.h"
 #include "server/request_params.h"
+#include "server/tool_calls.h"
 #include "util/err.h"
 
 #define KEEPALIVE_MS 10000
+/* Bytes of a call's input per input_json_delta: clients assemble pieces, so
+ * several keep their assembling honest. */
+#define INPUT_PIECE 16
 
 json_t *exsa_api_anthropic_error_json(int status, const char *message)
 {
@@ -51,9 +56,14 @@ typedef struct anth {
     exsa_strbuf text; /* text the engine sent (to name the stop sequence) */
     int32_t *ids;     /* generated tokens */
     int n_ids, cap_ids;
+    /* tools: the parser is there only when tools are in force */
+    exsa_tool_spec tools;
+    exsa_tool_parser *tp;
+    exsa_strbuf tpiece; /* text the parser let through */
+    int calls_sent;     /* tool_use blocks streamed */
     /* stream */
     int started;   /* message_start sent */
-    int block;     /* open block: -1 none, 0 thinking, 1 text */
+    int block;     /* open block: -1 none, 0 thinking, 1 text, 2 tool_use */
     int n_blocks;  /* blocks opened so far (the next index) */
     int had_text;  /* a text block was opened */
     int ended;
@@ -70,6 +80,9 @@ static void anth_free(void *ctx)
     exsa_strbuf_free(&a->rpiece);
     exsa_strbuf_free(&a->cpiece);
     exsa_strbuf_free(&a->text);
+    exsa_strbuf_free(&a->tpiece);
+    exsa_tool_parser_free(a->tp);
+    exsa_tool_spec_free(&a->tools);
     free(a->ids);
     free(a);
 }
@@ -114,12 +127,20 @@ static const char *stop_sequence(anth *a)
     return hit;
 }
 
-static const char *stop_reason(anth *a, const char *seq)
+static int n_calls(const anth *a) { return a->tp ? exsa_tool_parser_n_calls(a->tp) : 0; }
+
+/* A choice that stopped with calls made ended for them (as OpenAI's
+ * finish_reason "tool_calls"); its stop sequence is then not named. */
+static const char *stop_reason(anth *a, const char **seq)
 {
     int f = a->job->ch[0].finish;
+    *seq = NULL;
     if (f == EXSA_FINISH_LENGTH || f == EXSA_FINISH_CONTEXT)
         return "max_tokens";
-    return seq ? "stop_sequence" : "end_turn";
+    if (n_calls(a) > 0)
+        return "tool_use";
+    *seq = stop_sequence(a);
+    return *seq ? "stop_sequence" : "end_turn";
 }
 
 static json_t *usage_json(anth *a)
@@ -160,6 +181,46 @@ static json_t *block_json(int thinking, const char *s, size_t n)
     json_object_set_new(b, thinking ? "thinking" : "text", exsa_json_text(s, n));
     if (thinking)
         json_object_set_new(b, "signature", json_string(""));
+    return b;
+}
+
+/* Anthropic's tool_use id for a parser's call id ("call_..."): "toolu_"
+ * and the rest, kept to the characters Anthropic's ids use (a client's
+ * X-Request-Id is part of it). */
+static void tool_id(const exsa_tool_call *tc, char *out, size_t cap)
+{
+    const char *s = strncmp(tc->id, "call_", 5) ? tc->id : tc->id + 5;
+    size_t n = (size_t)snprintf(out, cap, "toolu_");
+    for (; *s && n + 1 < cap; s++)
+        out[n++] = isalnum((unsigned char)*s) || *s == '_' || *s == '-' ? *s : '_';
+    out[n] = '\0';
+}
+
+/* A call's input: its arguments when they are a JSON object (the grammar
+ * makes them one), else {} (input is always an object). */
+static json_t *call_input(const exsa_tool_call *tc)
+{
+    json_t *v = json_loads(tc->arguments, JSON_DECODE_ANY, NULL);
+    if (json_is_object(v))
+        return v;
+    json_decref(v);
+    return json_object();
+}
+
+/* {"type": "tool_use", id, name, input}; input NULL: {} (stream start). */
+static json_t *tool_use_json(const exsa_tool_call *tc, json_t *input)
+{
+    char id[64];
+    tool_id(tc, id, sizeof id);
+    json_t *b = json_object();
+    if (!b) {
+        json_decref(input);
+        return NULL;
+    }
+    json_object_set_new(b, "type", json_string("tool_use"));
+    json_object_set_new(b, "id", exsa_json_str(id));
+    json_object_set_new(b, "name", exsa_json_str(tc->name));
+    json_object_set_new(b, "input", input ? input : json_object());
     return b;
 }
 
@@ -231,20 +292,77 @@ static void delta(anth *a, exsa_strbuf *out, int thinking, const char *s, size_t
     event(out, "content_block_delta", j);
 }
 
-/* A piece of text (final: the choice ended) as deltas of the right blocks. */
+/* The calls the parser completed since the last look, each as a tool_use
+ * block: start (input {}), its input's JSON text in pieces cut on UTF-8
+ * boundaries, stop. The parser completes a call at once, so its block
+ * opens and closes here. */
+static void stream_calls(anth *a, exsa_strbuf *out)
+{
+    for (; a->calls_sent < n_calls(a); a->calls_sent++) {
+        const exsa_tool_call *tc = exsa_tool_parser_call(a->tp, a->calls_sent);
+        json_t *in = call_input(tc);
+        char *text = in ? exsa_json_dump(in) : NULL;
+        json_decref(in);
+        if (!text) {
+            out->oom = 1;
+            return;
+        }
+        close_block(a, out);
+        json_t *j = typed("content_block_start");
+        if (j) {
+            json_object_set_new(j, "index", json_integer(a->n_blocks));
+            json_object_set_new(j, "content_block", tool_use_json(tc, NULL));
+        }
+        event(out, "content_block_start", j);
+        a->block = 2;
+        a->n_blocks++;
+        size_t len = strlen(text);
+        for (size_t at = 0; at < len;) {
+            size_t k = len - at < INPUT_PIECE ? len - at : INPUT_PIECE;
+            while (at + k < len && k > 1 && ((unsigned char)text[at + k] & 0xC0) == 0x80)
+                k--;
+            json_t *d = typed("input_json_delta"), *e = typed("content_block_delta");
+            if (d)
+                json_object_set_new(d, "partial_json", exsa_json_text(text + at, k));
+            if (e) {
+                json_object_set_new(e, "index", json_integer(a->n_blocks - 1));
+                json_object_set_new(e, "delta", d);
+            } else {
+                json_decref(d);
+            }
+            event(out, "content_block_delta", e);
+            at += k;
+        }
+        free(text);
+        close_block(a, out);
+    }
+}
+
+/* A piece of text (final: the choice ended) as deltas of the right blocks:
+ * reasoning split off first, then calls taken out of the rest. */
 static void stream_text(anth *a, exsa_strbuf *out, const char *s, size_t n, int final)
 {
-    if (!a->think) {
+    if (a->think) {
+        exsa_strbuf_reset(&a->rpiece);
+        exsa_strbuf_reset(&a->cpiece);
+        exsa_reasoning_feed(&a->rsn, s, n, &a->rpiece, &a->cpiece);
+        if (final)
+            exsa_reasoning_finish(&a->rsn, &a->rpiece, &a->cpiece);
+        delta(a, out, 1, a->rpiece.p, a->rpiece.len);
+        s = a->cpiece.p;
+        n = a->cpiece.len;
+    }
+    if (!a->tp) {
         delta(a, out, 0, s, n);
         return;
     }
-    exsa_strbuf_reset(&a->rpiece);
-    exsa_strbuf_reset(&a->cpiece);
-    exsa_reasoning_feed(&a->rsn, s, n, &a->rpiece, &a->cpiece);
-    if (final)
-        exsa_reasoning_finish(&a->rsn, &a->rpiece, &a->cpiece);
-    delta(a, out, 1, a->rpiece.p, a->rpiece.len);
-    delta(a, out, 0, a->cpiece.p, a->cpiece.len);
+    exsa_strbuf_reset(&a->tpiece);
+    if (n && exsa_tool_parser_feed(a->tp, s, n, &a->tpiece))
+        out->oom = 1;
+    if (final && exsa_tool_parser_finish(a->tp, &a->tpiece))
+        out->oom = 1;
+    delta(a, out, 0, a->tpiece.p, a->tpiece.len);
+    stream_calls(a, out);
 }
 
 static void stream_error(anth *a, exsa_strbuf *out, int status, const char *msg)
@@ -263,8 +381,9 @@ static int anth_pull(void *ctx, exsa_strbuf *out)
         if (j)
             json_object_set_new(j, "message", message_json(a, NULL, NULL, NULL));
         event(out, "message_start", j);
-        /* A template that thinks opens blocks as the text decides. */
-        if (!a->think)
+        /* A template that thinks, or an answer that may be calls, opens
+         * blocks as the text decides. */
+        if (!a->think && !a->tp)
             open_block(a, out, 0);
         ping(out);
         a->started = 1;
@@ -310,13 +429,14 @@ static int anth_pull(void *ctx, exsa_strbuf *out)
             return 1;
         }
         stream_text(a, out, "", 0, 1);
-        if (!a->had_text)
-            open_block(a, out, 0); /* every message has its text block */
+        if (!a->had_text && n_calls(a) == 0)
+            open_block(a, out, 0); /* a message without calls has its text block */
         close_block(a, out);
-        const char *seq = stop_sequence(a);
+        const char *seq;
+        const char *reason = stop_reason(a, &seq);
         json_t *d = json_object(), *j = typed("message_delta"), *u = json_object();
         if (d) {
-            json_object_set_new(d, "stop_reason", json_string(stop_reason(a, seq)));
+            json_object_set_new(d, "stop_reason", json_string(reason));
             json_object_set_new(d, "stop_sequence", seq ? exsa_json_str(seq) : json_null());
         }
         if (u)
@@ -375,32 +495,122 @@ static void collect_and_reply(anth *a, exsa_http_req *rq)
                               c->error[0] ? c->error : "generation failed");
         return;
     }
+    /* thinking, then text (when there is some, or no call), then calls */
     json_t *content = json_array();
+    const char *t = a->text.p;
+    size_t n = a->text.len;
+    int oom = !content || a->text.oom;
     if (a->think) {
-        exsa_reasoning_feed(&a->rsn, a->text.p, a->text.len, &a->rpiece, &a->cpiece);
+        exsa_reasoning_feed(&a->rsn, t, n, &a->rpiece, &a->cpiece);
         exsa_reasoning_finish(&a->rsn, &a->rpiece, &a->cpiece);
         if (a->rpiece.len)
-            json_array_append_new(content, block_json(1, a->rpiece.p, a->rpiece.len));
-        json_array_append_new(content, block_json(0, a->cpiece.p, a->cpiece.len));
-    } else {
-        json_array_append_new(content, block_json(0, a->text.p, a->text.len));
+            oom |= json_array_append_new(content, block_json(1, a->rpiece.p, a->rpiece.len));
+        oom |= a->rpiece.oom || a->cpiece.oom;
+        t = a->cpiece.p;
+        n = a->cpiece.len;
     }
-    if (!content || a->text.oom || a->rpiece.oom || a->cpiece.oom) {
+    if (a->tp) {
+        oom |= n && exsa_tool_parser_feed(a->tp, t, n, &a->tpiece);
+        oom |= exsa_tool_parser_finish(a->tp, &a->tpiece) || a->tpiece.oom;
+        t = a->tpiece.p;
+        n = a->tpiece.len;
+    }
+    if (n || n_calls(a) == 0)
+        oom |= json_array_append_new(content, block_json(0, t, n));
+    for (int k = 0; k < n_calls(a); k++) {
+        const exsa_tool_call *tc = exsa_tool_parser_call(a->tp, k);
+        oom |= json_array_append_new(content, tool_use_json(tc, call_input(tc)));
+    }
+    if (oom) {
         json_decref(content);
         exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
         return;
     }
-    const char *seq = stop_sequence(a);
-    exsa_http_reply_json(rq, 200, message_json(a, content, stop_reason(a, seq), seq));
+    const char *seq;
+    const char *reason = stop_reason(a, &seq);
+    exsa_http_reply_json(rq, 200, message_json(a, content, reason, seq));
 }
 
 /* ---- the request ---- */
 
+/* Where a message's tool blocks go (OpenAI's shapes): calls collects an
+ * assistant's tool_use blocks as tool_calls, results a user's tool_result
+ * blocks as tool-role messages. NULL: the block is refused there. */
+typedef struct tool_blocks {
+    json_t *calls, *results;
+} tool_blocks;
+
+static int blocks_text(const json_t *v, const char *where, exsa_strbuf *out,
+                       exsa_strbuf *thinking, tool_blocks *tb, exsa_param_err *pe);
+
+/* tool_use {id, name, input} -> {"id", "type": "function", "function":
+ * {"name", "arguments": the input's JSON text}}. */
+static int tool_use_block(const json_t *b, const char *where, size_t i, json_t *calls,
+                          exsa_param_err *pe)
+{
+    const json_t *id = json_object_get(b, "id"), *name = json_object_get(b, "name"),
+                 *input = json_object_get(b, "input");
+    if (!json_is_string(id) || json_string_length(id) == 0)
+        return exsa_param_fail(pe, where, "invalid_value", "%s.%zu.id: required, a string",
+                               where, i);
+    if (!json_is_string(name) || json_string_length(name) == 0)
+        return exsa_param_fail(pe, where, "invalid_value", "%s.%zu.name: required, a string",
+                               where, i);
+    if (!json_is_object(input))
+        return exsa_param_fail(pe, where, "invalid_value", "%s.%zu.input: required, an object",
+                               where, i);
+    char *args = exsa_json_dump(input);
+    json_t *c = args ? json_pack("{s:O, s:s, s:{s:O, s:s}}", "id", id, "type", "function",
+                                 "function", "name", name, "arguments", args)
+                     : NULL;
+    free(args);
+    if (!c || json_array_append_new(calls, c)) {
+        pe->status = 500;
+        return exsa_param_fail(pe, NULL, "internal_error", "out of memory");
+    }
+    return 0;
+}
+
+/* tool_result {tool_use_id, content?, is_error?} -> {"role": "tool",
+ * "tool_call_id", "content": its text}. An id that names no earlier call is
+ * let through: the template shows it as it is. */
+static int tool_result_block(const json_t *b, const char *where, size_t i, json_t *results,
+                             exsa_param_err *pe)
+{
+    const json_t *id = json_object_get(b, "tool_use_id"), *c = json_object_get(b, "content"),
+                 *err = json_object_get(b, "is_error");
+    char w[96];
+    if (!json_is_string(id) || json_string_length(id) == 0)
+        return exsa_param_fail(pe, where, "invalid_value",
+                               "%s.%zu.tool_use_id: required, a string", where, i);
+    if (err && !json_is_null(err) && !json_is_boolean(err))
+        return exsa_param_fail(pe, where, "invalid_type", "%s.%zu.is_error: must be a boolean",
+                               where, i);
+    exsa_strbuf text;
+    exsa_strbuf_init(&text);
+    if (json_is_true(err))
+        exsa_strbuf_puts(&text, "Error: ");
+    snprintf(w, sizeof w, "%s.%zu.content", where, i);
+    if (c && !json_is_null(c) && blocks_text(c, w, &text, NULL, NULL, pe)) {
+        exsa_strbuf_free(&text);
+        return EXSA_EINVAL;
+    }
+    json_t *m = text.oom ? NULL
+                         : json_pack("{s:s, s:O, s:o}", "role", "tool", "tool_call_id", id,
+                                     "content", exsa_json_text(text.p, text.len));
+    exsa_strbuf_free(&text);
+    if (!m || json_array_append_new(results, m)) {
+        pe->status = 500;
+        return exsa_param_fail(pe, NULL, "internal_error", "out of memory");
+    }
+    return 0;
+}
+
 /* Text of a "system" value or a message "content": a string, or a list of
  * text blocks (joined). Other blocks are refused, naming where. thinking
- * (may be NULL) collects "thinking" blocks. */
+ * (may be NULL) collects "thinking" blocks, tb (may be NULL) tool blocks. */
 static int blocks_text(const json_t *v, const char *where, exsa_strbuf *out,
-                       exsa_strbuf *thinking, exsa_param_err *pe)
+                       exsa_strbuf *thinking, tool_blocks *tb, exsa_param_err *pe)
 {
     if (json_is_string(v)) {
         exsa_strbuf_append(out, json_string_value(v), json_string_length(v));
@@ -431,9 +641,16 @@ static int blocks_text(const json_t *v, const char *where, exsa_strbuf *out,
             return exsa_param_fail(pe, where, "unsupported",
                                    "%s.%zu: %s content blocks are not supported (text only)",
                                    where, i, t);
+        } else if (!strcmp(t, "tool_use") && tb && tb->calls) {
+            if (tool_use_block(b, where, i, tb->calls, pe))
+                return EXSA_EINVAL;
+        } else if (!strcmp(t, "tool_result") && tb && tb->results) {
+            if (tool_result_block(b, where, i, tb->results, pe))
+                return EXSA_EINVAL;
         } else if (!strcmp(t, "tool_use") || !strcmp(t, "tool_result")) {
-            return exsa_param_fail(pe, where, "unsupported",
-                                   "%s.%zu: %s blocks: tools are not supported yet", where, i, t);
+            return exsa_param_fail(pe, where, "invalid_value",
+                                   "%s.%zu: %s blocks belong in %s messages", where, i, t,
+                                   !strcmp(t, "tool_use") ? "assistant" : "user");
         } else {
             return exsa_param_fail(pe, where, "invalid_value",
                                    "%s.%zu: unknown content block type '%.40s'", where, i, t);
@@ -477,7 +694,7 @@ static json_t *convert_messages(const json_t *body, char **prefill, exsa_param_e
         goto oom;
     const json_t *sys = json_object_get(body, "system");
     if (sys && !json_is_null(sys)) {
-        if (blocks_text(sys, "system", &text, NULL, pe))
+        if (blocks_text(sys, "system", &text, NULL, NULL, pe))
             goto fail;
         if (json_array_append_new(out, text_message("system", &text, NULL)))
             goto oom;
@@ -507,17 +724,46 @@ static json_t *convert_messages(const json_t *body, char **prefill, exsa_param_e
                             where);
             goto fail;
         }
-        if (blocks_text(c, where, &text, &thinking, pe))
-            goto fail;
-        if (text.oom || thinking.oom)
+        const int user = !strcmp(role, "user");
+        tool_blocks tb = {.calls = user ? NULL : json_array(),
+                          .results = user ? json_array() : NULL};
+        if (!tb.calls && !tb.results)
             goto oom;
-        if (i + 1 == n && !strcmp(role, "assistant")) {
+        if (blocks_text(c, where, &text, &thinking, &tb, pe)) {
+            json_decref(tb.calls);
+            json_decref(tb.results);
+            goto fail;
+        }
+        if (text.oom || thinking.oom) {
+            json_decref(tb.calls);
+            json_decref(tb.results);
+            goto oom;
+        }
+        if (i + 1 == n && !user && json_array_size(tb.calls) == 0) {
             /* Prefill: the answer goes on from this text. */
+            json_decref(tb.calls);
             if (!(*prefill = strdup(text.p ? text.p : "")))
                 goto oom;
             break;
         }
-        if (json_array_append_new(out, text_message(role, &text, &thinking)))
+        /* A user turn's tool results answer the assistant turn before it:
+         * tool-role messages right after that, then the user's own text
+         * (when there is some, or no result). */
+        json_t *msg = NULL;
+        int bad = 0;
+        if (user) {
+            bad = json_array_extend(out, tb.results);
+            if (!bad && (text.len || json_array_size(tb.results) == 0))
+                bad = json_array_append_new(out, msg = text_message(role, &text, &thinking));
+        } else {
+            msg = text_message(role, &text, &thinking);
+            if (msg && json_array_size(tb.calls))
+                json_object_set(msg, "tool_calls", tb.calls);
+            bad = json_array_append_new(out, msg);
+        }
+        json_decref(tb.calls);
+        json_decref(tb.results);
+        if (bad)
             goto oom;
     }
     exsa_strbuf_free(&text);
@@ -578,16 +824,6 @@ static json_t *openai_fields(const json_t *body, exsa_param_err *pe)
             }
         }
     }
-    const json_t *tools = json_object_get(body, "tools");
-    const json_t *tc = json_object_get(body, "tool_choice");
-    const char *tct = json_string_value(json_object_get(tc, "type"));
-    if ((json_is_array(tools) && json_array_size(tools) > 0) ||
-        (tools && !json_is_null(tools) && !json_is_array(tools)) ||
-        (tct && strcmp(tct, "auto") && strcmp(tct, "none"))) {
-        exsa_param_fail(pe, tools ? "tools" : "tool_choice", "unsupported",
-                        "tools are not supported yet");
-        return NULL;
-    }
     json_t *o = json_object();
     if (!o) {
         exsa_param_fail(pe, NULL, "internal_error", "out of memory");
@@ -603,6 +839,125 @@ static json_t *openai_fields(const json_t *body, exsa_param_err *pe)
     if (stops && json_array_size(stops))
         json_object_set(o, "stop", (json_t *)stops);
     return o;
+}
+
+/* Anthropic's tools and tool_choice -> the OpenAI-shaped body that
+ * exsa_tool_spec_parse reads: tools [{name, description?, input_schema}]
+ * -> [{"type": "function", "function": {name, description, parameters}}],
+ * tool_choice {"type": auto | any | tool (+ name) | none,
+ * disable_parallel_tool_use?} -> auto | required | the named function |
+ * none (+ parallel_tool_calls false). The shapes are checked here, so that
+ * errors name Anthropic's fields; NULL with pe set. */
+static json_t *openai_tools(const json_t *body, exsa_param_err *pe)
+{
+    const json_t *tools = json_object_get(body, "tools");
+    const json_t *tc = json_object_get(body, "tool_choice");
+    json_t *o = json_object(), *list = json_array();
+    if (!o || !list)
+        goto oom;
+    if (tools && !json_is_null(tools)) {
+        if (!json_is_array(tools)) {
+            exsa_param_fail(pe, "tools", "invalid_type", "tools: must be a list of tools");
+            goto fail;
+        }
+        size_t i;
+        const json_t *t;
+        json_array_foreach(tools, i, t) {
+            const char *type = json_string_value(json_object_get(t, "type"));
+            const json_t *name = json_object_get(t, "name");
+            const json_t *desc = json_object_get(t, "description");
+            const json_t *schema = json_object_get(t, "input_schema");
+            const char *st = json_string_value(json_object_get(schema, "type"));
+            if (!json_is_object(t)) {
+                exsa_param_fail(pe, "tools", "invalid_type", "tools.%zu: must be an object", i);
+                goto fail;
+            }
+            if (type && strcmp(type, "custom")) {
+                exsa_param_fail(pe, "tools", "unsupported",
+                                "tools.%zu: '%.60s' tools (Anthropic's server tools) are not "
+                                "supported; give client tools {name, description, input_schema}",
+                                i, type);
+                goto fail;
+            }
+            if (!json_is_string(name)) {
+                exsa_param_fail(pe, "tools", "invalid_value", "tools.%zu.name: required, a string",
+                                i);
+                goto fail;
+            }
+            if (desc && !json_is_null(desc) && !json_is_string(desc)) {
+                exsa_param_fail(pe, "tools", "invalid_type",
+                                "tools.%zu.description: must be a string", i);
+                goto fail;
+            }
+            if (!json_is_object(schema) || !st || strcmp(st, "object")) {
+                exsa_param_fail(pe, "tools", "invalid_value",
+                                "tools.%zu.input_schema: required, a JSON Schema object with "
+                                "\"type\": \"object\"",
+                                i);
+                goto fail;
+            }
+            json_t *fn = json_pack("{s:O, s:O}", "name", name, "parameters", schema);
+            if (fn && json_is_string(desc))
+                json_object_set(fn, "description", (json_t *)desc);
+            if (json_array_append_new(list, json_pack("{s:s, s:o}", "type", "function",
+                                                      "function", fn)))
+                goto oom;
+        }
+    }
+    json_object_set(o, "tools", list);
+    if (tc && !json_is_null(tc)) {
+        const char *type = json_string_value(json_object_get(tc, "type"));
+        const json_t *dp = json_object_get(tc, "disable_parallel_tool_use");
+        if (!json_is_object(tc) || !type ||
+            (strcmp(type, "auto") && strcmp(type, "any") && strcmp(type, "tool") &&
+             strcmp(type, "none"))) {
+            exsa_param_fail(pe, "tool_choice", "invalid_value",
+                            "tool_choice: must be {\"type\": \"auto\" | \"any\" | \"tool\" | "
+                            "\"none\"} (\"tool\" with a \"name\")");
+            goto fail;
+        }
+        if (dp && !json_is_null(dp) && !json_is_boolean(dp)) {
+            exsa_param_fail(pe, "tool_choice", "invalid_type",
+                            "tool_choice.disable_parallel_tool_use: must be a boolean");
+            goto fail;
+        }
+        if (json_array_size(list) == 0 && (!strcmp(type, "any") || !strcmp(type, "tool"))) {
+            exsa_param_fail(pe, "tool_choice", "invalid_value",
+                            "tool_choice: type '%s' needs tools, and there are none", type);
+            goto fail;
+        }
+        json_t *choice;
+        if (!strcmp(type, "tool")) {
+            const char *name = json_string_value(json_object_get(tc, "name"));
+            int found = 0;
+            for (size_t k = 0; name && k < json_array_size(list); k++)
+                found |= !strcmp(json_string_value(json_object_get(
+                                     json_object_get(json_array_get(list, k), "function"), "name")),
+                                 name);
+            if (!found) {
+                exsa_param_fail(pe, "tool_choice", "invalid_value",
+                                "tool_choice.name: %s%.64s%s names none of the tools",
+                                name ? "'" : "", name ? name : "(missing)", name ? "'" : "");
+                goto fail;
+            }
+            choice = json_pack("{s:s, s:{s:s}}", "type", "function", "function", "name", name);
+        } else {
+            choice = json_string(!strcmp(type, "any") ? "required" : type);
+        }
+        if (json_object_set_new(o, "tool_choice", choice))
+            goto oom;
+        if (json_is_true(dp))
+            json_object_set_new(o, "parallel_tool_calls", json_false());
+    }
+    json_decref(list);
+    return o;
+oom:
+    pe->status = 500;
+    exsa_param_fail(pe, NULL, "internal_error", "out of memory");
+fail:
+    json_decref(list);
+    json_decref(o);
+    return NULL;
 }
 
 /* Anthropic's "thinking" {"type": "enabled" | "disabled"} as the templates'
@@ -630,20 +985,62 @@ static int thinking_kwargs(const json_t *body, const json_t *given, json_t **kw,
     return 0;
 }
 
+/* Tools in force (any tool_choice but none): the grammar that shapes the
+ * calls, the parser that reads them, and the prompt in the template's tool
+ * format: *tools_arg for a template with tool syntax, *rendered (the
+ * generic format) for one without. As on /v1/chat/completions. */
+static int use_tools(anth *a, const json_t *tools, const json_t *msgs, const char *prefill,
+                     const json_t **tools_arg, json_t **rendered, exsa_param_err *pe)
+{
+    exsa_err err = {0};
+    const int format = exsa_tool_format_detect(exsa_engine_chat_template_source(a->job->eng));
+    if (exsa_tool_spec_parse(tools, format, &a->tools, &err))
+        return exsa_param_fail(pe, "tools", "invalid_value", "%s", err.msg);
+    if (!a->tools.tools || a->tools.choice == EXSA_TOOL_CHOICE_NONE)
+        return 0;
+    if (prefill)
+        return exsa_param_fail(pe, "messages", "invalid_value",
+                               "messages: a final assistant message (prefill) cannot be combined "
+                               "with tools (the answer's calls start the answer)");
+    const char *trigger = NULL;
+    if (!(a->g.grammar = exsa_tool_grammar(&a->tools, &trigger, &err)) && err.code)
+        return exsa_param_fail(pe, "tools", "invalid_value", "%s", err.msg);
+    if (trigger && !(a->g.grammar_trigger = strdup(trigger)))
+        goto oom;
+    a->g.rp.grammar = a->g.grammar;
+    a->g.rp.grammar_trigger = a->g.grammar_trigger;
+    if (format == EXSA_TOOLS_GENERIC) {
+        if (!(*rendered = exsa_tool_rewrite_messages(msgs, &a->tools, &err)))
+            goto oom;
+    } else {
+        *tools_arg = a->tools.tools;
+    }
+    char pre[32];
+    snprintf(pre, sizeof pre, "%.16s_", exsa_http_req_id(a->job->rq));
+    if (!(a->tp = exsa_tool_parser_create(format, pre, &err)))
+        goto oom;
+    return 0;
+oom:
+    pe->status = 500;
+    return exsa_param_fail(pe, NULL, "internal_error", "out of memory");
+}
+
 void exsa_api_anthropic_messages(exsa_http_req *rq, void *app)
 {
     exsa_app *ap = app;
     exsa_param_err pe = {0};
     size_t len;
     const char *b = exsa_http_req_body(rq, &len);
-    json_t *body = exsa_reqparams_body(b, len, &pe), *fields = NULL, *msgs = NULL, *kw = NULL;
+    json_t *body = exsa_reqparams_body(b, len, &pe), *fields = NULL, *msgs = NULL, *kw = NULL,
+           *tools = NULL, *rendered = NULL;
     char *prefill = NULL, *text = NULL;
     anth *a = NULL;
     const char *model;
     const json_t *kwargs;
     int rf;
     if (!body || exsa_reqparams_model(body, &model, &pe) ||
-        !(fields = openai_fields(body, &pe)) || !(msgs = convert_messages(body, &prefill, &pe)) ||
+        !(fields = openai_fields(body, &pe)) || !(tools = openai_tools(body, &pe)) ||
+        !(msgs = convert_messages(body, &prefill, &pe)) ||
         exsa_chat_reasoning_fields(body, &kwargs, &rf, &pe) ||
         thinking_kwargs(body, kwargs, &kw, &pe))
         goto bad;
@@ -654,6 +1051,7 @@ void exsa_api_anthropic_messages(exsa_http_req *rq, void *app)
     exsa_strbuf_init(&a->rpiece);
     exsa_strbuf_init(&a->cpiece);
     exsa_strbuf_init(&a->text);
+    exsa_strbuf_init(&a->tpiece);
     a->block = -1;
     snprintf(a->id, sizeof a->id, "msg_%s", exsa_http_req_id(rq));
     exsa_engine *e = exsa_app_acquire(ap, rq, model);
@@ -661,9 +1059,16 @@ void exsa_api_anthropic_messages(exsa_http_req *rq, void *app)
         goto out;
     if (exsa_reqparams_parse(fields, EXSA_API_CHAT, a->job->info.n_vocab, &a->g, &pe))
         goto bad;
-    if (exsa_gen_job_chat_prompt(a->job, msgs, NULL, kw, prefill, &a->prompt, &text))
+    const json_t *tools_arg = NULL;
+    if (use_tools(a, tools, msgs, prefill, &tools_arg, &rendered, &pe))
+        goto bad;
+    if (exsa_gen_job_chat_prompt(a->job, rendered ? rendered : msgs, tools_arg, kw, prefill,
+                                 &a->prompt, &text))
         goto out;
-    a->think = exsa_chat_thinks(a->job->eng, rf);
+    /* The generic tool format's grammar makes the whole answer JSON: no
+     * thinking comes before it. */
+    a->think = exsa_chat_thinks(a->job->eng, rf) &&
+               !(a->tp && a->tools.format == EXSA_TOOLS_GENERIC);
     a->opened = a->think && exsa_reasoning_prompt_opened(text, strlen(text));
     exsa_reasoning_init(&a->rsn, a->opened);
     if (exsa_gen_job_submit(a->job, &a->g, &a->prompt, 1, "messages"))
@@ -682,7 +1087,9 @@ out:
     free(text);
     free(prefill);
     json_decref(kw);
+    json_decref(rendered);
     json_decref(msgs);
+    json_decref(tools);
     json_decref(fields);
     json_decref(body);
 }

@@ -4,8 +4,10 @@ existing Anthropic client would. Run by tests/server_anthropic_py.sh:
   python anthropic_client.py auth   (env: BASE_URL MODEL API_KEY)
 The model is a real one (SmolLM2-135M-Instruct): a greedy answer is
 checked for content, the stream against the plain reply, stop sequences and
-max_tokens against the SDK's typed fields, errors against the SDK's error
-classes. Prints every failed check; exits 1 if any.
+max_tokens against the SDK's typed fields, a tool round trip (tool_use
+input validated against its input_schema, the tool_result sent back; plain
+and streamed), errors against the SDK's error classes. Prints every failed
+check; exits 1 if any.
 """
 import os
 import sys
@@ -70,6 +72,27 @@ def expect_error(what, fn, cls, status, word):
 # through the raw body, so that replies can be compared.
 GREEDY = {"temperature": 0}
 HELLO = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+WEATHER = {
+    "name": "get_weather",
+    "description": "The current weather of a city",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30},
+                       "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+# One call: asked for parallel calls, a model this small repeats the call
+# until max_tokens.
+ANY_ONE = {"type": "any", "disable_parallel_tool_use": True}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+def weather_input_ok(x):
+    """x validates against WEATHER's input_schema."""
+    return (isinstance(x, dict) and set(x) == {"city", "unit"} and isinstance(x["city"], str)
+            and len(x["city"]) <= 30 and x["unit"] in ("celsius", "fahrenheit"))
 
 
 def main_tests():
@@ -133,6 +156,75 @@ def main_tests():
         eq(m.usage.output_tokens, 1, "max_tokens 1: output_tokens")
 
     @section
+    def tool_round_trip():
+        m = c.messages.create(model=MODEL, max_tokens=200, extra_body=GREEDY, messages=ASK_WEATHER,
+                              tools=[WEATHER], tool_choice=ANY_ONE)
+        eq(m.stop_reason, "tool_use", "tools: stop_reason")
+        uses = [b for b in m.content if b.type == "tool_use"]
+        if not check(len(uses) >= 1, "tools: a tool_use block", m.content):
+            return
+        u = uses[0]
+        eq(u.name, "get_weather", "tools: the tool's name")
+        check(u.id.startswith("toolu_"), "tools: id starts with toolu_", u.id)
+        check(weather_input_ok(u.input), "tools: input validates against input_schema", u.input)
+        check("paris" in str(u.input.get("city", "")).lower(), "tools: the city asked about",
+              u.input)
+        state["use"] = u
+        state["uses"] = [(b.name, b.input) for b in uses]
+        # The call and its result go back; the model answers from it.
+        history = ASK_WEATHER + [
+            {"role": "assistant", "content": m.content},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": b.id,
+                 "content": "18 degrees celsius, sunny"} for b in uses]}]
+        state["history"] = history
+        r = c.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, messages=history,
+                              tools=[WEATHER])
+        eq(r.type, "message", "tool result: a message")
+        check(r.stop_reason in ("end_turn", "max_tokens", "tool_use"), "tool result: stop_reason",
+              r.stop_reason)
+        check(r.content and all(b.type in ("text", "tool_use") for b in r.content),
+              "tool result: text or tool_use blocks", r.content)
+        check(r.usage.input_tokens > m.usage.input_tokens,
+              "tool result: the history is in the prompt",
+              (r.usage.input_tokens, m.usage.input_tokens))
+        state["answer"] = [(b.type, b.text if b.type == "text" else b.input) for b in r.content]
+        state["answer_reason"] = r.stop_reason
+        # tool_choice none: a text answer, which uses the result.
+        r = c.messages.create(model=MODEL, max_tokens=60, extra_body=GREEDY, messages=history,
+                              tools=[WEATHER], tool_choice={"type": "none"})
+        eq([b.type for b in r.content], ["text"], "tool result, tool_choice none: one text block")
+        check("18" in r.content[0].text,
+              "tool result, tool_choice none: the answer uses the result",
+              r.content[0].text)
+
+    @section
+    def tool_round_trip_streamed():
+        kinds, pieces = [], ""
+        with c.messages.stream(model=MODEL, max_tokens=200, extra_body=GREEDY, messages=ASK_WEATHER,
+                               tools=[WEATHER], tool_choice=ANY_ONE) as s:
+            for ev in s:
+                kinds.append(ev.type)
+                if ev.type == "input_json":
+                    pieces += ev.partial_json
+            final = s.get_final_message()
+        eq(final.stop_reason, "tool_use", "tools stream: stop_reason")
+        uses = [(b.name, b.input) for b in final.content if b.type == "tool_use"]
+        eq(uses, state.get("uses"), "tools stream: the calls of the plain request (greedy)")
+        check("input_json" in kinds, "tools stream: input_json events", kinds)
+        if len(uses) == 1:
+            import json
+            eq(json.loads(pieces), uses[0][1], "tools stream: the partial_json pieces assemble")
+        if "history" not in state:
+            return
+        with c.messages.stream(model=MODEL, max_tokens=60, extra_body=GREEDY,
+                               messages=state["history"], tools=[WEATHER]) as s:
+            final = s.get_final_message()
+        eq([(b.type, b.text if b.type == "text" else b.input) for b in final.content],
+           state.get("answer"), "tool result stream: the plain request's answer (greedy)")
+        eq(final.stop_reason, state.get("answer_reason"), "tool result stream: stop_reason")
+
+    @section
     def errors():
         expect_error("image block", lambda: c.messages.create(
             model=MODEL, max_tokens=4, messages=[{"role": "user", "content": [
@@ -145,6 +237,13 @@ def main_tests():
         expect_error("bad role", lambda: c.messages.create(
             model=MODEL, max_tokens=4, messages=[{"role": "robot", "content": "x"}]),
             anthropic.BadRequestError, 400, "role")
+        expect_error("tool without input_schema", lambda: c.messages.create(
+            model=MODEL, max_tokens=4, messages=HELLO, tools=[{"name": "f"}]),
+            anthropic.BadRequestError, 400, "input_schema")
+        expect_error("tool_choice naming an unknown tool", lambda: c.messages.create(
+            model=MODEL, max_tokens=4, messages=HELLO, tools=[WEATHER],
+            tool_choice={"type": "tool", "name": "nope"}),
+            anthropic.BadRequestError, 400, "nope")
 
 
 def auth_tests():
