@@ -648,7 +648,8 @@ json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec 
                 obj = json_pack("{s:o}", "tool_calls", arr);
             } else {
                 const json_t *txt = json_object_get(m, "content");
-                obj = json_pack("{s:O}", "response", json_is_string(txt) ? txt : json_string(""));
+                obj = json_is_string(txt) ? json_pack("{s:O}", "response", txt)
+                                          : json_pack("{s:s}", "response", "");
             }
             char *dump = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
             json_decref(obj);
