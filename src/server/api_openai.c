@@ -225,6 +225,20 @@ static int has_tools(const oai *o)
     return o->chat && o->tools.tools && o->tools.choice != EXSA_TOOL_CHOICE_NONE;
 }
 
+/* Whether messages hold an assistant's tool calls or a tool result. */
+static int history_has_tools(const json_t *msgs)
+{
+    size_t i;
+    const json_t *m;
+    json_array_foreach(msgs, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const json_t *calls = json_object_get(m, "tool_calls");
+        if ((role && !strcmp(role, "tool")) || (json_is_array(calls) && json_array_size(calls)))
+            return 1;
+    }
+    return 0;
+}
+
 static json_t *tool_call_json(const exsa_tool_call *tc, int index, int with_index)
 {
     json_t *fn = json_pack("{s:s, s:s}", "name", tc->name, "arguments", tc->arguments);
@@ -740,6 +754,11 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
             rendered_msgs = exsa_tool_rewrite_messages(msgs, &o->tools, &err);
         else
             tools_arg = o->tools.tools;
+    } else if (format == EXSA_TOOLS_GENERIC && history_has_tools(msgs)) {
+        /* no tools on offer now, but earlier calls and results still need
+         * turns the template can render (a client's final request often
+         * drops tools or says tool_choice "none") */
+        rendered_msgs = exsa_tool_rewrite_messages(msgs, &o->tools, &err);
     }
     exsa_gen_prompt p;
     char *prompt = NULL;

@@ -586,32 +586,41 @@ json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec 
     if (spec->format == EXSA_TOOLS_DEEPSEEK_R1 || spec->format == EXSA_TOOLS_DEEPSEEK_V31)
         return deepseek_rewrite(messages, spec, err);
     json_t *out = json_array();
-    json_t *desc = json_array();
-    if (!out || !desc)
+    json_t *desc = NULL;
+    char *sys = NULL;
+    if (!out)
         goto oom;
     size_t i;
-    const json_t *t;
-    json_array_foreach(spec->tools, i, t) json_array_append(desc, (json_t *)fn_of(t));
-    char *tools_text = json_dumps(desc, JSON_COMPACT | JSON_ENSURE_ASCII);
-    json_decref(desc);
-    desc = NULL;
-    if (!tools_text)
-        goto oom;
-    const int forced = spec->choice == EXSA_TOOL_CHOICE_REQUIRED ||
-                       spec->choice == EXSA_TOOL_CHOICE_NAMED;
-    char *sys = NULL;
-    if (asprintf(&sys,
-                 "You can call these tools (JSON Schema of their arguments):\n%s\n"
-                 "Answer with JSON only:%s {\"tool_calls\": [{\"name\": <tool name>, "
-                 "\"arguments\": {<arguments>}}]} to call tools%s. A tool's result comes "
-                 "back in the next user turn.",
-                 tools_text,
-                 forced ? "" : " either",
-                 forced ? "" : ", or {\"response\": \"<your answer>\"} to answer the user") < 0)
-        sys = NULL;
-    free(tools_text);
-    if (!sys)
-        goto oom;
+    /* Without tools on offer (none given, or tool_choice "none") the history
+     * is still rewritten, since the template cannot render calls and tool
+     * turns, but no tools are described and free text stays free text. */
+    const int offered = spec->tools && spec->choice != EXSA_TOOL_CHOICE_NONE;
+    if (offered) {
+        const json_t *t;
+        desc = json_array();
+        if (!desc)
+            goto oom;
+        json_array_foreach(spec->tools, i, t) json_array_append(desc, (json_t *)fn_of(t));
+        char *tools_text = json_dumps(desc, JSON_COMPACT | JSON_ENSURE_ASCII);
+        json_decref(desc);
+        desc = NULL;
+        if (!tools_text)
+            goto oom;
+        const int forced = spec->choice == EXSA_TOOL_CHOICE_REQUIRED ||
+                           spec->choice == EXSA_TOOL_CHOICE_NAMED;
+        if (asprintf(&sys,
+                     "You can call these tools (JSON Schema of their arguments):\n%s\n"
+                     "Answer with JSON only:%s {\"tool_calls\": [{\"name\": <tool name>, "
+                     "\"arguments\": {<arguments>}}]} to call tools%s. A tool's result comes "
+                     "back in the next user turn.",
+                     tools_text,
+                     forced ? "" : " either",
+                     forced ? "" : ", or {\"response\": \"<your answer>\"} to answer the user") < 0)
+            sys = NULL;
+        free(tools_text);
+        if (!sys)
+            goto oom;
+    }
     const json_t *m;
     int have_system = 0;
     json_array_foreach(messages, i, m) {
@@ -619,7 +628,11 @@ json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec 
         json_t *c = json_deep_copy(m);
         if (!c)
             goto oom_sys;
-        if (role && !strcmp(role, "system") && i == 0) {
+        const json_t *calls = json_object_get(m, "tool_calls");
+        const int has_calls = json_is_array(calls) && json_array_size(calls);
+        if (!sys && role && (!strcmp(role, "system") || (!strcmp(role, "assistant") && !has_calls))) {
+            /* no tools on offer: such turns as they are */
+        } else if (role && !strcmp(role, "system") && i == 0) {
             const char *txt = json_string_value(json_object_get(m, "content"));
             char *joined = NULL;
             if (asprintf(&joined, "%s\n\n%s", txt ? txt : "", sys) < 0) {
@@ -631,9 +644,8 @@ json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec 
             have_system = 1;
         } else if (role && !strcmp(role, "assistant")) {
             /* earlier answers as the JSON this format answers with */
-            const json_t *calls = json_object_get(m, "tool_calls");
             json_t *obj;
-            if (json_is_array(calls) && json_array_size(calls)) {
+            if (has_calls) {
                 json_t *arr = json_array();
                 size_t k;
                 const json_t *tc;
@@ -675,8 +687,8 @@ json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec 
         if (!c || json_array_append_new(out, c))
             goto oom_sys;
     }
-    if (!have_system && json_array_insert_new(out, 0, json_pack("{s:s, s:s}", "role", "system",
-                                                                "content", sys)))
+    if (sys && !have_system &&
+        json_array_insert_new(out, 0, json_pack("{s:s, s:s}", "role", "system", "content", sys)))
         goto oom_sys;
     free(sys);
     return out;

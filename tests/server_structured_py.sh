@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Structured output and tool calls of `exsa serve` on a real model
+# (SmolLM2-135M-Instruct), driven by the official openai Python package and
+# validated with jsonschema (both pinned with hashes in
+# tests/requirements-server.txt, installed into build/venv by
+# scripts/setup-venv.sh): response_format json_schema (strict) for eight
+# real-world schemas over several seeds, plain and streamed; json_object;
+# llama-server's grammar / json_schema fields; chat.completions.parse with a
+# pydantic model; tools with tool_choice required / named / none / auto,
+# parallel_tool_calls false, streamed tool_call deltas; tool round trips; and
+# the 400s for refused schemas and bad tools. Each check prints PASS or FAIL.
+# Skipped without the model or when the package index cannot be reached.
+# Usage: bash tests/server_structured_py.sh EXSA_BIN FIXTURES BUILD_DIR
+source "$(dirname "$0")/server/common.sh"
+REPO=$(cd "$SERVER_TESTS_DIR/../.." && pwd)
+
+MODEL_FILE_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
+MODELS_DIR=${EXSA_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/exsa/models}
+MODEL_FILE="$MODELS_DIR/$MODEL_FILE_NAME"
+[ -f "$MODEL_FILE" ] || skip "$MODEL_FILE is absent (scripts/fetch-models.sh; or set EXSA_MODELS_DIR)"
+
+VENV=${EXSA_VENV:-$REPO/build/venv}
+"$REPO/scripts/setup-venv.sh" "$VENV"
+case $? in
+    0) ;;
+    2) skip "the openai and jsonschema Python packages cannot be installed: the package index is out of reach" ;;
+    *) echo "FATAL: scripts/setup-venv.sh $VENV failed" >&2; exit 1 ;;
+esac
+PY="$VENV/bin/python"
+"$PY" -c 'import jsonschema, openai' || { echo "FATAL: jsonschema or openai does not import in $VENV" >&2; exit 1; }
+
+# The server is on loopback: keep the client off any proxy of the environment.
+py_client() {
+    env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+        NO_PROXY='*' no_proxy='*' PYTHONDONTWRITEBYTECODE=1 "$@"
+}
+
+# The id is the file name without .gguf (no --alias).
+MODEL=${MODEL_FILE_NAME%.gguf}
+
+echo "== structured output and tools through the openai Python SDK on $MODEL_FILE_NAME (at ${SECONDS}s)"
+start_server -m "$MODEL_FILE" -c 4096 -np 2 -t 2
+BASE_URL="$BASE/v1" MODEL=$MODEL py_client timeout $((900 * SLOW)) \
+    "$PY" "$SERVER_TESTS_DIR/openai_structured.py" || fail "openai_structured.py (see FAIL lines above)"
+server_alive || fail "server died during the structured output tests"
+echo "== done (at ${SECONDS}s)"
+finish
