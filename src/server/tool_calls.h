@@ -111,7 +111,10 @@ char *exsa_tool_grammar(const exsa_tool_spec *spec, const char **lazy_trigger, e
  * message as it was; DeepSeek's own templates (R1, its distills, V3.1)
  * never render `tools`, so the caller should use this when the template
  * source does not mention "tools" (llama.cpp's fixed deepseek-r1 template
- * does). NULL + err. */
+ * does). With no tools on offer (spec->tools NULL or choice none) and the
+ * GENERIC format it only turns earlier calls into their JSON and tool
+ * results into user turns, which a template without tool syntax cannot
+ * render otherwise. NULL + err. */
 json_t *exsa_tool_rewrite_messages(const json_t *messages, const exsa_tool_spec *spec,
                                    exsa_err *err);
 
