@@ -114,7 +114,7 @@ stage_bench() {
         echo "== 1.1B $t"
         "$EXSA" bench -m "$f" -p 512 -n 128 -r 3 --device cuda
         if [ -x "$LB/llama-bench" ]; then
-            LD_LIBRARY_PATH="$ROOT/.gpu/llama/lib:$LD_LIBRARY_PATH" \
+            LD_LIBRARY_PATH="$ROOT/.gpu/llama/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH" \
                 "$LB/llama-bench" -m "$f" -ngl 99 -fa 1 -p 512 -n 128 -r 3
             "$EXSA" bench -m "$f" -p 512 -n 128 -r 3 --device cuda
         fi
@@ -123,7 +123,7 @@ stage_bench() {
     "$EXSA" bench -m "$MODELS/1b-Q4_K_M.gguf" --concurrency 1,8,32,64 --prompt 128 --gen 128 \
         --requests 1 --device cuda
     if [ -x "$LB/llama-batched-bench" ]; then
-        LD_LIBRARY_PATH="$ROOT/.gpu/llama/lib:$LD_LIBRARY_PATH" \
+        LD_LIBRARY_PATH="$ROOT/.gpu/llama/lib:/usr/local/cuda/lib64:$LD_LIBRARY_PATH" \
             "$LB/llama-batched-bench" -m "$MODELS/1b-Q4_K_M.gguf" -ngl 99 -fa 1 -c 20000 \
             -npp 128 -ntg 128 -npl 1,8,32,64
     fi
