@@ -702,7 +702,7 @@ def error_tests():
             model=MODEL, messages=msgs, max_tokens=8, tools=iftool), ["multipleOf"], param="tools")
         expect_bad_request("tool_choice naming an unknown function", lambda: client.chat.completions.create(
             model=MODEL, messages=msgs, max_tokens=8, tools=TOOLS,
-            tool_choice={"type": "function", "function": {"name": "nope"}}), ["tool_choice"], param="tools")
+            tool_choice={"type": "function", "function": {"name": "nope"}}), ["tool_choice"], param="tool_choice")
         expect_bad_request("tools with response_format", lambda: client.chat.completions.create(
             model=MODEL, messages=msgs, max_tokens=8, tools=TOOLS, response_format={"type": "json_object"}),
             ["response_format"], param="tools")
