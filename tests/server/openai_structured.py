@@ -624,7 +624,7 @@ def tool_tests():
         # client's final request often drops them)
         for choice in ("auto", "none", None):
             w = f"{what}, then " + (f"tool_choice {choice}" if choice else "no tools")
-            kw = dict(messages=msgs, seed=SEEDS[1], **{**base, "max_tokens": 120})
+            kw = dict(messages=msgs, seed=SEEDS[1 % len(SEEDS)], **{**base, "max_tokens": 120})
             if choice:
                 kw["tool_choice"] = choice
             else:
