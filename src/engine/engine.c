@@ -784,9 +784,15 @@ static int grammar_mask(exsa_engine *e, exsa_request *r, float *row)
     }
     if (n == 0)
         return EXSA_FINISH_STOP; /* complete: nothing may follow */
-    for (int32_t t = 0; t < e->n_vocab; t++)
-        if (!(r->gmask[t >> 5] >> (t & 31) & 1u))
-            row[t] = -INFINITY;
+    /* a word at a time: most of a mask is often allowed (free text) or
+     * banned (structure), and only the banned bits are visited */
+    const int32_t n_words = (e->n_vocab + 31) / 32;
+    for (int32_t w = 0; w < n_words; w++)
+        for (uint32_t ban = ~r->gmask[w]; ban; ban &= ban - 1) {
+            const int32_t t = w * 32 + __builtin_ctz(ban);
+            if (t < e->n_vocab)
+                row[t] = -INFINITY;
+        }
     return EXSA_FINISH_NONE;
 }
 

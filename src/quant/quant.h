@@ -84,18 +84,25 @@ typedef struct {
     int16_t bsums[EXSA_QK_K / 16]; /* sums of groups of 16 qs */
 } exsa_block_q8_K;
 
-_Static_assert(sizeof(exsa_block_q4_0) == 18, "q4_0 block");
-_Static_assert(sizeof(exsa_block_q4_1) == 20, "q4_1 block");
-_Static_assert(sizeof(exsa_block_q5_0) == 22, "q5_0 block");
-_Static_assert(sizeof(exsa_block_q5_1) == 24, "q5_1 block");
-_Static_assert(sizeof(exsa_block_q8_0) == 34, "q8_0 block");
-_Static_assert(sizeof(exsa_block_q8_1) == 36, "q8_1 block");
-_Static_assert(sizeof(exsa_block_q2_K) == 84, "q2_K block");
-_Static_assert(sizeof(exsa_block_q3_K) == 110, "q3_K block");
-_Static_assert(sizeof(exsa_block_q4_K) == 144, "q4_K block");
-_Static_assert(sizeof(exsa_block_q5_K) == 176, "q5_K block");
-_Static_assert(sizeof(exsa_block_q6_K) == 210, "q6_K block");
-_Static_assert(sizeof(exsa_block_q8_K) == 292, "q8_K block");
+/* C11's _Static_assert is C++'s static_assert (the CUDA kernels include
+ * this header). */
+#ifdef __cplusplus
+#define EXSA_STATIC_ASSERT static_assert
+#else
+#define EXSA_STATIC_ASSERT _Static_assert
+#endif
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q4_0) == 18, "q4_0 block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q4_1) == 20, "q4_1 block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q5_0) == 22, "q5_0 block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q5_1) == 24, "q5_1 block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q8_0) == 34, "q8_0 block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q8_1) == 36, "q8_1 block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q2_K) == 84, "q2_K block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q3_K) == 110, "q3_K block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q4_K) == 144, "q4_K block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q5_K) == 176, "q5_K block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q6_K) == 210, "q6_K block");
+EXSA_STATIC_ASSERT(sizeof(exsa_block_q8_K) == 292, "q8_K block");
 
 typedef void (*exsa_to_float_fn)(const void *src, float *dst, int64_t n);
 typedef void (*exsa_from_float_fn)(const float *src, void *dst, int64_t n);

@@ -468,17 +468,8 @@ static void collect_and_reply(anth *a, exsa_http_req *rq)
         int st = exsa_gen_job_next(j, -1, &idx, &ev);
         if (st == EXSA_GEN_END)
             break;
-        if (st == EXSA_GEN_TIMEOUT) {
-            exsa_http_reply_error(rq, 504, "timeout_error", NULL, "timeout",
-                                  "request timed out after %g s (--timeout); generation cancelled",
-                                  j->app->cfg->request_timeout_s);
+        if (exsa_gen_job_reply_cut(j, st))
             return;
-        }
-        if (st == EXSA_GEN_GONE) {
-            exsa_http_reply_error(rq, 499, "invalid_request_error", NULL, "client_closed",
-                                  "client closed the connection");
-            return;
-        }
         if (st == EXSA_GEN_EVENT && ev.type == EXSA_EVENT_TOKEN) {
             add_id(a, ev.token);
             exsa_strbuf_append(&a->text, ev.text, ev.text_len);
@@ -1003,12 +994,11 @@ static int use_tools(anth *a, const json_t *tools, const json_t *msgs, const cha
                                "messages: a final assistant message (prefill) cannot be combined "
                                "with tools (the answer's calls start the answer)");
     const char *trigger = NULL;
-    if (!(a->g.grammar = exsa_tool_grammar(&a->tools, &trigger, &err)) && err.code)
+    char *gr = exsa_tool_grammar(&a->tools, &trigger, &err);
+    if (!gr && err.code)
         return exsa_param_fail(pe, "tools", "invalid_value", "%s", err.msg);
-    if (trigger && !(a->g.grammar_trigger = strdup(trigger)))
+    if (exsa_reqparams_take_grammar(&a->g, gr, trigger, "tools"))
         goto oom;
-    a->g.rp.grammar = a->g.grammar;
-    a->g.rp.grammar_trigger = a->g.grammar_trigger;
     if (format == EXSA_TOOLS_GENERIC) {
         if (!(*rendered = exsa_tool_rewrite_messages(msgs, &a->tools, &err)))
             goto oom;

@@ -414,17 +414,8 @@ static void nat_collect_and_reply(nat *o, exsa_http_req *rq)
         int st = exsa_gen_job_next(j, -1, &idx, &ev);
         if (st == EXSA_GEN_END)
             break;
-        if (st == EXSA_GEN_TIMEOUT) {
-            exsa_http_reply_error(rq, 504, "timeout_error", NULL, "timeout",
-                                  "request timed out after %g s (--timeout); generation cancelled",
-                                  j->app->cfg->request_timeout_s);
+        if (exsa_gen_job_reply_cut(j, st))
             return;
-        }
-        if (st == EXSA_GEN_GONE) {
-            exsa_http_reply_error(rq, 499, "invalid_request_error", NULL, "client_closed",
-                                  "client closed the connection");
-            return;
-        }
         if (st != EXSA_GEN_EVENT || ev.type != EXSA_EVENT_TOKEN)
             continue;
         exsa_strbuf_append(&o->text, ev.text, ev.text_len);

@@ -462,17 +462,8 @@ static void oai_collect_and_reply(oai *o, exsa_http_req *rq)
         int st = exsa_gen_job_next(j, -1, &idx, &ev);
         if (st == EXSA_GEN_END)
             break;
-        if (st == EXSA_GEN_TIMEOUT) {
-            exsa_http_reply_error(rq, 504, "timeout_error", NULL, "timeout",
-                                  "request timed out after %g s (--timeout); generation cancelled",
-                                  j->app->cfg->request_timeout_s);
+        if (exsa_gen_job_reply_cut(j, st))
             return;
-        }
-        if (st == EXSA_GEN_GONE) {
-            exsa_http_reply_error(rq, 499, "invalid_request_error", NULL, "client_closed",
-                                  "client closed the connection");
-            return;
-        }
         if (st != EXSA_GEN_EVENT || ev.type != EXSA_EVENT_TOKEN)
             continue;
         if (o->g.logprobs && o->lp[idx]) {
@@ -735,15 +726,16 @@ void exsa_api_openai_chat(exsa_http_req *rq, void *app)
             goto done;
         }
         const char *trigger = NULL;
-        o->g.grammar = exsa_tool_grammar(&o->tools, &trigger, &err);
-        if (!o->g.grammar && err.code) {
+        char *gr = exsa_tool_grammar(&o->tools, &trigger, &err);
+        if (!gr && err.code) {
             exsa_param_fail(&pe, "tools", "invalid_value", "%s", err.msg);
             exsa_app_reply_param(rq, &pe);
             goto done;
         }
-        o->g.grammar_trigger = trigger ? strdup(trigger) : NULL;
-        o->g.rp.grammar = o->g.grammar;
-        o->g.rp.grammar_trigger = o->g.grammar_trigger;
+        if (exsa_reqparams_take_grammar(&o->g, gr, trigger, "tools")) {
+            exsa_http_reply_error(rq, 500, "server_error", NULL, "internal_error", "out of memory");
+            goto done;
+        }
         /* the generic format writes the tools into the turns themselves, and
          * so do templates of a tool format that never render `tools`
          * (DeepSeek's own) */

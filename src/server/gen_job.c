@@ -261,13 +261,10 @@ int exsa_gen_job_submit(exsa_gen_job *j, const exsa_gen_params *g, const exsa_ge
             if (!r) {
                 free(budget);
                 exsa_gen_job_cancel(j);
-                /* a grammar's errors are the grammar field's (or the tools' or
-                 * response_format's that made it) */
+                /* a grammar's errors are the field's that made it */
                 const char *param = err.code != EXSA_EINVAL ? NULL
                                     : !strncmp(err.msg, "grammar", 7)
-                                        ? (g->grammar_trigger && !strcmp(prompt_field, "messages")
-                                               ? "tools"
-                                               : "grammar")
+                                        ? (g->grammar_field ? g->grammar_field : "grammar")
                                         : prompt_field;
                 exsa_app_reply_engine(rq, &err, param);
                 return err.code ? err.code : EXSA_EINVAL;
@@ -436,4 +433,20 @@ json_t *exsa_gen_timings_json(const exsa_gen_choice *c)
     json_object_set_new(t, "ttft_ms", exsa_json_real(c->timings.ttft_ms));
     json_object_set_new(t, "total_ms", exsa_json_real(c->timings.total_ms));
     return t;
+}
+
+int exsa_gen_job_reply_cut(exsa_gen_job *j, int st)
+{
+    if (st == EXSA_GEN_TIMEOUT) {
+        exsa_http_reply_error(j->rq, 504, "timeout_error", NULL, "timeout",
+                              "request timed out after %g s (--timeout); generation cancelled",
+                              j->app->cfg->request_timeout_s);
+        return 1;
+    }
+    if (st == EXSA_GEN_GONE) {
+        exsa_http_reply_error(j->rq, 499, "invalid_request_error", NULL, "client_closed",
+                              "client closed the connection");
+        return 1;
+    }
+    return 0;
 }

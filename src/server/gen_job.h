@@ -91,6 +91,11 @@ int exsa_gen_job_chat_prompt(exsa_gen_job *j, const json_t *messages, const json
                              const json_t *kwargs, const char *prefill, exsa_gen_prompt *out,
                              char **text);
 
+/* For replies that are not streamed: when st (exsa_gen_job_next's) says
+ * the request timed out or the client left, replies 504 / 499 and returns
+ * 1; else 0. */
+int exsa_gen_job_reply_cut(exsa_gen_job *j, int st);
+
 /* Takes ownership of the acquired engine (released by exsa_gen_job_free,
  * also on failure here). NULL when out of memory (then it has replied). */
 exsa_gen_job *exsa_gen_job_create(exsa_app *app, exsa_http_req *rq, exsa_engine *eng);

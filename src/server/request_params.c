@@ -668,7 +668,23 @@ static int parse_constraint(const json_t *body, int kind, exsa_gen_params *g, ex
         return exsa_param_fail(pe, which, "invalid_value", "'%s': %s", which,
                                err.code ? err.msg : "out of memory");
     g->rp.grammar = g->grammar;
+    g->grammar_field = which;
     return 0;
+}
+
+int exsa_reqparams_take_grammar(exsa_gen_params *g, char *grammar, const char *trigger,
+                                const char *field)
+{
+    if (!grammar)
+        return 0;
+    free(g->grammar);
+    free(g->grammar_trigger);
+    g->grammar = grammar;
+    g->grammar_trigger = trigger ? strdup(trigger) : NULL;
+    g->rp.grammar = g->grammar;
+    g->rp.grammar_trigger = g->grammar_trigger;
+    g->grammar_field = field;
+    return trigger && !g->grammar_trigger ? EXSA_ENOMEM : 0;
 }
 
 int exsa_reqparams_parse(const json_t *body, int kind, int n_vocab, exsa_gen_params *g,

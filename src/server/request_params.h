@@ -80,7 +80,14 @@ typedef struct exsa_gen_params {
      * point here. */
     char *grammar;
     char *grammar_trigger;
+    const char *grammar_field; /* the request field it came from (static) */
 } exsa_gen_params;
+
+/* Takes grammar (owned; NULL: nothing to do) and a copy of trigger (NULL:
+ * not lazy) as g's constraint, made from request field `field` (static
+ * text, named by the errors the grammar gives at submit). 0 or EXSA_ENOMEM. */
+int exsa_reqparams_take_grammar(exsa_gen_params *g, char *grammar, const char *trigger,
+                                const char *field);
 
 /* Reads every generation field of body for this kind of endpoint. n_vocab
  * bounds logit_bias ids. The prompt fields (messages, prompt, tokens) and

@@ -30,10 +30,8 @@
 #include <cuda_fp16.h>
 
 #include "backend/cuda/cuda_kernels.h"
-/* quant.h is C11: its block size checks are C++'s static_assert. */
-#define _Static_assert static_assert
+#include "backend/cuda/cuda_reduce.cuh"
 #include "quant/quant.h"
-#undef _Static_assert
 
 #define ATTN_THREADS 128
 #define ATTN_GMAX 8          /* query heads per block */
@@ -41,40 +39,7 @@
 #define ATTN_ROW_SPLITS 256  /* n_rows * n_split, at most (when n_rows < it) */
 #define ATTN_MAX_D 256
 
-static int launch_status(void)
-{
-    return (int)cudaGetLastError();
-}
-
 /* ---- device helpers ----------------------------------------------------- */
-
-static __device__ float block_sum(float v, float *red)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    if (lane == 0)
-        red[warp] = v;
-    __syncthreads();
-    v = lane < n_warps ? red[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ float block_max(float v, float *red)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    if (lane == 0)
-        red[warp] = v;
-    __syncthreads();
-    v = lane < n_warps ? red[lane] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
 
 /* exsa_fp32_to_fp16 (quant.c), the same bits for every input. */
 static __device__ uint16_t fp32_to_fp16(float f)

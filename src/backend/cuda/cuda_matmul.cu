@@ -32,13 +32,10 @@
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/cuda_quant.cuh"
 
-/* quant.h is C11; its block-size checks are _Static_assert, which C++ spells
- * static_assert. Included only to check cuda_quant.cuh's offsets below. */
-#define _Static_assert static_assert
+/* Included only to check cuda_quant.cuh's offsets below. */
 extern "C" {
 #include "quant/quant.h"
 }
-#undef _Static_assert
 
 using namespace exsa_cuda;
 

@@ -14,16 +14,12 @@
 #include <stdint.h>
 
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_reduce.cuh"
 
 #define OPS_THREADS 256
 #define OPS_MAX_BLOCKS 4096
 /* rope's host-computed frequencies travel in the kernel parameters. */
 #define ROPE_MAX_HALF 256
-
-static int launch_status(void)
-{
-    return (int)cudaGetLastError();
-}
 
 static unsigned grid_for(int64_t n)
 {
@@ -40,34 +36,6 @@ static bool aligned16(const void *p)
 
 /* Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread
  * gets the result. red holds 32 floats; callers sync before reusing it. */
-static __device__ float block_sum(float v, float *red)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    if (lane == 0)
-        red[warp] = v;
-    __syncthreads();
-    v = lane < n_warps ? red[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-static __device__ float block_max(float v, float *red)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, n_warps = blockDim.x >> 5;
-    if (lane == 0)
-        red[warp] = v;
-    __syncthreads();
-    v = lane < n_warps ? red[lane] : -INFINITY;
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 /* ---- rms_norm --------------------------------------------------------- */
 
 /* One block per row. Each thread reads and writes only its own elements,
