@@ -264,6 +264,7 @@ typedef struct exsa_engine_stats {
     int64_t generated_tokens;
     int64_t requests_done;
     int64_t steps;
+    int batch_seqs_peak;        /* most sequences in one forward step since start */
     double ttft_ms_sum;         /* over requests that produced a token */
     int64_t ttft_count;
     double itl_ms_sum;          /* inter-token latency over every later token */

@@ -942,9 +942,10 @@ static void step(exsa_engine *e)
         budget -= e->running[i]->plan;
     admit(e, budget);
 
-    int n = 0, n_out = 0;
+    int n = 0, n_out = 0, n_seqs = 0;
     for (int i = 0; i < e->n_running; i++) {
         exsa_request *r = e->running[i];
+        n_seqs += r->plan > 0;
         for (int j = 0; j < r->plan; j++, n++) {
             int p = r->n_computed + j;
             e->b_token[n] = r->tokens[p];
@@ -961,6 +962,8 @@ static void step(exsa_engine *e)
         exsa_err err = {0};
         int rc = exsa_model_forward(e->ctx, &b, e->logits, &err);
         e->acc.steps++;
+        if (n_seqs > e->acc.batch_seqs_peak)
+            e->acc.batch_seqs_peak = n_seqs;
         if (rc != 0) {
             while (e->n_running > 0) {
                 exsa_request *r = e->running[0];

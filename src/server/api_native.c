@@ -99,7 +99,7 @@ void exsa_api_status(exsa_http_req *rq, void *app)
         return;
     }
     long long queue = 0, running = 0, total = 0, free_b = 0, cached = 0, hits = 0, pre = 0,
-              done = 0, gen = 0;
+              done = 0, gen = 0, seqs_peak = 0;
     double tps = 0;
     const char *active = NULL;
     for (int i = 0; i < n; i++) {
@@ -130,6 +130,7 @@ void exsa_api_status(exsa_http_req *rq, void *app)
             }
             json_object_set_new(m, "queue", json_integer(st.queue_len));
             json_object_set_new(m, "running", json_integer(st.running));
+            json_object_set_new(m, "batch_seqs_peak", json_integer(st.batch_seqs_peak));
             json_object_set_new(m, "kv_block_size", json_integer(st.block_size));
             json_object_set_new(m, "kv_blocks_total", json_integer(st.kv_blocks_total));
             json_object_set_new(m, "kv_blocks_used",
@@ -144,6 +145,8 @@ void exsa_api_status(exsa_http_req *rq, void *app)
             json_object_set_new(m, "tokens_per_s", exsa_json_real(t));
             queue += st.queue_len;
             running += st.running;
+            if (st.batch_seqs_peak > seqs_peak)
+                seqs_peak = st.batch_seqs_peak;
             total += st.kv_blocks_total;
             free_b += st.kv_blocks_free;
             cached += st.kv_blocks_cached;
@@ -162,6 +165,7 @@ void exsa_api_status(exsa_http_req *rq, void *app)
     json_object_set_new(r, "uptime_s", exsa_json_real(up));
     json_object_set_new(r, "queue", json_integer(queue));
     json_object_set_new(r, "running", json_integer(running));
+    json_object_set_new(r, "batch_seqs_peak", json_integer(seqs_peak));
     json_object_set_new(r, "kv_blocks_total", json_integer(total));
     json_object_set_new(r, "kv_blocks_used", json_integer(total - free_b));
     json_object_set_new(r, "kv_blocks_free", json_integer(free_b));
@@ -202,6 +206,7 @@ void exsa_api_metrics(exsa_http_req *rq, void *app)
             m->gpu_weight_bytes = (int64_t)info.gpu_weight_bytes;
             m->queue_len = st.queue_len;
             m->running = st.running;
+            m->batch_seqs_peak = st.batch_seqs_peak;
             m->kv_blocks_total = st.kv_blocks_total;
             m->kv_blocks_free = st.kv_blocks_free;
             m->kv_blocks_cached = st.kv_blocks_cached;

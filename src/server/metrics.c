@@ -254,6 +254,10 @@ int exsa_metrics_render(exsa_metrics *m, const exsa_metrics_engine *eng, int n_e
     header(o, "exsa_running_sequences", "gauge", "Sequences being generated.");
     for (int i = 0; i < n_eng; i++)
         gauge_line(o, "exsa_running_sequences", eng[i].model, eng[i].running);
+    header(o, "exsa_batch_sequences_peak", "gauge",
+           "Most sequences batched into one forward step since the model loaded.");
+    for (int i = 0; i < n_eng; i++)
+        gauge_line(o, "exsa_batch_sequences_peak", eng[i].model, eng[i].batch_seqs_peak);
     header(o, "exsa_kv_blocks_total", "gauge", "KV cache blocks in the pool.");
     for (int i = 0; i < n_eng; i++)
         gauge_line(o, "exsa_kv_blocks_total", eng[i].model, eng[i].kv_blocks_total);

@@ -40,6 +40,7 @@ typedef struct exsa_metrics_engine {
     const char *model;
     int ready;
     int queue_len, running;
+    int batch_seqs_peak; /* most sequences in one forward step since start */
     int kv_blocks_total, kv_blocks_free, kv_blocks_cached;
     int64_t prefix_hit_tokens, preemptions;
     int gpu;               /* runs (partly) on a GPU: the gpu_* below are set */
