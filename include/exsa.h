@@ -130,6 +130,19 @@ typedef struct exsa_engine_params {
     int device;
     int n_gpu_layers;
     int gpu;
+    /* Speculative decoding (DESIGN.md): guesses of the next tokens verified
+     * in the same batched pass, exact (greedy: the same tokens; sampling:
+     * the same distribution). spec 1 turns it on for requests that do not
+     * say (0: off unless a request asks). The guesses come from
+     * draft_model_path (copied; a GGUF with the target's vocabulary, placed
+     * like the target) or, without one, from n-gram lookup over the
+     * sequence. */
+    int spec;
+    const char *draft_model_path;
+    int spec_n_max;       /* tokens guessed per sequence and step at most (16) */
+    int spec_n_min;       /* shorter guesses are not verified (0) */
+    float spec_p_min;     /* draft model: stops guessing below this probability (0.75) */
+    int spec_max_seqs;    /* no guesses while more sequences than this decode (8) */
 } exsa_engine_params;
 
 void exsa_engine_params_default(exsa_engine_params *p);
@@ -171,6 +184,12 @@ typedef struct exsa_request_params {
      * (tool calls in free text). Prompt tokens never advance it. */
     const char *grammar;
     const char *grammar_trigger;
+    /* Speculative decoding for this request (llama-server's speculative.*):
+     * spec -1 follows the engine (default), 0 off, 1 on; n_max, n_min,
+     * p_min < 0 take the engine's. */
+    int spec;
+    int spec_n_max, spec_n_min;
+    float spec_p_min;
 } exsa_request_params;
 
 #define EXSA_MAX_TOP_LOGPROBS 20
@@ -207,6 +226,8 @@ typedef struct exsa_usage {
     int prompt_tokens;
     int cached_tokens;    /* prompt tokens taken from the prefix cache (first admission) */
     int generated_tokens;
+    int draft_tokens;     /* speculative guesses verified */
+    int accepted_tokens;  /* of those, kept (each one a token of the output) */
 } exsa_usage;
 
 typedef struct exsa_timings {
@@ -265,6 +286,8 @@ typedef struct exsa_engine_stats {
     int64_t requests_done;
     int64_t steps;
     int batch_seqs_peak;        /* most sequences in one forward step since start */
+    int64_t spec_draft_tokens;  /* speculative guesses verified */
+    int64_t spec_accepted_tokens;
     double ttft_ms_sum;         /* over requests that produced a token */
     int64_t ttft_count;
     double itl_ms_sum;          /* inter-token latency over every later token */

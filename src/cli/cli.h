@@ -40,6 +40,17 @@ int exsa_cli_placement(const char *cmd, int argc, char **argv, int *i, exsa_mode
     "  --device NAME        auto (a CUDA GPU when usable, else the CPU), cpu or cuda\n"     \
     "  -ngl N               layers on the GPU, from the last (-1: all + output head)\n"    \
     "  -mg N                CUDA device (0)\n"
+/* Speculative decoding flags (--spec, -md/--model-draft, --draft-max,
+ * --draft-min, --draft-p-min, --spec-max-seqs) at argv[*i] into ep's spec
+ * fields: 1 when it was one, 0 when not, -1 after printing an error. */
+int exsa_cli_spec(const char *cmd, int argc, char **argv, int *i, exsa_engine_params *ep);
+#define EXSA_CLI_SPEC_HELP                                                                 \
+    "  --spec               speculative decoding: n-gram lookup, or -md's guesses\n"        \
+    "  -md PATH             draft model (same vocabulary) for speculative decoding\n"      \
+    "  --draft-max N        tokens guessed per step at most (16)\n"                         \
+    "  --draft-min N        shorter guesses are not verified (0)\n"                         \
+    "  --draft-p-min P      draft model: stop guessing below this probability (0.75)\n"     \
+    "  --spec-max-seqs N    no guesses while more sequences decode (8)\n"
 /* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */
 const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i);
 

@@ -134,6 +134,41 @@ int exsa_cli_placement(const char *cmd, int argc, char **argv, int *i, exsa_mode
     return 0;
 }
 
+int exsa_cli_spec(const char *cmd, int argc, char **argv, int *i, exsa_engine_params *ep)
+{
+    const char *a = argv[*i], *v;
+    int64_t n;
+    double x;
+    if (!strcmp(a, "--spec") || !strcmp(a, "--speculative")) {
+        ep->spec = 1;
+        return 1;
+    }
+    if (!strcmp(a, "-md") || !strcmp(a, "--model-draft")) {
+        if (!(v = exsa_cli_value(cmd, argc, argv, i)))
+            return -1;
+        ep->draft_model_path = v;
+        ep->spec = 1;
+        return 1;
+    }
+    int *dst = !strcmp(a, "--draft-max") || !strcmp(a, "--draft") ? &ep->spec_n_max
+               : !strcmp(a, "--draft-min")                       ? &ep->spec_n_min
+               : !strcmp(a, "--spec-max-seqs")                   ? &ep->spec_max_seqs
+                                                                 : NULL;
+    if (dst) {
+        if (!(v = exsa_cli_value(cmd, argc, argv, i)) || exsa_cli_int(cmd, a, v, 0, 1024, &n))
+            return -1;
+        *dst = (int)n;
+        return 1;
+    }
+    if (!strcmp(a, "--draft-p-min")) {
+        if (!(v = exsa_cli_value(cmd, argc, argv, i)) || exsa_cli_float(cmd, a, v, 0, 1, &x))
+            return -1;
+        ep->spec_p_min = (float)x;
+        return 1;
+    }
+    return 0;
+}
+
 /* The whole file, NUL-terminated; NULL with a message on failure. */
 char *exsa_cli_read_file(const char *cmd, const char *path, size_t *len)
 {

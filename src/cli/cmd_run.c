@@ -22,6 +22,7 @@ static const char *usage =
     "  -n N                 tokens to generate (default 64; 0 = only the prompt)\n"
     "  -t N                 threads (default: physical cores)\n"
     EXSA_CLI_PLACEMENT_HELP
+    EXSA_CLI_SPEC_HELP
     "  -c N                 context size (default: model's, capped at 4096)\n"
     "  -b N                 prompt rows per forward pass (default 512)\n"
     "  --kv-type T          f16 (default), f32 or q8_0\n"
@@ -74,6 +75,7 @@ typedef struct run_opts {
     char *grammar; /* --grammar-file / --json-schema-file, as GBNF (owned) */
     exsa_cli_sampling smp;
     exsa_model_params mp;
+    exsa_engine_params spec; /* only its speculative decoding fields */
 } run_opts;
 
 static int parse(int argc, char **argv, run_opts *o)
@@ -86,6 +88,11 @@ static int parse(int argc, char **argv, run_opts *o)
         if (pl < 0)
             return 1;
         if (pl > 0)
+            continue;
+        const int sp = exsa_cli_spec(cmd, argc, argv, &i, &o->spec);
+        if (sp < 0)
+            return 1;
+        if (sp > 0)
             continue;
         struct { const char *flag; int64_t *dst; int64_t lo, hi; } ints[] = {
             {"-n", &o->n_gen, 0, 1 << 24}, {"-t", &o->threads, 1, 1024},
@@ -344,6 +351,12 @@ static int generate(const run_opts *o, const int32_t *given, int n_given)
     ep.kv_type = o->kv_type;
     ep.queue_size = 1;
     ep.prefix_cache = 0;
+    ep.spec = o->spec.spec;
+    ep.draft_model_path = o->spec.draft_model_path;
+    ep.spec_n_max = o->spec.spec_n_max;
+    ep.spec_n_min = o->spec.spec_n_min;
+    ep.spec_p_min = o->spec.spec_p_min;
+    ep.spec_max_seqs = o->spec.spec_max_seqs;
     exsa_engine *e = exsa_engine_create(&ep, &err);
     if (!e)
         return exsa_cli_fail(cmd, "%s", err.msg);
@@ -412,6 +425,10 @@ static int generate(const run_opts *o, const int32_t *given, int n_given)
                 "(%.2f t/s); %s\n",
                 n_prompt, pms, pms > 0 ? n_prompt * 1e3 / pms : 0.0, g.n_ids, gms, gen_tps,
                 info.backend);
+        if (g.usage.draft_tokens > 0)
+            fprintf(stderr, "speculative: %d of %d guessed tokens accepted (%.1f%%)\n",
+                    g.usage.accepted_tokens, g.usage.draft_tokens,
+                    100.0 * g.usage.accepted_tokens / g.usage.draft_tokens);
     }
     rc = 0;
 done:
@@ -427,6 +444,7 @@ int exsa_cmd_run(int argc, char **argv)
     static run_opts o;
     memset(&o, 0, sizeof o);
     exsa_cli_sampling_init(&o.smp);
+    exsa_engine_params_default(&o.spec);
     o.model = exsa_cli_env_model();
     o.n_gen = 64;
     o.batch = 512;

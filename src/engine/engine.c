@@ -130,6 +130,7 @@ static void release_blocks(exsa_engine *e, exsa_request *r)
         return;
     pc_insert(e, r); /* full blocks outlive the sequence in the prefix cache */
     exsa_kv_seq_free(e->kv, r->slot);
+    exsa_drafter_forget(e->drafter, r->slot);
     e->free_slots[e->n_free_slots++] = r->slot;
     r->slot = -1;
     r->n_registered = 0;
@@ -520,6 +521,157 @@ static int accept_token(exsa_engine *e, exsa_request *r, int32_t t, const lp_inf
     return finish;
 }
 
+/* Samples r's output rows in order: row i follows the sequence with its
+ * first i guesses, so it is sampled exactly as without speculation (the
+ * same sampler state, grammar state and random draws), and the next row
+ * counts only while the token sampled equals the guess. Then the K/V of
+ * rejected guesses is dropped and the guess length adapts. */
+static void sample_rows(exsa_engine *e, exsa_request *r, float *logits, int rows)
+{
+    const int n_draft = r->n_draft;
+    if (n_draft > 0)
+        r->n_computed = r->n_tok; /* the last token's row ran; guesses count once kept */
+    int acc = 0, live = 1;
+    for (int i = 0; i < rows; i++) {
+        float *row = logits + (size_t)i * e->n_vocab;
+        if (r->gm) {
+            int gfin = grammar_mask(e, r, row);
+            if (gfin != EXSA_FINISH_NONE) {
+                retire(e, r, gfin);
+                live = 0;
+                break;
+            }
+        }
+        int32_t t = exsa_sampler_sample(r->smp, row);
+        grammar_advance(e, r, t);
+        lp_info lp;
+        if (r->logprobs)
+            logprobs_of(row, e->n_vocab, t, r->top_logprobs, &lp);
+        int kept = i < n_draft && t == r->draft[i];
+        if (kept) {
+            acc++;
+            r->n_computed++; /* row i + 1 computed this very token */
+        }
+        int fin = accept_token(e, r, t, r->logprobs ? &lp : NULL);
+        if (fin != EXSA_FINISH_NONE) {
+            retire(e, r, fin);
+            live = 0;
+            break;
+        }
+        if (!kept)
+            break;
+    }
+    if (n_draft == 0)
+        return;
+    r->n_drafted += n_draft;
+    r->n_accepted += acc;
+    e->acc.spec_draft_tokens += n_draft;
+    e->acc.spec_accepted_tokens += acc;
+    r->n_draft = 0;
+    if (live)
+        exsa_kv_seq_truncate(e->kv, r->slot, r->n_computed);
+    /* Longer guesses while they are all kept; after a complete miss, a
+     * pause that doubles with each miss in a row (guessing costs rows). */
+    if (acc == n_draft) {
+        r->spec_k = 2 * r->spec_k < r->spec_n_max ? 2 * r->spec_k : r->spec_n_max;
+        r->spec_backoff = 0;
+    } else if (acc > 0) {
+        r->spec_k = acc + 1 < r->spec_n_max ? acc + 1 : r->spec_n_max;
+        r->spec_backoff = 0;
+    } else {
+        r->spec_k = r->spec_k > 1 ? r->spec_k / 2 : 1;
+        r->spec_skip = r->spec_backoff;
+        r->spec_backoff = r->spec_backoff < 16 ? 2 * r->spec_backoff + 1 : 32;
+    }
+}
+
+/* Guesses for the sequences that only decode this step, from what is left
+ * of the token budget: each one that has a guess gets its rows (and KV
+ * room, taken without preempting anyone). None while more than
+ * spec_max_seqs sequences decode: a large batch is compute bound and
+ * extra rows no longer come almost free. */
+static void spec_plan(exsa_engine *e, int budget)
+{
+    int n_dec = 0, nq = 0;
+    for (int i = 0; i < e->n_running; i++) {
+        exsa_request *r = e->running[i];
+        r->n_draft = 0;
+        n_dec += r->plan == 1 && r->n_tok - r->n_computed == 1;
+    }
+    if (n_dec == 0 || n_dec > e->p.spec_max_seqs)
+        return;
+    if (e->spec_rows == 0) {
+        /* The logits buffer grows for guess rows once, on first use. */
+        size_t rows = (size_t)e->p.max_batch_size + EXSA_SPEC_ROWS;
+        float *l = realloc(e->logits, rows * (size_t)e->n_vocab * sizeof *l);
+        if (l)
+            e->logits = l;
+        e->spec_rows = l ? EXSA_SPEC_ROWS : -1;
+        if (!l)
+            exsa_log(EXSA_LOG_WARN, NULL, "speculative: no memory for %zu logits rows; off",
+                     rows);
+    }
+    if (e->spec_rows <= 0)
+        return;
+    if (budget > e->spec_rows)
+        budget = e->spec_rows;
+    for (int i = 0; i < e->n_running && budget > 0; i++) {
+        exsa_request *r = e->running[i];
+        if (!r->spec_on || r->plan != 1 || r->n_tok - r->n_computed != 1)
+            continue;
+        if (r->spec_skip > 0) {
+            r->spec_skip--;
+            continue;
+        }
+        int k = r->spec_k;
+        if (k > r->max_gen - r->n_gen - 1)
+            k = r->max_gen - r->n_gen - 1; /* the step's last row samples one more */
+        if (k > e->n_ctx - r->n_tok)
+            k = e->n_ctx - r->n_tok;
+        if (k > budget)
+            k = budget;
+        if (k < 1 || k < r->spec_n_min)
+            continue;
+        if (e->drafter) {
+            e->dreq[nq] = (exsa_draft_req){.seq = r->slot, .tokens = r->tokens,
+                                           .n_tok = r->n_tok, .max = k,
+                                           .p_min = r->spec_p_min, .out = r->draft};
+            e->dreq_owner[nq++] = r;
+        } else {
+            r->n_draft = exsa_ngram_propose(r->ngram, r->tokens, r->n_tok, r->draft, k);
+        }
+        budget -= k;
+    }
+    if (nq > 0) {
+        exsa_err err = {0};
+        if (exsa_drafter_propose(e->drafter, e->dreq, nq, &err) != 0)
+            exsa_log(EXSA_LOG_WARN, NULL,
+                     "speculative: the draft model failed (%s); no guesses this step",
+                          err.msg);
+        for (int q = 0; q < nq; q++)
+            e->dreq_owner[q]->n_draft = e->dreq[q].n_out;
+    }
+    for (int i = 0; i < e->n_running; i++) {
+        exsa_request *r = e->running[i];
+        if (r->n_draft == 0)
+            continue;
+        if (r->n_draft < r->spec_n_min) {
+            r->n_draft = 0;
+            continue;
+        }
+        int need = r->n_tok + r->n_draft;
+        if (exsa_kv_seq_reserve(e->kv, r->slot, need, NULL) != 0) {
+            int more = blocks_for(e, need) - blocks_for(e, exsa_kv_seq_len(e->kv, r->slot));
+            if (pc_make_room(e, more) < more ||
+                exsa_kv_seq_reserve(e->kv, r->slot, need, NULL) != 0) {
+                r->n_draft = 0;
+                continue;
+            }
+        }
+        r->plan = 1 + r->n_draft;
+    }
+}
+
 static void step(exsa_engine *e)
 {
     /* Cancelled requests leave first, so their blocks serve this step. */
@@ -563,7 +715,7 @@ static void step(exsa_engine *e)
     budget = e->p.max_batch_tokens;
     for (int i = 0; i < e->n_running; i++)
         budget -= e->running[i]->plan;
-    admit(e, budget);
+    spec_plan(e, admit(e, budget));
 
     int n = 0, n_out = 0, n_seqs = 0;
     for (int i = 0; i < e->n_running; i++) {
@@ -571,10 +723,11 @@ static void step(exsa_engine *e)
         n_seqs += r->plan > 0;
         for (int j = 0; j < r->plan; j++, n++) {
             int p = r->n_computed + j;
-            e->b_token[n] = r->tokens[p];
+            /* past the sequence: this step's guesses, each row verified */
+            e->b_token[n] = p < r->n_tok ? r->tokens[p] : r->draft[p - r->n_tok];
             e->b_pos[n] = p;
             e->b_seq[n] = r->slot;
-            e->b_logits[n] = p == r->n_tok - 1;
+            e->b_logits[n] = p >= r->n_tok - 1;
             if (e->b_logits[n])
                 e->out_req[n_out++] = r;
         }
@@ -602,24 +755,13 @@ static void step(exsa_engine *e)
                     pc_insert(e, r); /* prompt done: share it with later requests */
                 r->plan = 0;
             }
-            for (int j = 0; j < n_out; j++) {
+            for (int j = 0; j < n_out;) {
                 exsa_request *r = e->out_req[j];
-                float *row = e->logits + (size_t)j * e->n_vocab;
-                if (r->gm) {
-                    int gfin = grammar_mask(e, r, row);
-                    if (gfin != EXSA_FINISH_NONE) {
-                        retire(e, r, gfin);
-                        continue;
-                    }
-                }
-                int32_t t = exsa_sampler_sample(r->smp, row);
-                grammar_advance(e, r, t);
-                lp_info lp;
-                if (r->logprobs)
-                    logprobs_of(row, e->n_vocab, t, r->top_logprobs, &lp);
-                int fin = accept_token(e, r, t, r->logprobs ? &lp : NULL);
-                if (fin != EXSA_FINISH_NONE)
-                    retire(e, r, fin);
+                int rows = 1; /* 1 + its guesses when r speculated */
+                while (j + rows < n_out && e->out_req[j + rows] == r)
+                    rows++;
+                sample_rows(e, r, e->logits + (size_t)j * e->n_vocab, rows);
+                j += rows;
             }
         }
     }
@@ -768,6 +910,7 @@ void exsa_engine_free(exsa_engine *e)
 #if EXSA_ENGINE_HAVE_PREFIX_CACHE
     exsa_prefix_cache_free(e->pc);
 #endif
+    exsa_drafter_free(e->drafter);
     exsa_model_ctx_free(e->ctx);
     exsa_detok_free(e->dt[0]);
     exsa_detok_free(e->dt[1]);
@@ -799,6 +942,8 @@ void exsa_engine_free(exsa_engine *e)
     free(e->logits);
     free(e->match);
     free(e->piece);
+    free(e->dreq);
+    free(e->dreq_owner);
     free(e);
 }
 
@@ -903,6 +1048,15 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
     if (p->queue_size < 1 || p->queue_size > (1 << 20)) {
         exsa_err_set(err, EXSA_EINVAL, "engine: queue_size must be in [1, %d], got %d", 1 << 20,
                      p->queue_size);
+        return NULL;
+    }
+    if (p->spec_n_max < 0 || p->spec_n_max > 1024 || p->spec_n_min < 0 ||
+        p->spec_n_min > p->spec_n_max || !(p->spec_p_min >= 0 && p->spec_p_min <= 1) ||
+        p->spec_max_seqs < 0) {
+        exsa_err_set(err, EXSA_EINVAL,
+                     "engine: speculative n_max %d (0..1024), n_min %d (0..n_max), p_min %g "
+                     "(0..1), max_seqs %d (>= 0) out of range",
+                     p->spec_n_max, p->spec_n_min, (double)p->spec_p_min, p->spec_max_seqs);
         return NULL;
     }
     if (p->kv_bytes < 0) {
@@ -1032,9 +1186,25 @@ exsa_engine *exsa_engine_create(const exsa_engine_params *p, exsa_err *err)
         e->logits = alloc_array(nl, sizeof(float), &fail);
     e->match = alloc_array((size_t)blocks_for(e, e->n_ctx) + 1, sizeof *e->match, &fail);
     e->piece = alloc_array(PIECE_MAX + 1, 1, &fail);
+    e->dreq = alloc_array(S, sizeof *e->dreq, &fail);
+    e->dreq_owner = alloc_array(S, sizeof *e->dreq_owner, &fail);
     if (fail) {
         exsa_err_set(err, EXSA_ENOMEM, "engine: out of memory");
         goto fail;
+    }
+    if (p->draft_model_path) {
+        exsa_drafter_params dp = {
+            .path = p->draft_model_path, .n_threads = p->n_threads, .n_seq = p->max_batch_size,
+            .n_ctx = e->n_ctx, .max_batch = p->max_batch_tokens,
+            .kv_tokens = e->n_blocks * e->bs, .device = p->device,
+            .n_gpu_layers = p->n_gpu_layers, .gpu = p->gpu};
+        if (!e->voc) {
+            exsa_err_set(err, EXSA_EINVAL, "engine: a draft model needs the target's vocabulary");
+            goto fail;
+        }
+        if (!(e->drafter = exsa_drafter_create(&dp, e->voc, err)))
+            goto fail;
+        e->p.draft_model_path = NULL; /* not kept; exsa_drafter_name tells */
     }
     for (int i = 0; i < p->max_batch_size; i++)
         e->free_slots[i] = p->max_batch_size - 1 - i; /* slot 0 first */

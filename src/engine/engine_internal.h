@@ -18,6 +18,7 @@
 #include "engine/grammar.h"
 #include "engine/prefix_cache.h"
 #include "engine/sampling.h"
+#include "engine/speculative.h"
 #include "exsa.h"
 #include "model/model.h"
 #include "text/chat_template.h"
@@ -29,6 +30,9 @@
 #ifndef EXSA_ENGINE_HAVE_PREFIX_CACHE
 #define EXSA_ENGINE_HAVE_PREFIX_CACHE 1
 #endif
+
+/* Guess rows one step verifies at most (beside one row per sequence). */
+#define EXSA_SPEC_ROWS 64
 
 #define PIECE_MAX 4096 /* bytes one token (plus a detok flush) may complete */
 
@@ -112,6 +116,17 @@ struct exsa_request {
     size_t lazy_len, lazy_cap;
     char *hold; /* generated text not yet sent (a possible stop-string prefix) */
     size_t hold_len, hold_cap;
+    /* Speculative decoding (engine thread). */
+    int spec_on;
+    int spec_n_max, spec_n_min;
+    float spec_p_min;
+    int spec_k;          /* adaptive guess length cap */
+    int spec_skip;       /* steps left without guessing (backoff after misses) */
+    int spec_backoff;    /* the next miss's skip */
+    exsa_ngram_index *ngram;
+    int32_t *draft;      /* [spec_n_max]: this step's guesses */
+    int n_draft;
+    int n_drafted, n_accepted;
     int64_t t_admit, t_first, t_last;
     int64_t admit_order; /* rank of the first admission (exsa_event.admit_order) */
     double itl_sum_ms, itl_max_ms;
@@ -172,6 +187,13 @@ struct exsa_engine {
     int embed_seq;         /* sequence id of embedding jobs */
     float *hidden;         /* [max_batch_tokens][n_embd], allocated at the first job */
     double *pool;          /* [n_embd] */
+    exsa_drafter *drafter; /* NULL: n-gram guesses */
+    exsa_draft_req *dreq;  /* [max_batch_size] */
+    exsa_request **dreq_owner;
+    /* Logits rows for guesses past one per sequence: 0 until the first
+     * request speculates (then EXSA_SPEC_ROWS, or -1 when that memory
+     * could not be had). */
+    int spec_rows;
 };
 
 static inline int blocks_for(const exsa_engine *e, int n_tokens)

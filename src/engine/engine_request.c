@@ -33,6 +33,8 @@ void exsa_engine_params_default(exsa_engine_params *p)
         .max_batch_size = 16, .kv_type = EXSA_TYPE_F16, .kv_tokens = 0, .queue_size = 256,
         .strategy = EXSA_SCHED_FIFO, .prefix_cache = 1, .priority_aging_ms = 1000,
         .dynamic_threshold = 8, .chat_template = NULL, .name = NULL,
+        .spec = 0, .draft_model_path = NULL, .spec_n_max = 16, .spec_n_min = 0,
+        .spec_p_min = 0.75f, .spec_max_seqs = 8,
     };
     exsa_model_params mp;
     exsa_model_params_default(&mp); /* EXSA_DEVICE may pin the device */
@@ -47,9 +49,41 @@ void exsa_request_params_default(exsa_request_params *p)
     exsa_sampling_params_default(&p->sampling);
     p->add_special = 1;
     p->max_tokens = 256;
+    p->spec = -1;
+    p->spec_n_max = p->spec_n_min = -1;
+    p->spec_p_min = -1.0f;
 }
 
 /* ---- requests ---- */
+
+/* The request's speculative decoding settings and proposer state. */
+static int spec_setup(exsa_engine *e, exsa_request *r, const exsa_request_params *p,
+                      exsa_err *err)
+{
+    if (p->spec < -1 || p->spec > 1)
+        return exsa_err_set(err, EXSA_EINVAL, "speculative: must be -1, 0 or 1, got %d", p->spec);
+    if (p->spec_n_max > 1024 || p->spec_n_min > 1024)
+        return exsa_err_set(err, EXSA_EINVAL,
+                            "speculative.n_max and n_min must be at most 1024, got %d and %d",
+                            p->spec_n_max, p->spec_n_min);
+    if (p->spec_p_min > 1.0f || p->spec_p_min != p->spec_p_min)
+        return exsa_err_set(err, EXSA_EINVAL, "speculative.p_min must be in [0, 1], got %g",
+                            (double)p->spec_p_min);
+    r->spec_on = p->spec < 0 ? e->p.spec != 0 : p->spec;
+    r->spec_n_max = p->spec_n_max >= 0 ? p->spec_n_max : e->p.spec_n_max;
+    r->spec_n_min = p->spec_n_min >= 0 ? p->spec_n_min : e->p.spec_n_min;
+    r->spec_p_min = p->spec_p_min >= 0 ? p->spec_p_min : e->p.spec_p_min;
+    if (r->spec_n_max < 1 || r->spec_n_min > r->spec_n_max)
+        r->spec_on = 0;
+    if (!r->spec_on)
+        return 0;
+    r->spec_k = r->spec_n_max < 4 ? r->spec_n_max : 4;
+    if (!(r->draft = malloc((size_t)r->spec_n_max * sizeof *r->draft)))
+        return exsa_err_set(err, EXSA_ENOMEM, "submit: out of memory");
+    if (!e->drafter && !(r->ngram = exsa_ngram_index_create(r->n_prompt + r->max_gen, err)))
+        return err->code;
+    return 0;
+}
 
 void engine_request_destroy(exsa_request *r)
 {
@@ -74,6 +108,8 @@ void engine_request_destroy(exsa_request *r)
     free(r->gmask);
     free(r->trigger);
     free(r->lazy);
+    exsa_ngram_index_free(r->ngram);
+    free(r->draft);
     free(r);
 }
 
@@ -186,7 +222,8 @@ int exsa_request_next(exsa_request *r, exsa_event *ev, int timeout_ms)
                 /* The engine filled these before pushing DONE and never
                  * touches them again. */
                 ev->finish = r->finish;
-                ev->usage = (exsa_usage){r->n_prompt, r->cached_tokens, r->n_gen};
+                ev->usage = (exsa_usage){r->n_prompt, r->cached_tokens, r->n_gen, r->n_drafted,
+                                          r->n_accepted};
                 ev->timings.queue_ms =
                     r->admitted ? (double)(r->t_admit - r->t_submit) / 1e6 : 0;
                 ev->timings.ttft_ms = r->t_first ? (double)(r->t_first - r->t_submit) / 1e6 : 0;
@@ -396,6 +433,8 @@ exsa_request *exsa_engine_submit(exsa_engine *e, const exsa_request_params *p, e
     if (e->tok && !(r->detok = exsa_detok_create(e->tok, 0, err)))
         goto fail;
     if (p->grammar && engine_grammar_setup(e, r, p, err))
+        goto fail;
+    if (spec_setup(e, r, p, err))
         goto fail;
     for (int i = 0; i < r->n_prompt; i++)
         exsa_sampler_accept(r->smp, r->tokens[i]);
