@@ -74,13 +74,21 @@ static const exsa_config_opt opts[] = {
     {"--log-format", NULL, NULL, "text", "FORMAT", "text or json (one object per line)"},
     {"--env-file", NULL, NULL, NULL, "PATH",
      "settings file of KEY=VALUE lines (default: ./.env when it exists)"},
-    /* The seed's settings that do not apply (yet): accepted, warned about. */
     {"--speculative", NULL, "ENABLE_SPECULATIVE", "0", NULL,
-     "speculative decoding (not supported yet; a warning when on)"},
+     "speculative decoding for requests that do not say (\"speculative\": false turns it off "
+     "for one): guesses from n-gram lookup over the prompt and output, or from --model-draft; "
+     "exact (greedy: the same tokens; sampling: the same distribution)"},
     {"--model-draft", "-md", "DRAFT_MODEL_PATH", NULL, "PATH",
-     "draft model for speculative decoding (not supported yet)"},
-    {"--draft-max", NULL, "SPECULATION_DEPTH", "0", "N",
-     "tokens drafted per step (not supported yet)"},
+     "draft model for speculative decoding: a small GGUF with the model's vocabulary (turns "
+     "--speculative on)"},
+    {"--draft-max", NULL, "SPECULATION_DEPTH", "16", "N",
+     "tokens guessed per sequence and step at most (adapts below it to what is accepted)"},
+    {"--draft-min", NULL, NULL, "0", "N", "shorter guesses are not verified"},
+    {"--draft-p-min", NULL, NULL, "0.75", "P",
+     "draft model: stop guessing where its probability falls below P"},
+    {"--spec-max-seqs", NULL, NULL, "8", "N",
+     "no guesses while more than N sequences decode (a large batch gains nothing from them)"},
+    /* The seed's settings that do not apply: accepted, warned about. */
     {"--cont-batching", "-cb", "ENABLE_CONTINUOUS_BATCHING", "1", NULL,
      "continuous batching (always on; --no-cont-batching only warns)"},
     {"--batch-timeout-ms", NULL, "BATCH_TIMEOUT_MS", "0", "MS",
@@ -172,21 +180,6 @@ static void warn_unsupported(const exsa_config *c)
         !exsa_cuda_usable(&why))
         exsa_log(EXSA_LOG_WARN, NULL, "--n-gpu-layers %lld (%s) ignored: %s", v,
                  exsa_config_source(c, "--n-gpu-layers"), why);
-    if (!exsa_config_get_bool(c, "--speculative", &b, NULL) && b)
-        exsa_log(EXSA_LOG_WARN, NULL,
-                 "--speculative (%s) ignored: speculative decoding is not "
-                 "supported yet",
-                 exsa_config_source(c, "--speculative"));
-    if (exsa_config_get(c, "--model-draft"))
-        exsa_log(EXSA_LOG_WARN, NULL,
-                 "--model-draft (%s) ignored: speculative decoding is not "
-                 "supported yet",
-                 exsa_config_source(c, "--model-draft"));
-    if (!exsa_config_get_int(c, "--draft-max", 0, 1000000, &v, NULL) && v != 0)
-        exsa_log(EXSA_LOG_WARN, NULL,
-                 "--draft-max %lld (%s) ignored: speculative decoding is not "
-                 "supported yet",
-                 v, exsa_config_source(c, "--draft-max"));
     if (!exsa_config_get_bool(c, "--cont-batching", &b, NULL) && !b)
         exsa_log(EXSA_LOG_WARN, NULL, "continuous batching cannot be turned off (%s); it stays on",
                  exsa_config_source(c, "--cont-batching"));
@@ -218,8 +211,21 @@ static int read_config(const exsa_config *c, exsa_server_config *cfg, exsa_err *
         get_int(c, "--kv-pool-tokens", 0, 1 << 30, &e->kv_tokens, err) ||
         exsa_config_get_int(c, "--kv-pool-mb", 0, 1 << 24, &mb, err) ||
         get_int(c, "--queue-size", 1, 1 << 20, &e->queue_size, err) ||
-        exsa_config_get_bool(c, "--prefix-cache", &b, err))
+        exsa_config_get_bool(c, "--prefix-cache", &b, err) ||
+        get_int(c, "--draft-max", 0, 1024, &e->spec_n_max, err) ||
+        get_int(c, "--draft-min", 0, 1024, &e->spec_n_min, err) ||
+        get_int(c, "--spec-max-seqs", 0, 4096, &e->spec_max_seqs, err) ||
+        exsa_config_get_double(c, "--draft-p-min", 0, 1, &d, err))
         return -1;
+    e->spec_p_min = (float)d;
+    int spec;
+    if (exsa_config_get_bool(c, "--speculative", &spec, err))
+        return -1;
+    e->draft_model_path = exsa_config_get(c, "--model-draft");
+    e->spec = spec || e->draft_model_path;
+    if (e->spec_n_min > e->spec_n_max)
+        return exsa_err_set(err, EXSA_EINVAL, "--draft-min %d is above --draft-max %d",
+                            e->spec_n_min, e->spec_n_max);
     e->kv_bytes = (int64_t)mb << 20;
     exsa_server_default_kv_pool(e);
     e->prefix_cache = b;

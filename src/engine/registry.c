@@ -28,7 +28,7 @@
 /* exsa_engine_params with its strings owned. */
 typedef struct params_copy {
     exsa_engine_params p;
-    char *model_path, *chat_template, *name;
+    char *model_path, *chat_template, *name, *draft;
 } params_copy;
 
 typedef struct entry {
@@ -63,6 +63,7 @@ static void params_free(params_copy *c)
     free(c->model_path);
     free(c->chat_template);
     free(c->name);
+    free(c->draft);
     memset(c, 0, sizeof *c);
 }
 
@@ -76,13 +77,16 @@ static int params_dup(params_copy *dst, const exsa_engine_params *src, const cha
     dst->model_path = strdup(src->model_path);
     dst->chat_template = src->chat_template ? strdup(src->chat_template) : NULL;
     dst->name = n ? strdup(n) : NULL;
-    if (!dst->model_path || (src->chat_template && !dst->chat_template) || (n && !dst->name)) {
+    dst->draft = src->draft_model_path ? strdup(src->draft_model_path) : NULL;
+    if (!dst->model_path || (src->chat_template && !dst->chat_template) || (n && !dst->name) ||
+        (src->draft_model_path && !dst->draft)) {
         params_free(dst);
         return exsa_err_set(err, EXSA_ENOMEM, "registry: out of memory");
     }
     dst->p.model_path = dst->model_path;
     dst->p.chat_template = dst->chat_template;
     dst->p.name = dst->name;
+    dst->p.draft_model_path = dst->draft;
     return 0;
 }
 

@@ -99,7 +99,7 @@ void exsa_api_status(exsa_http_req *rq, void *app)
         return;
     }
     long long queue = 0, running = 0, total = 0, free_b = 0, cached = 0, hits = 0, pre = 0,
-              done = 0, gen = 0, seqs_peak = 0;
+              done = 0, gen = 0, seqs_peak = 0, drafted = 0, accepted = 0;
     double tps = 0;
     const char *active = NULL;
     for (int i = 0; i < n; i++) {
@@ -131,6 +131,9 @@ void exsa_api_status(exsa_http_req *rq, void *app)
             json_object_set_new(m, "queue", json_integer(st.queue_len));
             json_object_set_new(m, "running", json_integer(st.running));
             json_object_set_new(m, "batch_seqs_peak", json_integer(st.batch_seqs_peak));
+            json_object_set_new(m, "spec_draft_tokens", json_integer(st.spec_draft_tokens));
+            json_object_set_new(m, "spec_accepted_tokens",
+                                json_integer(st.spec_accepted_tokens));
             json_object_set_new(m, "kv_block_size", json_integer(st.block_size));
             json_object_set_new(m, "kv_blocks_total", json_integer(st.kv_blocks_total));
             json_object_set_new(m, "kv_blocks_used",
@@ -145,6 +148,8 @@ void exsa_api_status(exsa_http_req *rq, void *app)
             json_object_set_new(m, "tokens_per_s", exsa_json_real(t));
             queue += st.queue_len;
             running += st.running;
+            drafted += st.spec_draft_tokens;
+            accepted += st.spec_accepted_tokens;
             if (st.batch_seqs_peak > seqs_peak)
                 seqs_peak = st.batch_seqs_peak;
             total += st.kv_blocks_total;
@@ -166,6 +171,8 @@ void exsa_api_status(exsa_http_req *rq, void *app)
     json_object_set_new(r, "queue", json_integer(queue));
     json_object_set_new(r, "running", json_integer(running));
     json_object_set_new(r, "batch_seqs_peak", json_integer(seqs_peak));
+    json_object_set_new(r, "spec_draft_tokens", json_integer(drafted));
+    json_object_set_new(r, "spec_accepted_tokens", json_integer(accepted));
     json_object_set_new(r, "kv_blocks_total", json_integer(total));
     json_object_set_new(r, "kv_blocks_used", json_integer(total - free_b));
     json_object_set_new(r, "kv_blocks_free", json_integer(free_b));
@@ -207,6 +214,8 @@ void exsa_api_metrics(exsa_http_req *rq, void *app)
             m->queue_len = st.queue_len;
             m->running = st.running;
             m->batch_seqs_peak = st.batch_seqs_peak;
+            m->spec_draft_tokens = st.spec_draft_tokens;
+            m->spec_accepted_tokens = st.spec_accepted_tokens;
             m->kv_blocks_total = st.kv_blocks_total;
             m->kv_blocks_free = st.kv_blocks_free;
             m->kv_blocks_cached = st.kv_blocks_cached;
@@ -285,6 +294,8 @@ static json_t *nat_usage(const exsa_gen_choice *c)
         u, "total_tokens",
         json_integer((json_int_t)c->usage.prompt_tokens + c->usage.generated_tokens));
     json_object_set_new(u, "cached_tokens", json_integer(c->usage.cached_tokens));
+    json_object_set_new(u, "draft_tokens", json_integer(c->usage.draft_tokens));
+    json_object_set_new(u, "accepted_tokens", json_integer(c->usage.accepted_tokens));
     return u;
 }
 
@@ -794,6 +805,22 @@ static int engine_options(const json_t *body, exsa_engine_params *p, int *given,
         p->prefix_cache = b;
         (*given)++;
     }
+    /* A draft model for speculative decoding ("" or null: none), and
+     * whether requests speculate when they do not say. */
+    s = NULL;
+    if (exsa_reqparams_str(body, "draft_model", &s, &has, pe))
+        return EXSA_EINVAL;
+    if (has || json_is_null(json_object_get(body, "draft_model"))) {
+        p->draft_model_path = s && *s ? s : NULL;
+        p->spec = p->spec || p->draft_model_path;
+        (*given)++;
+    }
+    if (exsa_reqparams_bool(body, "speculative", &b, &has, pe))
+        return EXSA_EINVAL;
+    if (has) {
+        p->spec = b;
+        (*given)++;
+    }
     if (exsa_reqparams_str(body, "chat_template", &s, &has, pe))
         return EXSA_EINVAL;
     if (has) {
@@ -848,6 +875,7 @@ void exsa_api_models_load(exsa_http_req *rq, void *app)
     exsa_engine_params p = a->cfg->engine;
     p.model_path = path;
     p.name = name;
+    p.draft_model_path = NULL; /* the server's draft is the served model's; one per load */
     if (engine_options(body, &p, &given, &pe) ||
         exsa_reqparams_bool(body, "active", &make_active, NULL, &pe))
         goto bad;
@@ -971,6 +999,8 @@ void exsa_api_models_reload(exsa_http_req *rq, void *app)
     exsa_engine_params p = a->cfg->engine;
     p.model_path = ent.path;
     p.name = name;
+    if (!a->cfg->model_path || strcmp(ent.path, a->cfg->model_path))
+        p.draft_model_path = NULL; /* the server's draft is the served model's */
     if (exsa_reqparams_str(body, "path", &path, &has, &pe) || engine_options(body, &p, &given, &pe))
         goto bad;
     if (has && *path) {

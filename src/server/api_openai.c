@@ -148,12 +148,15 @@ static json_t *lp_completion_new(void)
 static json_t *usage_json(const oai *o)
 {
     int pt = exsa_gen_job_prompt_tokens(o->job), ct = exsa_gen_job_generated_tokens(o->job);
-    int cached = 0, last = -1;
-    for (int i = 0; i < o->job->n_ch; i++)
+    int cached = 0, last = -1, drafted = 0, accepted = 0;
+    for (int i = 0; i < o->job->n_ch; i++) {
         if (o->job->ch[i].prompt != last) {
             cached += o->job->ch[i].usage.cached_tokens;
             last = o->job->ch[i].prompt;
         }
+        drafted += o->job->ch[i].usage.draft_tokens;
+        accepted += o->job->ch[i].usage.accepted_tokens;
+    }
     json_t *u = json_object();
     if (!u)
         return NULL;
@@ -164,6 +167,13 @@ static json_t *usage_json(const oai *o)
     if (d) {
         json_object_set_new(d, "cached_tokens", json_integer(cached));
         json_object_set_new(u, "prompt_tokens_details", d);
+    }
+    /* OpenAI's predicted-output counts: speculative guesses kept and
+     * dropped (the kept ones are part of completion_tokens). */
+    if ((d = json_object())) {
+        json_object_set_new(d, "accepted_prediction_tokens", json_integer(accepted));
+        json_object_set_new(d, "rejected_prediction_tokens", json_integer(drafted - accepted));
+        json_object_set_new(u, "completion_tokens_details", d);
     }
     return u;
 }

@@ -429,6 +429,9 @@ json_t *exsa_gen_timings_json(const exsa_gen_choice *c)
     json_object_set_new(t, "predicted_per_second",
                         exsa_json_real(n > 1 && gen_ms > 0 ? (n - 1) * 1e3 / gen_ms : 0));
     json_object_set_new(t, "cached_n", json_integer(c->usage.cached_tokens));
+    /* llama-server's names for speculative decoding's counts */
+    json_object_set_new(t, "draft_n", json_integer(c->usage.draft_tokens));
+    json_object_set_new(t, "draft_n_accepted", json_integer(c->usage.accepted_tokens));
     json_object_set_new(t, "queue_ms", exsa_json_real(c->timings.queue_ms));
     json_object_set_new(t, "ttft_ms", exsa_json_real(c->timings.ttft_ms));
     json_object_set_new(t, "total_ms", exsa_json_real(c->timings.total_ms));

@@ -258,6 +258,14 @@ int exsa_metrics_render(exsa_metrics *m, const exsa_metrics_engine *eng, int n_e
            "Most sequences batched into one forward step since the model loaded.");
     for (int i = 0; i < n_eng; i++)
         gauge_line(o, "exsa_batch_sequences_peak", eng[i].model, eng[i].batch_seqs_peak);
+    header(o, "exsa_spec_draft_tokens_total", "counter",
+           "Speculative decoding: guessed tokens verified.");
+    for (int i = 0; i < n_eng; i++)
+        gauge_line(o, "exsa_spec_draft_tokens_total", eng[i].model, eng[i].spec_draft_tokens);
+    header(o, "exsa_spec_accepted_tokens_total", "counter",
+           "Speculative decoding: guessed tokens kept (each one a generated token).");
+    for (int i = 0; i < n_eng; i++)
+        gauge_line(o, "exsa_spec_accepted_tokens_total", eng[i].model, eng[i].spec_accepted_tokens);
     header(o, "exsa_kv_blocks_total", "gauge", "KV cache blocks in the pool.");
     for (int i = 0; i < n_eng; i++)
         gauge_line(o, "exsa_kv_blocks_total", eng[i].model, eng[i].kv_blocks_total);

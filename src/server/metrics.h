@@ -41,6 +41,7 @@ typedef struct exsa_metrics_engine {
     int ready;
     int queue_len, running;
     int batch_seqs_peak; /* most sequences in one forward step since start */
+    int64_t spec_draft_tokens, spec_accepted_tokens; /* speculative guesses, kept */
     int kv_blocks_total, kv_blocks_free, kv_blocks_cached;
     int64_t prefix_hit_tokens, preemptions;
     int gpu;               /* runs (partly) on a GPU: the gpu_* below are set */

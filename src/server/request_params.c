@@ -511,7 +511,57 @@ static const char *const handled_fields[] = {
     "tools", /* chat: the endpoint reads them (tool_calls.h) */
     "tool_choice",
     "parallel_tool_calls",
+    "speculative",
+    "speculative.n_max",
+    "speculative.n_min",
+    "speculative.p_min",
 };
+
+/* Speculative decoding per request: "speculative": true / false, or an
+ * object {"n_max", "n_min", "p_min"} (on unless it says "enabled": false),
+ * or llama-server's flat "speculative.n_max" / ".n_min" / ".p_min". */
+static int parse_speculative(const json_t *body, exsa_gen_params *g, exsa_param_err *pe)
+{
+    const json_t *v = json_object_get(body, "speculative");
+    const json_t *obj = body;
+    const char *keys[3] = {"speculative.n_max", "speculative.n_min", "speculative.p_min"};
+    if (v && !json_is_null(v)) {
+        if (json_is_boolean(v)) {
+            g->rp.spec = json_is_true(v);
+        } else if (json_is_object(v)) {
+            int b, has;
+            if (exsa_reqparams_bool(v, "enabled", &b, &has, pe))
+                return EXSA_EINVAL;
+            g->rp.spec = has ? b : 1;
+            obj = v;
+            keys[0] = "n_max", keys[1] = "n_min", keys[2] = "p_min";
+        } else {
+            return exsa_param_fail(pe, "speculative", "invalid_type",
+                                   "'speculative' must be true, false or an object with n_max, "
+                                   "n_min and p_min");
+        }
+    }
+    long long i;
+    double d;
+    int has;
+    if (exsa_reqparams_int(obj, keys[0], 0, 1024, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        g->rp.spec_n_max = (int)i;
+    if (exsa_reqparams_int(obj, keys[1], 0, 1024, &i, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        g->rp.spec_n_min = (int)i;
+    if (exsa_reqparams_num(obj, keys[2], 0, 1, &d, &has, pe))
+        return EXSA_EINVAL;
+    if (has)
+        g->rp.spec_p_min = (float)d;
+    if (g->rp.spec_n_max >= 0 && g->rp.spec_n_min > g->rp.spec_n_max)
+        return exsa_param_fail(pe, keys[1], "invalid_value",
+                               "'%s' (%d) is above '%s' (%d)", keys[1], g->rp.spec_n_min,
+                               keys[0], g->rp.spec_n_max);
+    return 0;
+}
 
 static int neutral(const json_t *v, const char *ok)
 {
@@ -797,6 +847,8 @@ int exsa_reqparams_parse(const json_t *body, int kind, int n_vocab, exsa_gen_par
         return EXSA_EINVAL;
     if (has)
         g->rp.ignore_eos = b;
+    if (parse_speculative(body, g, pe))
+        return EXSA_EINVAL;
 
     /* logprobs: chat and native take a boolean plus top_logprobs; the
      * legacy completions API takes the number of alternatives. */
