@@ -199,30 +199,36 @@ static void test_ngram_propose(void **state)
     exsa_ngram_index *ix = exsa_ngram_index_create(64, &err);
     assert_non_null(ix);
     int32_t out[8];
-    /* 1 2 3 4 5 ... 9 2 3: the suffix "2 3" was followed by 4 5. */
-    const int32_t a[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 2, 3};
-    assert_int_equal(exsa_ngram_propose(ix, a, 11, out, 3), 3);
+    /* 1 2 3 4 5 ... 9 1 2 3: the suffix "1 2 3" was followed by 4 5 6. */
+    const int32_t a[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2, 3};
+    assert_int_equal(exsa_ngram_propose(ix, a, 12, out, 3), 3);
     assert_int_equal(out[0], 4);
     assert_int_equal(out[1], 5);
     assert_int_equal(out[2], 6);
-    /* Appending keeps the index; the longest suffix wins: "7 2 3" was
-     * followed by 9, "2 3" alone more recently by 4. */
+    /* Appending keeps the index; the longest suffix wins: "8 7 2 3" was
+     * followed by 9, "7 2 3" alone more recently by 4. */
     exsa_ngram_index_reset(ix);
-    const int32_t b[] = {7, 2, 3, 9, 9, 5, 2, 3, 4, 1, 7, 2, 3};
-    assert_int_equal(exsa_ngram_propose(ix, b, 10, out, 2), 0); /* "4 1": never seen */
-    assert_int_equal(exsa_ngram_propose(ix, b, 13, out, 2), 2);
+    const int32_t b[] = {8, 7, 2, 3, 9, 9, 5, 7, 2, 3, 4, 1, 8, 7, 2, 3};
+    assert_int_equal(exsa_ngram_propose(ix, b, 12, out, 2), 0); /* "3 4 1": never seen */
+    assert_int_equal(exsa_ngram_propose(ix, b, 16, out, 2), 2);
     assert_int_equal(out[0], 9);
     assert_int_equal(out[1], 9);
+    const int32_t b2[] = {6, 7, 2, 3, 9, 9, 5, 7, 2, 3, 4, 1, 8, 7, 2, 3};
+    exsa_ngram_index_reset(ix);
+    assert_int_equal(exsa_ngram_propose(ix, b2, 16, out, 2), 2);
+    assert_int_equal(out[0], 4); /* the latest "7 2 3" */
+    assert_int_equal(out[1], 1);
     /* A repeating pattern continues into its own guess. */
     exsa_ngram_index_reset(ix);
     const int32_t c[] = {5, 6, 5, 6, 5};
     assert_int_equal(exsa_ngram_propose(ix, c, 5, out, 6), 6);
     const int32_t want[] = {6, 5, 6, 5, 6, 5};
     assert_memory_equal(out, want, sizeof want);
-    /* Nothing seen: no guess. A 1-gram does not count. */
+    /* Nothing seen: no guess. Shorter n-grams than EXSA_NGRAM_MIN do not
+     * count. */
     exsa_ngram_index_reset(ix);
-    const int32_t d[] = {1, 2, 3, 4, 5, 3};
-    assert_int_equal(exsa_ngram_propose(ix, d, 6, out, 4), 0);
+    const int32_t d[] = {1, 2, 3, 4, 5, 2, 3};
+    assert_int_equal(exsa_ngram_propose(ix, d, 7, out, 4), 0);
     exsa_ngram_index_free(ix);
     assert_null(exsa_ngram_index_create(0, &err));
     assert_int_equal(err.code, EXSA_EINVAL);

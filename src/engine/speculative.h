@@ -29,7 +29,7 @@
 #include "text/vocab.h"
 #include "util/err.h"
 
-#define EXSA_NGRAM_MIN 2
+#define EXSA_NGRAM_MIN 3
 #define EXSA_NGRAM_MAX 4
 
 /* ---- n-gram lookup (one index per sequence; not thread safe) ---- */
