@@ -142,7 +142,7 @@ typedef struct exsa_engine_params {
     int spec_n_max;       /* tokens guessed per sequence and step at most (16) */
     int spec_n_min;       /* shorter guesses are not verified (0) */
     float spec_p_min;     /* draft model: stops guessing below this probability (0.75) */
-    int spec_max_seqs;    /* no guesses while more sequences than this decode (8) */
+    int spec_max_seqs;    /* no guesses while more sequences than this decode (4) */
 } exsa_engine_params;
 
 void exsa_engine_params_default(exsa_engine_params *p);

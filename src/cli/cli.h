@@ -50,7 +50,7 @@ int exsa_cli_spec(const char *cmd, int argc, char **argv, int *i, exsa_engine_pa
     "  --draft-max N        tokens guessed per step at most (16)\n"                         \
     "  --draft-min N        shorter guesses are not verified (0)\n"                         \
     "  --draft-p-min P      draft model: stop guessing below this probability (0.75)\n"     \
-    "  --spec-max-seqs N    no guesses while more sequences decode (8)\n"
+    "  --spec-max-seqs N    no guesses while more sequences decode (4)\n"
 /* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */
 const char *exsa_cli_value(const char *cmd, int argc, char **argv, int *i);
 

@@ -86,7 +86,7 @@ static const exsa_config_opt opts[] = {
     {"--draft-min", NULL, NULL, "0", "N", "shorter guesses are not verified"},
     {"--draft-p-min", NULL, NULL, "0.75", "P",
      "draft model: stop guessing where its probability falls below P"},
-    {"--spec-max-seqs", NULL, NULL, "8", "N",
+    {"--spec-max-seqs", NULL, NULL, "4", "N",
      "no guesses while more than N sequences decode (a large batch gains nothing from them)"},
     /* The seed's settings that do not apply: accepted, warned about. */
     {"--cont-batching", "-cb", "ENABLE_CONTINUOUS_BATCHING", "1", NULL,

@@ -34,7 +34,7 @@ void exsa_engine_params_default(exsa_engine_params *p)
         .strategy = EXSA_SCHED_FIFO, .prefix_cache = 1, .priority_aging_ms = 1000,
         .dynamic_threshold = 8, .chat_template = NULL, .name = NULL,
         .spec = 0, .draft_model_path = NULL, .spec_n_max = 16, .spec_n_min = 0,
-        .spec_p_min = 0.75f, .spec_max_seqs = 8,
+        .spec_p_min = 0.75f, .spec_max_seqs = 4,
     };
     exsa_model_params mp;
     exsa_model_params_default(&mp); /* EXSA_DEVICE may pin the device */
