@@ -18,15 +18,22 @@ static const char *usage =
     "                  [--kv-type f16|f32|q8_0] [--device auto|cpu|cuda] [-ngl N] [--json]\n"
     "       exsa bench -m MODEL --concurrency 1,4,8,16 [--prompt 256] [--gen 128]\n"
     "                  [--requests 4] [--shared-prefix N] [-t THREADS] [--json]\n"
+    "       exsa bench -m MODEL --spec-prompt TEXT|@FILE [-n 128] [-r 3] [-md DRAFT]\n"
+    "                  [--draft-max 16] [--draft-min 0] [--draft-p-min 0.75] [--json]\n"
     "pp<P>: the P-token prompt as batches of -b rows; tg<N>: N single-token steps.\n"
     "-p 0 or -n 0 skips that test. Reports tokens/s, mean and standard deviation.\n"
     "--concurrency: the serving engine with C clients each sending --requests\n"
     "requests in turn; aggregate generated t/s, time to first token and\n"
-    "inter-token latency p50/p99, peak KV blocks.\n";
+    "inter-token latency p50/p99, peak KV blocks.\n"
+    "--spec-prompt: that prompt (a chat user message; @FILE reads it) greedy with\n"
+    "speculative decoding (n-gram, or -md's guesses) and without, interleaved:\n"
+    "decode t/s of each, the speed-up, guesses kept; the outputs must match.\n";
 
 int exsa_bench_serving(const char *path, const exsa_model_params *mp, const char *levels,
                        int n_prompt, int n_gen, int n_shared, int n_req, int threads, int n_ctx,
                        int json);
+int exsa_bench_spec(const char *path, const exsa_model_params *mp, const exsa_engine_params *sp,
+                    const char *prompt_text, int n_gen, int reps, int threads, int json);
 
 typedef struct bench_ctx {
     exsa_model_ctx *c;
@@ -75,12 +82,16 @@ int exsa_cmd_bench(int argc, char **argv)
     int64_t n_p = 512, n_g = 128, threads = 0, reps = 3, batch = 512;
     int64_t s_prompt = 256, s_gen = 128, s_req = 4, s_shared = 0;
     int json = 0, kv_type = EXSA_TYPE_F16;
-    const char *levels = NULL;
+    const char *levels = NULL, *spec_prompt = NULL;
     exsa_model_params mp;
     exsa_model_params_default(&mp);
+    exsa_engine_params sp;
+    exsa_engine_params_default(&sp);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        const int pl = exsa_cli_placement(cmd, argc, argv, &i, &mp);
+        int pl = exsa_cli_placement(cmd, argc, argv, &i, &mp);
+        if (pl == 0)
+            pl = exsa_cli_spec(cmd, argc, argv, &i, &sp);
         if (pl < 0)
             return 1;
         if (pl > 0)
@@ -109,6 +120,9 @@ int exsa_cmd_bench(int argc, char **argv)
                 return 1;
         } else if (!strcmp(a, "--json")) {
             json = 1;
+        } else if (!strcmp(a, "--spec-prompt")) {
+            if (!(spec_prompt = exsa_cli_value(cmd, argc, argv, &i)))
+                return 1;
         } else if (!strcmp(a, "--concurrency")) {
             if (!(levels = exsa_cli_value(cmd, argc, argv, &i)))
                 return 1;
@@ -122,6 +136,16 @@ int exsa_cmd_bench(int argc, char **argv)
     }
     if (!path)
         return exsa_cli_fail(cmd, "missing -m MODEL (see --help)");
+    if (spec_prompt) {
+        char *text = NULL;
+        size_t len;
+        if (spec_prompt[0] == '@' && !(text = exsa_cli_read_file(cmd, spec_prompt + 1, &len)))
+            return 1;
+        int r = exsa_bench_spec(path, &mp, &sp, text ? text : spec_prompt, (int)n_g, (int)reps,
+                                (int)threads, json);
+        free(text);
+        return r ? 1 : 0;
+    }
     if (levels)
         return exsa_bench_serving(path, &mp, levels, (int)s_prompt, (int)s_gen, (int)s_shared,
                                   (int)s_req, (int)threads, 0, json) ? 1 : 0;
