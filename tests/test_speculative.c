@@ -586,6 +586,58 @@ static void test_bad_draft_and_params(void **state)
     exsa_engine_free(e);
 }
 
+/* A real model on a copying task: the same tokens with n-gram guesses (and
+ * with the model as its own draft), and guesses kept. */
+static void test_smollm2_same_as_without(void **state)
+{
+    (void)state;
+    const char *path = exsa_test_model_path("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if (!path) {
+        print_message("SmolLM2-135M-Instruct.Q4_1.gguf not fetched: skipped\n");
+        skip();
+    }
+    static char model[1024];
+    snprintf(model, sizeof model, "%s", path);
+    static const char *text =
+        "<|im_start|>user\nRewrite this with the spelling fixed: The comittee met on tuesday to "
+        "dicuss the new budjet. Several members argued that the proposal was to expensive, "
+        "while others beleived it was neccessary for the future of the town.<|im_end|>\n"
+        "<|im_start|>assistant\n";
+    result ref, got;
+    for (int spec = 0; spec <= 2; spec++) {
+        exsa_engine_params p;
+        exsa_engine_params_default(&p);
+        p.model_path = model;
+        p.n_threads = 2;
+        p.n_ctx = 512;
+        p.max_batch_size = 2;
+        p.spec = spec != 0;
+        p.spec_p_min = 0;
+        if (spec == 2)
+            p.draft_model_path = model;
+        exsa_err err = {0};
+        exsa_engine *e = exsa_engine_create(&p, &err);
+        if (!e)
+            print_error("engine: %s\n", err.msg);
+        assert_non_null(e);
+        exsa_request_params rp;
+        exsa_request_params_default(&rp);
+        rp.prompt_text = text;
+        rp.parse_special = 1;
+        rp.max_tokens = 60;
+        rp.sampling.temperature = 0;
+        run_one(e, &rp, spec ? &got : &ref);
+        if (spec) {
+            assert_same(&got, &ref, spec == 1 ? "SmolLM2, n-gram" : "SmolLM2, self draft");
+            assert_true(got.usage.accepted_tokens > 0);
+            print_message("  SmolLM2 proposer %d: %d of %d guesses kept, %d tokens\n", spec,
+                          got.usage.accepted_tokens, got.usage.draft_tokens, got.n);
+        }
+        assert_pool_full(e);
+        exsa_engine_free(e);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -599,6 +651,7 @@ int main(void)
         cmocka_unit_test(test_chi_square_ngram),
         cmocka_unit_test(test_chi_square_draft),
         cmocka_unit_test(test_bad_draft_and_params),
+        cmocka_unit_test(test_smollm2_same_as_without),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
