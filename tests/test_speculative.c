@@ -106,6 +106,7 @@ static exsa_engine *make_engine(int spec, int max_bs, int kv_tokens)
     p.kv_tokens = kv_tokens;
     p.spec = spec != 0;
     p.spec_n_max = 6;
+    p.spec_n_min = 1; /* guess whatever the cost model thinks: the path under test */
     p.spec_p_min = 0; /* the draft guesses whatever its confidence */
     p.spec_max_seqs = max_bs;
     if (spec == 2)
@@ -299,19 +300,23 @@ static void same_as_without(int spec)
     exsa_engine_free(plain);
 
     exsa_engine *e = make_engine(spec, 4, 0);
-    long drafted = 0, accepted = 0;
+    long drafted = 0, accepted = 0, g_drafted = 0, g_accepted = 0;
     for (int i = 0; i < N; i++) {
         run_one(e, &rp[i], &got[i]);
         assert_same(&got[i], &ref[i], "alone");
         drafted += got[i].usage.draft_tokens;
         accepted += got[i].usage.accepted_tokens;
+        if (i < N_PROMPT) { /* greedy */
+            g_drafted += got[i].usage.draft_tokens;
+            g_accepted += got[i].usage.accepted_tokens;
+        }
     }
     assert_pool_full(e);
     /* Guesses were made and some kept: the test exercised speculation. */
     assert_true(drafted > 0);
     assert_true(accepted > 0);
-    if (spec == 2)
-        assert_true(accepted * 2 > drafted); /* its own greedy guesses */
+    if (spec == 2) /* its own greedy guesses, on greedy requests */
+        assert_true(g_accepted * 10 >= g_drafted * 9);
     print_message("  proposer %d: %ld of %ld guesses kept\n", spec, accepted, drafted);
     exsa_request *r[N];
     for (int i = 0; i < N; i++) {
@@ -612,6 +617,7 @@ static void test_smollm2_same_as_without(void **state)
         p.n_ctx = 512;
         p.max_batch_size = 2;
         p.spec = spec != 0;
+        p.spec_n_min = 1;
         p.spec_p_min = 0;
         if (spec == 2)
             p.draft_model_path = model;

@@ -570,84 +570,130 @@ static void sample_rows(exsa_engine *e, exsa_request *r, float *logits, int rows
     r->n_draft = 0;
     if (live)
         exsa_kv_seq_truncate(e->kv, r->slot, r->n_computed);
-    /* Longer guesses while they are all kept; after a complete miss, a
-     * pause that doubles with each miss in a row (guessing costs rows). */
-    if (acc == n_draft) {
-        r->spec_k = 2 * r->spec_k < r->spec_n_max ? 2 * r->spec_k : r->spec_n_max;
-        r->spec_backoff = 0;
-    } else if (acc > 0) {
-        r->spec_k = acc + 1 < r->spec_n_max ? acc + 1 : r->spec_n_max;
-        r->spec_backoff = 0;
-    } else {
-        r->spec_k = r->spec_k > 1 ? r->spec_k / 2 : 1;
-        r->spec_skip = r->spec_backoff;
-        r->spec_backoff = r->spec_backoff < 16 ? 2 * r->spec_backoff + 1 : 32;
-    }
+    r->spec_hit += acc;
+    r->spec_try += acc + (acc < n_draft); /* the first miss ends the run */
 }
 
-/* Guesses for the sequences that only decode this step, from what is left
- * of the token budget: each one that has a guess gets its rows (and KV
- * room, taken without preempting anyone). None while more than
- * spec_max_seqs sequences decode: a large batch is compute bound and
- * extra rows no longer come almost free. */
+/* Estimated forward time of a step of `rows` rows that all give logits:
+ * the measured time, else linear between the nearest measured sizes, else
+ * from the nearest one with a prior of 15% of a one-row step per extra row
+ * (optimistic, so that untried sizes get tried and measured). */
+static double step_cost(const exsa_engine *e, int rows)
+{
+    if (rows < 1)
+        rows = 1;
+    if (rows <= EXSA_COST_ROWS && e->row_seen[rows])
+        return e->row_ms[rows];
+    int lo = 0, hi = 0;
+    for (int r = (rows <= EXSA_COST_ROWS ? rows : EXSA_COST_ROWS + 1) - 1; r >= 1 && !lo; r--)
+        if (e->row_seen[r])
+            lo = r;
+    for (int r = rows + 1; r <= EXSA_COST_ROWS && !hi; r++)
+        if (e->row_seen[r])
+            hi = r;
+    if (lo && hi)
+        return e->row_ms[lo] + (e->row_ms[hi] - e->row_ms[lo]) * (rows - lo) / (hi - lo);
+    int at = lo ? lo : hi;
+    if (!at)
+        return 1.0 + 0.15 * (rows - 1); /* nothing measured: only ratios matter */
+    double one = e->row_ms[at] / (1.0 + 0.15 * (at - 1));
+    return e->row_ms[at] + 0.15 * one * (rows - at);
+}
+
+/* Guess rows for the sequences that only decode this step, from what is
+ * left of the token budget. Each one's guess length k maximizes the step's
+ * expected tokens per millisecond: with acceptance estimate a, k guesses
+ * add a + a^2 + ... + a^k tokens and cost the measured time of k more rows
+ * (plus k draft passes with a draft model). So guessing stops by itself
+ * where rows are not cheap (a large batch, a compute-bound device) or
+ * guesses fail, and none are made while more than spec_max_seqs sequences
+ * decode. A request's n_min > 0 makes it guess at least that many whenever
+ * it can. KV room is taken without preempting anyone. */
 static void spec_plan(exsa_engine *e, int budget)
 {
-    int n_dec = 0, nq = 0;
+    int n_dec = 0, rows = 0, nq = 0;
     for (int i = 0; i < e->n_running; i++) {
         exsa_request *r = e->running[i];
         r->n_draft = 0;
-        n_dec += r->plan == 1 && r->n_tok - r->n_computed == 1;
+        rows += r->plan;
+        int dec = r->plan == 1 && r->n_tok - r->n_computed == 1;
+        n_dec += dec;
+        if (dec && r->spec_on) {
+            r->spec_hit *= 0.97;
+            r->spec_try *= 0.97;
+        }
     }
     if (n_dec == 0 || n_dec > e->p.spec_max_seqs)
         return;
     if (e->spec_rows == 0) {
         /* The logits buffer grows for guess rows once, on first use. */
-        size_t rows = (size_t)e->p.max_batch_size + EXSA_SPEC_ROWS;
-        float *l = realloc(e->logits, rows * (size_t)e->n_vocab * sizeof *l);
+        size_t n = (size_t)e->p.max_batch_size + EXSA_SPEC_ROWS;
+        float *l = realloc(e->logits, n * (size_t)e->n_vocab * sizeof *l);
         if (l)
             e->logits = l;
         e->spec_rows = l ? EXSA_SPEC_ROWS : -1;
         if (!l)
-            exsa_log(EXSA_LOG_WARN, NULL, "speculative: no memory for %zu logits rows; off",
-                     rows);
+            exsa_log(EXSA_LOG_WARN, NULL, "speculative: no memory for %zu logits rows; off", n);
     }
     if (e->spec_rows <= 0)
         return;
     if (budget > e->spec_rows)
         budget = e->spec_rows;
+    double tokens = n_dec;
     for (int i = 0; i < e->n_running && budget > 0; i++) {
         exsa_request *r = e->running[i];
         if (!r->spec_on || r->plan != 1 || r->n_tok - r->n_computed != 1)
             continue;
-        if (r->spec_skip > 0) {
-            r->spec_skip--;
+        int kmax = r->spec_n_max;
+        if (kmax > r->max_gen - r->n_gen - 1)
+            kmax = r->max_gen - r->n_gen - 1; /* the step's last row samples one more */
+        if (kmax > e->n_ctx - r->n_tok)
+            kmax = e->n_ctx - r->n_tok;
+        if (kmax > budget)
+            kmax = budget;
+        const int kmin = r->spec_n_min > 1 ? r->spec_n_min : 1;
+        if (kmax < kmin)
             continue;
+        if (!e->drafter &&
+            (kmax = exsa_ngram_propose(r->ngram, r->tokens, r->n_tok, r->draft, kmax)) < kmin)
+            continue;
+        const double a = (r->spec_hit + 1) / (r->spec_try + 2);
+        /* n_min > 0 forces a guess of at least n_min (llama-server's meaning) */
+        double best = r->spec_n_min > 0 ? -1 : tokens / step_cost(e, rows), gain = 0, ak = 1;
+        int k = 0;
+        for (int j = 1; j <= kmax; j++) {
+            gain += ak *= a;
+            double v = (tokens + gain) / (step_cost(e, rows + j) + j * e->draft_ms);
+            if (v > best && j >= kmin)
+                best = v, k = j;
         }
-        int k = r->spec_k;
-        if (k > r->max_gen - r->n_gen - 1)
-            k = r->max_gen - r->n_gen - 1; /* the step's last row samples one more */
-        if (k > e->n_ctx - r->n_tok)
-            k = e->n_ctx - r->n_tok;
-        if (k > budget)
-            k = budget;
-        if (k < 1 || k < r->spec_n_min)
+        if (k == 0)
             continue;
+        ak = 1;
+        for (int j = 1; j <= k; j++)
+            tokens += ak *= a;
+        rows += k;
+        budget -= k;
         if (e->drafter) {
             e->dreq[nq] = (exsa_draft_req){.seq = r->slot, .tokens = r->tokens,
                                            .n_tok = r->n_tok, .max = k,
                                            .p_min = r->spec_p_min, .out = r->draft};
             e->dreq_owner[nq++] = r;
         } else {
-            r->n_draft = exsa_ngram_propose(r->ngram, r->tokens, r->n_tok, r->draft, k);
+            r->n_draft = k;
         }
-        budget -= k;
     }
     if (nq > 0) {
         exsa_err err = {0};
+        int64_t t0 = exsa_time_ns();
+        int deepest = 0;
+        for (int q = 0; q < nq; q++)
+            deepest = e->dreq[q].max > deepest ? e->dreq[q].max : deepest;
         if (exsa_drafter_propose(e->drafter, e->dreq, nq, &err) != 0)
             exsa_log(EXSA_LOG_WARN, NULL,
-                     "speculative: the draft model failed (%s); no guesses this step",
-                          err.msg);
+                     "speculative: the draft model failed (%s); no guesses this step", err.msg);
+        double per = (double)(exsa_time_ns() - t0) / 1e6 / deepest;
+        e->draft_ms = e->draft_ms > 0 ? 0.8 * e->draft_ms + 0.2 * per : per;
         for (int q = 0; q < nq; q++)
             e->dreq_owner[q]->n_draft = e->dreq[q].n_out;
     }
@@ -736,7 +782,14 @@ static void step(exsa_engine *e)
         exsa_batch b = {.n = n, .token = e->b_token, .pos = e->b_pos, .seq = e->b_seq,
                         .logits = e->b_logits};
         exsa_err err = {0};
+        int64_t t0 = exsa_time_ns();
         int rc = exsa_model_forward(e->ctx, &b, e->logits, &err);
+        if (rc == 0 && n_out == n && n <= EXSA_COST_ROWS) {
+            /* every row gave logits: a decode (and guess) step of n rows */
+            double ms = (double)(exsa_time_ns() - t0) / 1e6;
+            e->row_ms[n] = e->row_seen[n] ? 0.8 * e->row_ms[n] + 0.2 * ms : ms;
+            e->row_seen[n] = 1;
+        }
         e->acc.steps++;
         if (n_seqs > e->acc.batch_seqs_peak)
             e->acc.batch_seqs_peak = n_seqs;

@@ -33,6 +33,8 @@
 
 /* Guess rows one step verifies at most (beside one row per sequence). */
 #define EXSA_SPEC_ROWS 64
+/* Step sizes (rows) whose forward time the engine keeps. */
+#define EXSA_COST_ROWS 128
 
 #define PIECE_MAX 4096 /* bytes one token (plus a detok flush) may complete */
 
@@ -120,9 +122,10 @@ struct exsa_request {
     int spec_on;
     int spec_n_max, spec_n_min;
     float spec_p_min;
-    int spec_k;          /* adaptive guess length cap */
-    int spec_skip;       /* steps left without guessing (backoff after misses) */
-    int spec_backoff;    /* the next miss's skip */
+    /* Guesses kept and judged, decayed each step (the acceptance
+     * estimate; it drifts back to 1/2 while the sequence does not guess,
+     * so a sequence that stopped guessing tries again later). */
+    double spec_hit, spec_try;
     exsa_ngram_index *ngram;
     int32_t *draft;      /* [spec_n_max]: this step's guesses */
     int n_draft;
@@ -194,6 +197,11 @@ struct exsa_engine {
      * request speculates (then EXSA_SPEC_ROWS, or -1 when that memory
      * could not be had). */
     int spec_rows;
+    /* Measured forward time (ms) of steps whose every row gives logits
+     * (decode and guess rows), by row count: what guess rows cost here. */
+    double row_ms[EXSA_COST_ROWS + 1];
+    uint8_t row_seen[EXSA_COST_ROWS + 1];
+    double draft_ms; /* draft model: ms per guessed position (0: not measured yet) */
 };
 
 static inline int blocks_for(const exsa_engine *e, int n_tokens)

@@ -77,7 +77,6 @@ static int spec_setup(exsa_engine *e, exsa_request *r, const exsa_request_params
         r->spec_on = 0;
     if (!r->spec_on)
         return 0;
-    r->spec_k = r->spec_n_max < 4 ? r->spec_n_max : 4;
     if (!(r->draft = malloc((size_t)r->spec_n_max * sizeof *r->draft)))
         return exsa_err_set(err, EXSA_ENOMEM, "submit: out of memory");
     if (!e->drafter && !(r->ngram = exsa_ngram_index_create(r->n_prompt + r->max_gen, err)))
