@@ -140,7 +140,8 @@ typedef struct exsa_engine_params {
     int spec;
     const char *draft_model_path;
     int spec_n_max;       /* tokens guessed per sequence and step at most (16) */
-    int spec_n_min;       /* shorter guesses are not verified (0) */
+    int spec_n_min;       /* > 0: guess at least this many whenever possible, even where the
+                           * measured costs say it does not pay; shorter guesses are dropped (0) */
     float spec_p_min;     /* draft model: stops guessing below this probability (0.75) */
     int spec_max_seqs;    /* no guesses while more sequences than this decode (4) */
 } exsa_engine_params;

@@ -38,7 +38,7 @@ check_server() { # LABEL
     done
     # llama-server's /completion with its flat fields and timings.
     http POST /completion "{\"prompt\": \"$PROMPT\", \"n_predict\": 40, \"temperature\": 0,
- \"ignore_eos\": true, \"speculative.n_max\": 4, \"speculative.n_min\": 0}"
+ \"ignore_eos\": true, \"speculative.n_max\": 4, \"speculative.n_min\": 1}"
     expect_code 200 "$label: /completion with speculative.n_max"
     expect_js 'j.timings.draft_n > 0 && j.timings.draft_n_accepted >= 0 &&
  j.timings.draft_n_accepted <= j.timings.draft_n' "$label: timings.draft_n / draft_n_accepted"
@@ -70,7 +70,7 @@ stop_server
 
 echo "== --model-draft (at ${SECONDS}s)"
 start_server -m "$WORK/tiny.gguf" --alias tiny -c 512 -np 4 -t 1 --model-draft "$WORK/tiny.gguf" \
-    --draft-p-min 0
+    --draft-p-min 0 --draft-min 1 # guess even where the cost model would not (a draft as big as the model)
 check_server draft
 stop_server
 

@@ -48,7 +48,7 @@ int exsa_cli_spec(const char *cmd, int argc, char **argv, int *i, exsa_engine_pa
     "  --spec               speculative decoding: n-gram lookup, or -md's guesses\n"        \
     "  -md PATH             draft model (same vocabulary) for speculative decoding\n"      \
     "  --draft-max N        tokens guessed per step at most (16)\n"                         \
-    "  --draft-min N        shorter guesses are not verified (0)\n"                         \
+    "  --draft-min N        guess at least N whenever possible (0: costs decide)\n"          \
     "  --draft-p-min P      draft model: stop guessing below this probability (0.75)\n"     \
     "  --spec-max-seqs N    no guesses while more sequences decode (4)\n"
 /* Takes the value of flag argv[*i] (advancing *i), or fails if missing. */

@@ -83,7 +83,7 @@ static const exsa_config_opt opts[] = {
      "--speculative on)"},
     {"--draft-max", NULL, "SPECULATION_DEPTH", "16", "N",
      "tokens guessed per sequence and step at most (adapts below it to what is accepted)"},
-    {"--draft-min", NULL, NULL, "0", "N", "shorter guesses are not verified"},
+    {"--draft-min", NULL, NULL, "0", "N", "guess at least N tokens whenever a guess can be made, even where the measured costs say it does not pay; shorter guesses are dropped (0: the cost model decides)"},
     {"--draft-p-min", NULL, NULL, "0.75", "P",
      "draft model: stop guessing where its probability falls below P"},
     {"--spec-max-seqs", NULL, NULL, "4", "N",
