@@ -191,6 +191,11 @@ typedef struct exsa_request_params {
     int spec;
     int spec_n_max, spec_n_min;
     float spec_p_min;
+    /* Predicted output (OpenAI's predicted outputs; copied, tokenized at
+     * submit): the text the answer is expected to repeat, e.g. the code
+     * being edited. Guesses come from it first; it turns speculation on
+     * unless spec is 0. NULL: none. */
+    const char *prediction;
 } exsa_request_params;
 
 #define EXSA_MAX_TOP_LOGPROBS 20

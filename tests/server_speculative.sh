@@ -2,7 +2,9 @@
 # Speculative decoding through `exsa serve`: a server started with
 # --speculative (n-gram guesses) and one with --model-draft (the model as its
 # own draft) give greedy and seeded sampled requests the same text as the
-# same request with "speculative": false; the guesses show in usage
+# same request with "speculative": false; OpenAI predicted outputs
+# ("prediction") give the same answer on a server without --speculative;
+# the guesses show in usage
 # (completion_tokens_details), in llama-server's timings (draft_n,
 # draft_n_accepted), in /v1/status and in /metrics; bad speculative fields
 # are 400s naming them; a draft with another vocabulary fails the start
@@ -62,6 +64,33 @@ check_server() { # LABEL
     expect_js 'j.running === 0 && j.queue === 0 && j.kv_blocks_used === j.kv_blocks_cached' \
         "$label: the pool is free again"
 }
+
+echo "== predicted outputs on a server without --speculative (at ${SECONDS}s)"
+start_server -m "$WORK/tiny.gguf" --alias tiny -c 512 -np 2 -t 1
+chat_pred() { # PREDICTION_JSON
+    http POST /v1/chat/completions "{\"model\": \"tiny\", \"messages\": [{\"role\": \"user\",
+ \"content\": \"$PROMPT\"}], \"max_tokens\": 40, \"temperature\": 0, \"ignore_eos\": true $1}"
+}
+chat_pred ''
+expect_code 200 "no prediction"
+want=$(jv 'j.choices[0].message.content')
+expect_js 'j.usage.completion_tokens_details.rejected_prediction_tokens === 0' "no guesses by default"
+for pred in "{\"type\": \"content\", \"content\": $(node -e 'console.log(JSON.stringify(process.argv[1]))' "$want")}" \
+    '{"type": "content", "content": [{"type": "text", "text": "one two three four five six"}]}'; do
+    chat_pred ", \"prediction\": $pred"
+    expect_code 200 "prediction $pred" || continue
+    expect_eq "$(jv 'j.choices[0].message.content')" "$want" "the same answer with prediction $pred"
+    expect_js 'j.usage.completion_tokens_details.accepted_prediction_tokens +
+ j.usage.completion_tokens_details.rejected_prediction_tokens > 0' "guesses counted for $pred"
+done
+for bad in '"prediction": {"type": "text", "content": "x"}' '"prediction": {"type": "content", "content": 3}' \
+    '"prediction": {"type": "content", "content": [{"type": "image", "text": "x"}]}'; do
+    http POST /v1/chat/completions "{\"model\": \"tiny\", \"messages\": [{\"role\": \"user\",
+ \"content\": \"x\"}], \"max_tokens\": 2, $bad}"
+    expect_code 400 "$bad"
+    expect_js 'j.error && /prediction/.test(j.error.message)' "the error for $bad names prediction"
+done
+stop_server
 
 echo "== --speculative (n-gram) (at ${SECONDS}s)"
 start_server -m "$WORK/tiny.gguf" --alias tiny -c 512 -np 4 -t 1 --speculative

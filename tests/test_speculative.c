@@ -633,6 +633,18 @@ static void test_smollm2_same_as_without(void **state)
         rp.max_tokens = 60;
         rp.sampling.temperature = 0;
         run_one(e, &rp, spec ? &got : &ref);
+        if (spec == 0) {
+            /* its own answer as the predicted output: most of it is kept */
+            static char pred[8192];
+            memcpy(pred, ref.text, ref.text_len);
+            pred[ref.text_len] = 0;
+            rp.prediction = pred;
+            run_one(e, &rp, &got);
+            assert_same(&got, &ref, "SmolLM2, its answer as prediction");
+            print_message("  SmolLM2 prediction: %d of %d guesses kept, %d tokens\n",
+                          got.usage.accepted_tokens, got.usage.draft_tokens, got.n);
+            assert_true(got.usage.accepted_tokens * 10 >= got.n * 8);
+        }
         if (spec) {
             assert_same(&got, &ref, spec == 1 ? "SmolLM2, n-gram" : "SmolLM2, self draft");
             assert_true(got.usage.accepted_tokens > 0);
@@ -642,6 +654,49 @@ static void test_smollm2_same_as_without(void **state)
         assert_pool_full(e);
         exsa_engine_free(e);
     }
+}
+
+/* OpenAI's predicted outputs: the reference output itself, a wrong one and
+ * an empty one all give the same tokens as without (on an engine whose
+ * requests do not speculate otherwise). A random model's output text does
+ * not tokenize back to the same ids, so how much is kept is checked on
+ * SmolLM2 below. */
+static void test_prediction(void **state)
+{
+    (void)state;
+    int32_t p[128];
+    int n;
+    prompt_for(2, p, &n);
+    exsa_engine *e = make_engine(0, 2, 0);
+    exsa_request_params rp;
+    result ref, got;
+    params(&rp, p, n, 50);
+    run_one(e, &rp, &ref);
+    assert_int_equal(ref.usage.draft_tokens, 0);
+    assert_true(ref.text_len > 20);
+    static char pred[8192];
+    memcpy(pred, ref.text, ref.text_len);
+    pred[ref.text_len] = 0;
+    rp.prediction = pred;
+    run_one(e, &rp, &got);
+    assert_same(&got, &ref, "the right prediction");
+    assert_true(got.usage.draft_tokens > 0);
+    /* A wrong one (the right one shifted) and an empty one. */
+    rp.prediction = pred + ref.text_len / 2;
+    run_one(e, &rp, &got);
+    assert_same(&got, &ref, "a wrong prediction");
+    rp.prediction = "";
+    run_one(e, &rp, &got);
+    assert_same(&got, &ref, "an empty prediction");
+    assert_int_equal(got.usage.draft_tokens, 0);
+    /* Off when the request says so. */
+    rp.prediction = pred;
+    rp.spec = 0;
+    run_one(e, &rp, &got);
+    assert_same(&got, &ref, "a prediction with speculation off");
+    assert_int_equal(got.usage.draft_tokens, 0);
+    assert_pool_full(e);
+    exsa_engine_free(e);
 }
 
 int main(void)
@@ -657,6 +712,7 @@ int main(void)
         cmocka_unit_test(test_chi_square_ngram),
         cmocka_unit_test(test_chi_square_draft),
         cmocka_unit_test(test_bad_draft_and_params),
+        cmocka_unit_test(test_prediction),
         cmocka_unit_test(test_smollm2_same_as_without),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

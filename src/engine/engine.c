@@ -574,6 +574,26 @@ static void sample_rows(exsa_engine *e, exsa_request *r, float *logits, int rows
     r->spec_try += acc + (acc < n_draft); /* the first miss ends the run */
 }
 
+/* Guesses from the request's predicted output into r->draft: while the
+ * output so far is the prediction's start, what comes next in it; after
+ * that, what follows the output's longest suffix found in it. */
+static int pred_propose(exsa_request *r, int max)
+{
+    const int g = r->n_gen;
+    if (r->pred_off && (g > r->n_pred ||
+                        memcmp(r->tokens + r->n_prompt, r->pred, (size_t)g * sizeof *r->pred)))
+        r->pred_off = 0;
+    if (r->pred_off) {
+        int k = 0;
+        for (; k < max && g + k < r->n_pred; k++)
+            r->draft[k] = r->pred[g + k];
+        if (k > 0)
+            return k;
+    }
+    return exsa_ngram_propose_from(r->pred_ix, r->pred, r->n_pred, r->tokens, r->n_tok, r->draft,
+                                   max);
+}
+
 /* Estimated forward time of a step of `rows` rows that all give logits:
  * the measured time, else linear between the nearest measured sizes, else
  * from the nearest one with a prior of 15% of a one-row step per extra row
@@ -654,9 +674,17 @@ static void spec_plan(exsa_engine *e, int budget)
         const int kmin = r->spec_n_min > 1 ? r->spec_n_min : 1;
         if (kmax < kmin)
             continue;
-        if (!e->drafter &&
-            (kmax = exsa_ngram_propose(r->ngram, r->tokens, r->n_tok, r->draft, kmax)) < kmin)
+        /* guesses in r->draft already: from the predicted output, else the
+         * sequence's own n-grams; else the draft model's, below */
+        int have = r->n_pred > 0 ? pred_propose(r, kmax) : 0;
+        if (have < kmin && !e->drafter)
+            have = exsa_ngram_propose(r->ngram, r->tokens, r->n_tok, r->draft, kmax);
+        if (have >= kmin)
+            kmax = have;
+        else if (!e->drafter)
             continue;
+        else
+            have = 0;
         const double a = (r->spec_hit + 1) / (r->spec_try + 2);
         /* n_min > 0 forces a guess of at least n_min (llama-server's meaning) */
         double best = r->spec_n_min > 0 ? -1 : tokens / step_cost(e, rows), gain = 0, ak = 1;
@@ -674,7 +702,7 @@ static void spec_plan(exsa_engine *e, int budget)
             tokens += ak *= a;
         rows += k;
         budget -= k;
-        if (e->drafter) {
+        if (!have) {
             e->dreq[nq] = (exsa_draft_req){.seq = r->slot, .tokens = r->tokens,
                                            .n_tok = r->n_tok, .max = k,
                                            .p_min = r->spec_p_min, .out = r->draft};

@@ -127,6 +127,10 @@ struct exsa_request {
      * so a sequence that stopped guessing tries again later). */
     double spec_hit, spec_try;
     exsa_ngram_index *ngram;
+    int32_t *pred;       /* the predicted output's tokens (exsa_request_params.prediction) */
+    int n_pred;
+    int pred_off;        /* output matches pred's start so far (0: it left it) */
+    exsa_ngram_index *pred_ix;
     int32_t *draft;      /* [spec_n_max]: this step's guesses */
     int n_draft;
     int n_drafted, n_accepted;

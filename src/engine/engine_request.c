@@ -69,7 +69,8 @@ static int spec_setup(exsa_engine *e, exsa_request *r, const exsa_request_params
     if (p->spec_p_min > 1.0f || p->spec_p_min != p->spec_p_min)
         return exsa_err_set(err, EXSA_EINVAL, "speculative.p_min must be in [0, 1], got %g",
                             (double)p->spec_p_min);
-    r->spec_on = p->spec < 0 ? e->p.spec != 0 : p->spec;
+    const int pred = p->prediction && *p->prediction;
+    r->spec_on = p->spec < 0 ? e->p.spec != 0 || pred : p->spec;
     r->spec_n_max = p->spec_n_max >= 0 ? p->spec_n_max : e->p.spec_n_max;
     r->spec_n_min = p->spec_n_min >= 0 ? p->spec_n_min : e->p.spec_n_min;
     r->spec_p_min = p->spec_p_min >= 0 ? p->spec_p_min : e->p.spec_p_min;
@@ -81,6 +82,21 @@ static int spec_setup(exsa_engine *e, exsa_request *r, const exsa_request_params
         return exsa_err_set(err, EXSA_ENOMEM, "submit: out of memory");
     if (!e->drafter && !(r->ngram = exsa_ngram_index_create(r->n_prompt + r->max_gen, err)))
         return err->code;
+    if (pred) {
+        size_t len = strlen(p->prediction);
+        int64_t n = exsa_engine_tokenize(e, p->prediction, len, 0, 0, NULL, 0, err);
+        if (n < 0)
+            return (int)n;
+        if (n > e->n_ctx)
+            n = e->n_ctx; /* more cannot be output anyway */
+        if (n > 0 && (!(r->pred = malloc((size_t)n * sizeof *r->pred)) ||
+                      !(r->pred_ix = exsa_ngram_index_create((int)n, err))))
+            return err->code ? err->code : exsa_err_set(err, EXSA_ENOMEM, "submit: out of memory");
+        if (n > 0 && exsa_engine_tokenize(e, p->prediction, len, 0, 0, r->pred, n, err) < 0)
+            return err->code;
+        r->n_pred = (int)n;
+        r->pred_off = 1;
+    }
     return 0;
 }
 
@@ -108,6 +124,8 @@ void engine_request_destroy(exsa_request *r)
     free(r->trigger);
     free(r->lazy);
     exsa_ngram_index_free(r->ngram);
+    exsa_ngram_index_free(r->pred_ix);
+    free(r->pred);
     free(r->draft);
     free(r);
 }

@@ -105,6 +105,32 @@ int exsa_ngram_propose(exsa_ngram_index *ix, const int32_t *tokens, int n, int32
     return 0;
 }
 
+int exsa_ngram_propose_from(exsa_ngram_index *ix, const int32_t *ref, int n_ref,
+                            const int32_t *tokens, int n, int32_t *out, int max)
+{
+    if (!ix || !ref || !tokens || n_ref < 1 || n < 1 || max < 1)
+        return 0;
+    if (n_ref > ix->cap)
+        n_ref = ix->cap;
+    for (int p = ix->done > 1 ? ix->done : 1; p < n_ref; p++)
+        for (int s = EXSA_NGRAM_MIN; s <= EXSA_NGRAM_MAX && s <= p; s++)
+            ix->pos[ngram_slot(ix, ref, ref + p - s, s)] = p;
+    if (ix->done < n_ref)
+        ix->done = n_ref;
+    for (int s = EXSA_NGRAM_MAX; s >= EXSA_NGRAM_MIN; s--) {
+        if (s > n)
+            continue;
+        int32_t c = ix->pos[ngram_slot(ix, ref, tokens + n - s, s)];
+        if (c < 0)
+            continue;
+        int k = 0;
+        for (; k < max && c + k < n_ref; k++)
+            out[k] = ref[c + k];
+        return k;
+    }
+    return 0;
+}
+
 /* ---- draft model ---- */
 
 struct exsa_drafter {

@@ -46,6 +46,12 @@ void exsa_ngram_index_reset(exsa_ngram_index *ix);
  * into out. Returns how many (0: no n-gram of the suffix was seen before). */
 int exsa_ngram_propose(exsa_ngram_index *ix, const int32_t *tokens, int n, int32_t *out, int max);
 
+/* Proposes from another token array: ix indexes ref[0..n_ref) (once),
+ * and the longest suffix of tokens[0..n) found in it proposes what follows
+ * it there (up to the end of ref). For a request's predicted output. */
+int exsa_ngram_propose_from(exsa_ngram_index *ix, const int32_t *ref, int n_ref,
+                            const int32_t *tokens, int n, int32_t *out, int max);
+
 /* ---- draft model ---- */
 
 typedef struct exsa_drafter exsa_drafter;

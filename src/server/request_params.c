@@ -416,7 +416,6 @@ static const struct {
     {"store", IGNORE, 'b', NULL, NULL},
     {"metadata", IGNORE, 'o', NULL, NULL},
     {"service_tier", IGNORE, 's', NULL, NULL},
-    {"prediction", IGNORE, 'o', NULL, NULL},
     {"reasoning_effort", IGNORE, 's', NULL, NULL},
     {"n_keep", IGNORE, 'i', NULL, NULL},
     {"id_slot", IGNORE, 'i', NULL, NULL},
@@ -512,6 +511,7 @@ static const char *const handled_fields[] = {
     "tool_choice",
     "parallel_tool_calls",
     "speculative",
+    "prediction",
     "speculative.n_max",
     "speculative.n_min",
     "speculative.p_min",
@@ -560,6 +560,62 @@ static int parse_speculative(const json_t *body, exsa_gen_params *g, exsa_param_
         return exsa_param_fail(pe, keys[1], "invalid_value",
                                "'%s' (%d) is above '%s' (%d)", keys[1], g->rp.spec_n_min,
                                keys[0], g->rp.spec_n_max);
+    return 0;
+}
+
+/* OpenAI's predicted outputs: {"type": "content", "content": text or
+ * [{"type": "text", "text": ...}]}: the text the answer is expected to
+ * repeat, used as speculative guesses (exact either way; the kept and
+ * dropped counts come back as accepted / rejected_prediction_tokens). */
+static int parse_prediction(const json_t *body, exsa_gen_params *g, exsa_param_err *pe)
+{
+    const json_t *v = json_object_get(body, "prediction");
+    if (!v || json_is_null(v))
+        return 0;
+    const json_t *type = json_object_get(v, "type"), *c = json_object_get(v, "content");
+    if (!json_is_object(v) || !json_is_string(type) || strcmp(json_string_value(type), "content"))
+        return exsa_param_fail(pe, "prediction", "invalid_value",
+                               "'prediction' must be {\"type\": \"content\", \"content\": ...}");
+    size_t len = 0;
+    if (json_is_string(c)) {
+        len = json_string_length(c);
+    } else if (json_is_array(c)) {
+        size_t i;
+        const json_t *part;
+        json_array_foreach(c, i, part) {
+            const json_t *t = json_object_get(part, "text");
+            if (!json_is_string(t) || !json_is_string(json_object_get(part, "type")) ||
+                strcmp(json_string_value(json_object_get(part, "type")), "text"))
+                return exsa_param_fail(pe, "prediction.content", "invalid_value",
+                                       "'prediction.content' parts must be {\"type\": \"text\", "
+                                       "\"text\": ...}");
+            len += json_string_length(t);
+        }
+    } else {
+        return exsa_param_fail(pe, "prediction.content", "invalid_type",
+                               "'prediction.content' must be a string or an array of text parts");
+    }
+    if (memchr(json_is_string(c) ? json_string_value(c) : "", 0, json_is_string(c) ? len : 0))
+        return exsa_param_fail(pe, "prediction.content", "invalid_value",
+                               "'prediction.content' contains a NUL byte");
+    char *s = malloc(len + 1);
+    if (!s)
+        return exsa_param_fail(pe, "prediction", "out_of_memory", "out of memory");
+    if (json_is_string(c)) {
+        memcpy(s, json_string_value(c), len);
+    } else {
+        size_t i, at = 0;
+        const json_t *part;
+        json_array_foreach(c, i, part) {
+            const json_t *t = json_object_get(part, "text");
+            memcpy(s + at, json_string_value(t), json_string_length(t));
+            at += json_string_length(t);
+        }
+    }
+    s[len] = 0;
+    free(g->prediction);
+    g->prediction = s;
+    g->rp.prediction = strlen(s) == len ? s : NULL; /* a NUL inside a part: ignore it */
     return 0;
 }
 
@@ -729,6 +785,8 @@ int exsa_reqparams_take_grammar(exsa_gen_params *g, char *grammar, const char *t
         return 0;
     free(g->grammar);
     free(g->grammar_trigger);
+    free(g->prediction);
+    g->prediction = NULL;
     g->grammar = grammar;
     g->grammar_trigger = trigger ? strdup(trigger) : NULL;
     g->rp.grammar = g->grammar;
@@ -847,7 +905,7 @@ int exsa_reqparams_parse(const json_t *body, int kind, int n_vocab, exsa_gen_par
         return EXSA_EINVAL;
     if (has)
         g->rp.ignore_eos = b;
-    if (parse_speculative(body, g, pe))
+    if (parse_speculative(body, g, pe) || parse_prediction(body, g, pe))
         return EXSA_EINVAL;
 
     /* logprobs: chat and native take a boolean plus top_logprobs; the
@@ -891,6 +949,8 @@ void exsa_reqparams_free(exsa_gen_params *g)
     free(g->bias);
     free(g->grammar);
     free(g->grammar_trigger);
+    free(g->prediction);
+    g->prediction = NULL;
     g->stop = NULL;
     g->bias = NULL;
     g->grammar = g->grammar_trigger = NULL;

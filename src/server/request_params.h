@@ -81,6 +81,7 @@ typedef struct exsa_gen_params {
     char *grammar;
     char *grammar_trigger;
     const char *grammar_field; /* the request field it came from (static) */
+    char *prediction;          /* owned; rp.prediction points here */
 } exsa_gen_params;
 
 /* Takes grammar (owned; NULL: nothing to do) and a copy of trigger (NULL:
