@@ -179,6 +179,28 @@ def main_tests():
                   lambda: show(r.usage))
         eq(r.system_fingerprint, f"exsa-{version}", "chat: system_fingerprint carries the version")
 
+    @section("chat: predicted outputs and speculative decoding")
+    def _():
+        # The answer itself as `prediction` (OpenAI's predicted outputs): the
+        # same answer, most of it taken from the prediction; n-gram guessing
+        # through extra_body gives the same answer too.
+        msgs = user("Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the river bank.")
+        base = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, temperature=0)
+        text = base.choices[0].message.content
+        d0 = base.usage.completion_tokens_details
+        check(d0 is not None and d0.accepted_prediction_tokens == 0 and d0.rejected_prediction_tokens == 0,
+              "no prediction: accepted/rejected_prediction_tokens are 0", lambda: show(base.usage))
+        r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, temperature=0,
+                                           prediction={"type": "content", "content": text})
+        eq(r.choices[0].message.content, text, "prediction: the same answer")
+        d = r.usage.completion_tokens_details
+        check(d is not None and d.accepted_prediction_tokens * 2 > r.usage.completion_tokens,
+              "prediction = the answer: most completion tokens were accepted predictions",
+              lambda: show(r.usage))
+        r2 = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, temperature=0,
+                                            extra_body={"speculative": True})
+        eq(r2.choices[0].message.content, text, "speculative n-gram guessing: the same answer")
+
     chat_req = dict(model=MODEL, messages=user("Hello there, how are you?"), max_tokens=8, temperature=0,
                     extra_body=NO_EOS)
 
