@@ -200,6 +200,32 @@ static void test_bench_json(void **state)
     assert_non_null(strstr(g_out, "\"n_prompt\": 16, \"n_gen\": 0"));
 }
 
+/* Speculative decoding from the command line: run --spec prints the same
+ * ids, bench --spec-prompt compares both and reports guesses. */
+static void test_speculative(void **state)
+{
+    (void)state;
+    static char plain[1 << 16];
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 5,6,7,8,5,6,7,8,5,6,7 -n 24 --temp 0 "
+                          "--ignore-eos --json"), 0);
+    const char *ids = strstr(g_out, "\"tokens\"");
+    assert_non_null(ids);
+    snprintf(plain, sizeof plain, "%.*s", (int)(strchr(ids, ']') - ids), ids);
+    assert_int_equal(exsa("run -m m.gguf --prompt-ids 5,6,7,8,5,6,7,8,5,6,7 -n 24 --temp 0 "
+                          "--ignore-eos --json --spec --draft-min 1"), 0);
+    assert_non_null(strstr(g_out, plain));
+    assert_int_equal(exsa("bench -m m.gguf --spec-prompt 'one two one two one two' -n 16 -r 1 "
+                          "--draft-min 1 --json"), 0);
+    assert_non_null(strstr(g_out, "\"proposer\": \"n-gram\""));
+    assert_non_null(strstr(g_out, "\"speedup\": "));
+    assert_int_equal(exsa("bench -m m.gguf --spec-prompt 'a b a b' -n 8 -r 1 -md m.gguf"), 0);
+    assert_non_null(strstr(g_out, "draft model"));
+    expect_fail("draft-max", "--draft-max must be in", exsa("run -m m.gguf --prompt-ids 1 --draft-max -1"));
+    expect_fail("draft p-min", "--draft-p-min must be in",
+                exsa("run -m m.gguf --prompt-ids 1 --draft-p-min 3"));
+    expect_fail("draft missing", "nope.gguf", exsa("run -m m.gguf --prompt-ids 1 -md nope.gguf"));
+}
+
 static void test_errors(void **state)
 {
     (void)state;
@@ -667,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_dump_logits_and_kv_types),
         cmocka_unit_test(test_quantize_every_type),
         cmocka_unit_test(test_bench_json),
+        cmocka_unit_test(test_speculative),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_tokenize_and_prompt),
         cmocka_unit_test(test_template_cmd),
