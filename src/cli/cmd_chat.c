@@ -25,6 +25,7 @@ static const char *usage =
     "usage: exsa chat -m MODEL [--template FILE|NAME] [--system TEXT] [-n N] [-c CTX]\n"
     "                 [-t THREADS] [--kv-type f16|f32|q8_0] [sampling flags]\n"
     EXSA_CLI_PLACEMENT_HELP
+    EXSA_CLI_SPEC_HELP
     "  -n N   tokens per answer at most (default -1: until the model stops or the\n"
     "         context is full)\n"
     "In the chat, /help lists the commands. Ctrl-C stops the current answer (at the\n"
@@ -282,9 +283,13 @@ int exsa_cmd_chat(int argc, char **argv)
     int kv_type = EXSA_TYPE_F16;
     exsa_model_params mp;
     exsa_model_params_default(&mp);
+    exsa_engine_params ep;
+    exsa_engine_params_default(&ep); /* the speculative flags land here */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-        const int pl = exsa_cli_placement(cmd, argc, argv, &i, &mp);
+        int pl = exsa_cli_placement(cmd, argc, argv, &i, &mp);
+        if (pl == 0)
+            pl = exsa_cli_spec(cmd, argc, argv, &i, &ep);
         if (pl < 0)
             return 1;
         if (pl > 0)
@@ -337,8 +342,6 @@ int exsa_cmd_chat(int argc, char **argv)
     }
     exsa_err err = {0};
     int rc = 1;
-    exsa_engine_params ep;
-    exsa_engine_params_default(&ep);
     ep.model_path = path;
     ep.n_threads = (int)threads;
     ep.device = mp.device;
