@@ -77,7 +77,8 @@ want=$(jv 'j.choices[0].message.content')
 expect_js 'j.usage.completion_tokens_details.rejected_prediction_tokens === 0' "no guesses by default"
 for pred in "{\"type\": \"content\", \"content\": $(node -e 'console.log(JSON.stringify(process.argv[1]))' "$want")}" \
     '{"type": "content", "content": [{"type": "text", "text": "one two three four five six"}]}'; do
-    chat_pred ", \"prediction\": $pred"
+    # n_min 1: guess whatever the measured step times say (not a timing test)
+    chat_pred ", \"prediction\": $pred, \"speculative.n_min\": 1"
     expect_code 200 "prediction $pred" || continue
     expect_eq "$(jv 'j.choices[0].message.content')" "$want" "the same answer with prediction $pred"
     expect_js 'j.usage.completion_tokens_details.accepted_prediction_tokens +

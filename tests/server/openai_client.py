@@ -191,7 +191,9 @@ def main_tests():
         check(d0 is not None and d0.accepted_prediction_tokens == 0 and d0.rejected_prediction_tokens == 0,
               "no prediction: accepted/rejected_prediction_tokens are 0", lambda: show(base.usage))
         r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=40, temperature=0,
-                                           prediction={"type": "content", "content": text})
+                                           prediction={"type": "content", "content": text},
+                                           # at least 4 guesses a step whatever the step timings
+                                           extra_body={"speculative": {"n_min": 4}})
         eq(r.choices[0].message.content, text, "prediction: the same answer")
         d = r.usage.completion_tokens_details
         check(d is not None and d.accepted_prediction_tokens * 2 > r.usage.completion_tokens,
