@@ -12,28 +12,9 @@
 # Skipped without the model or when the package index cannot be reached.
 # Usage: bash tests/server_structured_py.sh EXSA_BIN FIXTURES BUILD_DIR
 source "$(dirname "$0")/server/common.sh"
-REPO=$(cd "$SERVER_TESTS_DIR/../.." && pwd)
-
-MODEL_FILE_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
-MODELS_DIR=${EXSA_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/exsa/models}
-MODEL_FILE="$MODELS_DIR/$MODEL_FILE_NAME"
-[ -f "$MODEL_FILE" ] || skip "$MODEL_FILE is absent (scripts/fetch-models.sh; or set EXSA_MODELS_DIR)"
-
-VENV=${EXSA_VENV:-$REPO/build/venv}
-"$REPO/scripts/setup-venv.sh" "$VENV"
-case $? in
-    0) ;;
-    2) skip "the openai and jsonschema Python packages cannot be installed: the package index is out of reach" ;;
-    *) echo "FATAL: scripts/setup-venv.sh $VENV failed" >&2; exit 1 ;;
-esac
-PY="$VENV/bin/python"
+use_real_model SmolLM2-135M-Instruct.Q4_1.gguf
+use_venv "the openai and jsonschema Python packages"
 "$PY" -c 'import jsonschema, openai' || { echo "FATAL: jsonschema or openai does not import in $VENV" >&2; exit 1; }
-
-# The server is on loopback: keep the client off any proxy of the environment.
-py_client() {
-    env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
-        NO_PROXY='*' no_proxy='*' PYTHONDONTWRITEBYTECODE=1 "$@"
-}
 
 # The id is the file name without .gguf (no --alias).
 MODEL=${MODEL_FILE_NAME%.gguf}

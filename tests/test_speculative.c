@@ -422,12 +422,14 @@ static void test_stop_and_max_inside_a_run(void **state)
     result ref, got, full;
     params(&rp, p, n, 60);
     run_one(plain, &rp, &full);
+    long kept = 0;
     for (int mt = 1; mt <= 14; mt++) {
         params(&rp, p, n, mt);
         run_one(plain, &rp, &ref);
         run_one(e, &rp, &got);
         assert_same(&got, &ref, "max_tokens");
         assert_int_equal(got.finish, EXSA_FINISH_LENGTH);
+        kept += got.usage.accepted_tokens;
     }
     /* Stop at texts that first appear at several points of the output. */
     int stops = 0;
@@ -446,8 +448,10 @@ static void test_stop_and_max_inside_a_run(void **state)
         run_one(e, &rp, &got);
         assert_same(&got, &ref, "stop string");
         stops += ref.finish == EXSA_FINISH_STOP;
+        kept += got.usage.accepted_tokens;
     }
     assert_true(stops > 0);
+    assert_true(kept > 0); /* the runs did end inside kept guesses' steps */
     assert_pool_full(e);
     exsa_engine_free(plain);
     exsa_engine_free(e);
@@ -464,6 +468,7 @@ static void test_grammar(void **state)
     exsa_engine *plain = make_engine(0, 1, 0);
     for (int spec = 1; spec <= 2; spec++) {
         exsa_engine *e = make_engine(spec, 1, 0);
+        long drafted = 0;
         for (int v = 0; v < 2; v++) {
             exsa_request_params rp;
             result ref, got;
@@ -476,14 +481,19 @@ static void test_grammar(void **state)
             run_one(e, &rp, &got);
             assert_same(&got, &ref, "grammar");
             assert_true(ref.n > 0);
+            drafted += got.usage.draft_tokens;
         }
+        assert_true(drafted > 0); /* guessed rows were masked and verified */
         assert_pool_full(e);
         exsa_engine_free(e);
     }
     exsa_engine_free(plain);
 }
 
-/* Cancelled while guessing: the stream ends with cancel, the pool is full. */
+/* Cancelled while guessing: the stream ends with cancel, the pool is full.
+ * The engine is paused after the first token so that the cancel lands
+ * mid-generation; should the request still finish first (a descheduled
+ * test thread), the attempt is repeated. */
 static void test_cancel(void **state)
 {
     (void)state;
@@ -492,21 +502,33 @@ static void test_cancel(void **state)
     prompt_for(1, p, &n);
     for (int spec = 1; spec <= 2; spec++) {
         exsa_engine *e = make_engine(spec, 2, 0);
-        exsa_request_params rp;
-        params(&rp, p, n, 200);
-        exsa_request *r = submit(e, &rp), *r2 = submit(e, &rp);
-        exsa_event ev;
-        for (int i = 0; i < 5; i++)
+        int cancelled = 0;
+        for (int attempt = 0; attempt < 3 && !cancelled; attempt++) {
+            exsa_request_params rp;
+            params(&rp, p, n, 200);
+            exsa_request *r = submit(e, &rp), *r2 = submit(e, &rp);
+            exsa_event ev;
             assert_int_equal(exsa_request_next(r, &ev, 30000), 0);
-        exsa_request_cancel(r);
-        int fin = -1;
-        while (exsa_request_next(r, &ev, 30000) == 0)
-            if (ev.type == EXSA_EVENT_DONE)
-                fin = ev.finish;
-        assert_true(fin == EXSA_FINISH_CANCEL || fin == EXSA_FINISH_LENGTH);
-        exsa_request_free(r);
-        exsa_request_free(r2); /* cancels it too */
-        assert_pool_full(e);
+            exsa_engine_pause(e, 1);
+            exsa_request_cancel(r);
+            exsa_engine_pause(e, 0);
+            int fin = -1, got = 1;
+            while (exsa_request_next(r, &ev, 30000) == 0)
+                if (ev.type == EXSA_EVENT_DONE)
+                    fin = ev.finish;
+                else
+                    got++;
+            if (fin == EXSA_FINISH_CANCEL) {
+                assert_true(got < 200);
+                cancelled = 1;
+            } else {
+                assert_int_equal(fin, EXSA_FINISH_LENGTH);
+            }
+            exsa_request_free(r);
+            exsa_request_free(r2); /* cancels it too */
+            assert_pool_full(e);
+        }
+        assert_true(cancelled);
         exsa_engine_free(e);
     }
 }

@@ -580,10 +580,13 @@ static void sample_rows(exsa_engine *e, exsa_request *r, float *logits, int rows
 static int pred_propose(exsa_request *r, int max)
 {
     const int g = r->n_gen;
-    if (r->pred_off && (g > r->n_pred ||
-                        memcmp(r->tokens + r->n_prompt, r->pred, (size_t)g * sizeof *r->pred)))
-        r->pred_off = 0;
-    if (r->pred_off) {
+    /* only the tokens output since the last call are compared */
+    while (r->pred_ok >= 0 && r->pred_ok < g)
+        if (r->pred_ok < r->n_pred && r->tokens[r->n_prompt + r->pred_ok] == r->pred[r->pred_ok])
+            r->pred_ok++;
+        else
+            r->pred_ok = -1;
+    if (r->pred_ok >= 0) {
         int k = 0;
         for (; k < max && g + k < r->n_pred; k++)
             r->draft[k] = r->pred[g + k];
@@ -629,21 +632,26 @@ static double step_cost(const exsa_engine *e, int rows)
  * guesses fail, and none are made while more than spec_max_seqs sequences
  * decode. A request's n_min > 0 makes it guess at least that many whenever
  * it can. KV room is taken without preempting anyone. */
+/* r feeds only its last token this step (a decode row, no prefill). */
+static int decoding(const exsa_request *r) { return r->plan == 1 && r->n_tok - r->n_computed == 1; }
+
 static void spec_plan(exsa_engine *e, int budget)
 {
-    int n_dec = 0, rows = 0, nq = 0;
+    int n_dec = 0, n_spec = 0, rows = 0, nq = 0;
     for (int i = 0; i < e->n_running; i++) {
         exsa_request *r = e->running[i];
         r->n_draft = 0;
         rows += r->plan;
-        int dec = r->plan == 1 && r->n_tok - r->n_computed == 1;
+        int dec = decoding(r);
         n_dec += dec;
         if (dec && r->spec_on) {
+            n_spec++;
             r->spec_hit *= 0.97;
             r->spec_try *= 0.97;
         }
     }
-    if (n_dec == 0 || n_dec > e->p.spec_max_seqs)
+    /* nothing to guess for: no memory taken for guess rows either */
+    if (n_spec == 0 || n_dec > e->p.spec_max_seqs)
         return;
     if (e->spec_rows == 0) {
         /* The logits buffer grows for guess rows once, on first use. */
@@ -662,7 +670,7 @@ static void spec_plan(exsa_engine *e, int budget)
     double tokens = n_dec;
     for (int i = 0; i < e->n_running && budget > 0; i++) {
         exsa_request *r = e->running[i];
-        if (!r->spec_on || r->plan != 1 || r->n_tok - r->n_computed != 1)
+        if (!r->spec_on || !decoding(r))
             continue;
         int kmax = r->spec_n_max;
         if (kmax > r->max_gen - r->n_gen - 1)
@@ -674,32 +682,32 @@ static void spec_plan(exsa_engine *e, int budget)
         const int kmin = r->spec_n_min > 1 ? r->spec_n_min : 1;
         if (kmax < kmin)
             continue;
-        /* guesses in r->draft already: from the predicted output, else the
-         * sequence's own n-grams; else the draft model's, below */
+        /* Guesses already in r->draft: from the predicted output, else the
+         * sequence's own n-grams. Without any, the draft model guesses
+         * below (have 0), or nothing does. */
         int have = r->n_pred > 0 ? pred_propose(r, kmax) : 0;
         if (have < kmin && !e->drafter)
             have = exsa_ngram_propose(r->ngram, r->tokens, r->n_tok, r->draft, kmax);
         if (have >= kmin)
             kmax = have;
-        else if (!e->drafter)
-            continue;
-        else
+        else if (e->drafter)
             have = 0;
+        else
+            continue;
         const double a = (r->spec_hit + 1) / (r->spec_try + 2);
         /* n_min > 0 forces a guess of at least n_min (llama-server's meaning) */
-        double best = r->spec_n_min > 0 ? -1 : tokens / step_cost(e, rows), gain = 0, ak = 1;
+        double best = r->spec_n_min > 0 ? -1 : tokens / step_cost(e, rows);
+        double gain = 0, ak = 1, best_gain = 0;
         int k = 0;
         for (int j = 1; j <= kmax; j++) {
             gain += ak *= a;
             double v = (tokens + gain) / (step_cost(e, rows + j) + j * e->draft_ms);
             if (v > best && j >= kmin)
-                best = v, k = j;
+                best = v, k = j, best_gain = gain;
         }
         if (k == 0)
             continue;
-        ak = 1;
-        for (int j = 1; j <= k; j++)
-            tokens += ak *= a;
+        tokens += best_gain;
         rows += k;
         budget -= k;
         if (!have) {

@@ -129,7 +129,7 @@ struct exsa_request {
     exsa_ngram_index *ngram;
     int32_t *pred;       /* the predicted output's tokens (exsa_request_params.prediction) */
     int n_pred;
-    int pred_off;        /* output matches pred's start so far (0: it left it) */
+    int pred_ok;         /* output tokens found equal to pred's start (-1: it left it) */
     exsa_ngram_index *pred_ix;
     int32_t *draft;      /* [spec_n_max]: this step's guesses */
     int n_draft;

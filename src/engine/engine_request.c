@@ -95,7 +95,6 @@ static int spec_setup(exsa_engine *e, exsa_request *r, const exsa_request_params
         if (n > 0 && exsa_engine_tokenize(e, p->prediction, len, 0, 0, r->pred, n, err) < 0)
             return err->code;
         r->n_pred = (int)n;
-        r->pred_off = 1;
     }
     return 0;
 }

@@ -1807,6 +1807,25 @@ static void put_rest(ctx *c, sb *b, const item *it, size_t i, size_t n)
     }
 }
 
+/* One object member: the key as a JSON string literal, then the value
+ * expression ve (taken, freed here). NULL (error set) when out of memory. */
+static char *member_expr(ctx *c, const char *key, char *ve)
+{
+    json_t *ks = json_string(key);
+    char *kl = ks ? literal_of(c, ks) : oom(c);
+    json_decref(ks);
+    if (!kl) {
+        free(ve);
+        return NULL;
+    }
+    sb b = {0};
+    sb_printf(&b, "%s %s \":\" %s %s %s", kl, prim(c, P_WS), prim(c, P_WS), ve, prim(c, P_WS));
+    free(kl);
+    free(ve);
+    char *e = sb_take(&b);
+    return e ? e : oom(c);
+}
+
 static char *gen_object(ctx *c, const json_t *props, const json_t *required, const json_t *addl,
                         const char *hint)
 {
@@ -1845,26 +1864,10 @@ static char *gen_object(ctx *c, const json_t *props, const json_t *required, con
         char *h = join_hint(hint, k);
         char *ve = h ? gen_sub(c, v, "properties", k, h) : oom(c);
         free(h);
-        if (!ve)
+        if (!ve || !(it[n].expr = member_expr(c, k, ve)))
             goto out;
-        json_t *ks = json_string(k);
-        char *kl = ks ? literal_of(c, ks) : oom(c);
-        json_decref(ks);
-        if (!kl) {
-            free(ve);
-            goto out;
-        }
-        sb b = {0};
-        sb_printf(&b, "%s %s \":\" %s %s %s", kl, prim(c, P_WS), prim(c, P_WS), ve, prim(c, P_WS));
-        free(kl);
-        free(ve);
-        it[n].expr = sb_take(&b);
         it[n++].kind = req ? 0 : 1;
         keys[nkeys++] = k;
-        if (!it[n - 1].expr) {
-            oom(c);
-            goto out;
-        }
     }
     /* required names that "properties" does not describe */
     for (size_t i = 0; i < nr; i++) {
@@ -1889,26 +1892,10 @@ static char *gen_object(ctx *c, const json_t *props, const json_t *required, con
         } else {
             ve = dupname(c, prim(c, P_VALUE));
         }
-        if (!ve)
+        if (!ve || !(it[n].expr = member_expr(c, rk, ve)))
             goto out;
-        json_t *ks = json_string(rk);
-        char *kl = ks ? literal_of(c, ks) : oom(c);
-        json_decref(ks);
-        if (!kl) {
-            free(ve);
-            goto out;
-        }
-        sb b = {0};
-        sb_printf(&b, "%s %s \":\" %s %s %s", kl, prim(c, P_WS), prim(c, P_WS), ve, prim(c, P_WS));
-        free(kl);
-        free(ve);
-        it[n].expr = sb_take(&b);
         it[n++].kind = 0;
         keys[nkeys++] = rk;
-        if (!it[n - 1].expr) {
-            oom(c);
-            goto out;
-        }
     }
     if (addl && (json_is_true(addl) || json_is_object(addl))) {
         char *h = join_hint(hint, "additional");

@@ -77,32 +77,44 @@ static uint32_t ngram_slot(const exsa_ngram_index *ix, const int32_t *tokens, co
     }
 }
 
+/* Indexes the n-grams of seq[0..n) that end just before positions
+ * done .. n-1, each pointing at the position after it (the latest
+ * occurrence wins); then returns where the longest suffix of
+ * query[0..nq) that seq holds is followed in it, or -1. */
+static int32_t ngram_index_and_find(exsa_ngram_index *ix, const int32_t *seq, int n,
+                                    const int32_t *query, int nq)
+{
+    if (n > ix->cap)
+        n = ix->cap;
+    for (int p = ix->done > 1 ? ix->done : 1; p < n; p++)
+        for (int s = EXSA_NGRAM_MIN; s <= EXSA_NGRAM_MAX && s <= p; s++)
+            ix->pos[ngram_slot(ix, seq, seq + p - s, s)] = p;
+    if (ix->done < n)
+        ix->done = n;
+    for (int s = EXSA_NGRAM_MAX; s >= EXSA_NGRAM_MIN; s--) {
+        if (s > nq)
+            continue;
+        int32_t c = ix->pos[ngram_slot(ix, seq, query + nq - s, s)];
+        if (c >= 0)
+            return c;
+    }
+    return -1;
+}
+
 int exsa_ngram_propose(exsa_ngram_index *ix, const int32_t *tokens, int n, int32_t *out, int max)
 {
     if (!ix || !tokens || n < 1 || max < 1)
         return 0;
     if (n > ix->cap)
         n = ix->cap;
-    /* Index the n-grams that end just before positions done .. n-1, each
-     * pointing at the position after it (the latest occurrence wins). */
-    for (int p = ix->done > 1 ? ix->done : 1; p < n; p++)
-        for (int s = EXSA_NGRAM_MIN; s <= EXSA_NGRAM_MAX && s <= p; s++)
-            ix->pos[ngram_slot(ix, tokens, tokens + p - s, s)] = p;
-    ix->done = n;
-    /* The longest suffix seen before proposes what followed it. A match
-     * near the end continues into its own proposal (a repeating pattern
-     * repeats on). */
-    for (int s = EXSA_NGRAM_MAX; s >= EXSA_NGRAM_MIN; s--) {
-        if (s > n)
-            continue;
-        int32_t c = ix->pos[ngram_slot(ix, tokens, tokens + n - s, s)];
-        if (c < 0)
-            continue;
-        for (int j = 0; j < max; j++)
-            out[j] = c + j < n ? tokens[c + j] : out[c + j - n];
-        return max;
-    }
-    return 0;
+    const int32_t c = ngram_index_and_find(ix, tokens, n, tokens, n);
+    if (c < 0)
+        return 0;
+    /* A match near the end continues into its own proposal (a repeating
+     * pattern repeats on). */
+    for (int j = 0; j < max; j++)
+        out[j] = c + j < n ? tokens[c + j] : out[c + j - n];
+    return max;
 }
 
 int exsa_ngram_propose_from(exsa_ngram_index *ix, const int32_t *ref, int n_ref,
@@ -112,23 +124,11 @@ int exsa_ngram_propose_from(exsa_ngram_index *ix, const int32_t *ref, int n_ref,
         return 0;
     if (n_ref > ix->cap)
         n_ref = ix->cap;
-    for (int p = ix->done > 1 ? ix->done : 1; p < n_ref; p++)
-        for (int s = EXSA_NGRAM_MIN; s <= EXSA_NGRAM_MAX && s <= p; s++)
-            ix->pos[ngram_slot(ix, ref, ref + p - s, s)] = p;
-    if (ix->done < n_ref)
-        ix->done = n_ref;
-    for (int s = EXSA_NGRAM_MAX; s >= EXSA_NGRAM_MIN; s--) {
-        if (s > n)
-            continue;
-        int32_t c = ix->pos[ngram_slot(ix, ref, tokens + n - s, s)];
-        if (c < 0)
-            continue;
-        int k = 0;
-        for (; k < max && c + k < n_ref; k++)
-            out[k] = ref[c + k];
-        return k;
-    }
-    return 0;
+    const int32_t c = ngram_index_and_find(ix, ref, n_ref, tokens, n);
+    int k = 0;
+    for (; c >= 0 && k < max && c + k < n_ref; k++)
+        out[k] = ref[c + k];
+    return k;
 }
 
 /* ---- draft model ---- */

@@ -13,30 +13,11 @@ import os
 import sys
 
 import anthropic
+from pycheck import check, eq, fail, tally
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "main"
 BASE = os.environ["BASE_URL"]  # the server root: the SDK adds /v1/messages
 MODEL = os.environ["MODEL"]
-failures = 0
-checks = 0
-
-
-def fail(what, detail=None):
-    global failures
-    failures += 1
-    print(f"FAIL: {what}" + ("" if detail is None else f": {detail}"), file=sys.stderr)
-
-
-def check(cond, what, detail=None):
-    global checks
-    checks += 1
-    if not cond:
-        fail(what, detail() if callable(detail) else detail)
-    return bool(cond)
-
-
-def eq(got, want, what):
-    return check(got == want, what, lambda: f"expected {want!r}, got {got!r}")
 
 
 def section(fn):
@@ -259,5 +240,6 @@ def auth_tests():
 
 
 (auth_tests if MODE == "auth" else main_tests)()
+checks, failures = tally()
 print(f"{checks} checks, {failures} failed")
 sys.exit(1 if failures else 0)

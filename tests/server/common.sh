@@ -351,3 +351,35 @@ NODE_DIR="$BUILD_DIR/node"
 export NODE_DIR
 
 command -v node >/dev/null 2>&1 && jv_start
+
+# ---- the Python client tests (server_*_py.sh) ----
+
+# use_real_model FILE_NAME -> MODEL_FILE (fetched by scripts/fetch-models.sh),
+# or skip.
+use_real_model() {
+    local dir=${EXSA_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/exsa/models}
+    MODEL_FILE_NAME=$1
+    MODEL_FILE="$dir/$1"
+    [ -f "$MODEL_FILE" ] || skip "$MODEL_FILE is absent (scripts/fetch-models.sh; or set EXSA_MODELS_DIR)"
+}
+
+# use_venv WHAT -> REPO, VENV and PY with the pinned packages of
+# tests/requirements-server.txt (scripts/setup-venv.sh), or skip when the
+# package index is out of reach (WHAT names the packages in that line).
+use_venv() {
+    REPO=$(cd "$SERVER_TESTS_DIR/../.." && pwd)
+    VENV=${EXSA_VENV:-$REPO/build/venv}
+    "$REPO/scripts/setup-venv.sh" "$VENV"
+    case $? in
+        0) ;;
+        2) skip "$1 cannot be installed: the package index is out of reach" ;;
+        *) echo "FATAL: scripts/setup-venv.sh $VENV failed" >&2; exit 1 ;;
+    esac
+    PY="$VENV/bin/python"
+}
+
+# The server is on loopback: keep the client off any proxy of the environment.
+py_client() {
+    env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u ALL_PROXY -u all_proxy \
+        NO_PROXY='*' no_proxy='*' PYTHONDONTWRITEBYTECODE=1 "$@"
+}

@@ -15,39 +15,12 @@ import urllib.error
 import urllib.request
 
 import openai
+from pycheck import check, eq, fail, show, tally
 
 MODE = sys.argv[1] if len(sys.argv) > 1 else "main"
 BASE = os.environ["BASE_URL"]  # .../v1, for the SDK
 ROOT = BASE[: -len("/v1")] if BASE.endswith("/v1") else BASE
 MODEL = os.environ["MODEL"]
-failures = 0
-checks = 0
-
-
-def show(v):
-    try:
-        s = json.dumps(v, default=lambda o: getattr(o, "model_dump", lambda: str(o))())
-    except Exception:
-        s = repr(v)
-    return s if len(s) <= 600 else s[:600] + "..."
-
-
-def fail(what, detail=None):
-    global failures
-    failures += 1
-    print(f"FAIL: {what}" + ("" if detail is None else f": {detail}"), file=sys.stderr)
-
-
-def check(cond, what, detail=None):
-    global checks
-    checks += 1
-    if not cond:
-        fail(what, detail() if callable(detail) else detail)
-    return bool(cond)
-
-
-def eq(got, want, what):
-    return check(got == want, what, lambda: f"expected {show(want)}, got {show(got)}")
 
 
 def section(name):
@@ -545,5 +518,6 @@ try:
     auth_tests() if MODE == "auth" else main_tests()
 except Exception as e:  # noqa: BLE001
     fail("unexpected exception", repr(e))
+checks, failures = tally()
 print(f"openai_client.py {MODE} (openai {openai.__version__}): {checks} checks, {failures} failed")
 sys.exit(1 if failures else 0)
